@@ -1,0 +1,26 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   install, prepare the data, and run the whole lifecycle through Airflow
+#   make test   install and run the test suite
+SHELL := /bin/bash
+.PHONY: install demo test test-fast up bench clean
+
+install:
+	bash scripts/install.sh
+
+demo:
+	bash scripts/demo.sh
+
+test: install
+	.venv/bin/python -m pytest -q -p no:cacheprovider
+
+test-fast: install  ## everything but the end-to-end integration test
+	.venv/bin/python -m pytest -q -m "not integration"
+
+up:  ## Airflow UI (:8080) and MLflow UI (:5000) on the state the demo left
+	bash scripts/up.sh
+
+bench: install
+	.venv/bin/python -m bench
+
+clean:  ## remove all embedded state (data, models, Airflow metadata)
+	rm -rf .state

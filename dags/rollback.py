@@ -1,0 +1,45 @@
+"""
+### rollback
+
+Moves the `champion` alias back to an earlier model version (or to `previous_champion`) and
+records the move in the promotion history. Trigger it from the UI with the target version.
+"""
+
+from __future__ import annotations
+
+from airflow.sdk import Asset, Param, dag, task
+
+from pipelines.orchestration import CHAMPION_ASSET, REGISTRY_POOL, default_args, schedule_span
+
+
+@dag(
+    schedule=None,
+    start_date=schedule_span()[0],
+    catchup=False,
+    default_args={**default_args(), "retries": 0},
+    tags=["mlops", "registry"],
+    doc_md=__doc__,
+    params={
+        "target": Param("previous", type="string", pattern=r"^(previous|\d+)$",
+                        description="Model version to make champion, or 'previous' for the "
+                                    "version that held champion before the current one."),
+        "reason": Param("manual rollback", type="string", minLength=3,
+                        description="Why (recorded in the promotion history)."),
+    },
+)
+def rollback():
+    @task(pool=REGISTRY_POOL, outlets=[Asset(CHAMPION_ASSET)])
+    def move_champion(**context) -> dict:
+        from pipelines.orchestration import stage
+        from pipelines.registry import rollback as run
+
+        cfg, settings = stage()
+        p = context["params"]
+        event = run(settings, cfg.registry.model_name, str(p["target"]), context["run_id"], p["reason"])
+        print(f"rollback: champion {event['from_version']} -> {event['to_version']}")
+        return event
+
+    move_champion()
+
+
+rollback()

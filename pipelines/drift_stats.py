@@ -1,0 +1,77 @@
+"""Pure drift statistics: Population Stability Index (numeric and categorical) and the KS statistic.
+
+PSI = sum_i (p_cur_i - p_ref_i) * ln(p_cur_i / p_ref_i) over bins. Numeric bins are quantiles of
+the reference (ties collapse), missing values are a bin of their own, and empty bins are floored
+at `EPS` so a bin present on one side only gives a large but finite contribution.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+EPS = 1e-4
+_MISSING = "__missing__"
+
+
+def _as_float(values: Any) -> np.ndarray:
+    if isinstance(values, (pd.Series, pd.Index)):
+        return values.to_numpy(dtype="float64", na_value=np.nan)
+    return np.asarray(values, dtype="float64").ravel()
+
+
+def _psi_from_counts(ref_counts: np.ndarray, cur_counts: np.ndarray) -> float:
+    ref_p = np.clip(ref_counts / max(ref_counts.sum(), 1), EPS, None)
+    cur_p = np.clip(cur_counts / max(cur_counts.sum(), 1), EPS, None)
+    return float(np.sum((cur_p - ref_p) * np.log(cur_p / ref_p)))
+
+
+def quantile_edges(reference: np.ndarray, bins: int = 10) -> np.ndarray:
+    """Interior bin edges: the reference's quantiles, deduplicated (point masses collapse)."""
+    ref = _as_float(reference)
+    finite = ref[np.isfinite(ref)]
+    if finite.size == 0 or bins < 2:
+        return np.empty(0)
+    return np.unique(np.quantile(finite, np.linspace(0.0, 1.0, bins + 1)[1:-1]))
+
+
+def _bin_counts(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Counts per bin (len(edges) + 1 value bins, then one bin for NaN)."""
+    nan = np.isnan(values)
+    idx = np.searchsorted(edges, values[~nan], side="left")
+    counts = np.bincount(idx, minlength=edges.size + 1).astype("float64")
+    return np.append(counts, float(nan.sum()))
+
+
+def psi(reference: np.ndarray, current: np.ndarray, bins: int = 10) -> float:
+    """PSI of a numeric feature; NaN when either side has no rows at all."""
+    ref, cur = _as_float(reference), _as_float(current)
+    if ref.size == 0 or cur.size == 0:
+        return float("nan")
+    edges = quantile_edges(ref, bins)
+    return _psi_from_counts(_bin_counts(ref, edges), _bin_counts(cur, edges))
+
+
+def psi_categorical(reference: Any, current: Any) -> float:
+    """PSI over the union of levels; levels unseen in the reference are categories of their own."""
+    ref = pd.Series(np.asarray(reference, dtype=object).ravel(), dtype=object)
+    cur = pd.Series(np.asarray(current, dtype=object).ravel(), dtype=object)
+    if ref.empty or cur.empty:
+        return float("nan")
+    ref_counts = ref.where(ref.notna(), _MISSING).value_counts()
+    cur_counts = cur.where(cur.notna(), _MISSING).value_counts()
+    both = pd.concat([ref_counts.rename("ref"), cur_counts.rename("cur")], axis=1).fillna(0.0)
+    return _psi_from_counts(both["ref"].to_numpy(float), both["cur"].to_numpy(float))
+
+
+def ks_statistic(reference: np.ndarray, current: np.ndarray) -> float:
+    """Two-sample Kolmogorov-Smirnov statistic on the non-missing values (NaN if a side has none)."""
+    from scipy.stats import ks_2samp
+
+    ref, cur = _as_float(reference), _as_float(current)
+    ref, cur = ref[~np.isnan(ref)], cur[~np.isnan(cur)]
+    if ref.size == 0 or cur.size == 0:
+        return float("nan")
+    return float(ks_2samp(ref, cur, method="asymp").statistic)

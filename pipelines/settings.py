@@ -1,0 +1,70 @@
+"""Where things live: URIs and service addresses, from environment variables.
+
+Defaults put every piece of state under one git-ignored folder (`.state/` in the repo), so a
+fresh clone runs on embedded stores; setting the variables points the same code at Postgres,
+Redis and an object store.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _env(name: str, default: str) -> str:
+    value = os.environ.get(name, "").strip()
+    return value or default
+
+
+@dataclass(frozen=True)
+class Settings:
+    state_uri: str  # root of all embedded state
+    data_uri: str  # landing zone, quarantine, feature sources, training sets, predictions
+    reports_uri: str  # validation, gate and drift reports
+    mlflow_tracking_uri: str
+    mlflow_artifacts_uri: str  # where new experiments put their artifacts
+    params_path: str
+    feature_repo: str
+
+    @property
+    def landing_uri(self) -> str:
+        return f"{self.data_uri}/landing"
+
+    @property
+    def quarantine_uri(self) -> str:
+        return f"{self.data_uri}/quarantine"
+
+    @property
+    def features_uri(self) -> str:
+        return f"{self.data_uri}/features"
+
+    @property
+    def training_sets_uri(self) -> str:
+        return f"{self.data_uri}/training_sets"
+
+    @property
+    def predictions_uri(self) -> str:
+        return f"{self.data_uri}/predictions"
+
+    @property
+    def registry_uri(self) -> str:
+        """Promotion history and drift decisions (small JSON documents)."""
+        return f"{self.data_uri}/registry"
+
+
+def get_settings() -> Settings:
+    state = _env("MLOPS_STATE_URI", str(REPO_ROOT / ".state"))
+    state = state.rstrip("/")
+    data = _env("MLOPS_DATA_URI", f"{state}/data").rstrip("/")
+    return Settings(
+        state_uri=state,
+        data_uri=data,
+        reports_uri=_env("MLOPS_REPORTS_URI", f"{state}/reports").rstrip("/"),
+        mlflow_tracking_uri=_env("MLFLOW_TRACKING_URI", f"sqlite:///{state}/mlflow/mlflow.db"),
+        mlflow_artifacts_uri=_env("MLOPS_MLFLOW_ARTIFACTS_URI", f"{state}/mlflow/artifacts"),
+        params_path=_env("MLOPS_PARAMS", str(REPO_ROOT / "params.yaml")),
+        feature_repo=_env("MLOPS_FEATURE_REPO", str(REPO_ROOT / "feature_repo")),
+    )

@@ -1,0 +1,19 @@
+# Environment of the embedded default: every piece of state under one git-ignored folder.
+# Source it (`. scripts/env.sh`); values already set in the environment win.
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export MLOPS_STATE_URI="${MLOPS_STATE_URI:-$REPO/.state}"
+export AIRFLOW_HOME="${AIRFLOW_HOME:-$MLOPS_STATE_URI/airflow}"
+export AIRFLOW__CORE__DAGS_FOLDER="$REPO/dags"
+export AIRFLOW__CORE__PLUGINS_FOLDER="$REPO/plugins"
+export AIRFLOW__CORE__LOAD_EXAMPLES=False
+export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=True
+export AIRFLOW__CORE__PARALLELISM="${AIRFLOW__CORE__PARALLELISM:-2}"
+export AIRFLOW__API__PORT="${AIRFLOW__API__PORT:-8080}"
+export AIRFLOW__API__HOST="${AIRFLOW__API__HOST:-127.0.0.1}"
+export AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL="${AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL:-30}"
+export MLFLOW_PORT="${MLFLOW_PORT:-5000}"
+# Two cores: one math thread per task, or training and scoring stall each other.
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" OPENBLAS_NUM_THREADS="${OPENBLAS_NUM_THREADS:-1}"
+export PATH="$REPO/.venv/bin:$PATH"
+# A demo run pins the scheduled span so `make up` shows the same runs (see scripts/demo.sh).
+if [ -f "$MLOPS_STATE_URI/schedule.env" ]; then . "$MLOPS_STATE_URI/schedule.env"; fi

@@ -1,0 +1,25 @@
+"""Test-wide isolation: every test session gets its own state folder and Airflow home.
+
+Set before anything imports Airflow or the pipelines settings, so nothing touches `.state/`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+_STATE = Path(tempfile.mkdtemp(prefix="mlops-test-state-"))
+
+os.environ["MLOPS_STATE_URI"] = str(_STATE)
+os.environ["AIRFLOW_HOME"] = str(_STATE / "airflow")
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO / "dags")
+os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(REPO / "plugins")
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "False"
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+os.environ.pop("MLOPS_SCHEDULE_START", None)
+os.environ.pop("MLOPS_SCHEDULE_END", None)
+(_STATE / "airflow").mkdir(parents=True, exist_ok=True)

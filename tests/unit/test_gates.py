@@ -1,0 +1,76 @@
+"""Gates: floors, the paired bootstrap and its verdicts on synthetic scores with known truth."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipelines.config import CompareGate, GatesConfig
+from pipelines.gates import calibration_error, evaluate, paired_bootstrap
+
+PARITY_OK = {"passed": True, "max_abs_diff": 1e-7, "tolerance": 1e-5}
+PARITY_BAD = {"passed": False, "max_abs_diff": 3e-3, "tolerance": 1e-5}
+CFG = GatesConfig(floors={"roc_auc": 0.6}, compare=CompareGate(n_bootstrap=200, seed=1))
+
+
+def scores(n: int, signal: float, seed: int):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    logits = signal * (2 * y - 1) + rng.normal(0, 1, n)
+    return y, 1 / (1 + np.exp(-logits))
+
+
+def test_first_model_faces_floors_only():
+    y, p = scores(2000, 1.0, 0)
+    report = evaluate(CFG, y, p, None, PARITY_OK)
+    assert report["passed"] and not report["has_champion"]
+    assert [c["gate"] for c in report["checks"]] == ["floor:roc_auc", "onnx_parity"]
+
+
+def test_model_below_floor_fails_and_says_why():
+    y, p = scores(2000, 0.05, 0)
+    report = evaluate(CFG, y, p, None, PARITY_OK)
+    assert not report["passed"] and report["failed"] == ["floor:roc_auc"]
+
+
+def test_onnx_disagreement_blocks_promotion():
+    y, p = scores(2000, 1.0, 0)
+    report = evaluate(CFG, y, p, None, PARITY_BAD)
+    assert not report["passed"] and report["failed"] == ["onnx_parity"]
+
+
+def test_clearly_better_challenger_passes():
+    rng = np.random.default_rng(3)
+    y, good = scores(3000, 1.5, 3)
+    weak = np.clip(good + rng.normal(0, 0.3, len(y)), 0, 1)
+    report = evaluate(CFG, y, good, weak, PARITY_OK)
+    assert report["passed"], report["failed"]
+    assert report["comparison"]["ci_low"] > 0
+
+
+@pytest.mark.parametrize("case", ["worse", "noise"])
+def test_worse_or_indistinguishable_challenger_is_not_promoted(case):
+    rng = np.random.default_rng(4)
+    y, champion = scores(3000, 1.5, 4)
+    if case == "worse":
+        challenger = np.clip(champion + rng.normal(0, 0.3, len(y)), 0, 1)
+    else:  # same ranking up to a tiny jitter: the difference is inside the noise
+        challenger = np.clip(champion + rng.normal(0, 1e-4, len(y)), 0, 1)
+    report = evaluate(CFG, y, challenger, champion, PARITY_OK)
+    assert not report["passed"]
+    assert report["failed"] == ["beats_champion:roc_auc"]
+    assert report["comparison"]["ci_low"] <= 0
+
+
+def test_bootstrap_is_reproducible_with_its_seed():
+    y, a = scores(500, 1.0, 5)
+    _, b = scores(500, 0.8, 6)
+    one = paired_bootstrap(y, a, b, "roc_auc", 100, 0.95, seed=9)
+    two = paired_bootstrap(y, a, b, "roc_auc", 100, 0.95, seed=9)
+    assert one == two and one["ci_low"] <= one["observed"] <= one["ci_high"]
+
+
+def test_calibration_error_zero_for_perfect_calibration_and_large_for_bad():
+    y = np.array([0, 1] * 500)
+    assert calibration_error(y, np.full(1000, 0.5)) == pytest.approx(0.0)
+    assert calibration_error(y, np.where(y == 1, 0.0, 1.0)) == pytest.approx(1.0)
