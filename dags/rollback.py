@@ -9,7 +9,12 @@ from __future__ import annotations
 
 from airflow.sdk import Asset, Param, dag, task
 
-from pipelines.orchestration import CHAMPION_ASSET, REGISTRY_POOL, default_args, schedule_span
+from pipelines.orchestration import (
+    CHAMPION_ASSET,
+    REGISTRY_POOL,
+    default_args,
+    schedule_span,
+)
 
 
 @dag(

@@ -16,8 +16,13 @@ from __future__ import annotations
 
 from airflow.sdk import Asset, Param, dag, task
 
-from pipelines.orchestration import (CHAMPION_ASSET, REGISTRY_POOL, RETRAIN_ASSET, default_args,
-                                     schedule_span)
+from pipelines.orchestration import (
+    CHAMPION_ASSET,
+    REGISTRY_POOL,
+    RETRAIN_ASSET,
+    default_args,
+    schedule_span,
+)
 
 
 @dag(

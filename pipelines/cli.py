@@ -56,7 +56,11 @@ def cmd_train(a: argparse.Namespace) -> Any:
     from pipelines.registry import promote
     from pipelines.tracking import evaluate_challenger, train_and_register
     from pipelines.training import build_training_set
-    from pipelines.windows import build_window_features, training_window, validate_window
+    from pipelines.windows import (
+        build_window_features,
+        training_window,
+        validate_window,
+    )
 
     cfg, s = _ctx()
     window = training_window(cfg, {"train_start": a.start, "train_end": a.end}, [])

@@ -15,7 +15,6 @@ import os
 import tempfile
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from pipelines import gates, onnx_model, registry, storage, training

@@ -10,11 +10,10 @@ import subprocess
 from datetime import date
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from pipelines import storage
-from pipelines.config import Config, params_hash
+from pipelines.config import Config
 from pipelines.dataset import PREDICTION_TIME, ROW_KEY, load_events
 from pipelines.dates import day_start
 from pipelines.settings import REPO_ROOT, Settings

