@@ -1,38 +1,64 @@
-"""Validation of a day's raw batches (every daily table) and the reference snapshots."""
+"""Validation gates of the lifecycle: a day's raw batches, the reference snapshots, and the derived
+outputs (training sets, prediction partitions) before anything uses them.
+
+Where the reports go (all under the reports URI, local or object store):
+
+    validation/<table>/date=D.json | .md     JSON report and expectations report per batch
+    validation/training_set/<start>_<end>.json | .md,  validation/predictions/date=D.json | .md
+    data_docs/<name>/<partition>/index.html  GX Data Docs site per batch or output
+"""
 
 from __future__ import annotations
 
 import os
 from datetime import date, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipelines import storage
 from pipelines.config import Config
-from pipelines.dates import day_start
+from pipelines.dates import day_start, to_date
 from pipelines.ingest import batch_uri
 from pipelines.settings import REPO_ROOT, Settings
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 SUITES = os.environ.get("MLOPS_EXPECTATIONS_DIR", str(REPO_ROOT / "expectations"))
+TRAINING_SET, PREDICTIONS = "training_set", "predictions"  # suite names of the derived outputs
+EVENT_TIME = "event_time"  # pipelines.dataset: the event's own timestamp in model rows
+
+
+def _uris(settings: Settings, name: str, partition: str) -> dict[str, str]:
+    return {"report_uri": storage.join(settings.reports_uri, "validation", name, f"{partition}.json"),
+            "docs_uri": storage.join(settings.reports_uri, "data_docs", name, partition)}
 
 
 def validate_day(cfg: Config, settings: Settings, day: date,
                  tables: list[str] | None = None) -> list[dict[str, Any]]:
-    """Validate `day`'s batch of each daily table; raises DataValidationError on a bad one."""
-    from pipelines.validation import validate_batch
+    """Validate `day`'s batch of each daily table; raises DataValidationError on a bad one.
 
-    results = []
+    Every table is validated (and each bad batch quarantined) before the error is raised, so
+    one run names every bad batch of the day.
+    """
+    from pipelines.validation import DataValidationError, validate_batch
+
+    results, errors = [], []
     for table in tables or cfg.dataset.daily_tables:
         source = cfg.dataset.sources[table]
         uri = batch_uri(settings.landing_uri, table, day)
         if not storage.exists(uri):
             raise FileNotFoundError(f"{uri}: no {table} batch has landed for {day}")
-        results.append(validate_batch(
-            table=table, batch_uri=uri, suite_dir=SUITES,
-            report_uri=storage.join(settings.reports_uri, "validation", table,
-                                    f"date={day.isoformat()}.json"),
-            interval_start=day_start(day), interval_end=day_start(day + timedelta(days=1)),
-            timestamp_column=source.timestamp, max_file_mb=cfg.validation.max_file_mb,
-            quarantine_uri=settings.quarantine_uri))
+        try:
+            results.append(validate_batch(
+                table=table, batch_uri=uri, suite_dir=SUITES,
+                interval_start=day_start(day), interval_end=day_start(day + timedelta(days=1)),
+                timestamp_column=source.timestamp, max_file_mb=cfg.validation.max_file_mb,
+                quarantine_uri=settings.quarantine_uri,
+                **_uris(settings, table, f"date={day.isoformat()}")))
+        except DataValidationError as exc:
+            errors.append(str(exc))
+    if errors:
+        raise DataValidationError("\n\n".join(errors))
     return results
 
 
@@ -45,9 +71,9 @@ def validate_snapshots(cfg: Config, settings: Settings) -> list[dict[str, Any]]:
             continue
         results.append(validate_batch(
             table=table, batch_uri=batch_uri(settings.landing_uri, table, None), suite_dir=SUITES,
-            report_uri=storage.join(settings.reports_uri, "validation", table, "snapshot.json"),
             interval_start=None, interval_end=None, timestamp_column=None,
-            max_file_mb=cfg.validation.max_file_mb, quarantine_uri=settings.quarantine_uri))
+            max_file_mb=cfg.validation.max_file_mb, quarantine_uri=settings.quarantine_uri,
+            **_uris(settings, table, "snapshot")))
     return results
 
 
@@ -60,3 +86,45 @@ def validate_interval(cfg: Config, settings: Settings, day: date) -> list[dict[s
                    if storage.exists(batch_uri(settings.landing_uri, t, earlier))]
         results += validate_day(cfg, settings, earlier, present) if present else []
     return results + validate_day(cfg, settings, day)
+
+
+def validate_training_set(cfg: Config, settings: Settings,
+                          training_set: dict[str, Any]) -> dict[str, Any]:
+    """Validate a training set written by `build_training_set` (pass its returned dict).
+
+    Suite `expectations/training_set.json`; event times must lie in [start, end). Raises
+    DataValidationError on failure: do not train on it.
+    """
+    from pipelines.validation import validate_frame
+
+    uri = training_set["uri"]
+    start, end = to_date(training_set["start"]), to_date(training_set["end"])
+    return validate_frame(
+        TRAINING_SET, storage.read_parquet(uri), SUITES, source=uri, timestamp_column=EVENT_TIME,
+        interval_start=day_start(start), interval_end=day_start(end),
+        **_uris(settings, TRAINING_SET, f"{start.isoformat()}_{end.isoformat()}"))
+
+
+def validate_predictions(cfg: Config, settings: Settings, day: date,
+                         predictions: pd.DataFrame | list[str] | None = None) -> dict[str, Any]:
+    """Validate `day`'s predictions before they are published: pass the frame, or the URIs of
+    the part files written but not yet named by a manifest. On DataValidationError do not write
+    the manifest. With `predictions=None` the published partition (its manifest's files) is read.
+
+    Suite `expectations/predictions.json`; event times must lie inside the day.
+    """
+    import pandas as pd
+
+    from pipelines.validation import validate_frame
+
+    source = storage.join(settings.predictions_uri, f"date={day.isoformat()}")
+    if predictions is None:
+        manifest = storage.read_json(storage.join(source, "_manifest.json"))
+        predictions = [storage.join(source, name) for name in manifest["files"]]
+    if not isinstance(predictions, pd.DataFrame):
+        predictions = pd.concat([storage.read_parquet(uri) for uri in predictions],
+                                ignore_index=True)
+    return validate_frame(
+        PREDICTIONS, predictions, SUITES, source=source, timestamp_column=EVENT_TIME,
+        interval_start=day_start(day), interval_end=day_start(day + timedelta(days=1)),
+        **_uris(settings, PREDICTIONS, f"date={day.isoformat()}"))

@@ -1,11 +1,15 @@
-"""Validate landed batches before anything downstream reads them.
+"""Validate landed batches before anything downstream reads them, and derived outputs before
+they are published.
 
 A batch is one file, `<landing>/<table>/date=YYYY-MM-DD/<table>.csv` (or `.../snapshot/...`).
-`validate_batch` hardens the input (size, encoding, CSV syntax), runs the table's Great
-Expectations suite (`expectations/<table>.json`, dataset-specific configuration) plus timestamp
-checks done in code, writes a summary report, and on a "fail"-policy failure moves the batch
-folder to quarantine and raises `DataValidationError`. "warn"-policy failures are logged and
-reported only. The code knows nothing about flights: every rule lives in the suite files.
+`validate_batch` hardens the input (size, encoding, declared format, CSV syntax), runs the
+table's Great Expectations suite (`expectations/<table>.json`, dataset-specific configuration)
+plus the run's timestamp checks (custom GX expectations: timezone-aware, inside the interval),
+writes a JSON report, an expectations report (Markdown) and GX Data Docs, and on a
+"fail"-policy failure moves the batch folder to quarantine and raises
+`DataValidationError`. "warn"-policy failures are logged and reported only. `validate_frame` does
+the same for an in-memory output (training set, predictions) without moving anything. The code
+knows nothing about flights: every rule lives in the suite files.
 """
 
 from __future__ import annotations
@@ -15,18 +19,20 @@ import hashlib
 import io
 import logging
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pandas as pd
 
-from pipelines import storage
+from pipelines import data_docs, storage
 from pipelines import validation_rules as rules
 
 log = logging.getLogger(__name__)
 
 _MB = 1024 * 1024
 _PARQUET = (".parquet", ".pq")
-_CACHE_KEYS = ("table", "sha256", "suite_sha256", "interval", "timestamp_column")
+_MAGIC = {b"PAR1": "Parquet", b"\x1f\x8b": "gzip", b"PK\x03\x04": "zip"}
+_FORMAT = 2  # report layout version: 2 added the expectations report and Data Docs
+_CACHE_KEYS = ("format", "table", "sha256", "suite_sha256", "interval", "timestamp_column")
 
 
 class DataValidationError(Exception):
@@ -50,10 +56,17 @@ def _checked_bytes(uri: str, max_file_mb: float) -> bytes:
 
 
 def _parse(uri: str, data: bytes) -> pd.DataFrame:
-    if uri.lower().endswith(_PARQUET):
+    declared = "Parquet" if uri.lower().endswith(_PARQUET) else "CSV"
+    actual = next((kind for magic, kind in _MAGIC.items() if data.startswith(magic)), "CSV")
+    if actual != declared:  # e.g. a Parquet or zip file named .csv, a CSV named .parquet
+        raise DataValidationError(
+            f"{uri} is not the declared format: its name says {declared} but its first bytes "
+            f"{data[:4]!r} are " + (f"those of a {actual} file" if actual != "CSV" else
+                                    "not the PAR1 magic of a Parquet file"))
+    if declared == "Parquet":
         try:
             return pd.read_parquet(io.BytesIO(data))
-        except Exception as exc:
+        except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
             raise DataValidationError(f"{uri} is not a readable Parquet file: {exc}") from None
     try:
         text = data.decode("utf-8-sig")
@@ -95,6 +108,10 @@ def _iso(value: datetime | str | None) -> str | None:
     return None if value is None else rules.as_utc(value).isoformat()
 
 
+def _stem(uri: str) -> str:
+    return uri.removesuffix(".json")
+
+
 def _cached_report(report_uri: str, report: dict) -> dict | None:
     """The earlier report at report_uri if it passed on the same bytes, suite and interval."""
     try:
@@ -109,32 +126,93 @@ def _cached_report(report_uri: str, report: dict) -> dict | None:
 def _xcom(report: dict, report_uri: str, cached: bool = False) -> dict:
     return {"table": report["table"], "batch_uri": report["batch_uri"], "rows": report.get("rows"),
             "success": bool(report["success"]), "report_uri": report_uri, "cached": cached,
+            "expectations_report_uri": report.get("expectations_report_uri"),
+            "data_docs_uri": report.get("data_docs_uri"),
             "warnings": [rules.describe(w) for w in report.get("warnings", [])][:20]}
 
 
-def _reject(report: dict, report_uri: str, quarantine_uri: str | None) -> None:
-    """Write the report, move the batch folder to quarantine (with the report beside it), raise."""
-    file_uri, failures, table = report["batch_uri"], report["failures"], report["table"]
+def _new_report(table: str, uri: str, suite_dir: str, report_uri: str, timestamp_column: str | None,
+                interval: tuple[datetime | None, datetime | None]) -> tuple[dict, dict]:
+    suite, suite_sha = rules.load_suite(suite_dir, table)
+    report = {"format": _FORMAT, "table": table, "batch_uri": uri, "suite": suite.get("name"),
+              "suite_sha256": suite_sha, "timestamp_column": timestamp_column,
+              "interval": [_iso(interval[0]), _iso(interval[1])], "sha256": None, "rows": None,
+              "validated_at": datetime.now(UTC).isoformat(), "warnings": [], "checks": [],
+              "expectations_report_uri": _stem(report_uri) + ".md", "data_docs_uri": None}
+    return report, suite
+
+
+def _run_checks(df: pd.DataFrame, suite: dict, report: dict, docs_uri: str, partition: str,
+                interval: tuple[datetime | None, datetime | None]) -> list[dict]:
+    """The suite, plus this run's timestamp checks, through GX (building this run's Data Docs)."""
+    report["rows"] = len(df)
+    if report["timestamp_column"]:
+        extra = rules.timestamp_checks(list(df.columns), report["timestamp_column"], *interval)
+        suite = {**suite, "expectations": [*suite.get("expectations", []), *extra]}
+    checks, report["data_docs_uri"] = rules.run_gx(df, suite, docs_uri, asset=report["table"],
+                                                   run_name=partition)
+    return checks
+
+
+def _conclude(report: dict, checks: list[dict]) -> None:
+    failed = [c for c in checks if not c["success"]]
+    report.update(checks=checks, n_checks=len(checks),
+                  failures=[c for c in failed if c["on_failure"] == "fail"],
+                  warnings=[c for c in failed if c["on_failure"] == "warn"])
+    report["success"] = not report["failures"]
+    for warning in report["warnings"]:
+        log.warning("%s (%s), warn-only check: %s", report["batch_uri"], report["table"],
+                    rules.describe(warning))
+
+
+def _write(report: dict, report_uri: str) -> None:
+    """The JSON report and the expectations report (Markdown) beside it."""
+    storage.write_json(report_uri, report)
+    storage.write_bytes(report["expectations_report_uri"],
+                        data_docs.expectations_report(report).encode("utf-8"))
+    log.info("%s (%s): %s; expectations report %s; Data Docs %s", report["batch_uri"],
+             report["table"], "passed" if report["success"] else "FAILED",
+             report["expectations_report_uri"], report["data_docs_uri"] or "none")
+
+
+def _quarantine(report: dict, quarantine_uri: str | None) -> str:
+    """Move the batch folder to quarantine (with the reports beside it); says where it went."""
+    file_uri, table = report["batch_uri"], report["table"]
     folder = file_uri.rsplit("/", 1)[0]
     # the landing layout <...>/<table>/<partition>/<file>: the partition folder is the batch
     partitioned = folder.rsplit("/", 2)[-2:-1] == [table]
-    where = "the batch was left in place (no quarantine configured)"
-    if quarantine_uri and storage.exists(file_uri):
-        dest = storage.join(quarantine_uri, table,
-                            os.path.basename(folder) if partitioned else "unpartitioned")
-        storage.remove(dest, recursive=True)  # an older quarantined copy of the same batch
-        if partitioned:
-            storage.move(folder, dest)
-        else:  # never move a folder that is not a batch partition: only the file goes
-            storage.move(file_uri, storage.join(dest, os.path.basename(file_uri)))
-        report["quarantined_to"] = dest
-        storage.write_json(storage.join(dest, "_validation.json"), report)
-        where = f"the batch was moved to {dest}"
-    storage.write_json(report_uri, report)
+    if not quarantine_uri or not storage.exists(file_uri):
+        return "the batch was left in place (no quarantine configured)"
+    dest = storage.join(quarantine_uri, table,
+                        os.path.basename(folder) if partitioned else "unpartitioned")
+    storage.remove(dest, recursive=True)  # an older quarantined copy of the same batch
+    if partitioned:
+        storage.move(folder, dest)
+    else:  # never move a folder that is not a batch partition: only the file goes
+        storage.move(file_uri, storage.join(dest, os.path.basename(file_uri)))
+    report["quarantined_to"] = dest
+    storage.write_json(storage.join(dest, "_validation.json"), report)
+    storage.write_bytes(storage.join(dest, "_validation.md"),
+                        data_docs.expectations_report(report).encode("utf-8"))
+    return f"the batch was moved to {dest}"
+
+
+def _raise(report: dict, report_uri: str, where: str) -> None:
+    failures = report["failures"]
     lines = [f"- {rules.describe(f)}" for f in failures]
+    docs = report["data_docs_uri"] or "none (GX did not run: the file is not a readable table)"
     raise DataValidationError(
-        f"Data validation failed for {file_uri} (table {report['table']}: {len(failures)} of "
-        f"{report['n_checks']} checks failed; {where}; report at {report_uri}):\n" + "\n".join(lines))
+        f"Data validation failed for {report['batch_uri']} (table {report['table']}: "
+        f"{len(failures)} of {report['n_checks']} checks failed; {where}):\n" + "\n".join(lines)
+        + f"\nReport: {report_uri}; expectations report: {report['expectations_report_uri']}; "
+        f"Data Docs: {docs}")
+
+
+def _partition(uri: str) -> str:
+    """The batch's partition folder (`date=...`, `snapshot`), else the file or folder stem."""
+    parts = uri.rstrip("/").rsplit("/", 2)
+    parent = parts[-2] if len(parts) > 1 else ""
+    return parent if "=" in parent or parent == "snapshot" else os.path.splitext(parts[-1])[0]
 
 
 def validate_batch(
@@ -147,21 +225,18 @@ def validate_batch(
     timestamp_column: str | None = None,
     max_file_mb: float = 200.0,
     quarantine_uri: str | None = None,
+    docs_uri: str | None = None,
 ) -> dict:
     """Validate one batch against `<suite_dir>/<table>.json`; returns a small XCom-able summary.
 
     Raises DataValidationError (after quarantining the batch folder) on any "fail"-policy
-    failure. A batch whose bytes already have a passing report at report_uri (same suite and
-    interval) is not validated again.
+    failure. Writes the JSON report, the expectations report (`.md` beside it) and GX Data Docs
+    (to docs_uri; default: a folder beside the report). A batch whose bytes already have a
+    passing report at report_uri (same suite and interval) is not validated again.
     """
     file_uri = _batch_file(table, batch_uri)
-    suite, suite_sha = rules.load_suite(suite_dir, table)
-    report: dict = {
-        "table": table, "batch_uri": file_uri, "suite": suite.get("name"),
-        "suite_sha256": suite_sha, "timestamp_column": timestamp_column,
-        "interval": [_iso(interval_start), _iso(interval_end)], "sha256": None, "rows": None,
-        "validated_at": datetime.now(timezone.utc).isoformat(), "warnings": [], "checks": []}
-    df, checks = None, []
+    interval = (interval_start, interval_end)
+    report, suite = _new_report(table, file_uri, suite_dir, report_uri, timestamp_column, interval)
     try:
         data = _checked_bytes(file_uri, max_file_mb)
         report["sha256"] = hashlib.sha256(data).hexdigest()
@@ -173,21 +248,50 @@ def validate_batch(
         df = _parse(file_uri, data)
     except DataValidationError as exc:
         checks = [rules.input_failure("readable_batch_file", str(exc))]
-    if df is not None:
-        report["rows"] = len(df)
-        checks = rules.run_gx(df, suite)
-        if timestamp_column:
-            checks += rules.timestamp_checks(df, timestamp_column, interval_start, interval_end)
-    failed = [c for c in checks if not c["success"]]
-    report.update(checks=checks, n_checks=len(checks),
-                  failures=[c for c in failed if c["on_failure"] == "fail"],
-                  warnings=[c for c in failed if c["on_failure"] == "warn"])
-    report["success"] = not report["failures"]
-    for warning in report["warnings"]:
-        log.warning("%s (table %s), warn-only check: %s", file_uri, table, rules.describe(warning))
+    else:
+        checks = _run_checks(df, suite, report, docs_uri or _stem(report_uri),
+                             _partition(file_uri), interval)
+    _conclude(report, checks)
     if not report["success"]:
-        _reject(report, report_uri, quarantine_uri)
-    storage.write_json(report_uri, report)
+        where = _quarantine(report, quarantine_uri)
+        _write(report, report_uri)
+        _raise(report, report_uri, where)
+    _write(report, report_uri)
+    return _xcom(report, report_uri)
+
+
+def validate_frame(
+    name: str,
+    df: pd.DataFrame,
+    suite_dir: str,
+    report_uri: str,
+    source: str,
+    timestamp_column: str | None = None,
+    interval_start: datetime | None = None,
+    interval_end: datetime | None = None,
+    docs_uri: str | None = None,
+) -> dict:
+    """Validate an in-memory derived output (training set, prediction partition) with
+    `<suite_dir>/<name>.json`: same checks, reports and Data Docs as a batch, no quarantine.
+
+    `source` names the output in messages (its URI, or where it is about to be written). On a
+    "fail"-policy failure raises DataValidationError; nothing is moved, and the caller must not
+    publish the output.
+    """
+    interval = (interval_start, interval_end)
+    report, suite = _new_report(name, source, suite_dir, report_uri, timestamp_column, interval)
+    try:  # the columns and every row's hash; unhashable cells (lists) leave it unset
+        rows = pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes()
+        report["sha256"] = hashlib.sha256(repr(list(df.columns)).encode() + rows).hexdigest()
+    except TypeError:
+        pass
+    checks = _run_checks(df, suite, report, docs_uri or _stem(report_uri), _partition(source),
+                         interval)
+    _conclude(report, checks)
+    _write(report, report_uri)
+    if not report["success"]:
+        _raise(report, report_uri, "a derived output: nothing was moved, and it must not be "
+                                   "published or used")
     return _xcom(report, report_uri)
 
 

@@ -1,7 +1,8 @@
-"""The parts of batch validation that know about rules: suites, GX runs, timestamp checks, reports.
+"""The parts of validation that know about rules: suites, GX runs, timestamp checks, drafts.
 
 Every check ends up as one flat "check record" (a small JSON-able dict), whether it came from a
-Great Expectations expectation or from the timestamp checks done here in code:
+Great Expectations expectation (built-in, or the timestamp expectations defined here) or from
+the input hardening (a file that is not a readable table):
 
     {"check": "expect_...", "column": "distance", "on_failure": "fail" | "warn", "success": bool,
      "observed": "...", "unexpected_count": int | None, "examples": ["..."], "error": str | None}
@@ -12,14 +13,24 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from datetime import datetime, timezone
-from typing import Any
+import tempfile
+from datetime import UTC, datetime
+from typing import Any, ClassVar
 
 import pandas as pd
+from great_expectations.execution_engine import PandasExecutionEngine
+from great_expectations.expectations.expectation import ColumnMapExpectation
+from great_expectations.expectations.metrics.map_metric_provider import (
+    ColumnMapMetricProvider,
+    column_condition_partial,
+)
+from great_expectations.render import LegacyRendererType, RenderedStringTemplateContent
+from great_expectations.render.renderer.renderer import renderer
 
 from pipelines import storage
 
 POLICIES = ("fail", "warn")
+SEVERITY = {"fail": "critical", "warn": "warning"}  # meta.on_failure -> GX failure severity
 MAX_EXAMPLES = 5
 MAX_LEVELS = 20  # draft_suite: string columns with at most this many distinct values get a value set
 STRING_TYPES = ["object", "StringDtype", "str"]
@@ -50,42 +61,63 @@ def _gx_suite(suite: dict):
     expectations = []
     for i, exp in enumerate(suite.get("expectations", [])):
         fields = {k: exp[k] for k in ("type", "kwargs", "meta", "notes", "description") if k in exp}
+        # our policy, in GX's own words too (the validation result and Data Docs carry it)
+        fields["severity"] = SEVERITY[(exp.get("meta") or {}).get("on_failure", "fail")]
         try:  # build each one here: ExpectationSuite(...) would only log an invalid expectation
             expectations.append(ExpectationConfiguration(**fields).to_domain_obj())
         except Exception as exc:
             raise ValueError(f"suite {suite.get('name')!r}: expectation {i} ({exp.get('type')}) "
                              f"is not valid: {exc}") from exc
-    return ExpectationSuite(name=suite.get("name") or "suite", expectations=expectations)
+    meta = suite.get("meta") or {}
+    notes = [meta[k] for k in ("description", "policy") if meta.get(k)]
+    return ExpectationSuite(name=suite.get("name") or "suite", expectations=expectations,
+                            notes=notes or None)
 
 
-def run_gx(df: pd.DataFrame, suite: dict) -> list[dict]:
-    """Validate the whole dataframe with the suite in an ephemeral GX context; one record per check."""
+def run_gx(df: pd.DataFrame, suite: dict, docs_uri: str | None = None, asset: str = "batch",
+           run_name: str = "batch") -> tuple[list[dict], str | None]:
+    """Validate the whole dataframe with the suite: a GX Checkpoint in an ephemeral context.
+
+    With `docs_uri`, the checkpoint's UpdateDataDocsAction builds GX Data Docs for this run and
+    they are published there. Returns (one record per check, the validation page URI or None).
+    """
     import great_expectations as gx
-    from great_expectations.data_context.types.base import (
-        DataContextConfig,
-        InMemoryStoreBackendDefaults,
-        ProgressBarsConfig,
-    )
+    from great_expectations.checkpoint import UpdateDataDocsAction
+
+    from pipelines import data_docs
 
     gx_suite = _gx_suite(suite)
-    config = DataContextConfig(store_backend_defaults=InMemoryStoreBackendDefaults(),
-                               analytics_enabled=False, progress_bars=ProgressBarsConfig(globally=False))
-    context = gx.get_context(project_config=config, mode="ephemeral")
-    asset = context.data_sources.add_pandas("landing").add_dataframe_asset("batch")
-    batch = asset.add_batch_definition_whole_dataframe("whole").get_batch(
-        batch_parameters={"dataframe": df})
-    result = batch.validate(gx_suite, result_format={
-        "result_format": "SUMMARY", "partial_unexpected_count": MAX_EXAMPLES})
-    records = [_record(r.to_json_dict()) for r in result.results]
+    with tempfile.TemporaryDirectory(prefix="gx-data-docs-") as site:
+        context = data_docs.context(site if docs_uri else None)
+        batch = (context.data_sources.add_pandas("validation").add_dataframe_asset(asset)
+                 .add_batch_definition_whole_dataframe("whole"))
+        definition = context.validation_definitions.add(gx.ValidationDefinition(
+            name=asset, data=batch, suite=context.suites.add(gx_suite)))
+        checkpoint = context.checkpoints.add(gx.Checkpoint(
+            name=asset, validation_definitions=[definition],
+            actions=[UpdateDataDocsAction(name="update_data_docs")] if docs_uri else [],
+            result_format={"result_format": "SUMMARY", "partial_unexpected_count": MAX_EXAMPLES}))
+        result = checkpoint.run(batch_parameters={"dataframe": df},
+                                run_id=gx.RunIdentifier(run_name=_gx_key(run_name)))
+        (validation,) = result.run_results.values()
+        page = data_docs.publish(site, docs_uri) if docs_uri else None
+    records = [_record(r.to_json_dict()) for r in validation.results]
     for rec in records:  # GX's own words for a missing column vary by expectation
         if rec["error"] and rec["kwargs"].get("column") not in (None, *df.columns):
             rec["error"] = f"column {rec['kwargs']['column']!r} is not in the batch"
-    return sorted(records, key=lambda r: (r["column"] != "(table)", r["column"], r["check"]))
+    return sorted(records, key=lambda r: (r["column"] != "(table)", r["column"], r["check"])), page
+
+
+def _gx_key(text: str) -> str:
+    """GX file-store keys may not contain path separators."""
+    return text.replace("/", "_").replace("\\", "_") or "batch"
 
 
 def _example(value: Any, index: Any = None) -> str:
     if isinstance(value, dict):
         text = "{" + ", ".join(f"{k}={v!r}" for k, v in value.items()) + "}"
+    elif isinstance(value, (list, tuple)):  # a row of a column pair or compound key
+        text = "(" + ", ".join(str(v) for v in value) + ")"
     elif isinstance(value, float) and math.isnan(value):
         text = "NaN"
     else:
@@ -131,38 +163,104 @@ def as_utc(value: datetime | str) -> pd.Timestamp:
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
 
-def _mask_record(check: str, column: str, mask: pd.Series, values: pd.Series, what: str) -> dict:
-    bad = mask.fillna(True).astype(bool)
-    n = int(bad.sum())
-    examples = [_example(values[i], i) for i in bad[bad].index[:MAX_EXAMPLES]]
-    return {"check": check, "column": column, "kwargs": {}, "on_failure": "fail", "success": n == 0,
-            "observed": f"{n} of {len(values)} values {what}", "unexpected_count": n,
-            "examples": examples[:MAX_EXAMPLES], "error": None}
-
-
-def timestamp_checks(df: pd.DataFrame, column: str, start: datetime | str | None,
-                     end: datetime | str | None) -> list[dict]:
-    """Timestamps are timezone-aware UTC and inside [start, end). A naive start/end counts as UTC."""
-    if column not in df.columns:
-        return []  # the suite's column-set expectation reports the missing column
-    values = df[column].reset_index(drop=True)
+def _timestamps(values: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """(has an explicit zone, the UTC timestamp or NaT) for text or datetime values."""
     if pd.api.types.is_datetime64_any_dtype(values):
-        aware = pd.Series(getattr(values.dtype, "tz", None) is not None, index=values.index)
-        parsed = values.dt.tz_convert("UTC") if aware.all() else values.dt.tz_localize("UTC")
-    else:
-        text = values.astype("string").str.strip()
-        aware = text.str.contains(_TZ_SUFFIX, regex=True).fillna(False).astype(bool)
-        parsed = pd.to_datetime(text, utc=True, errors="coerce", format="ISO8601")
-    checks = [_mask_record("expect_column_values_to_be_timezone_aware_utc_timestamps", column,
-                           ~(aware & parsed.notna()), values, "missing, unparseable or timezone-naive")]
+        aware = getattr(values.dtype, "tz", None) is not None
+        parsed = values.dt.tz_convert("UTC") if aware else values.dt.tz_localize("UTC")
+        return pd.Series(aware, index=values.index), parsed
+    text = values.astype("string").str.strip()
+    aware = text.str.contains(_TZ_SUFFIX, regex=True).fillna(False).astype(bool)
+    return aware, pd.to_datetime(text, utc=True, errors="coerce", format="ISO8601")
+
+
+# Timestamp sanity as real GX expectations (so Data Docs show them): custom column-map
+# expectations, added to a suite at run time because the interval is the run's (timestamp_checks).
+class ColumnValuesTimezoneAware(ColumnMapMetricProvider):
+    condition_metric_name = "column_values.timezone_aware_timestamp"
+
+    @column_condition_partial(engine=PandasExecutionEngine)
+    def _pandas(cls, column: pd.Series, **kwargs: Any) -> pd.Series:
+        aware, parsed = _timestamps(column)
+        return aware & parsed.notna()
+
+
+class ColumnValuesNotBefore(ColumnMapMetricProvider):
+    condition_metric_name = "column_values.timestamp_not_before"
+    condition_value_keys = ("min_value",)
+
+    @column_condition_partial(engine=PandasExecutionEngine)
+    def _pandas(cls, column: pd.Series, min_value: str, **kwargs: Any) -> pd.Series:
+        return ~(_timestamps(column)[1] < as_utc(min_value))
+
+
+class ColumnValuesBefore(ColumnMapMetricProvider):
+    condition_metric_name = "column_values.timestamp_before"
+    condition_value_keys = ("max_value",)
+
+    @column_condition_partial(engine=PandasExecutionEngine)
+    def _pandas(cls, column: pd.Series, max_value: str, **kwargs: Any) -> pd.Series:
+        return ~(_timestamps(column)[1] >= as_utc(max_value))
+
+
+class _Sentence:
+    """The Data Docs sentence of a timestamp expectation (GX's fallback prints raw kwargs)."""
+
+    sentence: ClassVar[str] = ""
+
+    @classmethod
+    @renderer(renderer_type=LegacyRendererType.PRESCRIPTIVE)
+    def _prescriptive_renderer(cls, configuration: Any = None, result: Any = None,
+                               runtime_configuration: dict | None = None, **kwargs: Any) -> list:
+        config = configuration or getattr(result, "expectation_config", None)
+        params = {k: v for k, v in (config.kwargs if config else {}).items() if k != "batch_id"}
+        return [RenderedStringTemplateContent(
+            content_block_type="string_template",
+            string_template={"template": "$column values must be " + cls.sentence,
+                             "params": params,
+                             "styling": (runtime_configuration or {}).get("styling")})]
+
+
+class ExpectColumnValuesToBeTimezoneAwareUtcTimestamps(_Sentence, ColumnMapExpectation):
+    """Each value is a timestamp with an explicit zone: ISO text ending in Z or +hh:mm (naive
+    text such as '2013-01-01 10:00' fails), or a timezone-aware datetime."""
+
+    sentence: ClassVar[str] = ("timestamps with an explicit time zone (ISO text ending in Z "
+                               "or +hh:mm, or timezone-aware datetimes).")
+    map_metric = "column_values.timezone_aware_timestamp"
+
+
+class ExpectColumnValuesToNotBeBeforeIntervalStart(_Sentence, ColumnMapExpectation):
+    """Each timestamp is at or after min_value (the data interval start, ISO)."""
+
+    sentence: ClassVar[str] = "at or after the data interval start $min_value."
+    min_value: str
+    map_metric = "column_values.timestamp_not_before"
+    success_keys = ("min_value", "mostly")
+
+
+class ExpectColumnValuesToBeBeforeIntervalEnd(_Sentence, ColumnMapExpectation):
+    """Each timestamp is before max_value (the data interval end, ISO): not in the future."""
+
+    sentence: ClassVar[str] = "before the data interval end $max_value (not in its future)."
+    max_value: str
+    map_metric = "column_values.timestamp_before"
+    success_keys = ("max_value", "mostly")
+
+
+def timestamp_checks(columns: list[str], column: str, start: datetime | str | None,
+                     end: datetime | str | None) -> list[dict]:
+    """Suite entries: `column` holds timezone-aware timestamps inside [start, end) (a naive
+    start/end counts as UTC). None if the column is absent: the column-set check reports that."""
+    if column not in columns:
+        return []
+    exps = [_exp("expect_column_values_to_be_timezone_aware_utc_timestamps", column=column)]
     if start is not None and end is not None:
-        start_ts, end_ts = as_utc(start), as_utc(end)
-        checks.append(_mask_record("expect_column_values_to_not_be_before_interval_start", column,
-                                   parsed < start_ts, values, f"before {start_ts.isoformat()}"))
-        checks.append(_mask_record("expect_column_values_to_be_before_interval_end", column,
-                                   parsed >= end_ts, values,
-                                   f"at or after the interval end {end_ts.isoformat()}"))
-    return checks
+        exps += [_exp("expect_column_values_to_not_be_before_interval_start", column=column,
+                      min_value=as_utc(start).isoformat()),
+                 _exp("expect_column_values_to_be_before_interval_end", column=column,
+                      max_value=as_utc(end).isoformat())]
+    return exps
 
 
 def input_failure(check: str, message: str) -> dict:
@@ -224,7 +322,7 @@ def profile_suite(df: pd.DataFrame, table: str) -> dict:
             if len(levels) <= min(MAX_LEVELS, len(non_null) / 2) and not _looks_like_timestamps(non_null):
                 exps.append(_exp("expect_column_values_to_be_in_set", column=col,
                                  value_set=sorted(levels)))
-    meta = {"drafted_at": datetime.now(timezone.utc).isoformat(), "drafted_from_rows": len(df),
+    meta = {"drafted_at": datetime.now(UTC).isoformat(), "drafted_from_rows": len(df),
             "review": "Drafted by pipelines.validation.draft_suite: tighten or loosen the bounds, and "
                       "set meta.on_failure to 'warn' where a violation should not stop the pipeline."}
     return {"name": table, "expectations": exps, "meta": meta}

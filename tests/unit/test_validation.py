@@ -6,9 +6,13 @@ Expectations, real filesystem moves) and looks at what happened to the files.
 
 from __future__ import annotations
 
+import html
+import io
 import json
 import logging
-from datetime import datetime, timedelta, timezone
+import re
+import shutil
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -57,6 +61,10 @@ class Lake:
     def report(self, day: str, table: str = "flights") -> Path:
         return self.root / "reports" / table / f"date={day}.json"
 
+    def docs(self, day: str, table: str = "flights") -> Path:
+        """Where validate_batch puts the batch's Data Docs by default: beside its report."""
+        return self.root / "reports" / table / f"date={day}"
+
     def write(self, day: str, data: bytes, table: str = "flights") -> Path:
         path = self.batch(day, table)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -64,13 +72,14 @@ class Lake:
         return path
 
     def validate(self, day: str, table: str = "flights", suite_dir: str = SUITES, **kw) -> dict:
-        start = datetime.fromisoformat(day).replace(tzinfo=timezone.utc)
-        args = dict(interval_start=start, interval_end=start + timedelta(days=1),
-                    timestamp_column="time_hour", max_file_mb=200.0,
-                    quarantine_uri=str(self.quarantine))
+        start = datetime.fromisoformat(day).replace(tzinfo=UTC)
+        args = {"interval_start": start, "interval_end": start + timedelta(days=1),
+                "timestamp_column": "time_hour", "max_file_mb": 200.0,
+                "quarantine_uri": str(self.quarantine)}
         args.update(kw)
-        return validate_batch(table, str(self.batch(day, table)), suite_dir,
-                              str(self.report(day, table)), **args)
+        batch = args.pop("batch_uri", str(self.batch(day, table)))
+        report = args.pop("report_uri", str(self.report(day, table)))
+        return validate_batch(table, batch, suite_dir, report, **args)
 
 
 @pytest.fixture
@@ -78,17 +87,76 @@ def lake(tmp_path: Path) -> Lake:
     return Lake(tmp_path)
 
 
+@pytest.fixture(scope="module")
+def validated_other_day(tmp_path_factory, flights) -> Path:
+    """OTHER_DAY's good batch, validated once (real GX run, report and Data Docs)."""
+    earlier = Lake(tmp_path_factory.mktemp("earlier"))
+    earlier.write(OTHER_DAY, _csv(flights[OTHER_DAY]))
+    assert earlier.validate(OTHER_DAY)["success"]
+    return earlier.root
+
+
+def _with_earlier_good_batch(lake: Lake, earlier: Path) -> bytes:
+    """Put the validated OTHER_DAY batch and its reports in this lake; returns its report."""
+    for folder in ("landing", "reports"):
+        shutil.copytree(earlier / folder, lake.root / folder, dirs_exist_ok=True)
+    assert lake.validate(OTHER_DAY)["cached"]  # a passing report of these very bytes
+    return lake.report(OTHER_DAY).read_bytes()
+
+
 def test_good_batch_passes_and_is_cached_by_content_hash(lake: Lake, flights) -> None:
     lake.write(DAY, _csv(flights[DAY]))
     out = lake.validate(DAY)
+    page = out.pop("data_docs_uri")
     assert out == {"table": "flights", "batch_uri": str(lake.batch(DAY)), "rows": ROWS,
                    "success": True, "warnings": [], "report_uri": str(lake.report(DAY)),
+                   "expectations_report_uri": str(lake.report(DAY).with_suffix(".md")),
                    "cached": False}
     report = json.loads(lake.report(DAY).read_text())
     assert report["success"] and len(report["sha256"]) == 64 and not report["failures"]
     assert report["n_checks"] > 40  # the whole suite ran, plus the timestamp checks
-    assert lake.validate(DAY)["cached"] is True  # same bytes, same suite: not validated again
+    assert report["data_docs_uri"] == page
+    # real GX Data Docs: a site for the batch, its validation page, the suite page
+    site = lake.docs(DAY)
+    assert Path(page).is_file() and Path(page).is_relative_to(site / "validations" / "flights")
+    assert "Status: Succeeded" in _text(Path(page))
+    assert (site / "expectations" / "flights.html").is_file()
+    assert "validation-flights.html" in (site / "index.html").read_text()
+    summary = lake.report(DAY).with_suffix(".md").read_text()
+    assert summary.startswith("# flights: PASSED") and page in summary
+    assert "| origin | expect_column_values_to_be_in_set |" in summary
+
+    again = lake.validate(DAY)  # same bytes, same suite: not validated again, no new page
+    assert again["cached"] is True and again["data_docs_uri"] == page
+    assert len(list((site / "validations").rglob("*.html"))) == 1
     assert lake.batch(DAY).exists()
+
+
+def test_reports_and_data_docs_are_written_through_storage_to_an_object_store(
+        lake: Lake, flights) -> None:
+    """fsspec's in-memory filesystem stands in for s3:// (the same code path: no local rename)."""
+    import fsspec
+
+    lake.write(DAY, _csv(flights[DAY]))
+    root = "memory://mlops-test-reports"
+    out = lake.validate(DAY, report_uri=f"{root}/validation/flights/date={DAY}.json",
+                        docs_uri=f"{root}/data_docs/flights/date={DAY}")
+    memory = fsspec.filesystem("memory")
+    try:
+        assert out["data_docs_uri"].startswith(f"{root}/data_docs/flights/date={DAY}/validations/")
+        assert "Status: Succeeded" in _text(memory.cat(out["data_docs_uri"]))
+        for name in ("index.html", "expectations/flights.html", "static/images/favicon.ico"):
+            assert memory.exists(f"{root}/data_docs/flights/date={DAY}/{name}")
+        assert memory.cat(out["expectations_report_uri"]).startswith(b"# flights: PASSED")
+    finally:
+        memory.rm(root, recursive=True)
+
+
+def _text(page: Path | bytes) -> str:
+    """The visible text of an HTML page (scripts, styles and tags dropped)."""
+    raw = page.decode() if isinstance(page, bytes) else page.read_text()
+    text = re.sub(r"<script.*?</script>|<style.*?</style>|<[^>]+>", " ", raw, flags=re.DOTALL)
+    return " ".join(html.unescape(text).split())
 
 
 def _set(column: str, rows: list[int], value):
@@ -104,6 +172,12 @@ def _broken_quote(df: pd.DataFrame) -> bytes:
     lines = _csv(df).decode().splitlines(keepends=True)
     lines[4] = lines[4].replace(",", ',"', 1)  # line 5 opens a quote that never closes
     return "".join(lines).encode()
+
+
+def _parquet_bytes(df: pd.DataFrame) -> bytes:
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    return buf.getvalue()
 
 
 def _non_utf8(df: pd.DataFrame) -> bytes:
@@ -124,12 +198,21 @@ CASES = {
     "nan_in_required_column": (_set("origin", [3, 4], None),
                                ["column origin: expect_column_values_to_not_be_null",
                                 "2 of 300 values unexpected"], {}),
+    "nan_in_required_numeric_column": (_set("distance", [3, 4], None),
+                                       ["column distance: expect_column_values_to_not_be_null",
+                                        "2 of 300 values unexpected", "None at row 4"], {}),
+    "plus_inf_in_numeric_column": (_set("distance", [5], "inf"),
+                                   ["column distance: expect_column_values_to_be_between",
+                                    "1 of 300 values unexpected", "inf at row 6"], {}),
+    "minus_inf_in_numeric_column": (_set("dep_delay", [6], "-inf"),
+                                    ["column dep_delay: expect_column_values_to_be_between",
+                                     "-inf at row 7"], {}),
     "empty_file": (lambda df: b"", ["is empty (0 bytes)"], {}),
     "header_only": (lambda df: _csv(df.head(0)),
                     ["expect_table_row_count_to_be_between", "observed: 0"], {}),
     "duplicate_keys": (lambda df: _csv(pd.concat([df, df.head(2)])),
-                       ["column time_hour, carrier, flight, origin: "
-                        "expect_compound_columns_to_be_unique", "carrier='UA'"], {}),
+                       [("column time_hour, carrier, flight, origin: "
+                         "expect_compound_columns_to_be_unique"), "carrier='UA'"], {}),
     "timestamp_in_future": (_set("time_hour", [7], "2013-01-05T10:00:00Z"),
                             ["column time_hour: expect_column_values_to_be_before_interval_end",
                              "'2013-01-05T10:00:00Z' at row 8"], {}),
@@ -137,8 +220,8 @@ CASES = {
                         ["column time_hour: expect_column_values_to_be_timezone_aware_utc",
                          "'2013-01-01 10:00:00' at row 1"], {}),
     "timestamp_before_interval": (_set("time_hour", [1], "2012-12-31T23:00:00Z"),
-                                  ["column time_hour: expect_column_values_to_not_be_before_"
-                                   "interval_start", "'2012-12-31T23:00:00Z'"], {}),
+                                  [("column time_hour: expect_column_values_to_not_be_before_"
+                                    "interval_start"), "'2012-12-31T23:00:00Z'"], {}),
     "out_of_range_value": (_set("distance", [2], -100),
                            ["column distance: expect_column_values_to_be_between",
                             "-100 at row 3"], {}),
@@ -146,29 +229,62 @@ CASES = {
     "non_utf8_bytes": (_non_utf8, ["not valid UTF-8", "byte 0xe9 at byte offset", "(line 2)"], {}),
     "file_above_size_limit": (lambda df: _csv(df), ["MB, above the limit of 0.01 MB"],
                               {"max_file_mb": 0.01}),
+    "parquet_bytes_named_csv": (_parquet_bytes, ["not the declared format", "its name says CSV",
+                                                 "those of a Parquet file"], {}),
 }
+# the file cannot be read as a table: GX does not run, so these have no Data Docs page
+UNREADABLE = {"empty_file", "broken_quote", "non_utf8_bytes", "file_above_size_limit",
+              "parquet_bytes_named_csv"}
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_batch_is_quarantined_with_a_clear_message(lake: Lake, flights, case: str) -> None:
+def test_bad_batch_is_quarantined_with_a_clear_message(lake: Lake, flights, validated_other_day,
+                                                       case: str) -> None:
     mutate, expected, kwargs = CASES[case]
-    lake.write(OTHER_DAY, _csv(flights[OTHER_DAY]))
-    assert lake.validate(OTHER_DAY)["success"]  # a good batch validated earlier, another date
+    good_report = _with_earlier_good_batch(lake, validated_other_day)  # another date, passed
     lake.write(DAY, mutate(flights[DAY]))
 
     with pytest.raises(DataValidationError) as info:
         lake.validate(DAY, **kwargs)
 
     message = str(info.value)
-    assert str(lake.batch(DAY)) in message
-    for text in expected:
+    assert str(lake.batch(DAY)) in message  # the file ...
+    for text in expected:  # ... the column, the rule, the observed value, examples
         assert text in message
+    report = json.loads(lake.report(DAY).read_text())
+    assert report["failures"] and f"report: {lake.report(DAY)}".lower() in message.lower()
+    assert f"expectations report: {report['expectations_report_uri']}" in message
+    if case in UNREADABLE:
+        assert report["data_docs_uri"] is None and "Data Docs: none (GX did not run" in message
+    else:  # the GX Data Docs page of this run shows the failure
+        assert f"Data Docs: {report['data_docs_uri']}" in message
+        assert "Status: Failed" in _text(Path(report["data_docs_uri"]))
+    assert "# flights: FAILED" in Path(report["expectations_report_uri"]).read_text()
     quarantined = lake.quarantine / "flights" / f"date={DAY}"
     assert (quarantined / "flights.csv").exists()
     assert json.loads((quarantined / "_validation.json").read_text())["success"] is False
-    assert not lake.batch(DAY).parent.exists()
-    assert json.loads(lake.report(DAY).read_text())["failures"]
-    assert lake.batch(OTHER_DAY).exists()  # the good batch of another date is untouched
+    assert (quarantined / "_validation.md").read_text().startswith("# flights: FAILED")
+    assert not lake.batch(DAY).parent.exists()  # nothing downstream can read it from landing
+    assert lake.batch(OTHER_DAY).read_bytes() == _csv(flights[OTHER_DAY])  # earlier: untouched
+    assert lake.report(OTHER_DAY).read_bytes() == good_report
+    assert lake.validate(OTHER_DAY)["cached"]  # and still passing
+
+
+@pytest.mark.parametrize("case,data,expected", [
+    ("truncated_parquet", lambda df: _parquet_bytes(df)[:-200],
+     ["is not a readable Parquet file", "magic bytes not found in footer"]),
+    ("csv_named_parquet", _csv, ["not the declared format", "its name says Parquet",
+                                 "not the PAR1 magic"]),
+])
+def test_bad_parquet_batch_is_quarantined(lake: Lake, flights, case, data, expected) -> None:
+    path = lake.batch(DAY).with_suffix(".parquet")
+    path.parent.mkdir(parents=True)
+    path.write_bytes(data(flights[DAY]))
+    with pytest.raises(DataValidationError) as info:
+        lake.validate(DAY, batch_uri=str(path))
+    assert str(path) in str(info.value) and all(t in str(info.value) for t in expected)
+    assert (lake.quarantine / "flights" / f"date={DAY}" / "flights.parquet").exists()
+    assert not path.exists()
 
 
 def test_unseen_carrier_warns_and_passes(lake: Lake, flights, caplog) -> None:
@@ -181,6 +297,32 @@ def test_unseen_carrier_warns_and_passes(lake: Lake, flights, caplog) -> None:
     assert "'ZZ' at row 1" in out["warnings"][0]
     assert any("carrier" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
     assert json.loads(lake.report(DAY).read_text())["warnings"][0]["column"] == "carrier"
+
+
+def test_unseen_origin_fails_by_its_policy_and_warns_once_the_suite_says_warn(
+        lake: Lake, flights, tmp_path: Path) -> None:
+    """The policy for unseen levels is per column and lives in the suite, not in code."""
+    lake.write(DAY, _set("origin", [2], "BOS")(flights[DAY]))
+    with pytest.raises(DataValidationError) as info:  # origin: on_failure "fail"
+        lake.validate(DAY)
+    assert ("column origin: expect_column_values_to_be_in_set failed; observed: 1 of 300 values "
+            "unexpected (0.33%); examples: 'BOS' at row 3") in str(info.value)
+    assert not lake.batch(DAY).exists()
+
+    suites = tmp_path / "suites"
+    suites.mkdir()
+    suite = json.loads((Path(SUITES) / "flights.json").read_text())
+    for exp in suite["expectations"]:
+        if (exp["type"], exp["kwargs"].get("column")) == ("expect_column_values_to_be_in_set",
+                                                          "origin"):
+            exp["meta"]["on_failure"] = "warn"
+    (suites / "flights.json").write_text(json.dumps(suite))
+    lake.write(DAY, _set("origin", [2], "BOS")(flights[DAY]))
+    out = lake.validate(DAY, suite_dir=str(suites))
+    assert out["success"] and lake.batch(DAY).exists()
+    assert [w.split(" failed")[0] for w in out["warnings"]] == [
+        "column origin: expect_column_values_to_be_in_set"]
+    assert "# flights: PASSED with warnings" in Path(out["expectations_report_uri"]).read_text()
 
 
 def test_rerun_after_the_quarantined_batch_is_replaced_passes(lake: Lake, flights) -> None:
@@ -253,13 +395,19 @@ def test_read_batch_reads_a_clean_csv(lake: Lake, flights) -> None:
 
 
 def test_timestamp_checks_need_an_explicit_zone_after_the_time() -> None:
-    from pipelines.validation_rules import timestamp_checks
+    """The timestamp checks are GX expectations (pipelines.validation_rules) added at run time."""
+    from pipelines.validation_rules import run_gx, timestamp_checks
 
     values = ["2013-01-01T10:00:00Z", "2013-01-01T05:00:00-05:00", "2013-01-01",
               "2013-01-01 10:00:00", "not a time", None]
-    checks = timestamp_checks(pd.DataFrame({"ts": values}), "ts", datetime(2013, 1, 1),
-                              datetime(2013, 1, 2, tzinfo=timezone.utc))
+    df = pd.DataFrame({"ts": values})
+    suite = {"name": "ts", "expectations": timestamp_checks(
+        ["ts"], "ts", datetime(2013, 1, 1), datetime(2013, 1, 2, tzinfo=UTC))}
+    assert suite["expectations"][1]["kwargs"]["min_value"] == "2013-01-01T00:00:00+00:00"
+    checks, page = run_gx(df, suite)
     by_check = {c["check"]: c for c in checks}
     zone = by_check["expect_column_values_to_be_timezone_aware_utc_timestamps"]
-    assert zone["unexpected_count"] == 4 and zone["examples"][0] == "'2013-01-01' at row 3"
+    assert page is None  # no docs_uri: no Data Docs
+    assert zone["unexpected_count"] == 3 and zone["examples"][0] == "'2013-01-01' at row 3"
     assert all(c["success"] for c in checks if c is not zone)
+    assert timestamp_checks(["other"], "ts", None, None) == []  # the column-set check reports it
