@@ -1,9 +1,10 @@
 """
 ### feature_materialization
 
-Daily: validate the day's raw batches, write its Feast feature sources, and materialise the
-features of the interval (plus a lateness window, so late rows are picked up) into the online
-store. Re-running an interval writes the same values.
+Daily: validate the day's raw batches, write its Feast feature sources, materialise the features
+of the interval (plus a lateness window, so late rows are picked up) into the online store, and
+check a sample of entities: online features must equal the offline (training) features as of
+the same time, or the run fails with a report. Re-running an interval writes the same values.
 """
 
 from __future__ import annotations
@@ -46,19 +47,20 @@ def feature_materialization():
 
     @task
     def materialize(n_sources: int, **context) -> dict:
-        from datetime import timedelta
-
-        from pipelines.features import materialize as run
+        from pipelines.online import materialize as run
         from pipelines.orchestration import interval_day
 
         cfg, settings = _stage()
-        day = interval_day(context)
-        start = day - timedelta(days=cfg.orchestration.materialization_lateness_days)
-        run(settings, start, day + timedelta(days=1))
-        print(f"materialize: online store loaded for [{start}, {day + timedelta(days=1)})")
-        return {"start": start.isoformat(), "end": (day + timedelta(days=1)).isoformat()}
+        return run(cfg, settings, interval_day(context))
 
-    materialize(build_features(validate_batch()))
+    @task
+    def check_skew(materialized: dict) -> dict:
+        from pipelines.online import check_skew as run
+
+        cfg, settings = _stage()
+        return run(cfg, settings, materialized["as_of"])
+
+    check_skew(materialize(build_features(validate_batch())))
 
 
 def _stage():

@@ -15,7 +15,7 @@ import pandas as pd
 
 from pipelines import storage
 from pipelines.config import Config
-from pipelines.dates import date_range
+from pipelines.dates import date_range, parse_utc
 from pipelines.ingest import batch_uri
 
 ROW_KEY = "row_key"
@@ -54,7 +54,7 @@ def prepare_events(cfg: Config, raw: pd.DataFrame) -> pd.DataFrame:
     df = raw.copy()
     for name, spec in ev.derived.items():
         df[name] = df[list(spec.concat)].astype(str).agg(spec.sep.join, axis=1)
-    df["event_time"] = pd.to_datetime(df[ev.timestamp], utc=True)
+    df["event_time"] = parse_utc(df[ev.timestamp], f"{ev.table}.{ev.timestamp}")
     df[PREDICTION_TIME] = df["event_time"] - ev.prediction_lead
     df[ROW_KEY] = row_keys(df, ev.key)
     known = df[list(label.requires)].notna().all(axis=1) if label.requires else True

@@ -2,8 +2,16 @@
 
 Feature definitions live only in `feature_repo/`. This module writes the data behind them
 (one Parquet file per source and day, rewritten atomically, so a re-run changes nothing), and
-wraps Feast retrieval with the checks Feast does not make: exactly one output row per entity
-row, in order, with timezone-aware timestamps.
+retrieves training and scoring features through the fast path of `pipelines.pit` (proven equal
+to Feast's `get_historical_features`, which stays available: `features.retrieval: feast`), with
+the checks Feast does not make: exactly one output row per entity row, in order, dtypes as the
+feature views declare, timezone-aware timestamps only.
+
+Every source row carries `created_timestamp`: when the value became known. A daily file replays
+a feed, so a row of the file's own day was known at its event time; a row for an earlier day
+that arrives in a later file (a late row or a correction) is known only when that file lands,
+at the end of its day. With `features.created_timestamp_cutoff` (the default) a row at time T
+sees only values known by T: a correction never leaks into rows before it arrived.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ import pandas as pd
 from pipelines import storage
 from pipelines.config import Config
 from pipelines.dataset import PREDICTION_TIME, ROW_KEY, load_events, read_csv
-from pipelines.dates import day_start
+from pipelines.dates import day_start, parse_utc
 from pipelines.ingest import batch_uri
 from pipelines.settings import Settings
 
@@ -57,6 +65,13 @@ def apply_definitions(settings: Settings) -> None:
                    capture_output=True, text=True)
 
 
+def known_at(event_ts: pd.Series, day: date) -> pd.Series:
+    """Created timestamps of a daily file's rows: own-day rows at their event time, rows of
+    earlier days (late rows, corrections) when the file is complete, at the end of `day`."""
+    landed = pd.Timestamp(day_start(day + timedelta(days=1)))
+    return event_ts.where(event_ts >= pd.Timestamp(day_start(day)), landed)
+
+
 def _source_uri(settings: Settings, name: str, day: date | None) -> str:
     leaf = f"date={day.isoformat()}.parquet" if day else "snapshot.parquet"
     return storage.join(settings.features_uri, name, leaf)
@@ -74,8 +89,8 @@ def write_table_sources(cfg: Config, settings: Settings, day: date) -> list[str]
             continue
         df = read_csv(raw_uri)
         if source.timestamp:
-            df["event_timestamp"] = pd.to_datetime(df[source.timestamp], utc=True)
-            df["created_timestamp"] = pd.Timestamp(day_start(day + timedelta(days=1)))
+            df["event_timestamp"] = parse_utc(df[source.timestamp], f"{raw_uri}: {source.timestamp}")
+            df["created_timestamp"] = known_at(df["event_timestamp"], day)
         else:
             df["event_timestamp"] = EPOCH
             df["created_timestamp"] = EPOCH
@@ -136,45 +151,144 @@ def build_sources_for_interval(cfg: Config, settings: Settings, day: date) -> li
     return written
 
 
+def _without_meta(obj: object) -> object:
+    if isinstance(obj, dict):
+        return {k: _without_meta(v) for k, v in obj.items() if k != "meta"}
+    return [_without_meta(v) for v in obj] if isinstance(obj, list) else obj
+
+
 def feature_service_hash(store: "FeatureStore", service_name: str) -> str:
-    """Hash of the service's feature view specs (not their registry timestamps)."""
+    """Hash of the service's and its views' specs, without registry (apply) timestamps."""
+    import json
+
+    from google.protobuf.json_format import MessageToDict
+
     service = store.get_feature_service(service_name)
-    digest = hashlib.sha256(service.to_proto().spec.SerializeToString(deterministic=True))
+    specs = [MessageToDict(service.to_proto().spec)]
+    odfvs = {v.name: v for v in store.list_on_demand_feature_views()}
     for projection in sorted(service.feature_view_projections, key=lambda p: p.name):
-        fv = store.get_feature_view(projection.name)
-        digest.update(fv.to_proto().spec.SerializeToString(deterministic=True))
-    return digest.hexdigest()
+        fv = odfvs.get(projection.name) or store.get_feature_view(projection.name)
+        spec = fv.to_proto().spec
+        if projection.name in odfvs:  # pickled UDF bytes differ per apply; its source does not
+            spec.ClearField("feature_transformation")
+            spec.ClearField("user_defined_function")
+            specs.append({"udf": fv.feature_transformation.udf_string})
+        specs.append(MessageToDict(spec))
+    text = json.dumps(_without_meta(specs), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def historical_features(store: "FeatureStore", service_name: str, rows: pd.DataFrame,
-                        join_keys: list[str]) -> pd.DataFrame:
+                        join_keys: list[str], *, engine: str | None = None,
+                        cutoff: bool | None = None) -> pd.DataFrame:
     """Point-in-time features for each row, as of its prediction time.
 
-    Returns `rows` with the service's features appended, in the same order, one output row per
-    input row; raises if Feast dropped or duplicated any.
+    Returns `rows` with the service's features (`<view>__<feature>`) appended, in the same
+    order, one output row per input row; raises if the retrieval dropped or duplicated any, or
+    if a feature's dtype does not match its view's schema. `engine` ("duckdb": pipelines.pit,
+    "feast": get_historical_features) and `cutoff` (created-timestamp cutoff) default to
+    `features.retrieval` and `features.created_timestamp_cutoff` in params.yaml.
     """
-    if rows[PREDICTION_TIME].dt.tz is None:
+    if engine is None or cutoff is None:
+        from pipelines.config import load_config
+
+        fcfg = load_config().features
+        engine = fcfg.retrieval if engine is None else engine
+        cutoff = fcfg.created_timestamp_cutoff if cutoff is None else cutoff
+    if not isinstance(rows[PREDICTION_TIME].dtype, pd.DatetimeTZDtype):
         raise ValueError(f"{PREDICTION_TIME} must be timezone-aware (UTC); got naive timestamps")
     if rows[ROW_KEY].duplicated().any():
         raise ValueError(f"duplicate {ROW_KEY} values in the entity rows")
-    entity_df = rows[[ROW_KEY, PREDICTION_TIME, *join_keys]].copy()
+    rows = rows.reset_index(drop=True)
+    entity_df = rows[[ROW_KEY, PREDICTION_TIME, *join_keys]]
+    if engine == "duckdb":
+        feats = _fast_features(store, service_name, entity_df, cutoff)
+    elif engine == "feast":
+        feats = _feast_features(store, service_name, entity_df, cutoff)
+    else:
+        raise ValueError(f"unknown retrieval engine {engine!r} (duckdb | feast)")
+    out = pd.concat([rows, feats], axis=1)
+    check_retrieval(out, rows, service_schema(store, service_name))
+    return out
+
+
+def _fast_features(store: "FeatureStore", service_name: str, entity_df: pd.DataFrame,
+                   cutoff: bool) -> pd.DataFrame:
+    import pyarrow as pa
+
+    from pipelines import pit
+
+    specs, odfvs = pit.service_views(store, service_name)
+    table = pit.retrieve(entity_df, specs, PREDICTION_TIME, cutoff=cutoff)
+    if odfvs:  # on-demand views: Feast's own transformation, on the same inputs Feast gives it
+        base = pa.Table.from_pandas(entity_df, preserve_index=False)
+        for name in table.column_names:
+            base = base.append_column(name, table[name])
+        for odfv, features in odfvs:
+            done = odfv.transform_arrow(base, full_feature_names=True)
+            wanted = {f"{odfv.projection.name_to_use()}__{f}" for f in features}
+            for col in done.column_names:  # in the transformation's order, as Feast does
+                if col in wanted:
+                    table = table.append_column(col, done[col])
+    return table.to_pandas()
+
+
+def _feast_features(store: "FeatureStore", service_name: str, entity_df: pd.DataFrame,
+                    cutoff: bool) -> pd.DataFrame:
     service = store.get_feature_service(service_name)
     out = store.get_historical_features(entity_df=entity_df, features=service,
-                                        full_feature_names=True).to_df()
-    if len(out) != len(rows) or out[ROW_KEY].duplicated().any():
+                                        full_feature_names=True,
+                                        filter_by_created_timestamp=cutoff).to_df()
+    if len(out) != len(entity_df) or out[ROW_KEY].duplicated().any():
+        raise ValueError(f"feature retrieval returned {len(out)} rows for {len(entity_df)} entity "
+                         f"rows ({int(out[ROW_KEY].duplicated().sum())} duplicated keys)")
+    order = pd.Series(range(len(out)), index=out[ROW_KEY])
+    out = out.iloc[order.reindex(entity_df[ROW_KEY]).to_numpy()].reset_index(drop=True)
+    return out[feature_columns(out)]
+
+
+def service_schema(store: "FeatureStore", service_name: str) -> dict[str, tuple[str, str, object]]:
+    """Output column -> (view, feature, declared Feast dtype) of every feature of the service."""
+    service = store.get_feature_service(service_name)
+    return {f"{p.name_to_use()}__{f.name}": (p.name_to_use(), f.name, f.dtype)
+            for p in service.feature_view_projections for f in p.features}
+
+
+def _dtype_ok(declared: object, series: pd.Series) -> bool:
+    from feast import types as ft
+
+    kind = series.dtype.kind
+    if declared in (ft.Float32, ft.Float64):
+        return kind == "f"
+    if declared in (ft.Int32, ft.Int64):  # an integer column with nulls arrives as float
+        if kind in "iu":
+            return True
+        values = series.dropna()
+        return kind == "f" and bool((values == values.round()).all())
+    if declared == ft.Bool:
+        return kind == "b" or (kind == "O" and series.dropna().map(type).eq(bool).all())
+    if declared == ft.String:
+        return kind == "O" or isinstance(series.dtype, pd.StringDtype)
+    if declared == ft.UnixTimestamp:
+        return kind == "M"
+    return True  # other Feast types are not checked here
+
+
+def check_retrieval(out: pd.DataFrame, rows: pd.DataFrame,
+                    schema: dict[str, tuple[str, str, object]]) -> None:
+    """Exactly one output row per entity row, in order, and dtypes as the views declare."""
+    if len(out) != len(rows) or not out[ROW_KEY].equals(rows[ROW_KEY].reset_index(drop=True)):
         raise ValueError(f"feature retrieval returned {len(out)} rows for {len(rows)} entity rows "
-                         f"({out[ROW_KEY].duplicated().sum()} duplicated keys)")
-    feature_cols = [c for c in out.columns if "__" in c]
-    merged = rows.merge(out[[ROW_KEY, *feature_cols]], on=ROW_KEY, how="left", validate="1:1")
-    return merged
+                         "(or not in their order)")
+    missing = [c for c in schema if c not in out.columns]
+    if missing:
+        raise ValueError(f"feature retrieval returned no column for {missing}")
+    bad = [f"{view}.{feature}: declared {declared}, got {out[col].dtype}"
+           for col, (view, feature, declared) in schema.items() if not _dtype_ok(declared, out[col])]
+    if bad:
+        raise TypeError("feature dtypes do not match the feature view schemas: " + "; ".join(bad))
 
 
 def feature_columns(df: pd.DataFrame) -> list[str]:
     """Feast feature columns (full names: `<view>__<feature>`)."""
     return [c for c in df.columns if "__" in c]
-
-
-def materialize(settings: Settings, start: date, end: date) -> None:
-    """Load features with timestamps in [start, end) into the online store (idempotent)."""
-    store = get_store(settings)
-    store.materialize(start_date=day_start(start), end_date=day_start(end))

@@ -14,7 +14,7 @@ import pandas as pd
 
 from pipelines import storage
 from pipelines.config import Config
-from pipelines.dates import date_range
+from pipelines.dates import date_range, parse_utc
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def ingest(cfg: Config, landing_uri: str, start: date, end: date) -> dict[str, i
             storage.write_bytes(batch_uri(landing_uri, table, None), df.to_csv(index=False).encode())
             written[table] = 1
             continue
-        day_of_row = pd.to_datetime(df[source.timestamp], utc=True).dt.date
+        day_of_row = parse_utc(df[source.timestamp], f"{source.uri}: {source.timestamp}").dt.date
         count = 0
         for day in date_range(start, end):
             part = df[day_of_row == day]

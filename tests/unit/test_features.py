@@ -1,0 +1,320 @@
+"""Feature sources, retrieval checks, materialisation and the online/offline skew check.
+
+Real Feast throughout (a tiny local repo per test: file registry, DuckDB offline store over
+Parquet, SQLite online store); the sources are written the way `pipelines.features` writes them
+(one file per day, `created_timestamp` = when the value was known).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import replace
+from datetime import date, timedelta
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from pipelines import storage
+from pipelines.config import load_config
+from pipelines.dataset import PREDICTION_TIME, ROW_KEY
+from pipelines.dates import day_start
+from pipelines.features import (
+    check_retrieval,
+    compute_aggregate,
+    historical_features,
+    known_at,
+    parse_utc,
+    write_table_sources,
+)
+from pipelines.online import (
+    SkewError,
+    assert_no_skew,
+    materialize_interval,
+    online_features,
+    skew_report,
+)
+from pipelines.settings import get_settings
+
+REPO = Path(__file__).resolve().parents[2]
+D0 = date(2024, 3, 1)
+
+
+def _at(days: int, hours: float = 0) -> pd.Timestamp:
+    return pd.Timestamp(day_start(D0 + timedelta(days=days))) + pd.Timedelta(hours=hours)
+
+
+# -- time zones and created timestamps of the sources -------------------------------------------
+
+@pytest.mark.parametrize("text,utc", [("2013-01-05T00:00:00Z", "2013-01-05T00:00Z"),
+                                      ("2013-01-04T19:00:00-05:00", "2013-01-05T00:00Z"),
+                                      ("2013-07-04T20:00:00-04:00", "2013-07-05T00:00Z"),
+                                      ("2013-01-05 01:00:00+0100", "2013-01-05T00:00Z")])
+def test_offsets_are_normalised_to_utc(text, utc):
+    assert parse_utc(pd.Series([text]), "t")[0] == pd.Timestamp(utc)
+
+
+@pytest.mark.parametrize("values", [pd.Series(["2013-01-05 00:00:00"]),
+                                    pd.Series(["2013-01-05T00:00:00Z", "2013-01-05T01:00:00"]),
+                                    pd.Series(pd.to_datetime(["2013-01-05 00:00"]))])
+def test_naive_timestamps_are_rejected_not_read_as_utc(values):
+    with pytest.raises(ValueError, match="refusing to assume UTC"):
+        parse_utc(values, "weather.csv: time_hour")
+
+
+def _settings(tmp_path: Path):
+    return replace(get_settings(), data_uri=str(tmp_path / "data"))
+
+
+def _landing(settings, table: str, day: date, text: str) -> None:
+    path = Path(settings.landing_uri) / table / f"date={day.isoformat()}" / f"{table}.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def test_a_landing_batch_with_naive_timestamps_fails_the_source_build(tmp_path):
+    cfg, settings = load_config(REPO / "params.yaml"), _settings(tmp_path)
+    _landing(settings, "weather", date(2013, 1, 5), "origin,temp,time_hour\nEWR,30.0,2013-01-05 10:00:00\n")
+    with pytest.raises(ValueError, match=r"weather\.csv: time_hour: 1 timestamps without a UTC offset"):
+        write_table_sources(cfg, settings, date(2013, 1, 5))
+
+
+def test_rows_are_known_at_their_event_time_late_rows_when_their_file_lands(tmp_path):
+    cfg, settings = load_config(REPO / "params.yaml"), _settings(tmp_path)
+    _landing(settings, "weather", date(2013, 1, 5),
+             "origin,temp,time_hour\nEWR,30.0,2013-01-05T10:00:00Z\nJFK,31.0,2013-01-03T22:00:00Z\n")
+    [uri] = write_table_sources(cfg, settings, date(2013, 1, 5))
+    df = pd.read_parquet(uri)
+    assert df["created_timestamp"].tolist() == [pd.Timestamp("2013-01-05T10:00Z"),  # on time
+                                                pd.Timestamp("2013-01-06T00:00Z")]  # late row
+    ev = pd.Series(pd.to_datetime(["2013-01-05T00:00Z", "2013-01-04T23:59Z"]))
+    assert known_at(ev, date(2013, 1, 5)).tolist() == [ev[0], pd.Timestamp("2013-01-06T00:00Z")]
+
+
+# -- retrieval checks ---------------------------------------------------------------------------
+
+def _schema():
+    from feast.types import Float64, Int64
+
+    return {"plane_fv__engines": ("plane_fv", "engines", Int64),
+            "plane_fv__year": ("plane_fv", "year", Float64)}
+
+
+def test_retrieval_check_accepts_nullable_ints_and_names_bad_dtypes():
+    rows = pd.DataFrame({ROW_KEY: ["a", "b"]})
+    ok = rows.assign(plane_fv__engines=[2.0, None], plane_fv__year=[2001.0, None])
+    check_retrieval(ok, rows, _schema())  # an Int64 feature with nulls arrives as float
+    bad = rows.assign(plane_fv__engines=[2.5, 1.0], plane_fv__year=["2001", "x"])
+    with pytest.raises(TypeError) as err:
+        check_retrieval(bad, rows, _schema())
+    assert "plane_fv.engines: declared Int64, got float64" in str(err.value)
+    assert "plane_fv.year: declared Float64, got object" in str(err.value)
+
+
+@pytest.mark.parametrize("out_keys", [["a"], ["a", "b", "b"], ["b", "a"]])
+def test_retrieval_check_demands_one_row_per_entity_row_in_order(out_keys):
+    rows = pd.DataFrame({ROW_KEY: ["a", "b"]})
+    out = pd.DataFrame({ROW_KEY: out_keys, "plane_fv__engines": 1, "plane_fv__year": 1.0})
+    with pytest.raises(ValueError, match="feature retrieval returned"):
+        check_retrieval(out, rows, _schema())
+
+
+# -- a tiny Feast repo --------------------------------------------------------------------------
+
+def _repo(path: Path):
+    from feast import (
+        Entity,
+        FeatureService,
+        FeatureStore,
+        FeatureView,
+        Field,
+        FileSource,
+        ValueType,
+    )
+    from feast.types import Float64, Int64
+
+    def source(name: str) -> FileSource:
+        return FileSource(name=f"{name}_source", path=str(path / name / "*.parquet"),
+                          timestamp_field="event_timestamp",
+                          created_timestamp_column="created_timestamp")
+
+    sensor = Entity(name="sensor", join_keys=["sensor_id"], value_type=ValueType.STRING)
+    carrier = Entity(name="carrier", join_keys=["carrier"], value_type=ValueType.STRING)
+    reading_fv = FeatureView(name="reading_fv", entities=[sensor], ttl=timedelta(days=2),
+                             schema=[Field(name="value", dtype=Float64),
+                                     Field(name="count", dtype=Int64)], source=source("readings"))
+    device_fv = FeatureView(name="device_fv", entities=[sensor], ttl=timedelta(0),
+                            schema=[Field(name="model_year", dtype=Int64)], source=source("devices"))
+    stats_fv = FeatureView(name="stats_fv", entities=[carrier], ttl=timedelta(days=3),
+                           schema=[Field(name="label_rate", dtype=Float64),
+                                   Field(name="label_count", dtype=Int64)], source=source("stats"))
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "feature_store.yaml").write_text(yaml.safe_dump({
+        "project": "features_test", "provider": "local", "registry": str(path / "registry.db"),
+        "offline_store": {"type": "duckdb"},
+        "online_store": {"type": "sqlite", "path": str(path / "online.db")},
+        "entity_key_serialization_version": 3}))
+    _day_file(path, "devices", None, [("s1", 2015), ("s2", 2019), ("s3", 2021), ("s4", 2022)])
+    (path / "stats").mkdir()  # every view needs a source file to materialise
+    old = pd.Timestamp("2000-01-01", tz="UTC")
+    storage.write_parquet(pd.DataFrame({"carrier": ["ZZ"], "label_rate": [0.5], "label_count": [2],
+                                        "event_timestamp": [old], "created_timestamp": [old]}),
+                          str(path / "stats" / "old.parquet"))
+    store = FeatureStore(repo_path=str(path))
+    store.apply([sensor, carrier, reading_fv, device_fv, stats_fv,
+                 FeatureService(name="sensors_v1", features=[reading_fv, device_fv]),
+                 FeatureService(name="stats_v1", features=[stats_fv])])
+    return store
+
+
+def _day_file(path: Path, name: str, day: int | None, rows: list[tuple]) -> None:
+    """One source file per day, as pipelines.features writes them (None: an epoch snapshot)."""
+    (path / name).mkdir(exist_ok=True)
+    if day is None:
+        df = pd.DataFrame(rows, columns=["sensor_id", "model_year"])
+        df["event_timestamp"] = df["created_timestamp"] = pd.Timestamp("1970-01-01", tz="UTC")
+    else:
+        df = pd.DataFrame(rows, columns=["sensor_id", "event_timestamp", "value", "count"])
+        df["created_timestamp"] = known_at(df["event_timestamp"], D0 + timedelta(days=day))
+    storage.write_parquet(df, str(path / name / f"day={day}.parquet"))
+
+
+READINGS = {0: [("s1", _at(0, 10), 1.0, 1), ("s2", _at(0, 12), 5.0, 1), ("s3", _at(0, 1), 7.0, 4)],
+            1: [("s1", _at(1, 10), 2.0, 2)],
+            2: [("s1", _at(2, 10), 3.0, 3), ("s3", _at(2, 23), 8.0, 5)]}
+
+
+@pytest.fixture()
+def sensors(tmp_path):
+    store = _repo(tmp_path)
+    for day, rows in READINGS.items():
+        _day_file(tmp_path, "readings", day, rows)
+    return store, tmp_path
+
+
+def _online_dump(path: Path) -> dict[str, list[tuple]]:
+    with sqlite3.connect(path / "online.db") as con:
+        tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        return {t: sorted(con.execute(f'SELECT entity_key, feature_name, value, event_ts, '
+                                      f'created_ts FROM "{t}"').fetchall()) for t in tables}
+
+
+def _raw_online(store, sensor: str) -> dict:
+    return store.get_online_features(features=["reading_fv:value", "device_fv:model_year"],
+                                     entity_rows=[{"sensor_id": sensor}]).to_dict()
+
+
+def test_rerunning_an_interval_changes_nothing_in_the_online_store(sensors):
+    store, path = sensors
+    materialize_interval(store, D0, lateness_days=1)
+    first = _online_dump(path)
+    materialize_interval(store, D0, lateness_days=1)
+    assert _online_dump(path) == first
+    for day in (1, 2):
+        materialize_interval(store, D0 + timedelta(days=day), lateness_days=1)
+    latest = _online_dump(path)
+    assert _raw_online(store, "s1")["value"] == [3.0]
+    # a backfill re-runs the first interval after the later ones: nothing rolls back
+    report = materialize_interval(store, D0, lateness_days=1)
+    assert _online_dump(path) == latest and report["as_of"] == _at(3).isoformat()
+    # (what a plain Feast materialize of that interval would have done: s1 back to 1.0)
+    store.materialize(day_start(D0), day_start(D0 + timedelta(days=1)), feature_views=["reading_fv"])
+    assert _raw_online(store, "s1")["value"] == [1.0]
+
+
+def test_a_view_without_ttl_is_materialised_whole(sensors):
+    store, _ = sensors
+    materialize_interval(store, D0 + timedelta(days=2), lateness_days=0)  # snapshot at the epoch
+    assert _raw_online(store, "s4")["model_year"] == [2022]
+
+
+def test_late_rows_within_the_lateness_window_are_rematerialised(tmp_path):
+    late = [("s1", _at(2, 10), 30.0, 3),  # a correction of the day before, 38 hours late
+            ("s4", _at(0, 20), 9.0, 1)]  # a reading three days late (older than the TTL)
+    stores = {}
+    for lateness in (0, 3):
+        store = _repo(tmp_path / f"lateness{lateness}")
+        for day, rows in READINGS.items():
+            _day_file(tmp_path / f"lateness{lateness}", "readings", day, rows)
+        for day in range(3):
+            materialize_interval(store, D0 + timedelta(days=day), lateness_days=lateness)
+        _day_file(tmp_path / f"lateness{lateness}", "readings", 3, late)  # lands with day 3
+        materialize_interval(store, D0 + timedelta(days=3), lateness_days=lateness)
+        stores[lateness] = store
+    for store in stores.values():  # within the TTL every run re-reads it
+        assert _raw_online(store, "s1")["value"] == [30.0]
+    assert _raw_online(stores[3], "s4")["value"] == [9.0]  # within the lateness window
+    assert _raw_online(stores[0], "s4")["value"] == [None]  # the trap without one
+
+
+# -- skew: online vs offline as of the same time ------------------------------------------------
+
+def test_skew_check_passes_when_online_equals_offline(sensors):
+    store, _ = sensors
+    for day in range(3):
+        report = materialize_interval(store, D0 + timedelta(days=day), lateness_days=1)
+    as_of = pd.Timestamp(report["as_of"]).to_pydatetime()
+    result = skew_report(store, "sensors_v1", ["sensor_id"], as_of, n=50, seed=0)
+    assert result["mismatches"] == [] and result["compared"] == 4 * 2 + 5  # + 1 unknown each
+    # s2's reading is older than the TTL: online still holds it, the read expires it as offline
+    assert _raw_online(store, "s2")["value"] == [5.0]
+    read = online_features(store, ["reading_fv:value"], [{"sensor_id": "s2"}], as_of,
+                           {"reading_fv": timedelta(days=2)})
+    assert read["reading_fv__value"].isna().all()
+    assert_no_skew(result)
+
+
+def test_skew_check_fails_with_a_report_naming_entity_feature_and_values(sensors):
+    store, _ = sensors
+    for day in range(3):
+        report = materialize_interval(store, D0 + timedelta(days=day), lateness_days=1)
+    store.write_to_online_store("reading_fv", pd.DataFrame({
+        "sensor_id": ["s1"], "event_timestamp": [_at(2, 10)], "created_timestamp": [_at(2, 10)],
+        "value": [999.0], "count": [3]}))  # a corrupted online value
+    as_of = pd.Timestamp(report["as_of"]).to_pydatetime()
+    result = skew_report(store, "sensors_v1", ["sensor_id"], as_of, n=50, seed=0)
+    with pytest.raises(SkewError) as err:
+        assert_no_skew(result)
+    msg = str(err.value)
+    assert "1 of 13 feature values differ" in msg
+    assert "reading_fv__value for {'sensor_id': 's1'}: online=999.0 offline=3.0" in msg
+
+
+# -- aggregates: stamped when every outcome in them is known, also through retrieval -----------
+
+@pytest.mark.parametrize("engine", ["duckdb", "feast"])
+def test_aggregates_are_invisible_until_every_outcome_is_known(tmp_path, engine):
+    store = _repo(tmp_path)
+    events = pd.DataFrame({"event_time": [_at(0, 10), _at(1, 9), _at(1, 22)],
+                           "carrier": ["UA"] * 3, "is_late": [1.0, 0.0, 0.0]})
+    for day in (0, 1):
+        stats = compute_aggregate(events, ["carrier"], "is_late", D0 + timedelta(days=day), 2,
+                                  timedelta(days=1))
+        storage.write_parquet(stats, str(tmp_path / "stats" / f"day={day}.parquet"))
+    # the day-1 statistics include the 22:00 flight, whose outcome is known at day 2 22:00:
+    # they are stamped at the end of day 1 + 1 day = day 3 00:00, never earlier
+    at = [_at(1, 23), _at(2, 0) - pd.Timedelta(microseconds=1), _at(2, 0), _at(3, 0) - pd.Timedelta(seconds=1), _at(3, 0)]
+    rows = pd.DataFrame({ROW_KEY: [f"r{i}" for i in range(len(at))], PREDICTION_TIME: at,
+                         "carrier": pd.array(["UA"] * len(at), dtype="string")})
+    out = historical_features(store, "stats_v1", rows, ["carrier"], engine=engine, cutoff=True)
+    assert _nullable(out["stats_fv__label_count"]) == [None, None, 1, 1, 3]
+    assert _nullable(out["stats_fv__label_rate"])[2:] == [1.0, 1.0, pytest.approx(1 / 3)]
+    for i, t in enumerate(at):  # every outcome counted was known at the row's time
+        known = events[events["event_time"] + timedelta(days=1) <= t]
+        assert (out["stats_fv__label_count"].fillna(0)[i]) <= len(known)
+
+
+def _nullable(series: pd.Series) -> list:
+    return [None if pd.isna(v) else v for v in series]
+
+
+def test_historical_features_reject_naive_times_and_duplicate_row_keys(sensors):
+    store, _ = sensors
+    rows = pd.DataFrame({ROW_KEY: ["a"], PREDICTION_TIME: [pd.Timestamp("2024-03-02 10:00")],
+                         "sensor_id": ["s1"]})
+    with pytest.raises(ValueError, match="timezone-aware"):
+        historical_features(store, "sensors_v1", rows, ["sensor_id"], engine="duckdb", cutoff=True)
+    rows = pd.DataFrame({ROW_KEY: ["a", "a"], PREDICTION_TIME: [_at(1)] * 2, "sensor_id": ["s1"] * 2})
+    with pytest.raises(ValueError, match="duplicate row_key"):
+        historical_features(store, "sensors_v1", rows, ["sensor_id"], engine="duckdb", cutoff=True)
