@@ -6,7 +6,10 @@ Trains a challenger and decides whether it becomes the champion.
 validate the raw batches of the window (Great Expectations) → write the Feast feature sources →
 build a point-in-time training set (`get_historical_features`) → train, export ONNX and check
 parity, register in MLflow as `challenger` → evaluate the gates (floors, champion-vs-challenger
-paired bootstrap) → promote to `champion` (serialised through the `model_registry` pool).
+paired bootstrap, per-slice non-regression, budgets, behaviour) → promote to `champion`
+(serialised through the `model_registry` pool). With `approval=manual` a passing model stays
+`challenger` until the `promote` DAG is triggered for it; `force_promote` overrides a failed
+gate and is recorded as a forced promotion.
 
 Runs when triggered by hand (window in the form) and whenever `drift_monitor` requests a
 retraining (asset `mlops://drift/retrain-request`); the drift evidence is recorded in the run.
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 from airflow.sdk import Asset, Param, dag, task
 
+from pipelines.alerts import MonitoringNotifier
 from pipelines.orchestration import (
     CHAMPION_ASSET,
     REGISTRY_POOL,
@@ -30,7 +34,8 @@ from pipelines.orchestration import (
     start_date=schedule_span()[0],
     catchup=False,
     max_active_runs=1,
-    default_args=default_args(),
+    default_args={**default_args(), "on_failure_callback": MonitoringNotifier("task_failure")},
+    on_failure_callback=MonitoringNotifier("dag_failure"),
     tags=["mlops", "training"],
     doc_md=__doc__,
     params={
@@ -42,6 +47,10 @@ from pipelines.orchestration import (
         "force_promote": Param(False, type="boolean",
                                description="Promote even if a gate fails. Recorded as a forced "
                                            "promotion in the history."),
+        "approval": Param("auto", type="string", enum=["auto", "manual"],
+                          description="auto: a model that passes the gates becomes champion. "
+                                      "manual: it stays challenger until someone triggers the "
+                                      "`promote` DAG for it."),
         "reason": Param("manual training", type="string",
                         description="Why this training runs (goes to the promotion history)."),
     },
@@ -77,8 +86,14 @@ def training():
         from pipelines.training import build_training_set as build
 
         cfg, settings = _stage()
+        from pipelines.quality import validate_training_set
+
         out = storage.join(settings.training_sets_uri, f"{window['start']}_{window['end']}.parquet")
-        return build(cfg, settings, to_date(window["start"]), to_date(window["end"]), out)
+        ts = build(cfg, settings, to_date(window["start"]), to_date(window["end"]), out)
+        checked = validate_training_set(cfg, settings, ts)  # raises before anything trains on it
+        print(f"build_training_set: {ts['rows']} rows, positive rate {ts['positive_rate']:.3f}, "
+              f"validated ({checked.get('data_docs_uri')})")
+        return ts
 
     @task
     def train(training_set: dict, window: dict, **context) -> dict:
@@ -97,15 +112,22 @@ def training():
         return evaluate_challenger(cfg, settings, trained["version"])
 
     @task.short_circuit(ignore_downstream_trigger_rules=False)
-    def gates_passed(report: dict, **context) -> bool:
-        if report["passed"]:
-            return True
-        if context["params"]["force_promote"]:
-            print(f"gates FAILED {report['failed']} but force_promote is set: promoting anyway")
-            return True
-        stays = f"v{report['champion_version']}" if report["champion_version"] else "none (no model)"
-        print(f"gates FAILED {report['failed']}: champion stays {stays}")
-        return False
+    def decide_promotion(report: dict, window: dict, **context) -> bool:
+        from pipelines.alerts import notify_gate_failure
+        from pipelines.promotion import FORCED, PROMOTE, REJECT, decide, record_decision
+
+        cfg, settings = _stage()
+        p = context["params"]
+        decision = decide(report, p["force_promote"], p["approval"])
+        record_decision(settings, cfg.registry.model_name, report, decision, context["run_id"],
+                        p["reason"] if window["trigger"] == "manual" else window["trigger"])
+        stays = f"v{report['champion_version']}" if report["champion_version"] else "none"
+        print(f"decide_promotion: v{report['version']} gates "
+              f"{'PASS' if report['passed'] else 'FAIL ' + str(report['failed'])} -> {decision}"
+              + ("" if decision in (PROMOTE, FORCED) else f"; champion stays {stays}"))
+        if decision == REJECT:
+            notify_gate_failure(context, report)
+        return decision in (PROMOTE, FORCED)
 
     @task(pool=REGISTRY_POOL, outlets=[Asset(CHAMPION_ASSET)])
     def promote(report: dict, window: dict, **context) -> dict:
@@ -127,7 +149,7 @@ def training():
     ts = build_training_set(window, n_sources)
     trained = train(ts, window)
     report = evaluate_gates(trained)
-    gates_passed(report) >> promote(report, window)
+    decide_promotion(report, window) >> promote(report, window)
 
 
 def _stage():

@@ -19,7 +19,10 @@ def export(pipeline: Any, numeric: list[str], categorical: list[str]) -> bytes:
 
     inputs = [(c, FloatTensorType([None, 1])) for c in numeric]
     inputs += [(c, StringTensorType([None, 1])) for c in categorical]
-    onx = convert_sklearn(pipeline, initial_types=inputs, target_opset={"": 17, "ai.onnx.ml": 3},
+    # A fixed graph name: skl2onnx otherwise names the graph with a random uuid, and the same
+    # model would get a different sha256 on every export.
+    onx = convert_sklearn(pipeline, name="model", initial_types=inputs,
+                          target_opset={"": 17, "ai.onnx.ml": 3},
                           options={id(pipeline): {"zipmap": False}})
     return onx.SerializeToString()
 

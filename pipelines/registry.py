@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -75,8 +78,36 @@ def by_alias(c: "MlflowClient", name: str, alias: str) -> "ModelVersion | None":
         return None
 
 
+@contextmanager
+def alias_lock(settings: Settings) -> Iterator[None]:
+    """Serialise alias moves between processes sharing this state folder.
+
+    Concurrent `set_registered_model_alias` calls on SQLite were seen to fail with a UNIQUE
+    constraint error. Across machines the Airflow pool `model_registry` (one slot) serialises
+    the DAG tasks that move aliases; this lock covers the CLI and tests on one machine.
+    """
+    from filelock import FileLock
+
+    if not storage.is_local(settings.state_uri):
+        yield
+        return
+    path = os.path.join(storage.local_path(settings.state_uri), "registry.lock")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with FileLock(path, timeout=300):
+        yield
+
+
 def _set_alias(c: "MlflowClient", name: str, alias: str, version: str) -> None:
-    c.set_registered_model_alias(name, alias, version)
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(5):
+        try:
+            c.set_registered_model_alias(name, alias, version)
+            break
+        except MlflowException as exc:  # a concurrent writer outside our lock (rare)
+            if attempt == 4 or not any(s in str(exc) for s in ("UNIQUE", "locked")):
+                raise
+            time.sleep(0.2 * (attempt + 1))
     got = by_alias(c, name, alias)
     if got is None or str(got.version) != str(version):
         raise RegistryError(f"alias {alias!r} of {name} should point at {version}, reads {got}")
@@ -101,7 +132,14 @@ def history(settings: Settings) -> list[dict[str, Any]]:
 def promote(settings: Settings, name: str, version: str, actor: str, reason: str,
             gate_report_uri: str | None, forced: bool = False) -> dict[str, Any]:
     """Make `version` the champion; the old champion stays addressable as previous_champion."""
+    with alias_lock(settings):
+        return _promote(settings, name, version, actor, reason, gate_report_uri, forced)
+
+
+def _promote(settings: Settings, name: str, version: str, actor: str, reason: str,
+             gate_report_uri: str | None, forced: bool) -> dict[str, Any]:
     c = client(settings)
+    c.get_model_version(name, version)  # raises if the version does not exist
     old = by_alias(c, name, CHAMPION)
     if old is not None and str(old.version) == str(version):
         return {"action": "noop", "to_version": str(version), "reason": "already champion"}
@@ -120,6 +158,11 @@ def promote(settings: Settings, name: str, version: str, actor: str, reason: str
 
 def rollback(settings: Settings, name: str, target: str, actor: str, reason: str) -> dict[str, Any]:
     """Move champion back to `target` (a version number, or 'previous')."""
+    with alias_lock(settings):
+        return _rollback(settings, name, target, actor, reason)
+
+
+def _rollback(settings: Settings, name: str, target: str, actor: str, reason: str) -> dict[str, Any]:
     c = client(settings)
     current = by_alias(c, name, CHAMPION)
     if target == "previous":
@@ -137,6 +180,19 @@ def rollback(settings: Settings, name: str, target: str, actor: str, reason: str
              "from_version": str(current.version) if current else None, "reason": reason}
     event["history_uri"] = record(settings, event)
     return event
+
+
+def delete_version(settings: Settings, name: str, version: str) -> None:
+    """Delete a model version, unless it holds champion or previous_champion."""
+    with alias_lock(settings):
+        c = client(settings)
+        held = [a for a in (CHAMPION, PREVIOUS)
+                if (mv := by_alias(c, name, a)) is not None and str(mv.version) == str(version)]
+        if held:
+            raise RegistryError(f"refusing to delete {name} v{version}: it holds {held}")
+        c.delete_model_version(name, str(version))
+        record(settings, {"action": "delete", "model": name, "to_version": str(version),
+                          "actor": "pipeline", "reason": "deleted"})
 
 
 def resolve_champion(settings: Settings, name: str) -> dict[str, Any]:

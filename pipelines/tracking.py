@@ -15,6 +15,7 @@ import os
 import tempfile
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from pipelines import gates, onnx_model, registry, storage, training
@@ -130,11 +131,50 @@ def load_onnx(settings: Settings, onnx_uri: str, expected_sha256: str) -> bytes:
     return data
 
 
-def _version_scorer(settings: Settings, mv: Any) -> onnx_model.OnnxScorer:
+def _version_scorer(settings: Settings, mv: Any) -> tuple[onnx_model.OnnxScorer, int]:
     tags = dict(mv.tags)
     data = load_onnx(settings, tags["onnx_uri"], tags["onnx_sha256"])
-    return onnx_model.OnnxScorer(data, tags["numeric_inputs"].split(","),
-                                 [x for x in tags["categorical_inputs"].split(",") if x])
+    scorer = onnx_model.OnnxScorer(data, tags["numeric_inputs"].split(","),
+                                   [x for x in tags["categorical_inputs"].split(",") if x])
+    return scorer, len(data)
+
+
+CALENDAR = {"event_month": "month", "event_weekday": "weekday", "event_hour": "hour"}
+
+
+def slice_values(eval_df: pd.DataFrame, columns: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Slice columns of the evaluation set; event_month/event_weekday/event_hour come from
+    the event time."""
+    out = {}
+    for col in columns:
+        if col in eval_df:
+            out[col] = eval_df[col].astype(str).to_numpy()
+        elif col in CALENDAR:
+            out[col] = getattr(eval_df["event_time"].dt, CALENDAR[col]).astype(str).to_numpy()
+        else:
+            raise ValueError(f"slice column {col!r} is neither in the evaluation set nor one of "
+                             f"{sorted(CALENDAR)}")
+    return out
+
+
+def measure_serving(scorer: onnx_model.OnnxScorer, frame: pd.DataFrame, model_bytes: int) -> dict:
+    """Model size, single-row p99 latency and batch throughput on onnxruntime (1 thread)."""
+    import time
+
+    rows = [frame.iloc[i:i + 1] for i in range(min(len(frame), 300))]
+    lat = []
+    for row in rows:
+        t = time.perf_counter()
+        scorer.predict_proba(row)
+        lat.append(time.perf_counter() - t)
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        scorer.predict_proba(frame)
+        best = min(best, time.perf_counter() - t)
+    return {"model_mb": model_bytes / 1e6,
+            "single_row_p99_ms": float(np.percentile(lat, 99) * 1e3) if lat else 0.0,
+            "batch_rows_per_s": len(frame) / best if best > 0 else float("inf")}
 
 
 def evaluate_challenger(cfg: Config, settings: Settings, version: str) -> dict[str, Any]:
@@ -151,19 +191,24 @@ def evaluate_challenger(cfg: Config, settings: Settings, version: str) -> dict[s
         parity = json.loads(open(mlflow.artifacts.download_artifacts(
             artifact_uri=f"runs:/{mv.run_id}/evaluation/onnx_parity.json", dst_path=tmp)).read())
     y = eval_df[cfg.dataset.label.name].astype(int).to_numpy()
-    chal = _version_scorer(settings, mv)
-    p_chal = chal.predict_proba(onnx_model.to_native_frame(eval_df, chal.numeric, chal.categorical))
+    chal, size = _version_scorer(settings, mv)
+    frame = onnx_model.to_native_frame(eval_df, chal.numeric, chal.categorical)
+    p_chal = chal.predict_proba(frame)
+    serving = measure_serving(chal, frame, size)
+    behaviour = gates.behaviour_results(chal.predict_proba, frame, cfg.gates.behaviour)
     champ_mv = registry.by_alias(c, name, registry.CHAMPION)
     p_champ = None
     if champ_mv is not None and str(champ_mv.version) != str(version):
-        champ = _version_scorer(settings, champ_mv)
+        champ, _ = _version_scorer(settings, champ_mv)
         missing = [col for col in champ.numeric + champ.categorical if col not in eval_df]
         if missing:
             raise ValueError(f"champion v{champ_mv.version} needs inputs {missing} that the "
                              f"challenger's evaluation set lacks")
         p_champ = champ.predict_proba(
             onnx_model.to_native_frame(eval_df, champ.numeric, champ.categorical))
-    report = gates.evaluate(cfg.gates, y, p_chal, p_champ, parity)
+    report = gates.evaluate(cfg.gates, y, p_chal, p_champ, parity,
+                            slices=slice_values(eval_df, cfg.gates.slices.columns),
+                            serving=serving, behaviour=behaviour)
     report.update({"model": name, "version": str(version),
                    "champion_version": str(champ_mv.version) if champ_mv else None})
     uri = storage.join(settings.reports_uri, "gates", f"{name}-v{version}.json")

@@ -74,3 +74,58 @@ def test_calibration_error_zero_for_perfect_calibration_and_large_for_bad():
     y = np.array([0, 1] * 500)
     assert calibration_error(y, np.full(1000, 0.5)) == pytest.approx(0.0)
     assert calibration_error(y, np.where(y == 1, 0.0, 1.0)) == pytest.approx(1.0)
+
+
+def test_better_overall_but_regressing_on_a_slice_is_not_promoted():
+    rng = np.random.default_rng(8)
+    y, champion = scores(6000, 1.2, 8)
+    slice_ = np.where(rng.random(len(y)) < 0.1, "small", "big")
+    challenger = champion.copy()
+    big = slice_ == "big"
+    challenger[big] = np.clip(champion[big] + 0.6 * (y[big] - 0.5), 0, 1)  # better on "big"
+    small = ~big
+    challenger[small] = rng.random(small.sum())  # no skill left on "small"
+    cfg = GatesConfig(floors={"roc_auc": 0.6},
+                      compare=CompareGate(n_bootstrap=200, seed=1),
+                      slices={"columns": ["segment"], "min_size": 300, "max_drop": 0.03})
+    report = evaluate(cfg, y, challenger, champion, PARITY_OK, slices={"segment": slice_})
+    assert report["comparison"]["ci_low"] > 0  # better overall...
+    assert report["failed"] == ["slice:segment=small"]  # ...but not on the small slice
+    assert not report["passed"]
+
+
+def test_slices_below_the_minimum_size_are_not_judged():
+    y, p = scores(1000, 1.0, 9)
+    cfg = GatesConfig(slices={"columns": ["s"], "min_size": 300, "max_drop": 0.0})
+    seg = np.array(["tiny"] * 50 + ["large"] * 950)
+    worse = p.copy()
+    worse[:50] = 0.5
+    report = evaluate(cfg, y, worse, p, PARITY_OK, slices={"s": seg})
+    assert [c["gate"] for c in report["checks"] if c["gate"].startswith("slice")] == ["slice:s=large"]
+
+
+def test_budgets_and_behaviour_checks():
+    import pandas as pd
+
+    from pipelines.config import BehaviourCheck, Budgets
+    from pipelines.gates import behaviour_results, budget_checks
+
+    checks = budget_checks(Budgets(max_model_mb=1, max_single_row_p99_ms=5, min_batch_rows_per_s=1e4),
+                           {"model_mb": 2.0, "single_row_p99_ms": 1.0, "batch_rows_per_s": 5e4})
+    assert [c["passed"] for c in checks] == [False, True, True]
+
+    frame = pd.DataFrame({"rain": np.linspace(0, 1, 100, dtype="float32"),
+                          "noise": np.zeros(100, dtype="float32")})
+
+    def predict(f):
+        return np.clip(0.2 + 0.5 * f["rain"].to_numpy(), 0, 1)
+
+    results = behaviour_results(predict, frame, (
+        BehaviourCheck(name="rain_up", kind="directional", column="rain", add=0.1, expect="increase"),
+        BehaviourCheck(name="rain_down_claims_increase", kind="directional", column="rain",
+                       add=-0.2, expect="increase", tolerance=0.001),
+        BehaviourCheck(name="noise_invariant", kind="invariance", column="noise", set=5.0),
+        BehaviourCheck(name="unknown", kind="invariance", column="nope", set=1.0),
+    ))
+    assert [r["passed"] for r in results] == [True, False, True, False]
+    assert "not a model input" in results[3]["detail"]
