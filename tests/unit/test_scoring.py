@@ -1,0 +1,348 @@
+"""Batch scoring on real components: Feast (DuckDB offline store) point-in-time features, a real
+ONNX model registered in MLflow on SQLite, onnxruntime, Parquet partitions, DuckDB.
+
+One module-wide state folder (landing zone for a few January days, Feast registry, MLflow) keeps
+the whole file at about a minute on two cores (most of it: `feast apply` and two subprocesses).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from pipelines import registry, scoring, storage
+
+REPO = Path(__file__).resolve().parents[2]
+DAY, DAYS = date(2013, 1, 10), [date(2013, 1, 10), date(2013, 1, 11), date(2013, 1, 12)]
+EMPTY_DAY = date(2013, 1, 20)  # not in the landing zone
+
+
+def _register(settings, cfg, pipe, numeric, categorical) -> str:
+    """Log the ONNX export as the tracking module does and register it as a new version."""
+    import mlflow
+
+    from pipelines.onnx_model import export, sha256
+    from pipelines.tracking import ONNX_PATH
+
+    onnx_bytes = export(pipe, numeric, categorical)
+    c = registry.client(settings)
+    registry.ensure_experiment(settings, cfg.registry.model_name)
+    with mlflow.start_run() as run, tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        path.write_bytes(onnx_bytes)
+        mlflow.log_artifact(str(path), os.path.dirname(ONNX_PATH))
+    registry.ensure_registered_model(c, cfg.registry.model_name)
+    mv = c.create_model_version(cfg.registry.model_name, f"runs:/{run.info.run_id}/onnx",
+                                run_id=run.info.run_id, tags={
+                                    "onnx_sha256": sha256(onnx_bytes),
+                                    "onnx_uri": f"runs:/{run.info.run_id}/{ONNX_PATH}",
+                                    "numeric_inputs": ",".join(numeric),
+                                    "categorical_inputs": ",".join(categorical),
+                                    "feature_service": cfg.features.service})
+    return str(mv.version)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """A landing zone for 2013-01-01..12, Feast applied, two registered versions, v1 champion."""
+    tmp = tmp_path_factory.mktemp("scoring")
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["scoring"].update({"chunk_rows": 400, "batch_rows": 150})
+    params = tmp / "params.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in {"MLOPS_STATE_URI": str(tmp / "state"), "MLOPS_PARAMS": str(params),
+                            "FEAST_REGISTRY_PATH": str(tmp / "state/feast/registry.db"),
+                            "FEAST_ONLINE_PATH": str(tmp / "state/feast/online.db")}.items():
+            mp.setenv(name, value)
+        from pipelines.config import load_config
+        from pipelines.dataset import load_events
+        from pipelines.features import (
+            apply_definitions,
+            build_feature_sources,
+            get_store,
+            historical_features,
+        )
+        from pipelines.ingest import ingest
+        from pipelines.settings import get_settings
+        from pipelines.training import fit
+
+        cfg, settings = load_config(params), get_settings()
+        ingest(cfg, settings.landing_uri, date(2013, 1, 1), date(2013, 1, 13))
+        for d in range(12):
+            build_feature_sources(cfg, settings, date(2013, 1, 1) + timedelta(days=d))
+        apply_definitions(settings)
+        events = load_events(cfg, settings.landing_uri, date(2013, 1, 2), date(2013, 1, 9))
+        rows = events[events[cfg.dataset.label.name].notna()].reset_index(drop=True)
+        train = historical_features(get_store(settings), cfg.features.service, rows,
+                                    list(cfg.features.join_keys))
+        versions = []
+        for n_estimators in (15, 8):
+            est = cfg.training.estimator.model_copy(
+                update={"params": {**cfg.training.estimator.params, "n_estimators": n_estimators}})
+            small = cfg.model_copy(update={"training": cfg.training.model_copy(
+                update={"estimator": est})})
+            pipe, numeric, categorical = fit(small, train)
+            versions.append(_register(settings, cfg, pipe, numeric, categorical))
+        registry.promote(settings, cfg.registry.model_name, versions[0], "test", "first", None)
+        yield {"cfg": cfg, "settings": settings, "versions": versions, "train": train}
+
+
+def _with(cfg, **scoring):
+    return cfg.model_copy(update={"scoring": cfg.scoring.model_copy(update=scoring)})
+
+
+def _partition_files(settings, day) -> dict[str, bytes]:
+    base = scoring.partition_uri(settings, day)
+    return {n: storage.read_bytes(storage.join(base, n)) for n in storage.listdir(base)
+            if n != scoring.MANIFEST}
+
+
+def test_rerun_replaces_the_partition_with_identical_bytes(env):
+    cfg, settings = env["cfg"], env["settings"]
+    first = scoring.score_interval(cfg, settings, DAY, None, "run-1")
+    manifest = scoring.read_manifest(settings, DAY)
+    files = _partition_files(settings, DAY)
+    assert first["files"] == 3 and sorted(files) == sorted(manifest["files"])  # 925 rows / 400
+    assert not storage.exists(scoring.staging_uri(settings, DAY))
+
+    scoring.score_interval(cfg, settings, DAY, None, "run-2")
+    again = scoring.read_manifest(settings, DAY)
+    assert again["files"] == manifest["files"] and _partition_files(settings, DAY) == files
+    assert again["airflow_run_id"] == "run-2"
+
+    preds = scoring.read_partition(settings, DAY)
+    assert len(preds) == manifest["input_rows"] == manifest["output_rows"] > 900
+    assert preds["row_key"].is_unique and preds["probability"].between(0, 1).all()
+    assert (preds["model_version"] == env["versions"][0]).all()
+    assert manifest["backfill_model"] == "current" and manifest["model_version"] == "1"
+    for key in ("files", "input_rows", "output_rows", "model", "model_version", "onnx_sha256",
+                "feature_service", "model_run_id"):
+        assert key in manifest
+    # a retried chunk task writes the same file with the same bytes
+    chunks = scoring.plan_interval(cfg, settings, DAY)
+    model = scoring.resolve_model(cfg, settings, DAY)
+    part = scoring.score_chunk(cfg, settings, DAY, chunks[1], model)
+    assert part["file"] == manifest["files"][1] and part["sha256"] == manifest["parts"][1]["sha256"]
+
+
+def test_backfill_over_several_days_with_the_pinned_model(env):
+    cfg, settings = env["cfg"], env["settings"]
+    v1, v2 = env["versions"]
+    for day in DAYS:
+        scoring.score_interval(cfg, settings, day, None, f"backfill-{day}")
+    assert [scoring.read_manifest(settings, d)["model_version"] for d in DAYS] == [v1, v1, v1]
+
+    registry.promote(settings, cfg.registry.model_name, v2, "test", "newer", None)
+    try:
+        scoring.score_interval(cfg, settings, DAYS[1], None, "rescore")  # policy: current
+        m = scoring.read_manifest(settings, DAYS[1])
+        assert m["model_version"] == v2 and m["model_choice"] == "champion alias when the run started"
+
+        # champion_at_interval: every promotion in this registry happened after January 2013
+        before = scoring.read_manifest(settings, DAYS[2])
+        policy = _with(cfg, backfill_model="champion_at_interval")
+        with pytest.raises(registry.RegistryError, match="had no champion at 2013-01-13"):
+            scoring.score_interval(policy, settings, DAYS[2], None, "too-early")
+        assert scoring.read_manifest(settings, DAYS[2]) == before
+        assert not storage.exists(scoring.staging_uri(settings, DAYS[2]))
+        # ... and a day after the promotions gets the version that was champion then
+        today = datetime.now(UTC).date()
+        assert scoring.resolve_model(policy, settings, today)["version"] == v2
+    finally:
+        registry.rollback(settings, cfg.registry.model_name, v1, "test", "restore")
+
+    import duckdb
+
+    con = duckdb.connect()
+    scoring.create_predictions_view(con, settings)
+    by_day = con.sql("SELECT date, model_version, count(*), count(DISTINCT row_key) FROM "
+                     "predictions WHERE date BETWEEN DATE '2013-01-10' AND DATE '2013-01-12' "
+                     "GROUP BY ALL ORDER BY date").fetchall()
+    expected = [(d, v, m["output_rows"], m["output_rows"]) for d, v, m in
+                [(d, v, scoring.read_manifest(settings, d)) for d, v in zip(DAYS, [v1, v2, v1])]]
+    assert by_day == expected
+
+
+@pytest.mark.parametrize(("when", "version"), [
+    ("2024-01-01T00:00:00+00:00", None), ("2024-01-02T00:00:00+00:00", "1"),
+    ("2024-01-04T12:00:00+00:00", "2"), ("2024-01-06T00:00:00+00:00", "1"),
+    ("2024-01-08T00:00:00+00:00", "3")])
+def test_champion_at_follows_promotions_and_rollbacks(when, version):
+    history = [
+        {"at": "2024-01-02T00:00:00+00:00", "action": "promote", "model": "m", "to_version": "1"},
+        {"at": "2024-01-03T00:00:00+00:00", "action": "register", "model": "m", "to_version": "2"},
+        {"at": "2024-01-04T00:00:00+00:00", "action": "forced_promote", "model": "m",
+         "to_version": "2"},
+        {"at": "2024-01-05T00:00:00+00:00", "action": "rollback", "model": "m", "to_version": "1"},
+        {"at": "2024-01-05T00:00:00+00:00", "action": "promote", "model": "other", "to_version": "7"},
+        {"at": "2024-01-07T00:00:00+00:00", "action": "promote", "model": "m", "to_version": "3"},
+    ]
+    move = scoring.champion_at(history, "m", datetime.fromisoformat(when))
+    assert (move["to_version"] if move else None) == version
+
+
+def test_missing_champion_is_a_clear_error_and_writes_nothing(env):
+    cfg, settings = env["cfg"], env["settings"]
+    nameless = cfg.model_copy(update={"registry": cfg.registry.model_copy(
+        update={"model_name": "never_promoted"})})
+    day = date(2013, 1, 9)
+    with pytest.raises(registry.RegistryError, match="no 'champion' alias"):
+        scoring.score_interval(nameless, settings, day, None, "no-model")
+    assert not storage.exists(scoring.partition_uri(settings, day))
+    assert not storage.exists(scoring.staging_uri(settings, day))
+
+
+def test_empty_interval_is_an_empty_partition_with_a_manifest(env):
+    cfg, settings = env["cfg"], env["settings"]
+    out = scoring.score_interval(cfg, settings, EMPTY_DAY, None, "empty")
+    manifest = scoring.read_manifest(settings, EMPTY_DAY)
+    assert out["rows"] == manifest["input_rows"] == manifest["output_rows"] == 0
+    preds = scoring.read_partition(settings, EMPTY_DAY)
+    assert preds.empty and {"row_key", "probability", "model_version"} <= set(preds.columns)
+    rel = scoring.predictions_relation(settings, start=EMPTY_DAY, end=EMPTY_DAY + timedelta(1))
+    assert rel.aggregate("count(*)").fetchall() == [(0,)]
+
+
+@pytest.mark.parametrize("policy", ["impute", "reject"])
+def test_missing_features_follow_the_policy_and_are_counted(env, policy):
+    """Some planes have no row in the planes table: Feast returns no plane features for them."""
+    cfg, settings = _with(env["cfg"], missing_features=policy), env["settings"]
+    day = DAYS[2]
+    scoring.score_interval(cfg, settings, day, None, policy)
+    m = scoring.read_manifest(settings, day)
+    counts, preds = m["missing_features"], scoring.read_partition(settings, day)
+    assert counts["policy"] == policy and counts["rows_with_missing_features"] > 10
+    assert counts["by_feature"]["plane_fv__seats"] > 10 and counts["by_reason"]["missing"] > 10
+    assert preds["probability"].notna().all() and preds["probability"].between(0, 1).all()
+    if policy == "impute":
+        assert counts["rejected_rows"] == 0 and m["output_rows"] == m["input_rows"]
+        assert preds["plane_fv__seats"].isna().sum() == counts["by_feature"]["plane_fv__seats"]
+    else:
+        assert counts["rejected_rows"] == counts["rows_with_missing_features"]
+        assert m["output_rows"] == m["input_rows"] - counts["rejected_rows"]
+        assert preds["plane_fv__seats"].notna().all()
+
+
+def test_non_finite_inputs_are_counted_and_never_reach_the_model():
+    frame = pd.DataFrame({"row_key": ["a", "b", "c", "d"], "event_time": pd.NaT,
+                          "event_timestamp": pd.NaT, "x": [1.0, np.inf, np.nan, -np.inf],
+                          "y": [1.0, 2.0, 3.0, np.nan], "cat": ["u", None, "v", "w"]})
+    imputed, counts = scoring.clean_inputs(frame, ["x", "y"], ["cat"], "impute")
+    assert counts["by_reason"] == {"missing": 3, "non_finite": 2}
+    assert counts["by_feature"] == {"x": 3, "y": 1, "cat": 1}
+    assert counts["rows_with_missing_features"] == 3 and counts["rejected_rows"] == 0
+    assert not np.isinf(imputed[["x", "y"]].to_numpy()).any() and len(imputed) == 4
+    kept, counts = scoring.clean_inputs(frame, ["x", "y"], ["cat"], "reject")
+    assert list(kept["row_key"]) == ["a"] and counts["rejected_rows"] == 3
+
+
+def test_a_nan_prediction_fails_the_chunk(env, tmp_path):
+    """A model that cannot impute turns a missing feature into a NaN probability: refused."""
+    import dataclasses
+
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+
+    from pipelines.onnx_model import OnnxScorer, export, to_native_frame
+
+    cfg, settings = env["cfg"], dataclasses.replace(env["settings"], data_uri=str(tmp_path))
+    cols = ["distance", "plane_fv__year"]
+    train = env["train"].dropna(subset=cols)
+    bare = Pipeline([("prep", ColumnTransformer([("num", "passthrough", cols)])),
+                     ("model", LogisticRegression(max_iter=500))])
+    bare.fit(to_native_frame(train, cols, []), train[cfg.dataset.label.name].astype(int))
+    scorer = OnnxScorer(export(bare, cols, []), cols, [])
+    rows = pd.DataFrame({"row_key": ["a", "b"], "event_time": pd.Timestamp("2013-01-10", tz="UTC"),
+                         "event_timestamp": pd.Timestamp("2013-01-10", tz="UTC"),
+                         "distance": [500.0, 700.0], "plane_fv__year": [2001.0, np.nan]})
+    model = {"model": "bare", "version": "1", "numeric": cols, "categorical": []}
+    with pytest.raises(ValueError, match="1 non-finite probabilities"):
+        scoring.write_part(settings, DAY, 0, rows, model, scorer, cfg.scoring)
+    assert storage.listdir(scoring.partition_uri(settings, DAY)) == []
+
+
+def test_scoring_refuses_pickled_models(tmp_path):
+    import mlflow.sklearn
+    from mlflow.exceptions import MlflowException
+    from sklearn.linear_model import LogisticRegression
+
+    path = str(tmp_path / "pickled")
+    mlflow.sklearn.save_model(LogisticRegression().fit([[0.0], [1.0]], [0, 1]), path,
+                              serialization_format="cloudpickle", pip_requirements=[])
+    with scoring.pickle_disabled(), pytest.raises(MlflowException, match="disallowed"):
+        mlflow.sklearn.load_model(path)
+    assert os.environ.get(scoring.PICKLE_ENV) != "false"  # restored after the block
+
+
+_KILLED_RUN = """
+import json, os, signal, sys
+from datetime import date
+from pipelines import scoring
+from pipelines.config import load_config
+from pipelines.settings import get_settings
+
+cfg, settings, day = load_config(), get_settings(), date.fromisoformat(sys.argv[2])
+cfg = cfg.model_copy(update={"scoring": cfg.scoring.model_copy(update={"chunk_rows": 300})})
+if sys.argv[1] == "after_parts":  # a whole run in this process, killed before publishing
+    model = scoring.resolve_model(cfg, settings, day)
+    chunks = scoring.plan_interval(cfg, settings, day)
+    parts = [scoring.score_chunk(cfg, settings, day, c, model) for c in chunks]
+    os.kill(os.getpid(), signal.SIGKILL)
+real_replace = os.replace
+def replace(src, dst):  # die with the new manifest written but not yet renamed into place
+    if dst.endswith(scoring.MANIFEST):
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_replace(src, dst)
+os.replace = replace
+staged = json.load(sys.stdin)  # the publish task of a run whose chunks were scored
+scoring.publish(cfg, settings, day, staged["chunks"], staged["parts"], staged["model"], "killed")
+"""
+
+
+@pytest.mark.parametrize("point", ["after_parts", "manifest_rename"])
+def test_a_run_killed_mid_write_leaves_the_previous_partition(env, point):
+    cfg, settings = env["cfg"], env["settings"]
+    day, rerun = DAYS[0], _with(env["cfg"], chunk_rows=300)
+    scoring.score_interval(cfg, settings, day, None, "before")
+    manifest, visible = scoring.read_manifest(settings, day), scoring.read_partition(settings, day)
+    parts = {f: storage.read_bytes(storage.join(scoring.partition_uri(settings, day), f))
+             for f in manifest["files"]}
+    staged = "{}"
+    if point == "manifest_rename":  # score the chunks here; the child only publishes
+        model = scoring.resolve_model(rerun, settings, day)
+        chunks = scoring.plan_interval(rerun, settings, day)
+        staged = json.dumps({"model": model, "chunks": chunks, "parts": [
+            scoring.score_chunk(rerun, settings, day, c, model) for c in chunks]})
+
+    proc = subprocess.run([sys.executable, "-c", _KILLED_RUN, point, day.isoformat()],
+                          input=staged, env=os.environ.copy(), capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    on_disk = storage.listdir(scoring.partition_uri(settings, day))
+    assert set(on_disk) - set(manifest["files"]) - {scoring.MANIFEST}  # staged parts (and tmp)
+    assert scoring.read_manifest(settings, day) == manifest
+    pd.testing.assert_frame_equal(scoring.read_partition(settings, day), visible)
+    for f, data in parts.items():
+        assert storage.read_bytes(storage.join(scoring.partition_uri(settings, day), f)) == data
+    rel = scoring.predictions_relation(settings, start=day, end=day + timedelta(days=1))
+    assert rel.aggregate("count(*)").fetchall() == [(len(visible),)]
+
+    scoring.score_interval(rerun, settings, day, None, "rerun")
+    after = scoring.read_manifest(settings, day)
+    assert len(after["files"]) == 4 and after["output_rows"] == manifest["output_rows"]
+    assert sorted(storage.listdir(scoring.partition_uri(settings, day))) == sorted(
+        [*after["files"], scoring.MANIFEST])
+    assert not storage.exists(scoring.staging_uri(settings, day))
