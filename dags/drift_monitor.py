@@ -1,11 +1,16 @@
 """
 ### drift_monitor
 
-Daily, after `batch_scoring`: compare the interval's scored features and predictions with the
-training reference of the model that scored them (Evidently report + PSI/KS per feature).
-When drift holds for the configured number of intervals and the last retraining is outside the
-cooldown, request a retraining by emitting the `mlops://drift/retrain-request` asset event with
-the evidence; the `training` DAG is scheduled on it.
+Daily, after `batch_scoring`: compare the interval's scored features and predictions (a trailing
+window) with the training reference of the model that scored them (Evidently report + PSI/KS
+per feature, thresholds and weights from `params.yaml`), and score the predictions of the day
+whose outcomes have become known (ROC AUC, PR AUC, calibration). Both land in the metrics
+history; a plot of the last days is written next to the Evidently report.
+When drift or quality decay holds for the configured number of intervals, outside the cooldown
+and once per episode, request a retraining by emitting the `mlops://drift/retrain-request`
+asset event with the evidence; the `training` DAG is scheduled on it.
+Alerts (channel from `params.yaml` `alerts`) on a drift or decay episode, a retraining request
+and any failed task or run.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import os
 from airflow.sdk import Asset, dag, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
+from pipelines.alerts import MonitoringNotifier
 from pipelines.orchestration import RETRAIN_ASSET, default_args, schedule_span
 
 START, END = schedule_span()
@@ -27,7 +33,8 @@ POKE_SECONDS = int(os.environ.get("MLOPS_SENSOR_POKE_SECONDS", "60"))
     end_date=END,
     catchup=True,
     max_active_runs=1,
-    default_args=default_args(),
+    default_args={**default_args(), "on_failure_callback": MonitoringNotifier("task_failure")},
+    on_failure_callback=MonitoringNotifier("dag_failure"),
     tags=["mlops", "monitoring"],
     doc_md=__doc__,
 )
@@ -46,30 +53,65 @@ def drift_monitor():
         from pipelines.orchestration import interval_day
 
         cfg, settings = _stage()
-        verdict = check_interval(cfg, settings, interval_day(context), START.date())
-        print(f"check_drift: drift={verdict['drift']} share={verdict['drift_share']:.2f} "
+        verdict = check_interval(cfg, settings, interval_day(context), START.date(), context["run_id"])
+        print(f"check_drift: drift={verdict['drift']} share={verdict['drift_share']:.3f} "
               f"reason={verdict['reason']} report={verdict.get('report_uri')}")
         return {k: verdict[k] for k in ("date", "drift", "drift_share", "reason", "report_uri",
                                         "prediction_psi", "model_version")}
 
-    @task.short_circuit
-    def decide(verdict: dict, **context) -> bool:
+    @task
+    def check_quality(**context) -> dict:
+        from pipelines.monitoring import check_quality as run
+        from pipelines.orchestration import interval_day
+
+        cfg, settings = _stage()
+        quality = run(cfg, settings, interval_day(context), context["run_id"])
+        print(f"check_quality: outcomes of {quality['labelled_day']}: decay={quality['decay']} "
+              f"({quality['status']}: {quality['reason']}) window={quality['window']}")
+        return {k: quality[k] for k in ("date", "labelled_day", "decay", "status", "reason")}
+
+    @task
+    def decide(verdict: dict, quality: dict, **context) -> dict:
+        from pipelines.alerts import notify_decision
+        from pipelines.dates import to_date
         from pipelines.monitoring import decide as run
 
         cfg, settings = _stage()
-        decision = run(cfg, settings, __import__("datetime").date.fromisoformat(verdict["date"]))
+        decision = run(cfg, settings, to_date(verdict["date"]), context["run_id"])
         print(f"decide: retrain={decision['retrain']} ({decision['reason']})")
+        notify_decision(context, decision)
+        return {k: decision[k] for k in ("date", "retrain", "signal", "streak", "reason")}
+
+    @task.short_circuit
+    def retrain_requested(decision: dict) -> bool:
         return decision["retrain"]
 
     @task(outlets=[Asset(RETRAIN_ASSET)])
-    def request_retraining(verdict: dict, **context) -> dict:
-        context["outlet_events"][Asset(RETRAIN_ASSET)].extra = verdict
-        print(f"request_retraining: evidence {verdict}")
-        return verdict
+    def request_retraining(decision: dict, **context) -> dict:
+        from pipelines.dates import to_date
+        from pipelines.monitoring import retrain_evidence
 
-    verdict = check_drift()
-    wait_for_predictions() >> verdict
-    decide(verdict) >> request_retraining(verdict)
+        _, settings = _stage()
+        evidence = retrain_evidence(settings, to_date(decision["date"]))
+        context["outlet_events"][Asset(RETRAIN_ASSET)].extra = evidence
+        print(f"request_retraining: evidence {evidence}")
+        return evidence
+
+    @task
+    def plot_history(decision: dict) -> str:
+        from pipelines.dates import to_date
+        from pipelines.monitoring import plot
+
+        cfg, settings = _stage()
+        uri = plot(cfg, settings, to_date(decision["date"]))
+        print(f"plot_history: {uri}")
+        return uri
+
+    verdict, quality = check_drift(), check_quality()
+    wait_for_predictions() >> [verdict, quality]
+    decision = decide(verdict, quality)
+    retrain_requested(decision) >> request_retraining(decision)
+    plot_history(decision)
 
 
 def _stage():

@@ -1,10 +1,11 @@
 """Drift check of one monitoring interval against the reference (training) data.
 
-`check_drift` samples both sides (`drift.sample_rows`, fixed seed), checks the schema, computes
-per-feature PSI (plus the KS statistic for numerics) and the prediction PSI, runs an Evidently
-`DataDriftPreset` report on the healthy columns, saves its HTML and returns a JSON-serialisable
-verdict. Bad monitoring input (empty interval, missing / all-null / retyped columns) gives a
-verdict, never an exception.
+`check_drift` samples both sides (`drift.sample_rows`, fixed seed, sizes recorded), checks the
+schema, computes per-feature PSI (plus the KS statistic for numerics) against each feature's
+threshold and weight from config, the weighted share of drifted features and the prediction
+PSI, runs an Evidently `DataDriftPreset` report on the healthy columns, saves its HTML and
+returns a JSON-serialisable verdict. Bad monitoring input (empty interval, missing / all-null /
+retyped columns, new categories) gives a verdict, never an exception.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pandas.api import types as ptypes
 
 from pipelines import storage
 from pipelines.config import DriftConfig
-from pipelines.drift_stats import ks_statistic, psi, psi_categorical
+from pipelines.drift_stats import ks_statistic, new_levels, psi, psi_categorical
 
 __all__ = ["check_drift", "psi", "psi_categorical", "schema_issues"]
 
@@ -31,10 +32,14 @@ def _num(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _sample(df: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
+def _sample(df: pd.DataFrame, columns: list[str], n: int, seed: int) -> pd.DataFrame:
+    """At most `n` rows drawn without replacement with a fixed seed (small frames: as they are,
+    not copied; only `columns` are read)."""
     if len(df) <= n:
-        return df.reset_index(drop=True)
-    return df.sample(n=n, random_state=seed).reset_index(drop=True)
+        return df
+    positions = [df.columns.get_loc(c) for c in columns if c in df.columns]
+    rows = np.sort(np.random.default_rng(seed).choice(len(df), size=n, replace=False))
+    return df.iloc[rows, positions].reset_index(drop=True)
 
 
 def _kind(series: pd.Series) -> str:
@@ -45,6 +50,16 @@ def _kind(series: pd.Series) -> str:
     if ptypes.is_datetime64_any_dtype(series):
         return "datetime"
     return "string"
+
+
+def _retyped(ref: pd.Series, cur: pd.Series) -> str:
+    note = f"dtype changed: {ref.dtype} -> {cur.dtype}"
+    if _kind(ref) == "numeric" and _kind(cur) == "string":
+        text = cur.dropna().astype(str).str.strip()
+        text = text[~text.str.lower().isin(["", "nan", "none", "null", "<na>"])]
+        if len(text) and pd.to_numeric(text, errors="coerce").notna().all():
+            note += " (numbers stored as strings)"
+    return note
 
 
 def schema_issues(
@@ -66,33 +81,46 @@ def schema_issues(
             elif col in numeric and ref_kind == cur_kind and ref_kind not in ("numeric", "bool"):
                 problem = f"not numeric on either side ({reference[col].dtype})"
             elif ref_kind != cur_kind and {ref_kind, cur_kind} != {"numeric", "bool"}:
-                problem = f"dtype changed: {reference[col].dtype} -> {current[col].dtype}"
+                problem = _retyped(reference[col], current[col])
         if problem:
             issues.append({"column": col, "issue": problem})
     return issues
 
 
-def _feature_stats(ref: pd.Series, cur: pd.Series, is_numeric: bool, threshold: float) -> dict[str, Any]:
+def _feature_stats(ref: pd.Series, cur: pd.Series, is_numeric: bool, cfg: DriftConfig) -> dict[str, Any]:
+    threshold, weight = cfg.rule(str(ref.name))
     if is_numeric:
-        value, ks = psi(ref, cur), ks_statistic(ref, cur)
+        value, ks, unseen = psi(ref, cur), ks_statistic(ref, cur), []
     else:
-        value, ks = psi_categorical(ref, cur), None
-    return {"psi": _num(value), "ks": _num(ks), "drifted": bool(value > threshold)}
+        value, ks, unseen = psi_categorical(ref, cur), None, new_levels(ref, cur)
+    stats = {"psi": _num(value), "ks": _num(ks), "threshold": threshold, "weight": weight,
+             "drifted": bool(value > threshold)}
+    if unseen:
+        stats["new_levels"] = unseen
+    return stats
 
 
-def _prediction_psi(ref: pd.DataFrame, cur: pd.DataFrame, column: str | None) -> float | None:
+def _prediction_psi(ref: pd.DataFrame, cur: pd.DataFrame, column: str | None) -> tuple[float | None, int]:
+    """PSI of the predictions on the rows that have one (rows scored by another model: NaN)."""
     if not column or column not in ref.columns or column not in cur.columns:
-        return None
-    if ptypes.is_numeric_dtype(ref[column]) and ptypes.is_numeric_dtype(cur[column]):
-        return _num(psi(ref[column], cur[column]))
-    return _num(psi_categorical(ref[column].astype(str), cur[column].astype(str)))
+        return None, 0
+    r, c = ref[column].dropna(), cur[column].dropna()
+    if r.empty or c.empty:
+        return None, len(c)
+    if ptypes.is_numeric_dtype(r) and ptypes.is_numeric_dtype(c):
+        return _num(psi(r, c)), len(c)
+    return _num(psi_categorical(r.astype(str), c.astype(str))), len(c)
 
 
 def _run_evidently(
     ref: pd.DataFrame, cur: pd.DataFrame, numeric: list[str], categorical: list[str],
-    cfg: DriftConfig, report_uri: str | None,
+    report_uri: str | None,
 ) -> tuple[dict[str, Any], str | None]:
-    """Evidently's DataDriftPreset on the healthy columns; errors are recorded, not raised."""
+    """Evidently's DataDriftPreset on the healthy columns; errors are recorded, not raised.
+
+    Evidently applies its own per-column tests and dataset share (its defaults): the report is
+    evidence for a person; the verdict is ours.
+    """
     columns = [*numeric, *categorical]
     if not columns:
         return {"error": "no healthy columns to compare"}, None
@@ -109,7 +137,7 @@ def _run_evidently(
             return out
 
         definition = DataDefinition(numerical_columns=numeric, categorical_columns=categorical)
-        snapshot = Report([DataDriftPreset(columns=columns, drift_share=cfg.drift_share)]).run(
+        snapshot = Report([DataDriftPreset(columns=columns)]).run(
             Dataset.from_pandas(_frame(cur), data_definition=definition),
             Dataset.from_pandas(_frame(ref), data_definition=definition),
         )
@@ -134,6 +162,30 @@ def _run_evidently(
         return {"error": f"{type(exc).__name__}: {exc}"}, None
 
 
+def _reason(features: dict[str, Any], share: float, cfg: DriftConfig, issues: list[dict[str, str]],
+            pred_psi: float | None, new_categories: dict[str, list[str]]) -> tuple[bool, str]:
+    drifted = [f"{c} (PSI {s['psi']:.2f} > {s['threshold']:g}, weight {s['weight']:g})"
+               for c, s in features.items() if s["drifted"]]
+    reasons = []
+    if issues:
+        reasons.append("schema drift: " + ", ".join(f"{i['column']} ({i['issue']})" for i in issues))
+    feature_drift = bool(drifted) and share >= cfg.drift_share
+    if feature_drift:
+        reasons.append(f"feature drift: weighted share {share:.3f} >= {cfg.drift_share:g}: "
+                       + ", ".join(drifted))
+    prediction_drift = pred_psi is not None and pred_psi > cfg.prediction_psi_threshold
+    if prediction_drift:
+        reasons.append(f"prediction drift: PSI {pred_psi:.3f} > {cfg.prediction_psi_threshold:g}")
+    if new_categories:
+        reasons.append("new categories: " + ", ".join(f"{c} {v}" for c, v in new_categories.items()))
+    drift = bool(issues) or feature_drift or prediction_drift
+    if not drift:
+        reasons.insert(0, f"no drift: weighted share {share:.3f} < {cfg.drift_share:g}"
+                       + (f" ({', '.join(drifted)})" if drifted else "")
+                       + (f", prediction PSI {pred_psi:.3f}" if pred_psi is not None else ""))
+    return drift, "; ".join(reasons)
+
+
 def check_drift(
     reference: pd.DataFrame,
     current: pd.DataFrame,
@@ -142,78 +194,56 @@ def check_drift(
     prediction_column: str | None,
     cfg: DriftConfig,
     report_uri: str | None,
+    *,
+    report: bool = True,
 ) -> dict[str, Any]:
-    """Compare `current` against `reference` and return a JSON-serialisable drift verdict."""
+    """Compare `current` against `reference` and return a JSON-serialisable drift verdict.
+
+    `report=False` skips the Evidently report (the verdict does not depend on it).
+    """
     numeric, categorical = list(numeric), list(categorical)
     verdict: dict[str, Any] = {
-        "drift": False,
-        "reason": "",
-        "drift_share": 0.0,
-        "features": {},
-        "prediction_psi": None,
-        "n_reference": 0,
-        "n_current": 0,
-        "n_reference_total": int(len(reference)),
-        "n_current_total": int(len(current)),
-        "schema_issues": [],
-        "report_uri": None,
-        "evidently": None,
+        "drift": False, "status": "ok", "reason": "", "drift_share": 0.0, "drifted": [],
+        "features": {}, "prediction_psi": None, "n_prediction": 0,
+        "n_reference": 0, "n_current": 0,
+        "n_reference_total": len(reference), "n_current_total": len(current),
+        "sample_rows": cfg.sample_rows, "seed": cfg.seed,
+        "schema_issues": [], "new_categories": {}, "report_uri": None, "evidently": None,
         "method": cfg.method,
-        "thresholds": {
-            "psi": cfg.psi_threshold,
-            "drift_share": cfg.drift_share,
-            "prediction_psi": cfg.prediction_psi_threshold,
-        },
+        "thresholds": {"psi_default": cfg.psi_threshold, "drift_share": cfg.drift_share,
+                       "prediction_psi": cfg.prediction_psi_threshold},
     }
     if len(current) == 0:
-        verdict["reason"] = "empty interval"
+        verdict.update(status="empty interval", reason="empty interval: no rows to check")
         return verdict
     if len(reference) == 0:
-        verdict["reason"] = "empty reference: nothing to compare against"
+        verdict.update(status="empty reference", reason="empty reference: nothing to compare against")
         return verdict
 
     issues = schema_issues(reference, current, numeric, categorical)
     broken = {issue["column"] for issue in issues}
     num_ok = [c for c in numeric if c not in broken]
     cat_ok = [c for c in categorical if c not in broken]
-
     wanted = [*num_ok, *cat_ok]
     if prediction_column and prediction_column not in wanted:
         wanted.append(prediction_column)
-    ref = _sample(reference[[c for c in wanted if c in reference.columns]], cfg.sample_rows, cfg.seed)
-    cur = _sample(current[[c for c in wanted if c in current.columns]], cfg.sample_rows, cfg.seed)
-    verdict["n_reference"], verdict["n_current"] = int(len(ref)), int(len(cur))
-    verdict["schema_issues"] = issues
+    ref = _sample(reference, wanted, cfg.sample_rows, cfg.seed)
+    cur = _sample(current, wanted, cfg.sample_rows, cfg.seed)
 
-    features = {
-        col: _feature_stats(ref[col], cur[col], col in num_ok, cfg.psi_threshold) for col in [*num_ok, *cat_ok]
-    }
-    drifted = [col for col, stats in features.items() if stats["drifted"]]
-    share = len(drifted) / len(features) if features else 0.0
-    pred_psi = _prediction_psi(ref, cur, prediction_column)
-    verdict.update(features=features, drift_share=float(share), prediction_psi=pred_psi)
-
-    reasons = []
-    if issues:
-        cols = ", ".join(f"{i['column']} ({i['issue']})" for i in issues)
-        reasons.append(f"schema drift: {cols}")
-    feature_drift = bool(drifted) and share >= cfg.drift_share
-    if feature_drift:
-        reasons.append(
-            f"feature drift: {len(drifted)}/{len(features)} features with PSI > {cfg.psi_threshold} "
-            f"(share {share:.2f} >= {cfg.drift_share}): {', '.join(drifted)}"
-        )
-    prediction_drift = pred_psi is not None and pred_psi > cfg.prediction_psi_threshold
-    if prediction_drift:
-        reasons.append(f"prediction drift: PSI {pred_psi:.3f} > {cfg.prediction_psi_threshold}")
-    verdict["drift"] = bool(issues) or feature_drift or prediction_drift
-    if not reasons:
-        reasons.append(
-            f"no drift: {len(drifted)}/{len(features)} features with PSI > {cfg.psi_threshold}"
-            + (f" ({', '.join(drifted)})" if drifted else "")
-            + (f", prediction PSI {pred_psi:.3f}" if pred_psi is not None else "")
-        )
-    verdict["reason"] = "; ".join(reasons)
-
-    verdict["evidently"], verdict["report_uri"] = _run_evidently(ref, cur, num_ok, cat_ok, cfg, report_uri)
+    features = {col: _feature_stats(ref[col], cur[col], col in num_ok, cfg) for col in wanted
+                if col in num_ok or col in cat_ok}
+    total = sum(s["weight"] for s in features.values())
+    share = sum(s["weight"] for s in features.values() if s["drifted"]) / total if total else 0.0
+    pred_psi, n_pred = _prediction_psi(ref, cur, prediction_column)
+    new_categories = {c: s["new_levels"] for c, s in features.items() if s.get("new_levels")}
+    drift, reason = _reason(features, share, cfg, issues, pred_psi, new_categories)
+    verdict.update(
+        drift=drift, reason=reason, features=features, drift_share=float(share),
+        drifted=[c for c, s in features.items() if s["drifted"]],
+        prediction_psi=pred_psi, n_prediction=n_pred, n_reference=len(ref),
+        n_current=len(cur), schema_issues=issues, new_categories=new_categories,
+        status="schema drift" if issues else "ok",
+    )
+    if report:
+        verdict["evidently"], verdict["report_uri"] = _run_evidently(ref, cur, num_ok, cat_ok, report_uri)
     return verdict

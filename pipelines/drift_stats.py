@@ -1,4 +1,4 @@
-"""Pure drift statistics: Population Stability Index (numeric and categorical) and the KS statistic.
+"""Pure monitoring statistics: PSI (numeric, categorical), the KS statistic, live quality.
 
 PSI = sum_i (p_cur_i - p_ref_i) * ln(p_cur_i / p_ref_i) over bins. Numeric bins are quantiles of
 the reference (ties collapse), missing values are a bin of their own, and empty bins are floored
@@ -67,11 +67,57 @@ def psi_categorical(reference: Any, current: Any) -> float:
 
 
 def ks_statistic(reference: np.ndarray, current: np.ndarray) -> float:
-    """Two-sample Kolmogorov-Smirnov statistic on the non-missing values (NaN if a side has none)."""
-    from scipy.stats import ks_2samp
+    """Two-sample Kolmogorov-Smirnov statistic on the non-missing values (NaN if a side has none).
 
+    The statistic `scipy.stats.ks_2samp` reports (max |F_ref - F_cur| over all values), without
+    its p-value: at monitoring sample sizes every p-value is tiny, the distance is what counts.
+    """
     ref, cur = _as_float(reference), _as_float(current)
-    ref, cur = ref[~np.isnan(ref)], cur[~np.isnan(cur)]
+    ref, cur = np.sort(ref[~np.isnan(ref)]), np.sort(cur[~np.isnan(cur)])
     if ref.size == 0 or cur.size == 0:
         return float("nan")
-    return float(ks_2samp(ref, cur, method="asymp").statistic)
+    values = np.concatenate([ref, cur])
+    gap = (np.searchsorted(ref, values, side="right") / ref.size
+           - np.searchsorted(cur, values, side="right") / cur.size)
+    return float(np.abs(gap).max())
+
+
+def new_levels(reference: Any, current: Any, limit: int = 10) -> list[str]:
+    """Levels of a categorical column present in `current` but never in `reference`."""
+    ref = set(pd.Series(np.asarray(reference, dtype=object).ravel()).dropna().astype(str))
+    cur = pd.Series(np.asarray(current, dtype=object).ravel()).dropna().astype(str)
+    return sorted(set(cur.unique()) - ref)[:limit]
+
+
+# --------------------------------------------------------------------------- live quality
+
+
+def calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
+    """Expected calibration error over equal-width probability bins (row-weighted)."""
+    y, p = np.asarray(y, dtype="float64"), np.asarray(p, dtype="float64")
+    idx = np.clip(np.digitize(p, np.linspace(0.0, 1.0, bins + 1)[1:-1]), 0, bins - 1)
+    count = np.bincount(idx, minlength=bins)
+    gap = np.abs(np.bincount(idx, weights=y, minlength=bins) - np.bincount(idx, weights=p, minlength=bins))
+    return float(gap.sum() / max(count.sum(), 1))
+
+
+def quality_metrics(y: Any, p: Any, bins: int = 10) -> dict[str, float | int | None]:
+    """ROC AUC, PR AUC, calibration error, Brier, positive rate and n of labelled predictions.
+
+    A metric that is undefined on these rows (AUC with one class, anything with no rows) is None.
+    """
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    y, p = np.asarray(y, dtype="float64"), np.asarray(p, dtype="float64")
+    n = int(y.size)
+    out: dict[str, float | int | None] = {"n": n, "positive_rate": None, "mean_prediction": None,
+                                          "roc_auc": None, "pr_auc": None,
+                                          "calibration_error": None, "brier": None}
+    if n == 0:
+        return out
+    out.update(positive_rate=float(y.mean()), mean_prediction=float(p.mean()),
+               calibration_error=calibration_error(y, p, bins),
+               brier=float(np.mean((p - y) ** 2)))
+    if 0 < y.sum() < n:
+        out.update(roc_auc=float(roc_auc_score(y, p)), pr_auc=float(average_precision_score(y, p)))
+    return out
