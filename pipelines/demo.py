@@ -86,32 +86,42 @@ def _dag_known(dag_id: str) -> bool:
         return session.get(DagModel, dag_id) is not None
 
 
-def drive(start: date, end: date, timeout: float) -> None:
+def drive(start: date, end: date, timeout: float, initial_training: bool) -> None:
+    """Run the nights start..end (inclusive) through the scheduler, training first if asked."""
     t0 = time.monotonic()
     wait_for_airflow(300)
-    print("demo: Airflow is up; triggering the initial training", flush=True)
-    airflow("dags", "unpause", "training")
-    airflow("dags", "trigger", "training", "--conf", json.dumps({"reason": "initial model"}))
-    wait_until(lambda: any(r["state"] in TERMINAL for r in runs("training")), 1800,
-               "the initial training run")
-    first = runs("training")[0]
-    if first["state"] != "success":
-        raise RuntimeError("the initial training run failed: see the Airflow UI (make up)")
-    print(f"demo: initial model trained ({time.monotonic() - t0:.0f}s); unpausing the daily DAGs "
-          f"for {start}..{end}", flush=True)
+    if initial_training:
+        print("demo: Airflow is up; triggering the initial training", flush=True)
+        airflow("dags", "unpause", "training")
+        airflow("dags", "trigger", "training", "--conf", json.dumps({"reason": "initial model"}))
+        wait_until(lambda: any(r["state"] in TERMINAL for r in runs("training")), 1800,
+                   "the initial training run")
+        if runs("training")[0]["state"] != "success":
+            raise RuntimeError("the initial training run failed: see the Airflow UI (make up)")
+        print(f"demo: initial model trained ({time.monotonic() - t0:.0f}s)", flush=True)
+    print(f"demo: unpausing the daily DAGs for the nights {start}..{end}", flush=True)
     for dag_id in DAILY:
         airflow("dags", "unpause", dag_id)
+    nights = (end - start).days + 1
 
     def done() -> bool:
-        daily_done = all(not more_to_schedule(d) and runs(d) and
-                         all(r["state"] in TERMINAL for r in runs(d)) for d in DAILY)
+        daily_done = all(len(rs := runs(d)) >= nights and all(r["state"] in TERMINAL for r in rs)
+                         for d in DAILY)
         training_done = all(r["state"] in TERMINAL for r in runs("training"))
         return daily_done and training_done and not retrain_queued()
 
     wait_until(done, timeout, "the scheduled runs", every=15)
     for dag_id in DAILY:
         airflow("dags", "pause", dag_id)
-    print(f"demo: lifecycle finished in {time.monotonic() - t0:.0f}s", flush=True)
+    print(f"demo: nights up to {end} done in {time.monotonic() - t0:.0f}s", flush=True)
+
+
+def _history_line(e: dict[str, Any]) -> str:
+    moves = {"promote", "forced_promote", "rollback"}
+    what = (f"champion v{e.get('from_version')} -> v{e['to_version']}" if e["action"] in moves
+            else f"v{e['to_version']}")
+    failed = f" failed {e['failed_gates']}" if e.get("failed_gates") else ""
+    return f"{e['at'][:19]} {e['action']}: {what} ({e.get('reason')}){failed}"
 
 
 def summary(start: date, end: date) -> dict[str, Any]:
@@ -130,8 +140,7 @@ def summary(start: date, end: date) -> dict[str, Any]:
         "drift_triggered_retrainings": len(retrains),
         "champion": {"model": cfg.registry.model_name,
                      "version": champion.version if champion else None},
-        "promotion_history": [f"{e['at'][:19]} {e['action']} v{e.get('from_version')} -> "
-                              f"v{e.get('to_version')} ({e.get('reason')})" for e in history(s)],
+        "promotion_history": [_history_line(e) for e in history(s)],
         "predictions": {"partitions": len(manifests),
                         "rows": sum(m["output_rows"] for m in manifests),
                         "by_model_version": dict(Counter(m["model_version"] for m in manifests))},
@@ -142,14 +151,16 @@ def summary(start: date, end: date) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("action", choices=["drive", "summary"])
     p.add_argument("--start", required=True)
     p.add_argument("--end", required=True)
     p.add_argument("--timeout", type=float, default=3600)
-    p.add_argument("--summary-only", action="store_true")
+    p.add_argument("--initial-training", action="store_true")
     a = p.parse_args(argv)
     start, end = date.fromisoformat(a.start), date.fromisoformat(a.end)
-    if not a.summary_only:
-        drive(start, end, a.timeout)
+    if a.action == "drive":
+        drive(start, end, a.timeout, a.initial_training)
+        return 0
     result = summary(start, end)
     print(json.dumps(result, indent=2, default=str))
     failed = {d: n for d, states in result["runs"].items() for st, n in states.items()

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole lifecycle on the embedded defaults, driven by a real Airflow scheduler:
-#   initial training -> nightly materialisation, scoring and drift checks over DEMO_START..DEMO_END
-#   (catch-up runs of the scheduled DAGs) -> drift-triggered retraining through the same gates.
+#   initial training -> nightly materialisation, scoring and drift checks (catch-up runs of
+#   the scheduled DAGs) -> drift-triggered retraining through the same gates.
+# Two phases of nights (DEMO_START..DEMO_MID, then ..DEMO_END), so the nights after a
+# retraining are scored by the new champion, as they would be in production.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEMO_START="${DEMO_START:-2013-06-01}"
@@ -11,18 +13,39 @@ DEMO_TIMEOUT="${DEMO_TIMEOUT:-3600}"
 bash scripts/install.sh
 . scripts/env.sh
 bash scripts/setup_state.sh
+DEMO_MID="$(python -c "from datetime import date; s, e = date.fromisoformat('$DEMO_START'), date.fromisoformat('$DEMO_END'); print(s + (e - s) // 2)")"
+mkdir -p "$MLOPS_STATE_URI/logs"
 
-# Pin the scheduled span for this state (make up reads it back), and poke sensors often.
-cat > "$MLOPS_STATE_URI/schedule.env" <<ENV
+AIRFLOW_PID=""
+stop_airflow() {  # the whole process group: scheduler, API server, workers, triggerer
+  if [ -n "$AIRFLOW_PID" ]; then
+    kill -TERM -- "-$AIRFLOW_PID" 2>/dev/null || true
+    for _ in $(seq 30); do kill -0 -- "-$AIRFLOW_PID" 2>/dev/null || break; sleep 1; done
+    kill -KILL -- "-$AIRFLOW_PID" 2>/dev/null || true
+    wait "$AIRFLOW_PID" 2>/dev/null || true
+    AIRFLOW_PID=""
+  fi
+}
+port_free() {
+  ! python -c "import socket,sys; s=socket.socket(); sys.exit(0 if s.connect_ex(('127.0.0.1', $1)) == 0 else 1)"
+}
+trap stop_airflow EXIT
+
+run_nights() {  # run_nights END [--initial-training]: schedule DEMO_START..END and let it run
+  cat > "$MLOPS_STATE_URI/schedule.env" <<ENV
 export MLOPS_SCHEDULE_START=$DEMO_START
-export MLOPS_SCHEDULE_END=$DEMO_END
+export MLOPS_SCHEDULE_END=$1
 export MLOPS_SENSOR_POKE_SECONDS=15
 ENV
-. "$MLOPS_STATE_URI/schedule.env"
-airflow dags reserialize >/dev/null 2>&1
+  . "$MLOPS_STATE_URI/schedule.env"
+  airflow dags reserialize >/dev/null 2>&1
+  port_free "$AIRFLOW__API__PORT" || { echo "port $AIRFLOW__API__PORT is in use (another Airflow?): stop it or set AIRFLOW__API__PORT" >&2; exit 1; }
+  setsid airflow standalone >>"$MLOPS_STATE_URI/logs/standalone.log" 2>&1 &
+  AIRFLOW_PID=$!
+  python -m pipelines.demo drive --start "$DEMO_START" --end "$1" --timeout "$DEMO_TIMEOUT" "${@:2}"
+  stop_airflow
+}
 
-mkdir -p "$MLOPS_STATE_URI/logs"
-airflow standalone >"$MLOPS_STATE_URI/logs/standalone.log" 2>&1 &
-AIRFLOW_PID=$!
-trap 'kill $AIRFLOW_PID 2>/dev/null; wait $AIRFLOW_PID 2>/dev/null || true' EXIT
-python -m pipelines.demo --start "$DEMO_START" --end "$DEMO_END" --timeout "$DEMO_TIMEOUT"
+run_nights "$DEMO_MID" --initial-training
+run_nights "$DEMO_END"
+python -m pipelines.demo summary --start "$DEMO_START" --end "$DEMO_END"

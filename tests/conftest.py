@@ -23,3 +23,11 @@ os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("MLOPS_SCHEDULE_START", None)
 os.environ.pop("MLOPS_SCHEDULE_END", None)
 (_STATE / "airflow").mkdir(parents=True, exist_ok=True)
+
+
+def pytest_sessionfinish(session, exitstatus):  # noqa: ARG001 - pytest hook signature
+    """Remove the session's state folder unless asked to keep it for debugging."""
+    import shutil
+
+    if not os.environ.get("MLOPS_KEEP_TEST_STATE"):
+        shutil.rmtree(_STATE, ignore_errors=True)
