@@ -23,7 +23,7 @@ the previous partition visible. To redo a day, clear it from `resolve_model` dow
 
 from __future__ import annotations
 
-from airflow.sdk import Asset, dag, task
+from airflow.sdk import Asset, Param, dag, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
 from pipelines.orchestration import PREDICTIONS_ASSET, default_args, schedule_span
@@ -40,6 +40,14 @@ START, END = schedule_span()
     default_args=default_args(),
     tags=["mlops", "scoring"],
     doc_md=__doc__,
+    params={
+        "backfill_model": Param(None, type=["null", "string"],
+                                enum=[None, "current", "champion_at_interval"],
+                                description="Which model scores this interval: the current "
+                                            "champion, or the champion at the end of the "
+                                            "interval per the promotion history. Empty: "
+                                            "params.yaml scoring.backfill_model."),
+    },
 )
 def batch_scoring():
     @task
@@ -66,6 +74,9 @@ def batch_scoring():
         from pipelines.scoring import resolve_model as resolve
 
         cfg, settings = _stage()
+        if policy := context["params"].get("backfill_model"):
+            cfg = cfg.model_copy(update={"scoring": cfg.scoring.model_copy(
+                update={"backfill_model": policy})})
         model = resolve(cfg, settings, interval_day(context))
         print(f"resolve_model: {model['model']} v{model['version']} sha256 "
               f"{model['onnx_sha256'][:12]} ({model['policy']}: {model['choice']})")

@@ -1,0 +1,229 @@
+"""What the model page shows, as plain dicts: the models holding aliases, the promotion history,
+the lineage of a prediction partition and the validation reports of a day.
+
+Read from the MLflow registry (`pipelines.registry`), the promotion history, partition manifests
+(`pipelines.scoring.read_manifest`) and the report folders. Report locations stay URIs here;
+the page turns them into links (`files.href`). No Airflow, no HTML.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, date, datetime, timedelta
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+from pipelines import registry, storage
+from pipelines.settings import Settings
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+    from pipelines.config import Config
+
+ROLES = (registry.CHAMPION, registry.CHALLENGER, registry.PREVIOUS)
+HEADLINE = ("roc_auc", "pr_auc", "calibration_error", "brier")
+LINEAGE_TAGS = ("training_window", "trigger", "feature_service", "feature_service_hash",
+                "dvc_data_version", "training_data_sha256", "git_commit", "params_sha256",
+                "airflow_run_id", "onnx_sha256", "gate_verdict")
+MOVES = ("promote", "forced_promote", "rollback")  # actions that move the champion alias
+
+
+def config(settings: Settings) -> Config:
+    """The project's params.yaml (re-read when the file changes)."""
+    path = settings.params_path
+    return _config(path, os.stat(path).st_mtime_ns)
+
+
+@lru_cache(maxsize=2)
+def _config(path: str, mtime_ns: int) -> Config:
+    from pipelines.config import load_config
+
+    return load_config(path)
+
+
+def _iso_ms(ms: int | None) -> str | None:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="seconds") if ms else None
+
+
+def gate_report_uri(settings: Settings, name: str, version: str) -> str | None:
+    """The gate report `evaluate_challenger` wrote for a version, if there is one."""
+    uri = storage.join(settings.reports_uri, "gates", f"{name}-v{version}.json")
+    return uri if storage.exists(uri) else None
+
+
+def describe_version(c: MlflowClient, settings: Settings, name: str, version: str,
+                     role: str | None = None) -> dict[str, Any]:
+    """One registered version: its run's metrics and params, lineage tags, gate verdict."""
+    mv = c.get_model_version(name, str(version))
+    tags = dict(mv.tags)
+    run = c.get_run(mv.run_id) if mv.run_id else None
+    metrics = dict(run.data.metrics) if run else {}
+    params = dict(run.data.params) if run else {}
+    return {
+        "role": role, "model": name, "version": str(mv.version), "run_id": mv.run_id,
+        "aliases": sorted(getattr(mv, "aliases", []) or []),
+        "created": _iso_ms(mv.creation_timestamp),
+        "metrics": {k: metrics[k] for k in HEADLINE if k in metrics},
+        "other_metrics": {k: v for k, v in sorted(metrics.items()) if k not in HEADLINE},
+        "params": {k: params[k] for k in ("estimator", "train_rows", "eval_rows", "window_start",
+                                          "window_end") if k in params},
+        "tags": {k: tags[k] for k in LINEAGE_TAGS if k in tags},
+        "gate_report_uri": gate_report_uri(settings, name, str(mv.version)),
+    }
+
+
+def registry_exists(settings: Settings) -> bool:
+    """False for an embedded MLflow store that nothing has written yet (a page must not create it)."""
+    uri = settings.mlflow_tracking_uri
+    return not uri.startswith("sqlite:///") or os.path.exists(uri[len("sqlite:///"):])
+
+
+def models(settings: Settings, name: str) -> dict[str, dict[str, Any] | None]:
+    """The versions holding champion, challenger and previous_champion (None where unset)."""
+    if not registry_exists(settings):
+        return dict.fromkeys(ROLES)
+    c = registry.client(settings)
+    out: dict[str, dict[str, Any] | None] = {}
+    for role in ROLES:
+        mv = registry.by_alias(c, name, role)
+        out[role] = None if mv is None else describe_version(c, settings, name, str(mv.version), role)
+    return out
+
+
+def gate_summary(report_uri: str | None) -> dict[str, Any] | None:
+    """Verdict, failed gates and the champion comparison of a gate report JSON."""
+    if not report_uri or not storage.exists(report_uri):
+        return None
+    report = storage.read_json(report_uri)
+    comparison = report.get("comparison") or {}
+    return {"passed": report.get("passed"), "failed": report.get("failed", []),
+            "champion_version": report.get("champion_version"),
+            "ci": [comparison.get("ci_low"), comparison.get("ci_high")] if comparison else None}
+
+
+def promotion_history(settings: Settings, name: str, limit: int = 50) -> list[dict[str, Any]]:
+    """Newest first: every registration, alias move, rejection and approval wait of `name`.
+
+    An event without its own gate report (a registration, a rollback) points at the report of
+    the version it concerns, marked `gate_report_of_version`.
+    """
+    events = [e for e in registry.history(settings) if e.get("model", name) == name]
+    events.sort(key=lambda e: e.get("at", ""), reverse=True)
+    out = []
+    for e in events[:limit]:
+        version = e.get("to_version")
+        own = e.get("gate_report")
+        fallback = None if own or version is None else gate_report_uri(settings, name, str(version))
+        out.append({
+            "at": e.get("at"), "action": e.get("action"), "from_version": e.get("from_version"),
+            "to_version": version, "actor": e.get("actor"), "reason": e.get("reason"),
+            "failed_gates": e.get("failed_gates") or [], "moves_champion": e.get("action") in MOVES,
+            "gate_report": own or fallback, "gate_report_of_version": bool(fallback),
+            "history_uri": e.get("history_uri"), "run_id": e.get("run_id"),
+        })
+    return out
+
+
+def partitions(settings: Settings) -> list[str]:
+    """Days with a published prediction partition (a manifest), newest first."""
+    days = []
+    for entry in storage.listdir(settings.predictions_uri):
+        if entry.startswith("date=") and storage.exists(
+                storage.join(settings.predictions_uri, entry, "_manifest.json")):
+            days.append(entry[len("date="):])
+    return sorted(days, reverse=True)
+
+
+def _read_manifest(settings: Settings, day: date) -> dict[str, Any] | None:
+    from pipelines.scoring import (
+        read_manifest,  # pandas and numpy: only when a page needs it
+    )
+
+    return read_manifest(settings, day)
+
+
+def lineage(settings: Settings, day: date) -> dict[str, Any] | None:
+    """data version -> feature service -> training run -> model version -> ONNX -> partition.
+
+    Each step carries what the manifest says and what the registry says; `ok` is False where
+    they disagree (the partition was not scored by what the registry holds for that version).
+    """
+    manifest = _read_manifest(settings, day)
+    if manifest is None:
+        return None
+    name, version = manifest["model"], str(manifest["model_version"])
+    c = registry.client(settings)
+    try:
+        mv = describe_version(c, settings, name, version)
+    except Exception as exc:  # noqa: BLE001 - a deleted version is shown, not a crash
+        mv = {"version": version, "run_id": None, "tags": {}, "params": {}, "metrics": {},
+              "error": f"{type(exc).__name__}: {exc}"}
+    tags = mv["tags"]
+    data_version = manifest.get("data_version") or {}
+    partition = storage.join(settings.predictions_uri, f"date={day.isoformat()}")
+    steps = [
+        {"step": "data version", "value": tags.get("dvc_data_version"),
+         "detail": {"training data sha256": tags.get("training_data_sha256"),
+                    "training window": tags.get("training_window")}, "ok": None},
+        {"step": "feature service", "value": manifest.get("feature_service"),
+         "detail": {"hash at training": tags.get("feature_service_hash"),
+                    "service at training": tags.get("feature_service")},
+         "ok": _same(manifest.get("feature_service"), tags.get("feature_service"))},
+        {"step": "training run", "value": manifest.get("model_run_id"), "run_id": manifest.get("model_run_id"),
+         "detail": {"trigger": tags.get("trigger"), "git commit": tags.get("git_commit"),
+                    "airflow run": tags.get("airflow_run_id")},
+         "ok": _same(manifest.get("model_run_id"), mv.get("run_id"))},
+        {"step": "model version", "value": f"{name} v{version}", "model": name, "version": version,
+         "detail": {"gate verdict": tags.get("gate_verdict"), "policy": manifest.get("backfill_model"),
+                    "chosen as": manifest.get("model_choice")},
+         "ok": None if "error" not in mv else False},
+        {"step": "ONNX sha256", "value": manifest.get("onnx_sha256"),
+         "detail": {"registry": tags.get("onnx_sha256")},
+         "ok": _same(manifest.get("onnx_sha256"), tags.get("onnx_sha256"))},
+        {"step": "partition", "value": f"date={day.isoformat()}",
+         "uri": storage.join(partition, "_manifest.json"),
+         "detail": {"rows": manifest.get("output_rows"), "input rows": manifest.get("input_rows"),
+                    "files": len(manifest.get("files", [])), "airflow run": manifest.get("airflow_run_id"),
+                    "input data (dvc)": data_version.get("dvc"),
+                    "input sha256": data_version.get("input_sha256")}, "ok": None},
+    ]
+    return {"date": day.isoformat(), "model": name, "version": version, "steps": steps,
+            "consistent": all(s["ok"] is not False for s in steps), "manifest": manifest}
+
+
+def _same(a: Any, b: Any) -> bool | None:
+    return None if a is None or b is None else str(a) == str(b)
+
+
+def validation_reports(settings: Settings, days: list[date]) -> list[dict[str, Any]]:
+    """Validation reports of every table for the given days, plus the snapshot tables."""
+    base = storage.join(settings.reports_uri, "validation")
+    wanted = {f"date={d.isoformat()}.json" for d in days} | {"snapshot.json"}
+    rows = []
+    for table in storage.listdir(base):
+        for entry in storage.listdir(storage.join(base, table)):
+            if entry not in wanted:
+                continue
+            uri = storage.join(base, table, entry)
+            try:
+                report = storage.read_json(uri)
+            except (OSError, ValueError):
+                continue
+            docs = report.get("data_docs_uri")
+            site = storage.join(settings.reports_uri, "data_docs", table, entry[:-len(".json")],
+                                "index.html")
+            rows.append({"table": table, "partition": entry[:-len(".json")],
+                         "success": report.get("success"), "rows": report.get("rows"),
+                         "checks": report.get("n_checks"),
+                         "failures": len(report.get("failures") or []),
+                         "warnings": len(report.get("warnings") or []),
+                         "report_uri": uri, "expectations_report_uri": report.get("expectations_report_uri"),
+                         "data_docs_uri": docs,
+                         "data_docs_site": site if storage.exists(site) else None})
+    return sorted(rows, key=lambda r: (r["partition"], r["table"]))
+
+
+def days_between(start: date, end: date) -> list[date]:
+    """[start, end) as a list of days."""
+    return [start + timedelta(days=k) for k in range((end - start).days)]

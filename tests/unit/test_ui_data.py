@@ -1,0 +1,557 @@
+"""The model page's data functions, extra links and report server on a small real state.
+
+MLflow runs on SQLite in a tmp folder; versions are registered with MlflowClient and moved with
+the project's own registry functions, so aliases and the promotion history are the real thing.
+Drift verdicts, quality checks, manifests and reports are written with `pipelines.storage` in
+the shapes the pipeline writes them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import xml.etree.ElementTree as ET
+from datetime import date, timedelta
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "plugins"))  # Airflow puts the plugins folder on sys.path
+
+from mlops_ui import charts, data, files, links, page, trends, urls
+
+NAME = "delay_model"
+SHA = {"1": "a" * 64, "2": "b" * 64, "3": "c" * 64}
+METRICS = {"1": 0.70, "2": 0.72, "3": 0.69}
+
+
+def _gate_report(settings, version: str, passed: bool, champion: str | None) -> str:
+    from pipelines import storage
+
+    uri = storage.join(settings.reports_uri, "gates", f"{NAME}-v{version}.json")
+    report = {"passed": passed, "failed": [] if passed else ["beats_champion:roc_auc"],
+              "checks": [], "metrics": {"roc_auc": METRICS[version]}, "version": version,
+              "comparison": {"ci_low": 0.01, "ci_high": 0.03} if champion else None,
+              "champion_version": champion, "has_champion": champion is not None}
+    storage.write_json(uri, report)
+    storage.write_bytes(uri[:-5] + ".md", f"# Gate report for version {version}\n".encode())
+    return uri
+
+
+def _register(c, settings, exp_id: str, version: str) -> str:
+    from pipelines import registry
+
+    run = c.create_run(exp_id, tags={"dvc_data_version": "d" * 32,
+                                     "training_data_sha256": "e" * 64,
+                                     "feature_service": "flight_delay_service_v1"})
+    rid = run.info.run_id
+    for k, v in {"roc_auc": METRICS[version], "pr_auc": 0.4, "calibration_error": 0.02,
+                 "brier": 0.2, "onnx_max_abs_diff": 1e-7}.items():
+        c.log_metric(rid, k, v)
+    c.log_param(rid, "train_rows", 1000)
+    c.log_param(rid, "eval_rows", 250)
+    c.set_terminated(rid)
+    src = os.path.join(settings.state_uri, f"model-{version}")
+    os.makedirs(src, exist_ok=True)
+    c.create_model_version(NAME, src, run_id=rid, tags={
+        "onnx_sha256": SHA[version], "feature_service": "flight_delay_service_v1",
+        "feature_service_hash": "f" * 16, "training_window": "2013-01-01..2013-01-15",
+        "dvc_data_version": "d" * 32, "training_data_sha256": "e" * 64, "trigger": "manual",
+        "gate_verdict": "fail" if version == "3" else "pass"})
+    c.set_registered_model_alias(NAME, "challenger", version)
+    registry.record(settings, {"action": "register", "model": NAME, "to_version": version,
+                               "actor": "manual__test", "reason": "new challenger", "run_id": rid})
+    return rid
+
+
+@pytest.fixture(scope="module")
+def state(tmp_path_factory):
+    """Champion v2 (re-promoted after a rollback), previous v1, challenger v3 rejected;
+    ten monitored days with drift from 06-06 and a retraining request on 06-08; two partitions,
+    one of them inconsistent with the registry; a validation report with Data Docs."""
+    root = tmp_path_factory.mktemp("ui-state")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLOPS_STATE_URI", str(root))
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        from pipelines import promotion, registry, storage
+        from pipelines.settings import get_settings
+
+        settings = get_settings()
+        c = registry.client(settings)
+        exp = registry.ensure_experiment(settings, NAME)
+        registry.ensure_registered_model(c, NAME)
+        runs = {"1": _register(c, settings, exp, "1")}
+        registry.promote(settings, NAME, "1", "manual__t1", "first model",
+                         _gate_report(settings, "1", True, None))
+        runs["2"] = _register(c, settings, exp, "2")
+        registry.promote(settings, NAME, "2", "manual__t2", "retraining: drift on 2013-06-03",
+                         _gate_report(settings, "2", True, "1"))
+        registry.rollback(settings, NAME, "previous", "manual__rb", "bad <b>night</b>")
+        registry.promote(settings, NAME, "2", "manual__t3", "re-promoted after the fix",
+                         _gate_report(settings, "2", True, "1"))
+        runs["3"] = _register(c, settings, exp, "3")
+        report3 = _gate_report(settings, "3", False, "2")
+        promotion.record_decision(settings, NAME, {"version": "3", "champion_version": "2",
+                                                   "failed": ["beats_champion:roc_auc"],
+                                                   "report_uri": report3},
+                                  promotion.REJECT, "manual__t4", "manual training")
+
+        drift = storage.join(settings.registry_uri, "drift")
+        for k in range(10):
+            day = date(2013, 6, 1) + timedelta(days=k)
+            html = storage.join(settings.reports_uri, "drift", f"date={day}", "evidently.html")
+            storage.write_bytes(html, b"<html><body>evidently</body></html>")
+            storage.write_json(storage.join(drift, "verdicts", f"{day}.json"), {
+                "date": day.isoformat(), "drift": k >= 5, "drift_share": 0.1 + 0.1 * k,
+                "prediction_psi": 0.05 * k, "drifted": ["weather_fv__temp"] if k >= 5 else [],
+                "thresholds": {"drift_share": 0.5, "prediction_psi": 0.25, "psi_default": 0.2},
+                "model_version": "2", "reason": "r", "status": "ok", "report_uri": html})
+            if k >= 2:
+                labelled = day - timedelta(days=2)
+                metrics = {"roc_auc": 0.72 - 0.01 * k, "pr_auc": 0.4, "calibration_error": 0.03, "n": 800}
+                storage.write_json(storage.join(drift, "quality", f"{day}.json"), {
+                    "date": day.isoformat(), "labelled_day": labelled.isoformat(),
+                    "decay": k == 9, "status": "ok", "reason": "", "model_version": "2",
+                    "daily": metrics, "window": metrics, "baseline": {"roc_auc": 0.72}})
+            storage.write_json(storage.join(drift, "decisions", f"{day}.json"), {
+                "date": day.isoformat(), "retrain": day == date(2013, 6, 8), "signal": k >= 5,
+                "streak": max(0, k - 4), "reason": "test"})
+
+        v2 = c.get_model_version(NAME, "2")
+        for day, sha in (("2013-06-05", SHA["2"]), ("2013-06-06", "0" * 64)):
+            storage.write_json(storage.join(settings.predictions_uri, f"date={day}", "_manifest.json"), {
+                "date": day, "files": ["part-00000-x.parquet"], "input_rows": 900,
+                "output_rows": 900, "model": NAME, "model_version": "2", "onnx_sha256": sha,
+                "feature_service": "flight_delay_service_v1", "model_run_id": v2.run_id,
+                "airflow_run_id": f"scheduled__{day}", "data_version": {"dvc": "d" * 32,
+                                                                        "input_sha256": "9" * 64}})
+        storage.write_bytes(storage.join(settings.predictions_uri, "date=2013-06-07", "part-0.parquet"), b"x")
+
+        docs = storage.join(settings.reports_uri, "data_docs", "flights", "date=2013-06-05",
+                            "validations", "flights", "run", "validation-flights.html")
+        storage.write_bytes(docs, b"<html>docs</html>")
+        vuri = storage.join(settings.reports_uri, "validation", "flights", "date=2013-06-05.json")
+        storage.write_json(vuri, {"table": "flights", "success": True, "rows": 700, "n_checks": 56,
+                                  "failures": [], "warnings": [], "data_docs_uri": docs,
+                                  "expectations_report_uri": vuri[:-5] + ".md"})
+        storage.write_bytes(vuri[:-5] + ".md", b"# flights 2013-06-05\n")
+        storage.write_bytes(storage.join(settings.data_uri, "landing", "flights.csv"), b"a,b\n")
+        yield settings, runs
+
+
+# -- models, history, lineage ------------------------------------------------------------------
+
+def test_models_by_alias_with_metrics_and_lineage_tags(state):
+    settings, runs = state
+    m = data.models(settings, NAME)
+    assert (m["champion"]["version"], m["challenger"]["version"], m["previous_champion"]["version"]) \
+        == ("2", "3", "1")
+    champ = m["champion"]
+    assert champ["run_id"] == runs["2"] and champ["metrics"]["roc_auc"] == pytest.approx(0.72)
+    assert set(champ["metrics"]) == set(data.HEADLINE)
+    assert champ["other_metrics"] == {"onnx_max_abs_diff": pytest.approx(1e-7)}
+    assert champ["params"] == {"train_rows": "1000", "eval_rows": "250"}
+    assert champ["tags"]["onnx_sha256"] == SHA["2"] and champ["tags"]["gate_verdict"] == "pass"
+    assert champ["gate_report_uri"].endswith(f"gates/{NAME}-v2.json")
+    assert m["challenger"]["tags"]["gate_verdict"] == "fail"
+
+
+def test_models_of_an_unknown_model_are_all_none(state, tmp_path):
+    settings, _ = state
+    assert data.models(settings, "no_such_model") == dict.fromkeys(data.ROLES)
+    fresh = dataclass_replace(settings, mlflow_tracking_uri=f"sqlite:///{tmp_path}/mlflow/mlflow.db")
+    assert data.models(fresh, NAME) == dict.fromkeys(data.ROLES)
+    assert not (tmp_path / "mlflow").exists()  # looking did not create a store
+
+
+def test_promotion_history_newest_first_with_gate_reports_and_reasons(state):
+    settings, _ = state
+    h = data.promotion_history(settings, NAME)
+    assert [(e["action"], e["to_version"]) for e in h] == [
+        ("rejected", "3"), ("register", "3"), ("promote", "2"), ("rollback", "1"),
+        ("promote", "2"), ("register", "2"), ("promote", "1"), ("register", "1")]
+    rejected, _, repromote, rollback = h[:4]
+    assert rejected["failed_gates"] == ["beats_champion:roc_auc"] and not rejected["moves_champion"]
+    assert rejected["gate_report"].endswith("-v3.json") and not rejected["gate_report_of_version"]
+    assert repromote["reason"] == "re-promoted after the fix" and repromote["moves_champion"]
+    assert (repromote["from_version"], repromote["to_version"]) == ("1", "2")
+    # a rollback has no gate report of its own: the page shows the version's
+    assert rollback["gate_report"].endswith("-v1.json") and rollback["gate_report_of_version"]
+    assert len(data.promotion_history(settings, NAME, limit=3)) == 3
+    assert data.promotion_history(settings, "other_model") == []
+
+
+def test_partitions_are_days_with_a_manifest(state):
+    settings, _ = state
+    assert data.partitions(settings) == ["2013-06-06", "2013-06-05"]  # 06-07 has no manifest
+
+
+def test_lineage_chain_of_a_consistent_partition(state):
+    settings, runs = state
+    lin = data.lineage(settings, date(2013, 6, 5))
+    assert [s["step"] for s in lin["steps"]] == ["data version", "feature service", "training run",
+                                                 "model version", "ONNX sha256", "partition"]
+    steps = {s["step"]: s for s in lin["steps"]}
+    assert steps["data version"]["value"] == "d" * 32
+    assert steps["feature service"]["value"] == "flight_delay_service_v1"
+    assert steps["feature service"]["detail"]["hash at training"] == "f" * 16
+    assert steps["training run"]["run_id"] == runs["2"] and steps["training run"]["ok"] is True
+    assert steps["model version"]["value"] == f"{NAME} v2"
+    assert steps["ONNX sha256"]["value"] == SHA["2"] and steps["ONNX sha256"]["ok"] is True
+    assert steps["partition"]["detail"]["rows"] == 900
+    assert steps["partition"]["uri"].endswith("predictions/date=2013-06-05/_manifest.json")
+    assert lin["consistent"] is True
+
+
+def test_lineage_flags_a_partition_scored_by_other_bytes(state):
+    settings, _ = state
+    lin = data.lineage(settings, date(2013, 6, 6))
+    onnx = next(s for s in lin["steps"] if s["step"] == "ONNX sha256")
+    assert onnx["ok"] is False and lin["consistent"] is False
+
+
+def test_lineage_of_a_day_without_partition_is_none(state):
+    settings, _ = state
+    assert data.lineage(settings, date(2013, 6, 7)) is None
+    assert data.lineage(settings, date(2012, 1, 1)) is None
+
+
+def test_validation_reports_of_a_day(state):
+    settings, _ = state
+    rows = data.validation_reports(settings, [date(2013, 6, 5)])
+    assert [(r["table"], r["partition"], r["success"], r["rows"]) for r in rows] == \
+        [("flights", "date=2013-06-05", True, 700)]
+    assert rows[0]["data_docs_uri"].endswith("validation-flights.html")
+    assert data.validation_reports(settings, [date(2013, 6, 4)]) == []
+
+
+# -- trends ----------------------------------------------------------------------------------------
+
+def test_trend_covers_the_last_n_days_ending_at_the_latest_check(state):
+    settings, _ = state
+    t = trends.trend(trends.source_for(settings), days=5)
+    assert (t["start"], t["end"]) == ("2013-06-06", "2013-06-10")
+    assert t["days"] == [f"2013-06-{d:02d}" for d in range(6, 11)]
+    assert [p["date"] for p in t["drift"]] == t["days"] and all(p["drift"] for p in t["drift"])
+    assert t["drift"][0]["drift_share_threshold"] == 0.5
+    assert t["drift"][0]["report_uri"].endswith("date=2013-06-06/evidently.html")
+    # quality points sit on the day whose outcomes they scored (checked two days later)
+    assert [p["date"] for p in t["quality"]] == ["2013-06-06", "2013-06-07", "2013-06-08"]
+    assert t["quality"][-1]["checked_on"] == "2013-06-10" and t["quality"][-1]["decay"] is True
+    assert t["quality"][0]["baseline_roc_auc"] == 0.72
+    assert t["retrain"] == ["2013-06-08"]
+
+
+def test_trend_with_an_explicit_end_and_no_data(state, tmp_path):
+    settings, _ = state
+    source = trends.source_for(settings)
+    t = trends.trend(source, days=3, end=date(2013, 6, 2))
+    assert t["days"] == ["2013-06-01", "2013-06-02"]  # not before the first check
+    assert trends.trend(source, days=30)["start"] == "2013-06-01"
+    assert [p["drift"] for p in t["drift"]] == [False, False]
+    assert [p["date"] for p in t["quality"]] == ["2013-06-01", "2013-06-02"]  # scored later
+    empty = trends.VerdictFiles(dataclass_replace(settings, data_uri=str(tmp_path)))
+    assert trends.trend(empty, days=30)["days"] == []
+
+
+def dataclass_replace(settings, **changes):
+    import dataclasses
+
+    return dataclasses.replace(settings, **changes)
+
+
+# -- files -------------------------------------------------------------------------------------
+
+def test_files_resolve_serves_reports_and_manifests(state):
+    settings, _ = state
+    path, ctype = files.resolve(settings, "reports", f"gates/{NAME}-v2.md")
+    assert path.read_text().startswith("# Gate report") and ctype.startswith("text/plain")
+    _, ctype = files.resolve(settings, "data", "predictions/date=2013-06-05/_manifest.json")
+    assert ctype == "application/json"
+    _, ctype = files.resolve(settings, "reports", "drift/date=2013-06-01/evidently.html")
+    assert ctype.startswith("text/html")
+
+
+@pytest.mark.parametrize("root, rel", [
+    ("reports", "../data/predictions/date=2013-06-05/_manifest.json"),  # traversal
+    ("reports", "gates/../../../../etc/passwd"),
+    ("reports", "/etc/passwd"),                       # absolute
+    ("reports", "..\\..\\etc\\passwd"),               # backslashes
+    ("reports", "gates/%00.md\x00"),                  # NUL
+    ("reports", ".hidden/x.json"),                    # hidden / in-progress writes
+    ("data", "landing/flights.csv"),                  # raw data is not a report
+    ("data", "predictions/date=2013-06-07/part-0.parquet"),
+    ("airflow", "airflow.cfg"),                       # not a served root
+    ("reports", ""),
+])
+def test_files_resolve_refuses(state, root, rel):
+    settings, _ = state
+    with pytest.raises(files.FileDenied):
+        files.resolve(settings, root, rel)
+
+
+def test_files_resolve_refuses_a_symlink_out_of_the_root(state, tmp_path):
+    settings, _ = state
+    secret = tmp_path / "secret.json"
+    secret.write_text("{}")
+    link = Path(settings.reports_uri) / "gates" / "escape.json"
+    link.symlink_to(secret)
+    try:
+        with pytest.raises(files.FileDenied):
+            files.resolve(settings, "reports", "gates/escape.json")
+    finally:
+        link.unlink()
+
+
+def test_files_resolve_missing_file(state):
+    settings, _ = state
+    with pytest.raises(FileNotFoundError):
+        files.resolve(settings, "reports", "gates/nothing.md")
+
+
+def test_files_href(state):
+    settings, _ = state
+    uri = f"{settings.reports_uri}/drift/date=2013-06-01/evidently.html"
+    assert files.href(settings, uri) == "/mlops/files/reports/drift/date=2013-06-01/evidently.html"
+    assert files.href(settings, "file://" + uri) == files.href(settings, uri)
+    assert files.href(settings, f"{settings.data_uri}/registry/x.json") == "/mlops/files/data/registry/x.json"
+    assert files.href(settings, "/etc/passwd") is None
+    assert files.href(settings, "s3://bucket/reports/x.html") is None
+    assert files.href(settings, None) is None
+
+
+# -- extra links ---------------------------------------------------------------------------------
+
+def _links(settings, task_id, value, related=None, day=None, dag_id="training"):
+    return links.links_for(settings, links.TaskOutput(dag_id, task_id, value, related or {}, day), NAME)
+
+
+def test_links_of_train_point_at_mlflow(state, monkeypatch):
+    settings, runs = state
+    monkeypatch.setenv("MLFLOW_UI_URL", "http://mlflow.example:5000/")
+    got = _links(settings, "train", {"run_id": runs["2"], "version": "2", "metrics": {}})
+    assert got == {links.MLFLOW_RUN: f"http://mlflow.example:5000/#/runs/{runs['2']}",
+                   links.MLFLOW_VERSION: f"http://mlflow.example:5000/#/models/{NAME}/versions/2",
+                   links.MODEL_PAGE: "/mlops/#models"}
+
+
+def test_links_of_gates_and_decision_point_at_the_gate_report(state):
+    settings, _ = state
+    xcom = {"passed": True, "failed": [], "version": "2", "champion_version": "1",
+            "report_uri": f"{settings.reports_uri}/gates/{NAME}-v2.json"}
+    got = _links(settings, "evaluate_gates", xcom)
+    assert got[links.GATE_REPORT] == f"/mlops/files/reports/gates/{NAME}-v2.md"
+    assert links.MLFLOW_VERSION in got and links.MLFLOW_RUN not in got
+    # decide_promotion returns a bool: its links come from the gates it decided on
+    assert _links(settings, "decide_promotion", True, {"evaluate_gates": xcom}) == got
+
+
+def test_links_of_a_promotion_event(state):
+    settings, _ = state
+    event = {"action": "promote", "model": NAME, "from_version": "1", "to_version": "2",
+             "actor": "manual__2013-01-15T00:00:00+00:00", "reason": "r",
+             "gate_report": f"{settings.reports_uri}/gates/{NAME}-v2.json"}
+    got = _links(settings, "promote", event)
+    assert got[links.GATE_REPORT].endswith("-v2.md") and got[links.MLFLOW_VERSION].endswith("/versions/2")
+    assert links.MLFLOW_RUN not in got  # an Airflow run id is not an MLflow run
+
+
+def test_links_of_drift_tasks(state):
+    settings, _ = state
+    html = f"{settings.reports_uri}/drift/date=2013-06-03/evidently.html"
+    verdict = {"date": "2013-06-03", "drift": True, "report_uri": html, "model_version": "1"}
+    got = _links(settings, "check_drift", verdict, dag_id="drift_monitor")
+    assert got[links.EVIDENTLY] == "/mlops/files/reports/drift/date=2013-06-03/evidently.html"
+    assert got[links.MODEL_PAGE] == "/mlops/#trends"
+    assert _links(settings, "decide", {"retrain": True}, {"check_drift": verdict},
+                  dag_id="drift_monitor")[links.EVIDENTLY] == got[links.EVIDENTLY]
+    plot = _links(settings, "plot_history", f"{settings.reports_uri}/drift/date=2013-06-03/history.png")
+    assert plot[links.DRIFT_PLOT].endswith("/history.png")
+
+
+def test_links_of_score_point_at_manifest_lineage_and_the_scoring_run(state):
+    settings, runs = state
+    out = {"partition_uri": f"{settings.predictions_uri}/date=2013-06-05", "rows": 900,
+           "model_version": "2", "files": 1}
+    got = _links(settings, "score", out, dag_id="batch_scoring")
+    assert got[links.MANIFEST] == "/mlops/files/data/predictions/date=2013-06-05/_manifest.json"
+    assert got[links.LINEAGE] == "/mlops/?partition=2013-06-05#lineage"
+    assert got[links.MLFLOW_RUN].endswith(f"/#/runs/{runs['2']}")  # from the manifest
+    assert got[links.MLFLOW_VERSION].endswith(f"/models/{NAME}/versions/2")
+
+
+def test_links_of_validation_tasks(state):
+    settings, _ = state
+    day = _links(settings, "validate_batch", {"rows": 900}, day=date(2013, 6, 5), dag_id="batch_scoring")
+    assert day == {links.DATA_DOCS: "/mlops/validation?day=2013-06-05"}
+    window = _links(settings, "validate_raw", {"batches": 3}, {"resolve_window": {
+        "start": "2013-01-01", "end": "2013-01-15", "trigger": "manual"}})
+    assert window == {links.DATA_DOCS: "/mlops/validation?start=2013-01-01&end=2013-01-15"}
+    vuri = f"{settings.reports_uri}/validation/flights/date=2013-06-05.json"
+    direct = _links(settings, "validate_batch", {"rows": 1, "report_uri": vuri}, day=date(2013, 6, 5))
+    assert direct[links.DATA_DOCS].endswith("/validations/flights/run/validation-flights.html")
+
+
+def test_links_of_the_training_set_and_other_reports(state):
+    from pipelines import storage
+
+    settings, _ = state
+    ts = {"uri": f"{settings.data_uri}/training_sets/2013-06-05_2013-06-06.parquet",
+          "start": "2013-06-05", "end": "2013-06-06", "rows": 10}
+    assert _links(settings, "build_training_set", ts) == {}  # not validated: no link
+    vuri = storage.join(settings.reports_uri, "validation", "training_set", "2013-06-05_2013-06-06.json")
+    storage.write_json(vuri, {"data_docs_uri": None})
+    try:
+        assert _links(settings, "build_training_set", ts) == {
+            links.DATA_DOCS: "/mlops/files/reports/validation/training_set/2013-06-05_2013-06-06.md"}
+    finally:
+        storage.remove(vuri)
+    skew = storage.join(settings.reports_uri, "skew", "date=2013-06-05.json")
+    storage.write_json(skew, {"passed": True})
+    assert _links(settings, "check_skew", {"report_uri": skew, "passed": True}) == {
+        links.REPORT: "/mlops/files/reports/skew/date=2013-06-05.json"}
+    assert _links(settings, "check_skew", {"report_uri": skew + ".gone"}) == {}
+
+
+@pytest.mark.parametrize("task_id, value", [
+    ("build_features", 12), ("resolve_window", {"start": "2013-01-01", "end": "2013-01-15"}),
+    ("check_quality_x", None), ("train", {"run_id": "manual__2013", "version": "latest"}),
+])
+def test_links_do_not_apply(state, task_id, value):
+    settings, _ = state
+    assert _links(settings, task_id, value) == {}
+
+
+def test_global_links_are_one_per_name():
+    objs = links.global_links()
+    assert [o.name for o in objs] == list(links.NAMES)
+    assert len({type(o).__name__ for o in objs}) == len(objs)
+
+
+# -- rendering -----------------------------------------------------------------------------------
+
+def test_chart_is_valid_svg_with_gaps_thresholds_and_alerts():
+    svg = charts.line_chart(["2013-06-01", "2013-06-02", "2013-06-03"],
+                            [{"name": "share", "values": [0.1, None, 0.9], "alert": [False, False, True]}],
+                            title="t <&>", hlines=[{"y": 0.5, "label": "limit"}], vlines=["2013-06-02"])
+    root = ET.fromstring(svg)
+    circles = root.findall("{http://www.w3.org/2000/svg}circle")
+    assert len(circles) == 2 and circles[1].get("fill") == "#dc2626"
+    assert "t &lt;&amp;&gt;" in svg and "limit" in svg
+    empty = ET.fromstring(charts.line_chart(["2013-06-01"], [{"name": "x", "values": [None]}], title="e"))
+    assert "no checks" in ET.tostring(empty, encoding="unicode")
+
+
+def test_model_page_renders_everything_and_escapes(state):
+    settings, _ = state
+    lin = data.lineage(settings, date(2013, 6, 5))
+    html = page.model_page(model=NAME, models=data.models(settings, NAME),
+                           history=data.promotion_history(settings, NAME),
+                           trend=trends.trend(trends.source_for(settings), 10),
+                           partitions=data.partitions(settings), lineage=lin, selected="2013-06-05",
+                           days=10, href=lambda uri: files.href(settings, uri))
+    assert 'data-role="champion" data-version="2"' in html
+    assert 'data-role="challenger" data-version="3"' in html
+    assert html.count('class="event"') == 8 and "re-promoted after the fix" in html
+    assert "bad &lt;b&gt;night&lt;/b&gt;" in html and "<b>night</b>" not in html
+    assert f'href="/mlops/files/reports/gates/{NAME}-v2.md"' in html
+    assert html.count("<svg") == 3 and "manifest and registry agree" in html
+    assert 'data-step="ONNX sha256"' in html
+
+
+def test_urls_default_and_configured(monkeypatch):
+    monkeypatch.delenv("MLFLOW_UI_URL", raising=False)
+    assert urls.mlflow_run("ab") == "http://127.0.0.1:5000/#/runs/ab"
+    assert urls.page("/validation", day="2013-06-01", end=None) == "/mlops/validation?day=2013-06-01"
+
+
+# -- the app: authentication and the report server --------------------------------------------
+
+@pytest.fixture(scope="module")
+def client(state):
+    from airflow.api_fastapi.app import init_auth_manager
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+    from mlops_ui.app import create_app
+
+    settings, _ = state
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLOPS_STATE_URI", settings.state_uri)
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        root, app = FastAPI(), create_app()
+        init_auth_manager(root)  # Airflow's configured auth manager (simple), as the API server does
+        root.mount("/mlops", app)
+        yield TestClient(root), app
+
+
+def test_app_refuses_unauthenticated_requests(client):
+    c, _ = client
+    for path in ("/mlops/", "/mlops/api/summary", f"/mlops/files/reports/gates/{NAME}-v2.md",
+                 "/mlops/validation?day=2013-06-05"):
+        r = c.get(path)
+        assert r.status_code == 401, (path, r.status_code)
+        assert "Gate report" not in r.text
+        r = c.get(path, headers={"Cookie": "_token=not-a-jwt"})
+        assert r.status_code == 403 and "Gate report" not in r.text, (path, r.status_code)
+        r = c.get(path, headers={"Authorization": "Bearer not-a-jwt"})
+        assert r.status_code == 403, (path, r.status_code)
+
+
+def test_app_serves_authorised_requests(client):
+    c, app = client
+    app.dependency_overrides[app.state.auth_dependency] = lambda: None  # an authorised user
+    try:
+        r = c.get("/mlops/?days=10&partition=2013-06-05")
+        assert r.status_code == 200 and 'data-version="2"' in r.text
+        s = c.get("/mlops/api/summary?days=5").json()
+        assert s["models"]["champion"]["version"] == "2" and s["selected"] == "2013-06-06"
+        r = c.get(f"/mlops/files/reports/gates/{NAME}-v2.md")
+        assert r.status_code == 200 and r.text.startswith("# Gate report")
+        assert r.headers["x-content-type-options"] == "nosniff"
+        r = c.get("/mlops/files/reports/drift/date=2013-06-01/evidently.html")
+        assert r.status_code == 200 and "sandbox" in r.headers["content-security-policy"]
+        assert c.get("/mlops/validation?day=2013-06-05").status_code == 200
+        for bad in ("/mlops/files/reports/../data/landing/flights.csv",
+                    "/mlops/files/reports/%2e%2e/data/predictions/date=2013-06-05/_manifest.json",
+                    "/mlops/files/reports/..%2F..%2F..%2Fetc%2Fpasswd",
+                    "/mlops/files/data/landing/flights.csv",
+                    "/mlops/files/etc/passwd"):
+            r = c.get(bad)
+            assert r.status_code in (403, 404), (bad, r.status_code)
+            assert "a,b" not in r.text and "root:" not in r.text
+        assert c.get("/mlops/files/reports/gates/missing.md").status_code == 404
+        assert c.get("/mlops/?partition=2013-06-07").status_code == 404
+        assert c.get("/mlops/?partition=junk").status_code == 400
+        assert c.get("/mlops/validation").status_code == 400
+    finally:
+        app.dependency_overrides.clear()
+
+
+def test_airflow_loads_the_plugin_once_and_lightly(tmp_path):
+    """Through Airflow's own plugin loader: one plugin (the package is in .airflowignore), its
+    menu entry, app and links, and no pandas, MLflow or the app's routes imported by loading it."""
+    import json
+    import subprocess
+
+    probe = (
+        "import json, sys\n"
+        "from airflow import plugins_manager as pm\n"
+        "plugins, errors = pm._get_plugins()\n"
+        "views, _ = pm._get_ui_plugins()\n"
+        "apps, _ = pm.get_fastapi_plugins()\n"
+        "print(json.dumps({'plugins': [p.name for p in plugins], 'errors': errors, 'views': views,\n"
+        "    'apps': [a['url_prefix'] for a in apps],\n"
+        "    'links': [l.name for l in pm.get_global_operator_extra_links()],\n"
+        "    'heavy': [m for m in ('pandas', 'mlflow', 'mlops_ui.app', 'mlops_ui.data', 'data', 'page')\n"
+        "              if m in sys.modules]}))\n")
+    env = {**os.environ, "AIRFLOW_HOME": str(tmp_path), "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+           "AIRFLOW__CORE__LOAD_EXAMPLES": "False"}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True,
+                         timeout=120, check=True)
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["plugins"] == ["mlops_ui"] and got["errors"] == {}
+    assert got["views"] == [{"name": "Model", "href": "/mlops/", "url_route": "mlops-model",
+                             "destination": "nav", "nav_top_level": True}]
+    assert got["apps"] == ["/mlops"] and got["links"] == list(links.NAMES)
+    assert got["heavy"] == []
