@@ -2,7 +2,7 @@
 #   make demo   install, prepare the data, and run the whole lifecycle through Airflow
 #   make test   install and run the test suite
 SHELL := /bin/bash
-.PHONY: install demo test test-fast up bench clean
+.PHONY: install demo test test-fast up bench audit clean
 
 install:
 	bash scripts/install.sh
@@ -21,6 +21,9 @@ up:  ## Airflow UI (:8080) and MLflow UI (:5000) on the state the demo left
 
 bench: install
 	.venv/bin/python -m bench
+
+audit:  ## pip-audit --strict on the lock: fails if any package could not be audited
+	bash scripts/audit.sh
 
 clean:  ## remove all embedded state (data, models, Airflow metadata)
 	rm -rf .state
