@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 
-from airflow.sdk import Asset, dag, task
+from airflow.sdk import Asset, Param, dag, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
 from pipelines.alerts import MonitoringNotifier
@@ -37,23 +37,27 @@ POKE_SECONDS = int(os.environ.get("MLOPS_SENSOR_POKE_SECONDS", "60"))
     on_failure_callback=MonitoringNotifier("dag_failure"),
     tags=["mlops", "monitoring"],
     doc_md=__doc__,
+    params={
+        "day": Param(None, type=["null", "string"], format="date",
+                     description="For a manual check: the day to check (its window, outcomes "
+                                 "and decision are those of a scheduled run of that day). "
+                                 "Empty: the run's data interval."),
+    },
 )
 def drift_monitor():
     @task.sensor(poke_interval=POKE_SECONDS, timeout=6 * 3600, mode="reschedule")
     def wait_for_predictions(**context) -> bool:
         from pipelines.monitoring import window_ready
-        from pipelines.orchestration import interval_day
 
         cfg, settings = _stage()
-        return window_ready(cfg, settings, interval_day(context), START.date())
+        return window_ready(cfg, settings, _day(context), START.date())
 
     @task
     def check_drift(**context) -> dict:
         from pipelines.monitoring import check_interval
-        from pipelines.orchestration import interval_day
 
         cfg, settings = _stage()
-        verdict = check_interval(cfg, settings, interval_day(context), START.date(), context["run_id"])
+        verdict = check_interval(cfg, settings, _day(context), START.date(), context["run_id"])
         print(f"check_drift: drift={verdict['drift']} share={verdict['drift_share']:.3f} "
               f"reason={verdict['reason']} report={verdict.get('report_uri')}")
         return {k: verdict[k] for k in ("date", "drift", "drift_share", "reason", "report_uri",
@@ -62,10 +66,9 @@ def drift_monitor():
     @task
     def check_quality(**context) -> dict:
         from pipelines.monitoring import check_quality as run
-        from pipelines.orchestration import interval_day
 
         cfg, settings = _stage()
-        quality = run(cfg, settings, interval_day(context), context["run_id"])
+        quality = run(cfg, settings, _day(context), context["run_id"])
         print(f"check_quality: outcomes of {quality['labelled_day']}: decay={quality['decay']} "
               f"({quality['status']}: {quality['reason']}) window={quality['window']}")
         return {k: quality[k] for k in ("date", "labelled_day", "decay", "status", "reason")}
@@ -118,6 +121,14 @@ def _stage():
     from pipelines.orchestration import stage
 
     return stage()
+
+
+def _day(context):
+    """The day to check: the trigger form's `day`, else the run's data interval."""
+    from pipelines.dates import to_date
+    from pipelines.orchestration import interval_day
+
+    return to_date(context["params"]["day"]) if context["params"].get("day") else interval_day(context)
 
 
 drift_monitor()
