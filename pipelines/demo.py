@@ -118,7 +118,8 @@ def drive(start: date, end: date, timeout: float, initial_training: bool) -> Non
 
 def _history_line(e: dict[str, Any]) -> str:
     moves = {"promote", "forced_promote", "rollback"}
-    what = (f"champion v{e.get('from_version')} -> v{e['to_version']}" if e["action"] in moves
+    before = f"v{e['from_version']}" if e.get("from_version") else "none"
+    what = (f"champion {before} -> v{e['to_version']}" if e["action"] in moves
             else f"v{e['to_version']}")
     failed = f" failed {e['failed_gates']}" if e.get("failed_gates") else ""
     return f"{e['at'][:19]} {e['action']}: {what} ({e.get('reason')}){failed}"
