@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib
 import io
 import logging
-import os
 import subprocess
 from datetime import date
 from typing import Any
@@ -131,7 +130,3 @@ def fit(cfg: Config, train_df: pd.DataFrame) -> tuple[Any, list[str], list[str]]
     y = train_df[cfg.dataset.label.name].astype(int).to_numpy()
     pipe.fit(to_native_frame(train_df, numeric, categorical), y)
     return pipe, numeric, categorical
-
-
-def onnx_threads() -> int:
-    return int(os.environ.get("OMP_NUM_THREADS", "1"))
