@@ -88,19 +88,19 @@ def _build_reference(settings: Settings, model: str, version: str) -> tuple[pd.D
 
     c = registry.client(settings)
     mv = c.get_model_version(model, version)
-    tags = dict(mv.tags)
+    pinned = registry.describe(model, mv)
     with tempfile.TemporaryDirectory() as tmp:
         path = mlflow.artifacts.download_artifacts(
             artifact_uri=f"runs:/{mv.run_id}/reference/reference.parquet", dst_path=tmp)
         ref = pd.read_parquet(path)
-    numeric = tags["numeric_inputs"].split(",")
-    categorical = [x for x in tags["categorical_inputs"].split(",") if x]
-    scorer = OnnxScorer(load_onnx(settings, tags["onnx_uri"], tags["onnx_sha256"]), numeric, categorical)
+    numeric, categorical = pinned["numeric"], pinned["categorical"]
+    scorer = OnnxScorer(load_onnx(settings, pinned["onnx_uri"], pinned["onnx_sha256"]), numeric,
+                        categorical)
     ref[PROBABILITY] = scorer.predict_proba(to_native_frame(ref, numeric, categorical))
     metrics = c.get_run(mv.run_id).data.metrics  # the evaluation-set metrics of training
     baseline = {k: float(metrics[k]) for k in BASELINE_METRICS if k in metrics}
     return ref, {"model": model, "version": version, "run_id": mv.run_id, "numeric": numeric,
-                 "categorical": categorical, "onnx_sha256": tags["onnx_sha256"], "baseline": baseline}
+                 "categorical": categorical, "onnx_sha256": pinned["onnx_sha256"], "baseline": baseline}
 
 
 # --------------------------------------------------------------------------- drift

@@ -202,7 +202,14 @@ def resolve_champion(settings: Settings, name: str) -> dict[str, Any]:
     if mv is None:
         raise RegistryError(f"model {name!r} has no 'champion' alias: train and promote a model "
                             f"first (trigger the `training` DAG)")
+    return describe(name, mv)
+
+
+def describe(name: str, mv: "ModelVersion") -> dict[str, Any]:
+    """What scoring pins of a registered version: run, ONNX location and hash, inputs."""
     tags = dict(mv.tags)
+    if "onnx_sha256" not in tags:
+        raise RegistryError(f"{name} v{mv.version} has no ONNX artifact tags; cannot score")
     return {"model": name, "version": str(mv.version), "run_id": mv.run_id,
             "onnx_sha256": tags["onnx_sha256"], "onnx_uri": tags["onnx_uri"],
             "numeric": tags["numeric_inputs"].split(","),

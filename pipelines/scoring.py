@@ -98,15 +98,7 @@ def champion_at(history: list[dict[str, Any]], name: str, when: datetime) -> dic
 
 def describe_version(settings: Settings, name: str, version: str) -> dict[str, Any]:
     """Version, run, ONNX location and hash, and inputs of one registered version."""
-    mv = registry.client(settings).get_model_version(name, str(version))
-    tags = dict(mv.tags)
-    if "onnx_sha256" not in tags:
-        raise registry.RegistryError(f"{name} v{version} has no ONNX artifact tags; cannot score")
-    return {"model": name, "version": str(mv.version), "run_id": mv.run_id,
-            "onnx_sha256": tags["onnx_sha256"], "onnx_uri": tags["onnx_uri"],
-            "numeric": tags["numeric_inputs"].split(","),
-            "categorical": [x for x in tags["categorical_inputs"].split(",") if x],
-            "feature_service": tags.get("feature_service")}
+    return registry.describe(name, registry.client(settings).get_model_version(name, str(version)))
 
 
 def resolve_model(cfg: Config, settings: Settings, day: date) -> dict[str, Any]:

@@ -132,10 +132,9 @@ def load_onnx(settings: Settings, onnx_uri: str, expected_sha256: str) -> bytes:
 
 
 def _version_scorer(settings: Settings, mv: Any) -> tuple[onnx_model.OnnxScorer, int]:
-    tags = dict(mv.tags)
-    data = load_onnx(settings, tags["onnx_uri"], tags["onnx_sha256"])
-    scorer = onnx_model.OnnxScorer(data, tags["numeric_inputs"].split(","),
-                                   [x for x in tags["categorical_inputs"].split(",") if x])
+    model = registry.describe(mv.name, mv)
+    data = load_onnx(settings, model["onnx_uri"], model["onnx_sha256"])
+    scorer = onnx_model.OnnxScorer(data, model["numeric"], model["categorical"])
     return scorer, len(data)
 
 
