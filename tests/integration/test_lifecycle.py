@@ -39,7 +39,13 @@ def lifecycle(tmp_path_factory):
     raw["drift"]["window_days"] = 3
     params = tmp / "params.yaml"
     params.write_text(yaml.safe_dump(raw))
+    # Its own state: earlier tests in the session may have registered models of their own.
+    # (mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI, so it is reset too.)
+    isolated = ("MLOPS_PARAMS", "MLOPS_STATE_URI", "FEAST_REGISTRY_PATH", "FEAST_ONLINE_PATH",
+                "MLFLOW_TRACKING_URI")
+    saved = {k: os.environ.pop(k, None) for k in isolated}
     os.environ["MLOPS_PARAMS"] = str(params)
+    os.environ["MLOPS_STATE_URI"] = str(tmp / "state")
 
     from pipelines.config import load_config
     from pipelines.features import apply_definitions
@@ -56,7 +62,10 @@ def lifecycle(tmp_path_factory):
                    check=True, capture_output=True)
     apply_definitions(settings)
     yield cfg, settings
-    os.environ.pop("MLOPS_PARAMS", None)
+    for key, value in saved.items():
+        os.environ.pop(key, None)
+        if value is not None:
+            os.environ[key] = value
 
 
 def _dag(dag_id: str):
