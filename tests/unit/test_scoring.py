@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 import yaml
 
@@ -239,13 +240,16 @@ def test_non_finite_inputs_are_counted_and_never_reach_the_model():
     frame = pd.DataFrame({"row_key": ["a", "b", "c", "d"], "event_time": pd.NaT,
                           "event_timestamp": pd.NaT, "x": [1.0, np.inf, np.nan, -np.inf],
                           "y": [1.0, 2.0, 3.0, np.nan], "cat": ["u", None, "v", "w"]})
-    imputed, counts = scoring.clean_inputs(frame, ["x", "y"], ["cat"], "impute")
-    assert counts["by_reason"] == {"missing": 3, "non_finite": 2}
-    assert counts["by_feature"] == {"x": 3, "y": 1, "cat": 1}
-    assert counts["rows_with_missing_features"] == 3 and counts["rejected_rows"] == 0
-    assert not np.isinf(imputed[["x", "y"]].to_numpy()).any() and len(imputed) == 4
-    kept, counts = scoring.clean_inputs(frame, ["x", "y"], ["cat"], "reject")
-    assert list(kept["row_key"]) == ["a"] and counts["rejected_rows"] == 3
+    for rows in (frame, pa.Table.from_pandas(frame, preserve_index=False)):
+        imputed, counts = scoring.prepare_inputs(rows, ["x", "y"], ["cat"], "impute")
+        assert counts["by_reason"] == {"missing": 3, "non_finite": 2}
+        assert counts["by_feature"] == {"x": 3, "y": 1, "cat": 1}
+        assert counts["rows_with_missing_features"] == 3 and counts["rejected_rows"] == 0
+        assert len(imputed) == 4 and not np.isinf(imputed.numeric32).any()
+        assert np.isnan(imputed.numeric32).sum() == 4 and list(imputed.strings[0]) == ["u", "", "v", "w"]
+        kept, counts = scoring.prepare_inputs(rows, ["x", "y"], ["cat"], "reject")
+        assert kept.table["row_key"].to_pylist() == ["a"] and counts["rejected_rows"] == 3
+        assert kept.numeric32.tolist() == [[1.0], [1.0]] and list(kept.strings[0]) == ["u"]
 
 
 def test_a_nan_prediction_fails_the_chunk(env, tmp_path):
@@ -346,3 +350,177 @@ def test_a_run_killed_mid_write_leaves_the_previous_partition(env, point):
     assert sorted(storage.listdir(scoring.partition_uri(settings, day))) == sorted(
         [*after["files"], scoring.MANIFEST])
     assert not storage.exists(scoring.staging_uri(settings, day))
+
+
+def _damaged(env, n=400):
+    """Real feature rows of the first version's inputs with missing, non-finite, unseen and
+    integer values, and the model that scores them."""
+    cfg, settings = env["cfg"], env["settings"]
+    model = scoring.describe_version(settings, cfg.registry.model_name, env["versions"][0])
+    numeric, categorical = model["numeric"], model["categorical"]
+    assert categorical and len(numeric) > 3
+    complete = env["train"].dropna(subset=[*numeric, *categorical])
+    rows = complete.head(n).reset_index(drop=True).copy()
+    assert len(rows) == n
+    floats = [c for c in numeric if rows[c].dtype.kind == "f"]
+    rows.loc[0:9, floats[0]] = np.nan
+    rows.loc[10:14, floats[1]] = np.inf
+    rows.loc[15:19, floats[1]] = -np.inf
+    rows.loc[20:29, categorical[0]] = None
+    rows.loc[30:34, categorical[0]] = np.nan
+    rows.loc[35, categorical[0]] = "never-seen"
+    if all(rows[c].dtype.kind == "f" for c in numeric):  # an integer input too
+        rows[floats[2]] = rows[floats[2]].round().astype("int64")
+    return model, scoring.load_scorer(settings, model), rows
+
+
+def _reference(rows, model, policy):
+    """The rows as training's conversion path gives them to the model (`to_native_frame`),
+    after the missing-feature policy: the definition the Arrow path must reproduce exactly."""
+    from pipelines.onnx_model import to_native_frame
+
+    numeric, categorical = model["numeric"], model["categorical"]
+    out = rows[[*scoring.META, *numeric, *categorical]].copy()
+    values = out[numeric].to_numpy(dtype=np.float64, na_value=np.nan)
+    bad = np.isnan(values).any(axis=1) | np.isinf(values).any(axis=1) | out[categorical].isna(
+        ).any(axis=1).to_numpy()
+    out[numeric] = np.where(np.isinf(values), np.nan, values)
+    if policy == "reject":
+        out = out[~bad].reset_index(drop=True)
+    return out, to_native_frame(out, numeric, categorical)
+
+
+@pytest.mark.parametrize("policy", ["impute", "reject"])
+def test_feeds_and_probabilities_are_exactly_those_of_the_training_conversion(env, policy):
+    """pandas (Feast's output) or Arrow in: the same onnxruntime inputs, bit for bit, as
+    `feeds(to_native_frame(...))`, and the same probabilities as `OnnxScorer.predict_proba`."""
+    from pipelines.onnx_model import feeds
+
+    model, scorer, rows = _damaged(env)
+    numeric, categorical = model["numeric"], model["categorical"]
+    out, native = _reference(rows, model, policy)
+    expected_feeds = feeds(native, numeric, categorical)
+    expected = scorer.predict_proba(native)
+    assert len(out) == (len(rows) if policy == "impute" else len(rows) - 35)
+    for source in (rows, pa.Table.from_pandas(rows, preserve_index=False)):
+        inputs, counts = scoring.prepare_inputs(source, numeric, categorical, policy)
+        got = inputs.feeds(0, len(inputs))
+        assert list(got) == list(expected_feeds)
+        for name, want in expected_feeds.items():
+            assert got[name].dtype.kind == want.dtype.kind and got[name].shape == want.shape
+            assert np.array_equal(got[name], want, equal_nan=want.dtype.kind == "f"), name
+        assert inputs.table["row_key"].to_pylist() == list(out["row_key"])
+        probs = inputs.predict(scorer, 7)  # batches of 7 rows: batching changes nothing
+        assert probs.dtype == np.float64 and np.array_equal(probs, expected)
+        assert counts["by_reason"] == {"missing": 25, "non_finite": 10}
+
+
+def test_a_part_file_holds_the_rows_as_scored_whatever_the_input_format(env, tmp_path):
+    """The part is the pandas layout of the scored rows (missing and non-finite inputs null,
+    times in microseconds UTC, the model on every row), and pandas or Arrow input write the
+    same bytes."""
+    import dataclasses
+
+    import pyarrow.parquet as pq
+
+    cfg, settings = env["cfg"], dataclasses.replace(env["settings"], data_uri=str(tmp_path))
+    model, scorer, rows = _damaged(env)
+    out, native = _reference(rows, model, "impute")
+    out["probability"] = scorer.predict_proba(native)
+    out["model_name"], out["model_version"] = model["model"], str(model["version"])
+    want = pa.Table.from_pandas(out, schema=scoring.output_schema(model), preserve_index=False)
+    parts = [scoring.write_part(settings, DAY, 3, source, model, scorer, cfg.scoring)
+             for source in (rows, pa.Table.from_pandas(rows, preserve_index=False))]
+    assert parts[0]["file"] == parts[1]["file"] and parts[0]["sha256"] == parts[1]["sha256"]
+    path = storage.join(scoring.partition_uri(settings, DAY), parts[0]["file"])
+    got = pq.read_table(path)
+    assert got.schema.metadata is None or b"pandas" not in got.schema.metadata
+    assert got.equals(want.replace_schema_metadata(None))
+    assert sum(got[c].null_count for c in model["numeric"]) == 20
+    assert got[model["categorical"][0]].null_count == 15
+
+
+def test_stage_chunks_recuts_frames_into_identical_chunks(tmp_path):
+    import dataclasses
+
+    from pipelines.settings import get_settings
+
+    settings = dataclasses.replace(get_settings(), data_uri=str(tmp_path))
+    frame = pd.DataFrame({"row_key": [f"{i:016x}" for i in range(20)],
+                          "event_time": pd.date_range("2013-01-10", periods=20, freq="h", tz="UTC"),
+                          "origin": pd.array(["EWR", "JFK", None, "LGA"] * 5, dtype="string")})
+    frame["event_timestamp"] = frame["event_time"] - pd.Timedelta(hours=2)
+    pieces = [frame.iloc[:5], frame.iloc[5:17], frame.iloc[17:]]
+    chunks = scoring.stage_chunks(settings, DAY, iter(pieces), 8)
+    assert [c["rows"] for c in chunks] == [8, 8, 4] and [c["chunk"] for c in chunks] == [0, 1, 2]
+    back = pd.concat([storage.read_parquet(c["uri"]) for c in chunks], ignore_index=True)
+    us = {c: "datetime64[us, UTC]" for c in ("event_time", "event_timestamp")}  # as Feast reads
+    pd.testing.assert_frame_equal(back, frame.astype(us))  # values, order and dtypes
+    again = scoring.stage_chunks(settings, DAY, iter(pieces[::-1][::-1]), 8)
+    assert [c["sha256"] for c in again] == [c["sha256"] for c in chunks]
+    whole = scoring.stage_chunks(settings, DAY, [frame], 8)  # however the frames were cut
+    assert [c["sha256"] for c in whole] == [c["sha256"] for c in chunks]
+
+
+def test_validation_refuses_a_bad_partition(tmp_path):
+    """Wrong row count, null or duplicated keys, probabilities outside [0, 1] or NaN, another
+    model version: each is found in the files themselves, and nothing passes."""
+    import pyarrow.parquet as pq
+
+    def part(name, keys, probs, version="1"):
+        path = str(tmp_path / name)
+        pq.write_table(pa.table({"row_key": keys, "probability": pa.array(probs, pa.float64()),
+                                 "model_version": [version] * len(keys)}), path)
+        return path
+
+    good = [part("a.parquet", ["k1", "k2"], [0.1, 0.9]), part("b.parquet", ["k3"], [0.0])]
+    assert scoring.validate_parts(good, 3, "1")["rows"] == 3
+    cases = {
+        "4 expected": (good, 4),
+        "1 duplicated row keys": ([*good, part("c.parquet", ["k2"], [0.5])], 4),
+        "1 rows with null keys; 1 duplicated row keys": (  # a null key hides no duplicate
+            [*good, part("h.parquet", [None, "k1"], [0.5, 0.5])], 5),
+        "2 duplicated row keys": ([*good, part("i.parquet", ["k1", "k1", "k3"], [0.5] * 3)], 6),
+        "1 rows with null keys": ([*good, part("d.parquet", [None], [0.5])], 4),
+        "1 rows with out of range": ([*good, part("e.parquet", ["k4"], [1.5])], 4),
+        "1 rows with null probabilities": ([*good, part("f.parquet", ["k5"], [float("nan")])], 4),
+        "1 rows with other version": ([*good, part("g.parquet", ["k6"], [0.5], "2")], 4),
+    }
+    for problem, (uris, expected) in cases.items():
+        with pytest.raises(ValueError, match=f"failed validation.*{problem}"):
+            scoring.validate_parts(uris, expected, "1")
+
+
+def test_categoricals_of_any_type_convert_as_training_does():
+    """Strings through their dictionary, anything else through `to_native_frame` itself: the
+    model sees the strings training's conversion gives for the frame (for an Arrow table: for
+    `table.to_pandas()`, as Feast's retrieval makes it), and a missing value is stored as null."""
+    from pipelines.onnx_model import feeds, to_native_frame
+
+    frame = pd.DataFrame({
+        "row_key": list("abcde"), "event_time": pd.NaT, "event_timestamp": pd.NaT,
+        "s": ["JFK", None, "EWR", np.nan, "JFK"],
+        "i": pd.array([1, 2, None, 4, 1], dtype="Int64"),
+        "mixed": ["1", 1, 1.5, None, True],
+        "c": pd.Categorical(["x", "y", None, "x", "y"]),
+    })
+    cats = ["s", "i", "mixed", "c"]
+    arrow = pa.Table.from_pandas(frame[["row_key", "event_time", "event_timestamp", "s", "i",
+                                        "c"]], preserve_index=False)
+    dictionary = pa.DictionaryArray.from_arrays(pa.array([0, 1, 2, 0, 1], pa.int32()),
+                                                pa.array(["JFK", None, "EWR"]))
+    arrow = arrow.append_column("d", dictionary)
+    for source, names in ((frame, cats), (arrow, ["s", "i", "c", "d"])):
+        plain = [n for n in names if n != "d"]  # pandas cannot hold a null category
+        as_pandas = source if isinstance(source, pd.DataFrame) else source.select(plain).to_pandas()
+        want = feeds(to_native_frame(as_pandas, [], plain), [], plain)
+        want["d"] = np.array(["JFK", "", "EWR", "JFK", ""]).reshape(-1, 1)
+        inputs, counts = scoring.prepare_inputs(source, [], names, "impute")
+        got = inputs.feeds(0, 5)
+        for name in names:
+            expected = want[name]
+            assert got[name].dtype.kind == "U" and np.array_equal(got[name], expected), name
+            stored = inputs.categorical[names.index(name)]
+            assert stored.type == pa.string()
+            assert stored.is_null().to_pylist() == [v == "" for v in expected.ravel()], name
+        assert counts["by_feature"]["s"] == 2
