@@ -34,35 +34,83 @@ from pipelines.ingest import batch_uri
 from pipelines.settings import Settings
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     from feast import FeatureStore
 
 log = logging.getLogger(__name__)
 EPOCH = pd.Timestamp("1970-01-01", tz="UTC")
 
 
+# feature_repo/<file> per online store (FEAST_ONLINE_STORE); both share registry and offline store.
+FEAST_YAML = {"sqlite": "feature_store.yaml", "redis": "feature_store.redis.yaml"}
+
+
+def online_store_kind() -> str:
+    """`FEAST_ONLINE_STORE` (sqlite | redis); unset: redis if FEAST_REDIS_CONNECTION is set."""
+    kind = os.environ.get("FEAST_ONLINE_STORE", "").strip().lower()
+    if not kind:
+        kind = "redis" if os.environ.get("FEAST_REDIS_CONNECTION", "").strip() else "sqlite"
+    if kind not in FEAST_YAML:
+        raise ValueError(f"FEAST_ONLINE_STORE={kind!r}: expected one of {sorted(FEAST_YAML)}")
+    return kind
+
+
+def feast_yaml(settings: Settings) -> str:
+    """The feature_store*.yaml of the configured online store."""
+    return os.path.join(settings.feature_repo, FEAST_YAML[online_store_kind()])
+
+
 def feast_env(settings: Settings) -> dict[str, str]:
-    """Environment that feature_store.yaml expands (registry and online store locations)."""
-    feast_dir = os.environ.get("FEAST_STATE_DIR") or f"{storage.local_path(settings.state_uri)}/feast"
-    os.makedirs(feast_dir, exist_ok=True)
-    return {
-        "FEAST_REGISTRY_PATH": os.environ.get("FEAST_REGISTRY_PATH", f"{feast_dir}/registry.db"),
-        "FEAST_ONLINE_PATH": os.environ.get("FEAST_ONLINE_PATH", f"{feast_dir}/online.db"),
-    }
+    """Environment that the feature_store*.yaml expands (registry and online store locations).
+
+    Defaults: the registry beside the data (`<MLOPS_DATA_URI>/feast/registry.db`) when the data
+    is in an object store, else in the local state folder (`<state>/feast`, or FEAST_STATE_DIR),
+    where the SQLite online store also lives. The Redis online store needs
+    FEAST_REDIS_CONNECTION (host:port,password=...,db=N).
+    """
+    kind = online_store_kind()
+    env: dict[str, str] = {}
+
+    def feast_dir() -> str:
+        path = os.environ.get("FEAST_STATE_DIR") or f"{storage.local_path(settings.state_uri)}/feast"
+        os.makedirs(path, exist_ok=True)
+        return path
+
+    registry = os.environ.get("FEAST_REGISTRY_PATH", "").strip()
+    if not registry:
+        registry = (f"{feast_dir()}/registry.db" if storage.is_local(settings.data_uri)
+                    else storage.join(settings.data_uri, "feast", "registry.db"))
+    env["FEAST_REGISTRY_PATH"] = registry
+    if kind == "sqlite":
+        env["FEAST_ONLINE_PATH"] = (os.environ.get("FEAST_ONLINE_PATH", "").strip()
+                                    or f"{feast_dir()}/online.db")
+    elif not os.environ.get("FEAST_REDIS_CONNECTION", "").strip():
+        raise ValueError("FEAST_ONLINE_STORE=redis needs FEAST_REDIS_CONNECTION "
+                         "(host:port,password=...,db=N)")
+    endpoint = storage.s3_endpoint()
+    if registry.startswith("s3://") and endpoint and not os.environ.get("FEAST_S3_ENDPOINT_URL"):
+        env["FEAST_S3_ENDPOINT_URL"] = endpoint  # what Feast's S3 registry store reads
+    return env
 
 
 def get_store(settings: Settings) -> "FeatureStore":
+    from pathlib import Path
+
     from feast import FeatureStore
 
     os.environ.update(feast_env(settings))
-    return FeatureStore(repo_path=settings.feature_repo)
+    return FeatureStore(repo_path=settings.feature_repo, fs_yaml_file=Path(feast_yaml(settings)))
 
 
 def apply_definitions(settings: Settings) -> None:
     """`feast apply` on the feature repo (idempotent)."""
     env = {**os.environ, **feast_env(settings)}
     feast = os.path.join(os.path.dirname(sys.executable), "feast")
-    subprocess.run([feast, "apply"], cwd=settings.feature_repo, env=env, check=True,
-                   capture_output=True, text=True)
+    out = subprocess.run([feast, "-f", feast_yaml(settings), "apply"], cwd=settings.feature_repo,
+                         env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"feast apply failed ({out.returncode}):\n{out.stdout[-2000:]}\n"
+                           f"{out.stderr[-4000:]}")
 
 
 def known_at(event_ts: pd.Series, day: date) -> pd.Series:
@@ -221,16 +269,68 @@ def _fast_features(store: "FeatureStore", service_name: str, entity_df: pd.DataF
     specs, odfvs = pit.service_views(store, service_name)
     table = pit.retrieve(entity_df, specs, PREDICTION_TIME, cutoff=cutoff)
     if odfvs:  # on-demand views: Feast's own transformation, on the same inputs Feast gives it
-        base = pa.Table.from_pandas(entity_df, preserve_index=False)
-        for name in table.column_names:
-            base = base.append_column(name, table[name])
-        for odfv, features in odfvs:
-            done = odfv.transform_arrow(base, full_feature_names=True)
-            wanted = {f"{odfv.projection.name_to_use()}__{f}" for f in features}
-            for col in done.column_names:  # in the transformation's order, as Feast does
-                if col in wanted:
-                    table = table.append_column(col, done[col])
+        table = _on_demand(table, pa.Table.from_pandas(entity_df, preserve_index=False), odfvs)
     return table.to_pandas()
+
+
+def _on_demand(table: "pa.Table", base: "pa.Table", odfvs: list) -> "pa.Table":
+    """`table` (the views' features) with the on-demand views' features appended, computed by
+    Feast's own transformation on the entity columns (`base`) and the views' features."""
+    for name in table.column_names:
+        base = base.append_column(name, table[name])
+    for odfv, features in odfvs:
+        done = odfv.transform_arrow(base, full_feature_names=True)
+        wanted = {f"{odfv.projection.name_to_use()}__{f}" for f in features}
+        for col in done.column_names:  # in the transformation's order, as Feast does
+            if col in wanted:
+                table = table.append_column(col, done[col])
+    return table
+
+
+def historical_features_table(store: "FeatureStore", service_name: str, rows: "pa.Table",
+                              join_keys: list[str], *, engine: str | None = None,
+                              cutoff: bool | None = None) -> "pa.Table":
+    """`historical_features` for entity rows held as an Arrow table, returning an Arrow table
+    (batch scoring's path: no pandas round trip of the chunk; training keeps the pandas one).
+
+    The same rows, features, values and checks: `rows` with the service's feature columns
+    appended, in the same order, one output row per input row; each feature's Arrow column is
+    the one `historical_features` converts to pandas, and its dtype is checked as that pandas
+    column would be. With `engine="feast"` (whose retrieval is pandas anyway) it is
+    `historical_features` on `rows.to_pandas()`, converted to Arrow.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from pipelines import pit
+
+    if engine is None or cutoff is None:
+        from pipelines.config import load_config
+
+        fcfg = load_config().features
+        engine = fcfg.retrieval if engine is None else engine
+        cutoff = fcfg.created_timestamp_cutoff if cutoff is None else cutoff
+    if engine == "feast":
+        out = historical_features(store, service_name, rows.to_pandas(), join_keys,
+                                  engine=engine, cutoff=cutoff)
+        return pa.Table.from_pandas(out, preserve_index=False)
+    if engine != "duckdb":
+        raise ValueError(f"unknown retrieval engine {engine!r} (duckdb | feast)")
+    at = rows[PREDICTION_TIME].type
+    if not (pa.types.is_timestamp(at) and at.tz is not None):
+        raise ValueError(f"{PREDICTION_TIME} must be timezone-aware (UTC); got naive timestamps")
+    if pc.count_distinct(rows[ROW_KEY], mode="all").as_py() != rows.num_rows:
+        raise ValueError(f"duplicate {ROW_KEY} values in the entity rows")
+    entity = rows.select([ROW_KEY, PREDICTION_TIME, *join_keys])
+    specs, odfvs = pit.service_views(store, service_name)
+    feats = pit.retrieve_table(entity, specs, PREDICTION_TIME, cutoff=cutoff)
+    if odfvs:
+        feats = _on_demand(feats, entity, odfvs)
+    out = rows
+    for name in feats.column_names:
+        out = out.append_column(name, feats[name])
+    check_retrieval_table(out, rows, service_schema(store, service_name))
+    return out
 
 
 def _feast_features(store: "FeatureStore", service_name: str, entity_df: pd.DataFrame,
@@ -285,6 +385,36 @@ def check_retrieval(out: pd.DataFrame, rows: pd.DataFrame,
         raise ValueError(f"feature retrieval returned no column for {missing}")
     bad = [f"{view}.{feature}: declared {declared}, got {out[col].dtype}"
            for col, (view, feature, declared) in schema.items() if not _dtype_ok(declared, out[col])]
+    if bad:
+        raise TypeError("feature dtypes do not match the feature view schemas: " + "; ".join(bad))
+
+
+def _arrow_dtype_ok(declared: object, col: "pa.ChunkedArray") -> bool:
+    """`_dtype_ok` of the pandas column `col.to_pandas()` gives (converted only when the
+    answer depends on more than a float or string type)."""
+    import pyarrow as pa
+    from feast import types as ft
+
+    if pa.types.is_floating(col.type) and declared not in (ft.Int32, ft.Int64):
+        return _dtype_ok(declared, pd.Series([], dtype=col.type.to_pandas_dtype()))
+    if declared == ft.String and (pa.types.is_string(col.type)
+                                  or pa.types.is_large_string(col.type)):
+        return True  # object in pandas
+    return _dtype_ok(declared, pa.table({"c": col}).to_pandas()["c"])
+
+
+def check_retrieval_table(out: "pa.Table", rows: "pa.Table",
+                          schema: dict[str, tuple[str, str, object]]) -> None:
+    """`check_retrieval` of an Arrow retrieval (dtypes as `to_pandas()` would give them)."""
+    if out.num_rows != rows.num_rows or not out[ROW_KEY].equals(rows[ROW_KEY]):
+        raise ValueError(f"feature retrieval returned {out.num_rows} rows for {rows.num_rows} "
+                         "entity rows (or not in their order)")
+    missing = [c for c in schema if c not in out.column_names]
+    if missing:
+        raise ValueError(f"feature retrieval returned no column for {missing}")
+    bad = [f"{view}.{feature}: declared {declared}, got {out[col].type}"
+           for col, (view, feature, declared) in schema.items()
+           if not _arrow_dtype_ok(declared, out[col])]
     if bad:
         raise TypeError("feature dtypes do not match the feature view schemas: " + "; ".join(bad))
 

@@ -3,7 +3,9 @@
 Drift checks, live quality and retraining decisions all land in `metrics`, so trends can be
 queried with plain SQL and plotted. Each writer replaces its own rows of an interval in one
 transaction (`record`), so a re-run of a day updates that day and never duplicates it.
-Location: `$MLOPS_METRICS_DB` (a path or `sqlite:///path`), else `<state>/monitoring/metrics.db`.
+Location: `$MLOPS_METRICS_DB`: a path or `sqlite:///path`, or a Postgres URL
+(`postgresql://user:password@host:port/db`, for workers that share no disk); else
+`<state>/monitoring/metrics.db`.
 """
 
 from __future__ import annotations
@@ -34,18 +36,63 @@ CREATE TABLE IF NOT EXISTS metrics (
     PRIMARY KEY (interval, feature, metric)
 )
 """
+# Postgres: the same table; `interval` quoted (a type name there), values in double precision.
+PG_SCHEMA = """
+CREATE TABLE IF NOT EXISTS metrics (
+    "interval"    TEXT NOT NULL,
+    feature       TEXT NOT NULL,
+    metric        TEXT NOT NULL,
+    value         DOUBLE PRECISION,
+    source        TEXT NOT NULL,
+    model_version TEXT,
+    run_id        TEXT,
+    PRIMARY KEY ("interval", feature, metric)
+)
+"""
 Row = tuple[str, str, Any]  # (feature, metric, value)
+_PG_PREFIXES = ("postgresql://", "postgresql+psycopg2://", "postgres://")
+
+
+def is_postgres(url: str) -> bool:
+    return url.startswith(_PG_PREFIXES)
+
+
+def _configured() -> str:
+    return os.environ.get("MLOPS_METRICS_DB", "").strip()
 
 
 def db_path(settings: Settings) -> str:
-    """Where the table lives: $MLOPS_METRICS_DB, else under the (local) state folder."""
-    configured = os.environ.get("MLOPS_METRICS_DB", "").strip()
+    """Where the table lives: $MLOPS_METRICS_DB (a SQLite path, or a Postgres URL as given),
+    else under the (local) state folder."""
+    configured = _configured()
     if configured:
-        return configured.removeprefix("sqlite:///")
+        return configured if is_postgres(configured) else configured.removeprefix("sqlite:///")
     if not storage.is_local(settings.state_uri):
         raise ValueError(f"state {settings.state_uri} is not local: set MLOPS_METRICS_DB to a "
-                         "local SQLite path for the monitoring history")
+                         "local SQLite path or a postgresql:// URL for the monitoring history")
     return f"{storage.local_path(settings.state_uri)}/monitoring/metrics.db"
+
+
+_PG_ENGINES: dict[str, Any] = {}
+
+
+def _pg_engine(url: str) -> Any:
+    """A SQLAlchemy engine on the Postgres URL (no pool: tasks are short-lived processes)."""
+    engine = _PG_ENGINES.get(url)
+    if engine is None:
+        from sqlalchemy import create_engine, text
+        from sqlalchemy.exc import IntegrityError, ProgrammingError
+        from sqlalchemy.pool import NullPool
+
+        driver_url = "postgresql+psycopg2://" + url.split("://", 1)[1]
+        engine = create_engine(driver_url, poolclass=NullPool)
+        try:
+            with engine.begin() as con:
+                con.execute(text(PG_SCHEMA))
+        except (IntegrityError, ProgrammingError):  # created concurrently by another worker
+            pass
+        _PG_ENGINES[url] = engine
+    return engine
 
 
 def _connect(settings: Settings) -> sqlite3.Connection:
@@ -68,6 +115,8 @@ def record(settings: Settings, interval: date | str, source: str, rows: Iterable
     """Replace `source`'s rows of `interval` with `rows` (atomic, idempotent); returns the count."""
     day = interval.isoformat() if isinstance(interval, date) else str(interval)
     values = [(day, f, m, _value(v), source, model_version, run_id) for f, m, v in rows]
+    if is_postgres(db_path(settings)):
+        return _pg_record(db_path(settings), day, source, values)
     con = _connect(settings)
     try:
         con.execute("BEGIN IMMEDIATE")
@@ -82,9 +131,38 @@ def record(settings: Settings, interval: date | str, source: str, rows: Iterable
     return len(values)
 
 
+def _pg_record(url: str, day: str, source: str, values: list[tuple]) -> int:
+    from sqlalchemy import text
+
+    keys = ("interval", "feature", "metric", "value", "source", "model_version", "run_id")
+    with _pg_engine(url).begin() as con:  # one transaction: readers see old rows or new ones
+        con.execute(text('DELETE FROM metrics WHERE "interval" = :day AND source = :source'),
+                    {"day": day, "source": source})
+        if values:
+            con.execute(text(
+                'INSERT INTO metrics VALUES (:interval, :feature, :metric, :value, :source, '
+                ':model_version, :run_id) ON CONFLICT ("interval", feature, metric) DO UPDATE SET '
+                "value = EXCLUDED.value, source = EXCLUDED.source, "
+                "model_version = EXCLUDED.model_version, run_id = EXCLUDED.run_id"),
+                [dict(zip(keys, v)) for v in values])
+    return len(values)
+
+
 def history(settings: Settings, start: date, end: date, source: str | None = None) -> pd.DataFrame:
     """Rows with interval in [start, end] (optionally of one source), ordered by interval."""
     import pandas as pd
+
+    url = db_path(settings)
+    if is_postgres(url):
+        from sqlalchemy import text
+
+        sql = 'SELECT * FROM metrics WHERE "interval" BETWEEN :start AND :end'
+        params: dict[str, Any] = {"start": start.isoformat(), "end": end.isoformat()}
+        if source:
+            sql, params["source"] = sql + " AND source = :source", source
+        with _pg_engine(url).connect() as con:
+            return pd.read_sql_query(text(sql + ' ORDER BY "interval", feature, metric'), con,
+                                     params=params)
 
     sql = "SELECT * FROM metrics WHERE interval BETWEEN ? AND ?"
     args: list[Any] = [start.isoformat(), end.isoformat()]

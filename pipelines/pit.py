@@ -110,15 +110,25 @@ def _all(con: "duckdb.DuckDBPyConnection", sql: str) -> list[tuple]:
     return con.execute(sql).fetchall()  # fetched to the end: the connection is free again
 
 
+def register_filesystem(con: "duckdb.DuckDBPyConnection", path: str) -> None:
+    """Let DuckDB read `path` (e.g. s3://...) through fsspec, configured by pipelines.storage.
+
+    DuckDB's own httpfs extension would be downloaded from the internet at first use and
+    configured separately; an fsspec filesystem registered on the connection is used instead.
+    """
+    if "://" not in path or path.startswith("file://"):
+        return
+    from pipelines import storage
+
+    fs = storage.filesystem(path.split("://", 1)[0])
+    names = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    if not any(con.filesystem_is_registered(n) for n in names):
+        con.register_filesystem(fs)
+
+
 def _read(con: "duckdb.DuckDBPyConnection", spec: ViewSpec) -> str:
     """SELECT of the view's source: join keys, __ts, __cr, features (view column names)."""
-    if "://" in spec.path and not spec.path.startswith("file://"):
-        import fsspec
-
-        fs = fsspec.filesystem(spec.path.split("://", 1)[0])
-        if not con.filesystem_is_registered(fs.protocol if isinstance(fs.protocol, str)
-                                            else fs.protocol[0]):
-            con.register_filesystem(fs)
+    register_filesystem(con, spec.path)
     path = spec.path.removeprefix("file://").replace("'", "''")
     source_of = {view: source for source, view in spec.field_mapping}
     col = lambda view: _q(source_of.get(view, view))
@@ -218,7 +228,41 @@ def retrieve(entities: "pd.DataFrame", specs: list[ViewSpec], timestamp_col: str
             frame[c] = pd.Series([None] * len(frame), dtype=object)
     frame.insert(0, AT, at.dt.tz_convert("UTC").reset_index(drop=True))
     frame.insert(0, ROW, pd.RangeIndex(len(frame)))
-    con.register("__entities", pa.Table.from_pandas(frame, preserve_index=False))
+    return _join(con, pa.Table.from_pandas(frame, preserve_index=False), specs, cutoff)
+
+
+def retrieve_table(entities: "pa.Table", specs: list[ViewSpec], timestamp_col: str,
+                   cutoff: bool = True, con: "duckdb.DuckDBPyConnection | None" = None
+                   ) -> "pa.Table":
+    """`retrieve` for entity rows held as an Arrow table (no pandas round trip): the same
+    checks, the same join, the same output (batch scoring's path; `retrieve` stays training's).
+    """
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    at = entities[timestamp_col]
+    if not (pa.types.is_timestamp(at.type) and at.type.tz is not None):
+        raise ValueError(f"{timestamp_col} must be timezone-aware (UTC), got {at.type}: naive "
+                         "timestamps are not read as UTC silently")
+    if at.null_count:
+        raise ValueError(f"{at.null_count} entity rows without {timestamp_col}")
+    con = connect(con)
+    n = entities.num_rows
+    ent_cols = list(dict.fromkeys(ek for s in specs for _, ek in s.join_keys))
+    names, cols = [ROW, AT], [pa.array(np.arange(n, dtype=np.int64)),
+                              pc.cast(at, pa.timestamp(at.type.unit, "UTC"))]
+    for c in ent_cols:  # an all-null key column has no type to compare: make it untyped null
+        col = entities[c]
+        names.append(c)
+        cols.append(pa.nulls(n) if col.null_count == n else col)
+    return _join(con, pa.Table.from_arrays(cols, names=names), specs, cutoff)
+
+
+def _join(con: "duckdb.DuckDBPyConnection", entities: "pa.Table", specs: list[ViewSpec],
+          cutoff: bool) -> "pa.Table":
+    """The point-in-time join of `entities` (ROW, AT, entity join columns) with every view."""
+    con.register("__entities", entities)
     ctes = [f"e AS (SELECT * REPLACE ({AT}::TIMESTAMPTZ AS {AT}) FROM __entities)"]
     joins, cols = [], []
     for i, spec in enumerate(specs):
@@ -232,7 +276,7 @@ def retrieve(entities: "pd.DataFrame", specs: list[ViewSpec], timestamp_col: str
         table = con.sql(sql).to_arrow_table()
     finally:
         con.unregister("__entities")
-    if table.num_rows != len(entities):
+    if table.num_rows != entities.num_rows:
         raise ValueError(f"point-in-time join returned {table.num_rows} rows for "
-                         f"{len(entities)} entity rows")
+                         f"{entities.num_rows} entity rows")
     return table

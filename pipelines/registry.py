@@ -45,8 +45,8 @@ def ensure_experiment(settings: Settings, name: str) -> str:
     c = client(settings)
     exp = c.get_experiment_by_name(name)
     if exp is None:
-        location = settings.mlflow_artifacts_uri
-        if "://" not in location:
+        location = settings.mlflow_artifacts_uri or None  # None: the tracking server's default
+        if location and ":/" not in location:  # a plain path (s3://, mlflow-artifacts:/ pass)
             location = f"file://{os.path.abspath(location)}"
         exp_id = c.create_experiment(name, artifact_location=location)
     else:
@@ -78,16 +78,57 @@ def by_alias(c: "MlflowClient", name: str, alias: str) -> "ModelVersion | None":
         return None
 
 
+def lock_url() -> str | None:
+    """Postgres URL for locks across machines: $MLOPS_LOCK_URL, else $MLOPS_METRICS_DB if that
+    is Postgres; None: a file lock in the local state folder."""
+    for name in ("MLOPS_LOCK_URL", "MLOPS_METRICS_DB"):
+        url = os.environ.get(name, "").strip()
+        if url.startswith(("postgresql://", "postgresql+psycopg2://", "postgres://")):
+            return url
+    return None
+
+
+@contextmanager
+def pg_advisory_lock(url: str, name: str, timeout: float = 300.0) -> Iterator[None]:
+    """A Postgres session-level advisory lock on `name`, held while the block runs (released
+    on exit, or by the server if this process dies: the lock lives in its connection)."""
+    import hashlib
+
+    import psycopg2
+
+    key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+    con = psycopg2.connect("postgresql://" + url.split("://", 1)[1], connect_timeout=30)
+    try:
+        con.autocommit = True
+        with con.cursor() as cur:
+            cur.execute("SET lock_timeout = %s", (f"{int(timeout * 1000)}ms",))
+            cur.execute("SELECT pg_advisory_lock(%s)", (key,))
+        try:
+            yield
+        finally:
+            with con.cursor() as cur:
+                cur.execute("SELECT pg_advisory_unlock(%s)", (key,))
+    finally:
+        con.close()
+
+
 @contextmanager
 def alias_lock(settings: Settings) -> Iterator[None]:
-    """Serialise alias moves between processes sharing this state folder.
+    """Serialise alias moves between processes.
 
     Concurrent `set_registered_model_alias` calls on SQLite were seen to fail with a UNIQUE
-    constraint error. Across machines the Airflow pool `model_registry` (one slot) serialises
-    the DAG tasks that move aliases; this lock covers the CLI and tests on one machine.
+    constraint error. With a Postgres lock URL (MLOPS_LOCK_URL, or MLOPS_METRICS_DB when it is
+    Postgres) this is an advisory lock, which holds across machines; otherwise a file lock in
+    the local state folder (processes of one machine). The Airflow pool `model_registry` (one
+    slot) also serialises the DAG tasks that move aliases.
     """
     from filelock import FileLock
 
+    url = lock_url()
+    if url:
+        with pg_advisory_lock(url, "mlops:registry-aliases"):
+            yield
+        return
     if not storage.is_local(settings.state_uri):
         yield
         return

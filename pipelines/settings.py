@@ -2,7 +2,20 @@
 
 Defaults put every piece of state under one git-ignored folder (`.state/` in the repo), so a
 fresh clone runs on embedded stores; setting the variables points the same code at Postgres,
-Redis and an object store.
+Redis and an object store. The scale path (workers that share no disk):
+
+    MLOPS_DATA_URI=s3://<bucket>/data        landing, features, training sets, predictions,
+                                             registry history, Feast registry (default)
+    MLOPS_REPORTS_URI=s3://<bucket>/reports  validation / gate / drift reports, Data Docs
+    MLFLOW_TRACKING_URI=http://<mlflow>:5000 (or postgresql://...), artifacts by the server, or
+    MLOPS_MLFLOW_ARTIFACTS_URI=s3://<bucket>/mlflow for a direct backend
+    AWS_ENDPOINT_URL (or AWS_ENDPOINT_URL_S3), AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+    AWS_DEFAULT_REGION                       the S3 endpoint and key pair (pipelines.storage)
+    FEAST_ONLINE_STORE=redis + FEAST_REDIS_CONNECTION=host:port,password=...,db=N
+    FEAST_REGISTRY_PATH=s3://<bucket>/feast/registry.db   (optional; pipelines.features)
+    MLOPS_METRICS_DB=postgresql://...        monitoring history (pipelines.metrics_store); also
+                                             the registry's alias lock unless MLOPS_LOCK_URL
+                                             names another Postgres database
 """
 
 from __future__ import annotations
@@ -25,7 +38,7 @@ class Settings:
     data_uri: str  # landing zone, quarantine, feature sources, training sets, predictions
     reports_uri: str  # validation, gate and drift reports
     mlflow_tracking_uri: str
-    mlflow_artifacts_uri: str  # where new experiments put their artifacts
+    mlflow_artifacts_uri: str  # where new experiments put their artifacts ('': the server's)
     params_path: str
     feature_repo: str
 
@@ -59,12 +72,16 @@ def get_settings() -> Settings:
     state = _env("MLOPS_STATE_URI", str(REPO_ROOT / ".state"))
     state = state.rstrip("/")
     data = _env("MLOPS_DATA_URI", f"{state}/data").rstrip("/")
+    tracking = _env("MLFLOW_TRACKING_URI", f"sqlite:///{state}/mlflow/mlflow.db")
+    # With a tracking server, artifacts go where the server puts them (its proxied
+    # --artifacts-destination): workers then need no local disk nor store credentials for them.
+    artifacts_default = "" if tracking.startswith(("http://", "https://")) else f"{state}/mlflow/artifacts"
     return Settings(
         state_uri=state,
         data_uri=data,
         reports_uri=_env("MLOPS_REPORTS_URI", f"{state}/reports").rstrip("/"),
-        mlflow_tracking_uri=_env("MLFLOW_TRACKING_URI", f"sqlite:///{state}/mlflow/mlflow.db"),
-        mlflow_artifacts_uri=_env("MLOPS_MLFLOW_ARTIFACTS_URI", f"{state}/mlflow/artifacts"),
+        mlflow_tracking_uri=tracking,
+        mlflow_artifacts_uri=_env("MLOPS_MLFLOW_ARTIFACTS_URI", artifacts_default),
         params_path=_env("MLOPS_PARAMS", str(REPO_ROOT / "params.yaml")),
         feature_repo=_env("MLOPS_FEATURE_REPO", str(REPO_ROOT / "feature_repo")),
     )

@@ -3,6 +3,13 @@
 Local paths, `file://` and `s3://` URIs all work; `pkg://<package>/<path>` reads data that a
 Python package ships. Writers never leave a half-written object visible: a local file is written
 beside its target and renamed over it; an object store PUT is atomic per object.
+
+S3 (any S3-compatible store): credentials come from the usual AWS variables
+(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION) and the endpoint from
+AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL (e.g. http://127.0.0.1:8333 for SeaweedFS).
+`filesystem()` is the one place that configures s3fs; DuckDB (pipelines.pit, the Feast offline
+store in pipelines.feast_offline) reads through the same fsspec filesystem, never httpfs.
+Listings are not cached: another worker may have written since.
 """
 
 from __future__ import annotations
@@ -30,11 +37,40 @@ def _pkg_path(uri: str) -> str:
     return os.path.join(list(spec.submodule_search_locations)[0], inner)
 
 
+def s3_endpoint() -> str | None:
+    """The S3 endpoint URL from the environment (None: AWS itself)."""
+    for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+        value = os.environ.get(name, "").strip()
+        if value:
+            return value
+    return None
+
+
+def storage_options(protocol: str) -> dict[str, Any]:
+    """fsspec options for a protocol (only S3 needs any)."""
+    if protocol not in ("s3", "s3a"):
+        return {}
+    options: dict[str, Any] = {"use_listings_cache": False}
+    endpoint = s3_endpoint()
+    if endpoint:
+        options["endpoint_url"] = endpoint
+    return options
+
+
+def protocol_of(uri: str) -> str:
+    return uri.split("://", 1)[0] if "://" in uri else "file"
+
+
+def filesystem(protocol: str) -> fsspec.AbstractFileSystem:
+    """The fsspec filesystem for a protocol, configured as `resolve` does (cached by fsspec)."""
+    return fsspec.filesystem(protocol, **storage_options(protocol))
+
+
 def resolve(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """Filesystem and path inside it for a URI or plain local path."""
     if uri.startswith("pkg://"):
         uri = _pkg_path(uri)
-    fs, path = fsspec.core.url_to_fs(uri)
+    fs, path = fsspec.core.url_to_fs(uri, **storage_options(protocol_of(uri)))
     return fs, path
 
 

@@ -99,7 +99,9 @@ def train_and_register(cfg: Config, settings: Settings, training_set: dict[str, 
                                      signature=signature)
         run_id = run.info.run_id
     registry.ensure_registered_model(c, cfg.registry.model_name)
+    # model_id: a tracking *server* rejects a `models:/` source without it (SQLite accepts it).
     mv = c.create_model_version(cfg.registry.model_name, info.model_uri, run_id=run_id,
+                                model_id=info.model_id,
                                 tags={**{k: v for k, v in lineage.items() if k != "packages"},
                                       "onnx_sha256": sha,
                                       "onnx_uri": f"runs:/{run_id}/{ONNX_PATH}",

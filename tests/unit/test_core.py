@@ -98,3 +98,22 @@ def test_aggregate_only_uses_outcomes_known_at_its_timestamp():
     assert row["event_timestamp"] == t("2013-01-04T00:00Z")
     assert (events.loc[events["event_time"] < t("2013-01-03T00:00Z"), "event_time"]
             + timedelta(days=1) <= row["event_timestamp"]).all()
+
+
+def test_s3_endpoint_is_configured_in_one_place(monkeypatch):
+    """s3:// URIs get the endpoint from AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL and no listing
+    cache (other workers write too); other protocols get no options."""
+    from pipelines import storage
+
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    assert storage.s3_endpoint() is None
+    assert storage.storage_options("s3") == {"use_listings_cache": False}
+    assert storage.storage_options("file") == {}
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:8333")
+    assert storage.storage_options("s3")["endpoint_url"] == "http://127.0.0.1:8333"
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9000")
+    fs, path = storage.resolve("s3://bucket/data/landing")
+    assert path == "bucket/data/landing" and fs.endpoint_url == "http://127.0.0.1:9000"
+    assert not storage.is_local("s3://bucket/x") and storage.protocol_of("s3://b/x") == "s3"
+    assert storage.protocol_of("/tmp/x") == "file"

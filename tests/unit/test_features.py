@@ -318,3 +318,178 @@ def test_historical_features_reject_naive_times_and_duplicate_row_keys(sensors):
     rows = pd.DataFrame({ROW_KEY: ["a", "a"], PREDICTION_TIME: [_at(1)] * 2, "sensor_id": ["s1"] * 2})
     with pytest.raises(ValueError, match="duplicate row_key"):
         historical_features(store, "sensors_v1", rows, ["sensor_id"], engine="duckdb", cutoff=True)
+
+
+# --------------------------------------------------------------------------- object store
+
+
+def test_offline_store_reads_remote_parquet_through_fsspec(tmp_path):
+    """The project's Feast offline store (feature_store*.yaml) reads a non-local FileSource
+    through the fsspec filesystem DuckDB gets registered (here fsspec's memory://, standing in
+    for s3://): Feast's retrieval, the fast path and materialisation all see the same rows."""
+    from datetime import datetime, timezone
+
+    from feast import (
+        Entity,
+        FeatureService,
+        FeatureStore,
+        FeatureView,
+        Field,
+        FileSource,
+        ValueType,
+    )
+    from feast.types import Float64
+
+    base = f"memory://feast-offline-{tmp_path.name}/readings"
+    ts = pd.to_datetime(["2024-01-01T00:00Z", "2024-01-02T00:00Z"], utc=True)
+    storage.write_parquet(pd.DataFrame({"sensor_id": ["s1", "s1"], "value": [1.0, 2.0],
+                                        "event_timestamp": ts, "created_timestamp": ts}),
+                          f"{base}/date=1.parquet")
+    (tmp_path / "feature_store.yaml").write_text(yaml.safe_dump({
+        "project": "remote_test", "provider": "local", "registry": str(tmp_path / "registry.db"),
+        "offline_store": {"type": "pipelines.feast_offline.FsspecDuckDBOfflineStore"},
+        "online_store": {"type": "sqlite", "path": str(tmp_path / "online.db")},
+        "entity_key_serialization_version": 3}))
+    sensor = Entity(name="sensor", join_keys=["sensor_id"], value_type=ValueType.STRING)
+    fv = FeatureView(name="reading_fv", entities=[sensor], ttl=timedelta(days=2),
+                     schema=[Field(name="value", dtype=Float64)],
+                     source=FileSource(name="readings", path=f"{base}/*.parquet",
+                                       timestamp_field="event_timestamp",
+                                       created_timestamp_column="created_timestamp"))
+    store = FeatureStore(repo_path=str(tmp_path))
+    store.apply([sensor, fv, FeatureService(name="svc", features=[fv])])
+    rows = pd.DataFrame({ROW_KEY: ["a", "b"], "sensor_id": ["s1", "s1"],
+                         PREDICTION_TIME: pd.to_datetime(["2024-01-01T12:00Z", "2024-01-03T00:00Z"],
+                                                         utc=True)})
+    feast = historical_features(store, "svc", rows, ["sensor_id"], engine="feast", cutoff=True)
+    fast = historical_features(store, "svc", rows, ["sensor_id"], engine="duckdb", cutoff=True)
+    assert feast["reading_fv__value"].tolist() == fast["reading_fv__value"].tolist() == [1.0, 2.0]
+    store.materialize(start_date=datetime(2023, 12, 31, tzinfo=timezone.utc),
+                      end_date=datetime(2024, 1, 3, tzinfo=timezone.utc))
+    online = store.get_online_features(features=["reading_fv:value"],
+                                       entity_rows=[{"sensor_id": "s1"}]).to_dict()
+    assert online["value"] == [2.0]
+
+
+def test_feast_config_selects_online_store_and_registry(monkeypatch, tmp_path):
+    """FEAST_ONLINE_STORE picks the yaml (unset: Redis if FEAST_REDIS_CONNECTION is set); the
+    registry defaults beside the data when the data is in an object store."""
+    from dataclasses import replace as dc_replace
+
+    from feast.repo_config import load_repo_config
+
+    from pipelines import features
+    from pipelines.settings import get_settings
+
+    for name in ("FEAST_ONLINE_STORE", "FEAST_REDIS_CONNECTION", "FEAST_REGISTRY_PATH",
+                 "FEAST_ONLINE_PATH", "FEAST_STATE_DIR", "FEAST_S3_ENDPOINT_URL",
+                 "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
+    local = dc_replace(get_settings(), state_uri=str(tmp_path / "state"),
+                       data_uri=str(tmp_path / "state" / "data"))
+    assert features.online_store_kind() == "sqlite"
+    env = features.feast_env(local)
+    assert env["FEAST_REGISTRY_PATH"] == f"{tmp_path}/state/feast/registry.db"
+    assert env["FEAST_ONLINE_PATH"] == f"{tmp_path}/state/feast/online.db"
+    assert features.feast_yaml(local).endswith("/feature_store.yaml")
+
+    monkeypatch.setenv("FEAST_ONLINE_STORE", "redis")
+    with pytest.raises(ValueError, match="FEAST_REDIS_CONNECTION"):
+        features.feast_env(local)
+    monkeypatch.delenv("FEAST_ONLINE_STORE")
+    monkeypatch.setenv("FEAST_REDIS_CONNECTION", "127.0.0.1:6390,password=rsecret,db=1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:8333")
+    assert features.online_store_kind() == "redis"
+    remote = dc_replace(local, data_uri="s3://bucket/data")
+    env = features.feast_env(remote)
+    assert env == {"FEAST_REGISTRY_PATH": "s3://bucket/data/feast/registry.db",
+                   "FEAST_S3_ENDPOINT_URL": "http://127.0.0.1:8333"}
+    path = features.feast_yaml(remote)
+    assert path.endswith("/feature_store.redis.yaml")
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    config = load_repo_config(Path(remote.feature_repo), Path(path))
+    assert config.online_store.type == "redis" and config.online_store.skip_dedup is True
+    assert config.online_store.connection_string == "127.0.0.1:6390,password=rsecret,db=1"
+    assert config.offline_store.type == "pipelines.feast_offline.FsspecDuckDBOfflineStore"
+    assert config.registry.path == "s3://bucket/data/feast/registry.db"
+    monkeypatch.setenv("FEAST_ONLINE_STORE", "bigtable")
+    with pytest.raises(ValueError, match="FEAST_ONLINE_STORE"):
+        features.online_store_kind()
+
+
+# -- the Arrow retrieval (batch scoring's path) -------------------------------------------------
+
+def _arrow_rows(rows: pd.DataFrame):
+    import pyarrow as pa
+
+    return pa.Table.from_pandas(rows, preserve_index=False)
+
+
+@pytest.mark.parametrize("engine", ["duckdb", "feast"])
+def test_arrow_retrieval_equals_the_pandas_retrieval(sensors, engine):
+    """`historical_features_table` returns exactly the columns `historical_features` converts
+    to pandas (entity rows first, then the features; nulls, late rows, expired and unknown
+    entities, duplicate times and a null join key included), with the same checks."""
+    from pipelines.features import historical_features_table
+
+    store, _ = sensors
+    at = [_at(0, 11), _at(1, 0), _at(1, 12), _at(2, 11), _at(2, 23), _at(5), _at(1, 12), _at(3)]
+    rows = pd.DataFrame({ROW_KEY: [f"r{i}" for i in range(len(at))], PREDICTION_TIME: at,
+                         "sensor_id": pd.array(["s1", "s2", "s1", "s1", "s3", "s1", None, "s9"],
+                                               dtype="string"),
+                         "distance": [1.0, 2.0, None, 4.0, 5.0, 6.0, 7.0, 8.0]})
+    want = historical_features(store, "sensors_v1", rows, ["sensor_id"], engine=engine,
+                               cutoff=True)
+    got = historical_features_table(store, "sensors_v1", _arrow_rows(rows), ["sensor_id"],
+                                    engine=engine, cutoff=True)
+    assert got.column_names == list(want.columns)
+    pd.testing.assert_frame_equal(got.to_pandas(), want)
+    assert got["device_fv__model_year"].null_count == 2  # the null key and the unknown sensor
+
+    naive = rows.assign(**{PREDICTION_TIME: [t.tz_localize(None) for t in at]})
+    with pytest.raises(ValueError, match="timezone-aware"):
+        historical_features_table(store, "sensors_v1", _arrow_rows(naive), ["sensor_id"],
+                                  engine=engine, cutoff=True)
+    twice = rows.assign(**{ROW_KEY: ["a"] * len(at)})
+    with pytest.raises(ValueError, match="duplicate row_key"):
+        historical_features_table(store, "sensors_v1", _arrow_rows(twice), ["sensor_id"],
+                                  engine=engine, cutoff=True)
+
+
+def test_arrow_retrieval_check_judges_dtypes_as_the_pandas_check():
+    """`check_retrieval_table` accepts and refuses exactly what `check_retrieval` does on the
+    frame `to_pandas()` gives (an Int64 feature with nulls arrives as float, and so on)."""
+    import pyarrow as pa
+
+    from pipelines.features import check_retrieval_table
+
+    rows = pa.table({ROW_KEY: ["a", "b"]})
+    cases = [({"plane_fv__engines": pa.array([2.0, None]), "plane_fv__year": [2001.0, None]},
+              None),
+             ({"plane_fv__engines": pa.array([2, None]), "plane_fv__year": pa.array([2001, None])},
+              None),  # ints with nulls: float64 in pandas
+             ({"plane_fv__engines": [2, 1], "plane_fv__year": pa.array([2001, 2002])},
+              "plane_fv.year: declared Float64"),  # ints without nulls: int64 in pandas
+             ({"plane_fv__engines": [2.5, 1.0], "plane_fv__year": ["2001", "x"]},
+              "plane_fv.engines: declared Int64")]
+    for columns, error in cases:
+        out = rows
+        for name, values in columns.items():
+            out = out.append_column(name, pa.chunked_array([values]) if isinstance(
+                values, pa.Array) else pa.chunked_array([pa.array(values)]))
+        pandas_error = None
+        try:
+            check_retrieval(out.to_pandas(), rows.to_pandas(), _schema())
+        except TypeError as exc:
+            pandas_error = str(exc)
+        if error is None:
+            assert pandas_error is None
+            check_retrieval_table(out, rows, _schema())
+        else:
+            assert error in pandas_error
+            with pytest.raises(TypeError, match=error):
+                check_retrieval_table(out, rows, _schema())
+    with pytest.raises(ValueError, match="feature retrieval returned"):
+        check_retrieval_table(pa.table({ROW_KEY: ["b", "a"], "plane_fv__engines": [1, 2],
+                                        "plane_fv__year": [1.0, 2.0]}), rows, _schema())

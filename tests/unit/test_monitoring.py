@@ -508,3 +508,19 @@ def test_undeliverable_alert_is_reported_not_raised(caplog):
         result = alerts.deliver({"title": "drift"}, channel="webhook", url="http://127.0.0.1:9/x", timeout=1)
     assert result["delivered"] is False and "error" in result
     assert any("undelivered" in r.message for r in caplog.records)
+
+
+def test_metrics_db_location(tmp_path, monkeypatch):
+    """SQLite by default; MLOPS_METRICS_DB may name a SQLite file or a Postgres URL."""
+    store = Settings(state_uri=str(tmp_path), data_uri=str(tmp_path / "data"),
+                     reports_uri=str(tmp_path / "reports"), mlflow_tracking_uri="sqlite:///unused",
+                     mlflow_artifacts_uri=str(tmp_path / "mlflow"), params_path=str(PARAMS),
+                     feature_repo=str(tmp_path))
+    monkeypatch.delenv("MLOPS_METRICS_DB", raising=False)
+    assert metrics_store.db_path(store).endswith("/monitoring/metrics.db")
+    monkeypatch.setenv("MLOPS_METRICS_DB", "sqlite:////tmp/x/metrics.db")
+    assert metrics_store.db_path(store) == "/tmp/x/metrics.db"
+    url = "postgresql://u:p@127.0.0.1:5432/metrics"
+    monkeypatch.setenv("MLOPS_METRICS_DB", url)
+    assert metrics_store.db_path(store) == url and metrics_store.is_postgres(url)
+    assert not metrics_store.is_postgres("/tmp/x/metrics.db")

@@ -66,3 +66,25 @@ def test_rollback_refuses_nonsense(settings):
 def test_missing_champion_is_a_clear_error(settings):
     with pytest.raises(registry.RegistryError, match="no 'champion' alias"):
         registry.resolve_champion(settings, "never_trained_model")
+
+
+def test_lock_url_prefers_postgres_settings(monkeypatch):
+    """Alias moves lock in Postgres (across machines) when a Postgres URL is configured, else
+    with a file lock in the local state folder."""
+    monkeypatch.delenv("MLOPS_LOCK_URL", raising=False)
+    monkeypatch.delenv("MLOPS_METRICS_DB", raising=False)
+    assert registry.lock_url() is None
+    monkeypatch.setenv("MLOPS_METRICS_DB", "/tmp/metrics.db")  # SQLite: not a lock service
+    assert registry.lock_url() is None
+    monkeypatch.setenv("MLOPS_METRICS_DB", "postgresql://u:p@127.0.0.1:5432/metrics")
+    assert registry.lock_url() == "postgresql://u:p@127.0.0.1:5432/metrics"
+    monkeypatch.setenv("MLOPS_LOCK_URL", "postgresql+psycopg2://u:p@db:5432/locks")
+    assert registry.lock_url() == "postgresql+psycopg2://u:p@db:5432/locks"
+
+
+def test_alias_lock_is_a_file_lock_by_default(settings, monkeypatch, tmp_path):
+    monkeypatch.delenv("MLOPS_LOCK_URL", raising=False)
+    monkeypatch.delenv("MLOPS_METRICS_DB", raising=False)
+    local = dataclasses.replace(settings, state_uri=str(tmp_path / "state"))
+    with registry.alias_lock(local):
+        assert (tmp_path / "state" / "registry.lock").exists()

@@ -1,0 +1,1 @@
+"""The scale-path stack (object store, Redis, Postgres, ...) started from packages on loopback."""
