@@ -6,9 +6,10 @@ names, so a run killed at any point leaves the previous partition (or none) visi
 of the same interval replaces it with byte-identical parts.
 
 `plan_interval` stages the interval's entity rows as chunks of `scoring.chunk_rows` (Airflow maps
-one task per chunk); `score_chunk` fetches point-in-time features for one chunk and scores it in
-batches of `scoring.batch_rows` into one part file; `publish` validates every part and writes the
-manifest. Memory per task follows the chunk and batch sizes, not the size of the interval.
+one task per chunk); `score_chunk` fetches point-in-time features for one chunk (Arrow end to
+end: the chunk never goes through pandas) and scores it in batches of `scoring.batch_rows` into
+one part file; `publish` validates every part and writes the manifest. Memory per task follows
+the chunk and batch sizes, not the size of the interval.
 
 This module resolves the model and runs the stages; the work is in `scoring_inputs` (missing-
 feature policy, onnxruntime feeds), `scoring_parts` (chunk and part files), `scoring_publish`
@@ -26,7 +27,7 @@ from contextlib import contextmanager
 from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from pipelines import registry, storage
+from pipelines import registry
 from pipelines.config import Config
 from pipelines.dataset import ROW_KEY, load_events, model_passthrough
 from pipelines.dates import day_start
@@ -50,13 +51,16 @@ from pipelines.scoring_table import (
 from pipelines.settings import Settings
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+
     from pipelines.onnx_model import OnnxScorer
 
 __all__ = ["MANIFEST", "META", "PROBABILITY", "STAGING", "ModelInputs", "add_counts",
            "champion_at", "create_predictions_view", "describe_version", "load_scorer",
            "output_schema", "part_uris", "partition_uri", "pickle_disabled", "plan_interval",
            "predictions_relation", "prepare_inputs", "publish", "published_files",
-           "read_manifest", "read_partition", "read_table", "resolve_model", "score_chunk",
+           "read_chunk", "read_manifest", "read_partition", "read_table", "resolve_model",
+           "score_chunk",
            "score_interval", "stage_chunks", "staging_uri", "validate_parts", "write_part"]
 
 log = logging.getLogger(__name__)
@@ -145,20 +149,30 @@ def load_scorer(settings: Settings, model: dict[str, Any]) -> OnnxScorer:
     return OnnxScorer(data, model["numeric"], model["categorical"])
 
 
+def read_chunk(chunk: dict[str, Any]) -> pa.Table:
+    """A staged chunk's entity rows as Arrow, checked against the plan's row count."""
+    rows = read_table(chunk["uri"])
+    if rows.num_rows != chunk["rows"]:
+        raise ValueError(f"{chunk['uri']}: {rows.num_rows} rows, the plan staged {chunk['rows']}")
+    return rows
+
+
 def score_chunk(cfg: Config, settings: Settings, day: date, chunk: dict[str, Any],
                 model: dict[str, Any]) -> dict[str, Any]:
-    """Point-in-time features for one staged chunk, scored into a part file (idempotent)."""
-    from pipelines.features import get_store, historical_features
+    """Point-in-time features for one staged chunk, scored into a part file (idempotent).
+
+    Arrow end to end: the chunk file, the retrieval (`historical_features_table`) and the model
+    inputs never go through pandas; the part is byte-identical to the pandas path's.
+    """
+    from pipelines.features import get_store, historical_features_table
 
     t0 = time.perf_counter()
     with pickle_disabled():
-        rows = storage.read_parquet(chunk["uri"])
-        if len(rows) != chunk["rows"]:
-            raise ValueError(f"{chunk['uri']}: {len(rows)} rows, the plan staged {chunk['rows']}")
+        rows = read_chunk(chunk)
         scorer = load_scorer(settings, model)
-        feats = historical_features(get_store(settings),
-                                    model.get("feature_service") or cfg.features.service, rows,
-                                    list(cfg.features.join_keys))
+        feats = historical_features_table(get_store(settings),
+                                          model.get("feature_service") or cfg.features.service,
+                                          rows, list(cfg.features.join_keys))
         part = write_part(settings, day, chunk["chunk"], feats, model, scorer, cfg.scoring)
     part["seconds"] = round(time.perf_counter() - t0, 3)
     log.info("score: %s chunk %d -> %d rows in %s (%.2fs)", day, chunk["chunk"], part["rows"],

@@ -524,3 +524,65 @@ def test_categoricals_of_any_type_convert_as_training_does():
             assert stored.type == pa.string()
             assert stored.is_null().to_pylist() == [v == "" for v in expected.ravel()], name
         assert counts["by_feature"]["s"] == 2
+
+
+def _pandas_chunk_path(cfg, settings, day, chunk, model, out_settings):
+    """`score_chunk` as it was before the Arrow retrieval: the chunk read into pandas, Feast
+    features as pandas (`historical_features`, training's retrieval), the frame into
+    `write_part`."""
+    from pipelines.features import get_store, historical_features
+
+    rows = storage.read_parquet(chunk["uri"])
+    assert len(rows) == chunk["rows"]
+    feats = historical_features(get_store(settings),
+                                model.get("feature_service") or cfg.features.service, rows,
+                                list(cfg.features.join_keys))
+    return feats, scoring.write_part(out_settings, day, chunk["chunk"], feats, model,
+                                     scoring.load_scorer(settings, model), cfg.scoring)
+
+
+@pytest.mark.parametrize("policy", ["impute", "reject"])
+def test_the_arrow_chunk_path_publishes_what_the_pandas_path_did(env, tmp_path, policy):
+    """Production's `score_chunk` (Arrow chunk, Arrow retrieval, Arrow into `write_part`) on
+    real Feast features (missing plane rows included) publishes the same part files, byte for
+    byte, as the pandas path did: the same feature values, model inputs and probabilities."""
+    import dataclasses
+
+    from pipelines.features import get_store, historical_features_table
+
+    cfg, settings = _with(env["cfg"], missing_features=policy), env["settings"]
+    day = DAYS[2]
+    old = dataclasses.replace(settings, data_uri=str(tmp_path))
+    model = scoring.resolve_model(cfg, settings, day)
+    chunks = scoring.plan_interval(cfg, settings, day)
+    assert len(chunks) == 2  # 752 rows / 400
+    before = []
+    for chunk in chunks:
+        feats, part = _pandas_chunk_path(cfg, settings, day, chunk, model, old)
+        before.append(part)
+        arrow = historical_features_table(get_store(settings), cfg.features.service,
+                                          scoring.read_chunk(chunk), list(cfg.features.join_keys))
+        assert arrow.column_names == list(feats.columns)
+        pd.testing.assert_frame_equal(arrow.to_pandas(), feats)  # the retrieval itself
+
+    scoring.score_interval(cfg, settings, day, model, f"arrow-{policy}")
+    manifest = scoring.read_manifest(settings, day)
+    assert manifest["files"] == [p["file"] for p in before]
+    assert [p["sha256"] for p in manifest["parts"]] == [p["sha256"] for p in before]
+    for key in ("input_rows", "rows"):
+        assert [p[key] for p in manifest["parts"]] == [p[key] for p in before]
+    counts = {}
+    for p in before:
+        counts = scoring.add_counts(counts, {k: v for k, v in p["missing_features"].items()
+                                             if k != "policy"})
+    assert manifest["missing_features"] == {"policy": policy, **counts}
+    assert counts["rows_with_missing_features"] > 10
+    published = _partition_files(settings, day)
+    for p in before:
+        old_bytes = storage.read_bytes(storage.join(scoring.partition_uri(old, day), p["file"]))
+        assert published[p["file"]] == old_bytes
+    probs = scoring.read_partition(settings, day)["probability"].to_numpy()
+    old_probs = np.concatenate([scoring.read_table(storage.join(
+        scoring.partition_uri(old, day), p["file"]), ["probability"])["probability"].to_numpy()
+        for p in before])
+    assert np.array_equal(probs, old_probs) and len(probs) == manifest["output_rows"]
