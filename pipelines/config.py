@@ -233,6 +233,7 @@ class OrchestrationConfig(_Frozen):
     materialization_lateness_days: int = 2
     owner: str = "mlops"
     retries: int = 1
+    retry_delay_s: int = 30
 
 
 class Config(_Frozen):

@@ -42,7 +42,7 @@ def schedule_span() -> tuple[datetime, datetime | None]:
 def default_args() -> dict[str, Any]:
     o = _orchestration()
     return {"owner": o.get("owner", "mlops"), "retries": int(o.get("retries", 1)),
-            "retry_delay": timedelta(seconds=30)}
+            "retry_delay": timedelta(seconds=int(o.get("retry_delay_s", 30)))}
 
 
 def stage() -> tuple[Any, Any]:

@@ -1,0 +1,227 @@
+"""MLflow tracking server and Airflow with the CeleryExecutor, on the stack's Postgres, Redis
+and S3: the same processes as docker-compose.yaml's services, started from packages on
+loopback under the stack folder.
+
+Airflow runs its api-server, scheduler, dag-processor, triggerer and N Celery workers. Workers
+on one machine are told apart by name: each one's `hostname_callable` returns `$MLOPS_WORKER_NAME`,
+which Airflow records on every task instance it runs (`TaskInstance.hostname`).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from stack.services import Service, ServiceError, _spawn, _tail, _write_secret, free_port
+
+REPO = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+
+
+def _bin(name: str) -> str:
+    path = VENV_BIN / name
+    return str(path) if path.exists() else name
+
+
+def _wait_http(service: Service, proc: subprocess.Popen, url: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ServiceError(f"{service.name} exited with code {proc.returncode}:\n"
+                               f"{_tail(Path(service.log))}")
+        try:
+            with urllib.request.urlopen(url, timeout=3) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, OSError) as exc:
+            last = exc
+        time.sleep(0.5)
+    service.stop(timeout=5)
+    raise ServiceError(f"{service.name} not ready at {url} after {timeout:.0f}s ({last!r}):\n"
+                       f"{_tail(Path(service.log))}")
+
+
+def start_mlflow(root: Path, env: dict[str, str], backend_uri: str, artifacts_uri: str,
+                 port: int | None = None, timeout: float = 120.0) -> Service:
+    """`mlflow server` on 127.0.0.1: runs and registry in Postgres, artifacts in S3, proxied
+    (`--serve-artifacts`), so clients need no object-store credentials for MLflow."""
+    home = Path(root).resolve() / "mlflow"
+    home.mkdir(parents=True, exist_ok=True)
+    log = home / "mlflow.log"
+    port = port or free_port()
+    cmd = [_bin("mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+           "--backend-store-uri", backend_uri, "--artifacts-destination", artifacts_uri,
+           "--serve-artifacts", "--workers", "2"]
+    proc = _spawn("mlflow", cmd, log, cwd=home, env={**os.environ, **env})
+    url = f"http://127.0.0.1:{port}"
+    service = Service(name="mlflow", pid=proc.pid, port=port, log=str(log), root=str(home),
+                      env={"MLFLOW_TRACKING_URI": url}, extra={"url": url})
+    service._proc = proc
+    _wait_http(service, proc, f"{url}/health", timeout)
+    return service
+
+
+def secrets_env(root: Path) -> dict[str, str]:
+    """Airflow's keys, made once per stack folder and kept (0600): the Fernet key must stay the
+    same across restarts or stored connections can no longer be decrypted."""
+    path = Path(root).resolve() / "airflow" / "secrets.json"
+    if not path.exists():
+        fernet = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
+        _write_secret(path, json.dumps({
+            "AIRFLOW__CORE__FERNET_KEY": fernet,
+            "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(48),
+            "AIRFLOW__API__SECRET_KEY": secrets.token_urlsafe(48),
+            "MLOPS_AIRFLOW_ADMIN_PASSWORD": secrets.token_urlsafe(18),
+        }, indent=2))
+    return json.loads(path.read_text())
+
+
+def airflow_env(root: Path, db_url: str, broker_url: str, api_port: int) -> dict[str, str]:
+    """Configuration shared by every Airflow process of the stack (the compose file's
+    `x-airflow-common` environment)."""
+    home = Path(root).resolve() / "airflow"
+    sqla = db_url.replace("postgresql://", "postgresql+psycopg2://", 1)
+    keys = secrets_env(root)
+    # The project's DAGs, plus any folder in $MLOPS_STACK_EXTRA_DAGS (e.g. bench/dags).
+    folders = {"dags-folder": str(REPO / "dags")}
+    for i, extra in enumerate(filter(None, os.environ.get("MLOPS_STACK_EXTRA_DAGS", "").split(":"))):
+        folders[f"extra-{i + 1}"] = str(Path(extra).resolve())
+    bundles = [{"name": name, "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
+                "kwargs": {"path": path}} for name, path in folders.items()]
+    return {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": sqla,
+        "AIRFLOW__CELERY__BROKER_URL": broker_url,
+        "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + sqla,
+        "AIRFLOW__CORE__FERNET_KEY": keys["AIRFLOW__CORE__FERNET_KEY"],
+        "AIRFLOW__API_AUTH__JWT_SECRET": keys["AIRFLOW__API_AUTH__JWT_SECRET"],
+        "AIRFLOW__API__SECRET_KEY": keys["AIRFLOW__API__SECRET_KEY"],
+        "AIRFLOW__CORE__AUTH_MANAGER":
+            "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager",
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__PORT": str(api_port),
+        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{api_port}",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{api_port}/execution/",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+        "AIRFLOW__CORE__HOSTNAME_CALLABLE": "stack.hostname.worker_name",
+        "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "True",
+        "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+        "AIRFLOW__CELERY__WORKER_CONCURRENCY":
+            os.environ.get("AIRFLOW__CELERY__WORKER_CONCURRENCY", "2"),
+        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
+        "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": json.dumps(bundles),
+    }
+
+
+def _airflow(args: list[str], env: dict[str, str], timeout: float = 600) -> str:
+    out = subprocess.run([_bin("airflow"), *args], env={**os.environ, **env}, cwd=REPO,
+                         capture_output=True, text=True, timeout=timeout)
+    if out.returncode != 0:
+        raise ServiceError(f"airflow {' '.join(args[:2])} failed:\n{out.stdout[-3000:]}\n"
+                           f"{out.stderr[-3000:]}")
+    return out.stdout
+
+
+def init_airflow(env: dict[str, str], admin_password: str) -> None:
+    """Migrate the metadata DB (FAB's tables included) and make sure the admin login exists."""
+    _airflow(["db", "migrate"], env)
+    out = subprocess.run([_bin("airflow"), "users", "create", "--username", "admin",
+                          "--role", "Admin", "--firstname", "MLOps", "--lastname", "Admin",
+                          "--email", "admin@localhost", "--password", admin_password],
+                         env={**os.environ, **env}, cwd=REPO, capture_output=True, text=True)
+    if out.returncode != 0 and "already exist" not in out.stdout + out.stderr:
+        raise ServiceError(f"airflow users create failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
+    _airflow(["pools", "set", "model_registry", "1",
+              "Serialises MLflow alias moves (one at a time)"], env)
+
+
+def _start(name: str, args: list[str], root: Path, env: dict[str, str],
+           stop_signal: int = signal.SIGTERM) -> tuple[Service, subprocess.Popen]:
+    log = Path(root).resolve() / "airflow" / f"{name}.log"
+    proc = _spawn(name, [_bin("airflow"), *args], log, cwd=REPO, env={**os.environ, **env})
+    service = Service(name=name, pid=proc.pid, port=0, env={}, log=str(log),
+                      root=str(log.parent), stop_signal=int(stop_signal), stop_timeout=30.0)
+    service._proc = proc
+    return service, proc
+
+
+def start_airflow(root: Path, env: dict[str, str], workers: int = 2,
+                  timeout: float = 180.0) -> list[Service]:
+    """api-server, scheduler, dag-processor, triggerer and `workers` Celery workers."""
+    started: list[Service] = []
+    try:
+        api, proc = _start("api-server", ["api-server"], root, env)
+        started.append(api)
+        api.port = int(env["AIRFLOW__API__PORT"])
+        api.extra = {"url": env["AIRFLOW__API__BASE_URL"]}
+        _wait_http(api, proc, f"{env['AIRFLOW__API__BASE_URL']}/api/v2/monitor/health", timeout)
+        for name in ("scheduler", "dag-processor", "triggerer"):
+            started.append(start_process(root, env, name))
+        for i in range(1, workers + 1):
+            started.append(start_worker(root, env, i))
+        return started
+    except BaseException:
+        for service in reversed(started):
+            service.stop(timeout=10)
+        raise
+
+
+def start_process(root: Path, env: dict[str, str], name: str, timeout: float = 120.0) -> Service:
+    """One of `airflow scheduler | dag-processor | triggerer`; the scheduler is up once its
+    health endpoint answers, the others once they have run for a few seconds."""
+    if name == "scheduler":
+        port = free_port()
+        env = {**env, "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT": str(port)}
+        service, proc = _start(name, [name], root, env)
+        service.port = port
+        _wait_http(service, proc, f"http://127.0.0.1:{port}/health", timeout)
+        return service
+    service, proc = _start(name, [name], root, env)
+    _wait_alive(service, proc, 5.0)
+    return service
+
+
+def _wait_alive(service: Service, proc: subprocess.Popen, seconds: float) -> None:
+    time.sleep(seconds)
+    if proc.poll() is not None:
+        raise ServiceError(f"{service.name} exited with code {proc.returncode}:\n"
+                           f"{_tail(Path(service.log))}")
+
+
+def start_worker(root: Path, env: dict[str, str], index: int, timeout: float = 120.0) -> Service:
+    """Celery worker `worker-<index>` with its own log-server port (several per machine); up
+    once Celery reports it ready (connected to the broker, consuming)."""
+    name = f"worker-{index}"
+    worker_env = {**env, "MLOPS_WORKER_NAME": name,
+                  "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port())}
+    # Celery's warm shutdown on SIGTERM waits for running tasks; the stop timeout bounds it.
+    service, proc = _start(name, ["celery", "worker", "--celery-hostname", f"{name}@%h",
+                                  "--without-mingle", "--without-gossip"], root, worker_env)
+    service.extra = {"worker": name}
+    log = Path(service.log)
+    start = log.stat().st_size if log.exists() else 0
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _wait_alive(service, proc, 0.5)
+        with open(log, "rb") as fh:
+            fh.seek(start)
+            if re.search(rb"@\S+ ready\.", fh.read()):
+                return service
+    service.stop(timeout=5)
+    raise ServiceError(f"{name} not ready after {timeout:.0f}s:\n{_tail(log)}")
