@@ -143,7 +143,7 @@ def init_airflow(env: dict[str, str], admin_password: str) -> None:
     _airflow(["db", "migrate"], env)
     out = subprocess.run([_bin("airflow"), "users", "create", "--username", "admin",
                           "--role", "Admin", "--firstname", "MLOps", "--lastname", "Admin",
-                          "--email", "admin@localhost", "--password", admin_password],
+                          "--email", "admin@localhost", f"--password={admin_password}"],
                          env={**os.environ, **env}, cwd=REPO, capture_output=True, text=True)
     if out.returncode != 0 and "already exist" not in out.stdout + out.stderr:
         raise ServiceError(f"airflow users create failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")

@@ -75,3 +75,23 @@ def test_dvc_repro_reproduces_the_registered_model(tmp_path):
     assert second == first
     for name in ("roc_auc", "pr_auc", "brier", "calibration_error"):
         assert run_metrics[name] == pytest.approx(first[name], abs=1e-12)
+
+    # The data version also round-trips through the object-store remote (`s3` in .dvc/config)
+    # on a real S3 server: push, drop the local cache, pull it back, in sync.
+    from stack.services import create_bucket, start_seaweedfs
+
+    s3 = start_seaweedfs(tmp_path / "s3")
+    try:
+        create_bucket(s3.env, "mlops-dvc")
+        s3_env = {**env, **s3.env}
+        _run([*dvc, "remote", "modify", "--local", "s3", "endpointurl", s3.env["AWS_ENDPOINT_URL"]],
+             repo, s3_env)
+        assert "files pushed" in _run([*dvc, "push", "-r", "s3"], repo, s3_env)
+        shutil.rmtree(repo / ".dvc" / "cache")
+        shutil.rmtree(repo / ".state" / "data" / "landing")
+        _run([*dvc, "pull", "-r", "s3"], repo, s3_env)
+        assert "in sync" in _run([*dvc, "status", "-c", "-r", "s3"], repo, s3_env)
+        assert not _run([*dvc, "status", "ingest"], repo, s3_env).strip().startswith("ingest:")
+        assert any((repo / ".state" / "data" / "landing").rglob("*.csv"))
+    finally:
+        s3.stop(timeout=3)

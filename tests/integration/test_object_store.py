@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -50,6 +51,15 @@ def stack():
         shutil.rmtree(root, ignore_errors=True)
 
 
+@contextmanager
+def _restored(saved: dict[str, str]):
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 @pytest.fixture(scope="module")
 def env(stack, tmp_path_factory):
     """The S3/Redis/Postgres configuration, restored afterwards (Feast and MLflow export some
@@ -65,7 +75,11 @@ def env(stack, tmp_path_factory):
     params = tmp / "params.yaml"
     params.write_text(yaml.safe_dump(raw))
     state = tmp / "state"
-    with pytest.MonkeyPatch.context() as mp:
+    # The whole environment is restored afterwards: Feast and MLflow export variables into
+    # os.environ (FEAST_REGISTRY_PATH, FEAST_S3_ENDPOINT_URL, MLFLOW_EXPERIMENT_ID, ...), and
+    # monkeypatch only restores names it recorded (delenv of an absent name records nothing).
+    saved = dict(os.environ)
+    with _restored(saved), pytest.MonkeyPatch.context() as mp:
         for name in ("FEAST_REGISTRY_PATH", "FEAST_ONLINE_PATH", "FEAST_STATE_DIR",
                      "FEAST_S3_ENDPOINT_URL", "FEAST_FS_YAML_FILE_PATH", "MLFLOW_TRACKING_URI",
                      "MLOPS_LOCK_URL"):

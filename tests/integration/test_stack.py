@@ -90,17 +90,22 @@ def stack(tmp_path_factory):
 
 
 @pytest.fixture
-def stack_settings(stack, monkeypatch):
-    """This process pointed at the stack (for reading what the runs wrote)."""
+def stack_settings(stack):
+    """This process pointed at the stack (for reading what the runs wrote); the whole
+    environment is restored afterwards (libraries export variables of their own)."""
+    saved = dict(os.environ)
     for key in list(os.environ):
         if key.startswith(("MLOPS_", "FEAST_", "MLFLOW_", "AWS_")):
-            monkeypatch.delenv(key)
-    for key, value in stack["senv"].items():
-        if key.startswith(("MLOPS_", "FEAST_", "MLFLOW_", "AWS_")):
-            monkeypatch.setenv(key, value)
+            del os.environ[key]
+    os.environ.update({k: v for k, v in stack["senv"].items()
+                       if k.startswith(("MLOPS_", "FEAST_", "MLFLOW_", "AWS_"))})
     from pipelines.settings import get_settings
 
-    return get_settings()
+    try:
+        yield get_settings()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def _assert_success(stack, dag_id: str, run_id: str, timeout: float = 600) -> None:
