@@ -66,6 +66,15 @@ def read_data_source(data_source: DataSource, repo_path: str) -> Any:
     return con.table(name)
 
 
+def _io(config: RepoConfig) -> dict[str, Any]:
+    """Reader, writer and staging settings every ibis entry point of the store takes."""
+    return {"data_source_reader": read_data_source,
+            "data_source_writer": feast_duckdb._write_data_source,
+            "staging_location": config.offline_store.staging_location,
+            "staging_location_endpoint_override":
+                config.offline_store.staging_location_endpoint_override}
+
+
 class FsspecDuckDBOfflineStore(feast_duckdb.DuckDBOfflineStore):
     """Feast's DuckDBOfflineStore with `read_data_source` as its reader."""
 
@@ -79,10 +88,7 @@ class FsspecDuckDBOfflineStore(feast_duckdb.DuckDBOfflineStore):
             config=config, data_source=data_source, join_key_columns=join_key_columns,
             feature_name_columns=feature_name_columns, timestamp_field=timestamp_field,
             created_timestamp_column=created_timestamp_column, start_date=start_date,
-            end_date=end_date, data_source_reader=read_data_source,
-            data_source_writer=feast_duckdb._write_data_source,
-            staging_location=config.offline_store.staging_location,
-            staging_location_endpoint_override=config.offline_store.staging_location_endpoint_override,
+            end_date=end_date, **_io(config),
         )
 
     @staticmethod
@@ -95,10 +101,7 @@ class FsspecDuckDBOfflineStore(feast_duckdb.DuckDBOfflineStore):
         return get_historical_features_ibis(
             config=config, feature_views=feature_views, feature_refs=feature_refs,
             entity_df=entity_df, registry=registry, project=project,
-            full_feature_names=full_feature_names, data_source_reader=read_data_source,
-            data_source_writer=feast_duckdb._write_data_source,
-            staging_location=config.offline_store.staging_location,
-            staging_location_endpoint_override=config.offline_store.staging_location_endpoint_override,
+            full_feature_names=full_feature_names, **_io(config),
             filter_by_created_timestamp=filter_by_created_timestamp,
         )
 
@@ -113,8 +116,5 @@ class FsspecDuckDBOfflineStore(feast_duckdb.DuckDBOfflineStore):
             config=config, data_source=data_source, join_key_columns=join_key_columns,
             feature_name_columns=feature_name_columns, timestamp_field=timestamp_field,
             created_timestamp_column=created_timestamp_column, start_date=start_date,
-            end_date=end_date, data_source_reader=read_data_source,
-            data_source_writer=feast_duckdb._write_data_source,
-            staging_location=config.offline_store.staging_location,
-            staging_location_endpoint_override=config.offline_store.staging_location_endpoint_override,
+            end_date=end_date, **_io(config),
         )

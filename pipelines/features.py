@@ -380,11 +380,17 @@ def check_retrieval(out: pd.DataFrame, rows: pd.DataFrame,
     if len(out) != len(rows) or not out[ROW_KEY].equals(rows[ROW_KEY].reset_index(drop=True)):
         raise ValueError(f"feature retrieval returned {len(out)} rows for {len(rows)} entity rows "
                          "(or not in their order)")
-    missing = [c for c in schema if c not in out.columns]
+    _check_schema(out.columns, schema, lambda col: out[col].dtype,
+                  lambda declared, col: _dtype_ok(declared, out[col]))
+
+
+def _check_schema(columns, schema: dict[str, tuple[str, str, object]], dtype_of, ok) -> None:
+    """Every schema column present, and `ok(declared, column)` for each (pandas or Arrow)."""
+    missing = [c for c in schema if c not in columns]
     if missing:
         raise ValueError(f"feature retrieval returned no column for {missing}")
-    bad = [f"{view}.{feature}: declared {declared}, got {out[col].dtype}"
-           for col, (view, feature, declared) in schema.items() if not _dtype_ok(declared, out[col])]
+    bad = [f"{view}.{feature}: declared {declared}, got {dtype_of(col)}"
+           for col, (view, feature, declared) in schema.items() if not ok(declared, col)]
     if bad:
         raise TypeError("feature dtypes do not match the feature view schemas: " + "; ".join(bad))
 
@@ -409,14 +415,8 @@ def check_retrieval_table(out: "pa.Table", rows: "pa.Table",
     if out.num_rows != rows.num_rows or not out[ROW_KEY].equals(rows[ROW_KEY]):
         raise ValueError(f"feature retrieval returned {out.num_rows} rows for {rows.num_rows} "
                          "entity rows (or not in their order)")
-    missing = [c for c in schema if c not in out.column_names]
-    if missing:
-        raise ValueError(f"feature retrieval returned no column for {missing}")
-    bad = [f"{view}.{feature}: declared {declared}, got {out[col].type}"
-           for col, (view, feature, declared) in schema.items()
-           if not _arrow_dtype_ok(declared, out[col])]
-    if bad:
-        raise TypeError("feature dtypes do not match the feature view schemas: " + "; ".join(bad))
+    _check_schema(out.column_names, schema, lambda col: out[col].type,
+                  lambda declared, col: _arrow_dtype_ok(declared, out[col]))
 
 
 def feature_columns(df: pd.DataFrame) -> list[str]:

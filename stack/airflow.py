@@ -18,11 +18,10 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 
-from stack.services import Service, ServiceError, _spawn, _tail, _write_secret, free_port
+from stack.services import Service, ServiceError, _spawn, _tail, _wait, _write_secret, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -34,22 +33,12 @@ def _bin(name: str) -> str:
 
 
 def _wait_http(service: Service, proc: subprocess.Popen, url: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise ServiceError(f"{service.name} exited with code {proc.returncode}:\n"
-                               f"{_tail(Path(service.log))}")
-        try:
-            with urllib.request.urlopen(url, timeout=3) as resp:
-                if resp.status == 200:
-                    return
-        except (urllib.error.URLError, OSError) as exc:
-            last = exc
-        time.sleep(0.5)
-    service.stop(timeout=5)
-    raise ServiceError(f"{service.name} not ready at {url} after {timeout:.0f}s ({last!r}):\n"
-                       f"{_tail(Path(service.log))}")
+    """Up once `url` answers 200 (services._wait: exits and timeouts end with the log's tail)."""
+    def ready() -> bool:
+        with urllib.request.urlopen(url, timeout=3) as resp:
+            return resp.status == 200
+
+    _wait(service, proc, ready, timeout, Path(service.log))
 
 
 def start_mlflow(root: Path, env: dict[str, str], backend_uri: str, artifacts_uri: str,

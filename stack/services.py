@@ -385,6 +385,8 @@ def start_redis(root: Path, port: int | None = None, password: str | None = None
         "",
     ]))
     server = shutil.which("redis-server") or "/usr/bin/redis-server"
+    if not os.path.exists(server):
+        raise ServiceError("redis-server not found (apt-get install redis-server)")
     url = f"redis://:{password}@127.0.0.1:{port}/0"
     env = {
         "MLOPS_REDIS_URL": url,

@@ -3,18 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import os
-import shutil
 import stat
 
 import pytest
 
 from stack import services
-
-pytestmark = pytest.mark.skipif(not shutil.which("redis-server") and
-                                not os.path.exists("/usr/bin/redis-server"),
-                                reason="redis-server is not installed")
-
 
 def test_redis_with_generated_password_starts_and_stops(tmp_path):
     import redis
