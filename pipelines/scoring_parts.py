@@ -43,7 +43,7 @@ def stage_chunks(settings: Settings, day: date, frames: Iterable[pd.DataFrame | 
     chunks: list[dict[str, Any]] = []
 
     def flush(table: pa.Table) -> None:
-        data = parquet_bytes(table)
+        data = parquet_bytes(table, statistics=[])  # read whole by one task, never filtered
         sha = hashlib.sha256(data).hexdigest()
         uri = storage.join(staging_uri(settings, day), f"chunk-{len(chunks):05d}-{sha[:16]}.parquet")
         storage.write_bytes(uri, data)
