@@ -4,7 +4,7 @@
                                        (api-server, scheduler, dag-processor, triggerer, Celery
                                        workers); returns once all are up
     python -m stack status             which processes are alive
-    python -m stack down               stop everything (reverse order)
+    python -m stack down               stop everything (Airflow, MLflow, then the data servers)
     python -m stack restart NAME       stop and start one Airflow process (scheduler, worker-1)
     python -m stack env                the client environment (`eval "$(python -m stack env)"`)
 
@@ -15,11 +15,14 @@ at first start and kept in 0600 files there; nothing has a default password.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
 import subprocess
 import sys
+import threading
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -40,6 +43,17 @@ def _manifest(root: Path) -> Path:
     return root / "stack.json"
 
 
+@contextlib.contextmanager
+def _timed(root: Path, what: str):
+    """Append how long `what` took to `<root>/timings.log` (where `up`/`down` spend time)."""
+    t0 = time.monotonic()
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError), open(root / "timings.log", "a") as fh:
+            fh.write(f"{time.strftime('%H:%M:%S')} {what:28} {time.monotonic() - t0:7.2f} s\n")
+
+
 def load(root: Path) -> list[Service]:
     path = _manifest(root)
     if not path.exists():
@@ -54,12 +68,12 @@ def _save(root: Path, running: list[Service], env: dict[str, str]) -> None:
         f"export {k}={shlex.quote(v)}\n" for k, v in sorted(env.items())))
 
 
-def client_env(root: Path, pg: Service, redis: Service, s3: Service, mlflow: Service,
-               metrics_db: str) -> dict[str, str]:
+def client_env(root: Path, pg: Service, redis: Service, s3: Service,
+               mlflow_env: dict[str, str], metrics_db: str) -> dict[str, str]:
     """What a process of the stack (an Airflow task, a CLI call, a test) needs to reach it."""
     return {
         **s3.env,
-        **mlflow.env,
+        **mlflow_env,
         "MLOPS_STATE_URI": str(root / "local"),  # nothing shared lives here in this mode
         "MLOPS_DATA_URI": f"s3://{BUCKET}/data",
         "MLOPS_REPORTS_URI": f"s3://{BUCKET}/reports",
@@ -84,6 +98,43 @@ def _feast_apply(env: dict[str, str]) -> None:
         raise services.ServiceError(f"feast apply failed:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}")
 
 
+# Data servers: the last to stop (everything else uses them). MLflow stops after Airflow's
+# processes (a task still finishing may talk to it). Within each group nothing depends on another.
+DATA_SERVERS = ("postgres", "redis", "seaweedfs")
+_ORDER = (*DATA_SERVERS, "mlflow", *airflow.PROCESSES)
+
+
+def _order(service: Service) -> tuple[int, int]:
+    if service.name in _ORDER:
+        return _ORDER.index(service.name), 0
+    return len(_ORDER), airflow._order(service)[1]
+
+
+def _stop_stages(listed: list[Service]) -> list[tuple[str, list[Service]]]:
+    """Airflow's processes (and anything unknown) first, then MLflow, then the data servers."""
+    data = [s for s in listed if s.name in DATA_SERVERS]
+    mlflow = [s for s in listed if s.name == "mlflow"]
+    rest = [s for s in listed if s not in data and s not in mlflow]
+    return [("airflow", rest), ("mlflow", mlflow), ("data servers", data)]
+
+
+def _stop(root: Path, listed: list[Service], timeout: float | None) -> list[str]:
+    """Stop `listed` stage by stage, each stage's services at once; returns the names stopped
+    (last started first)."""
+    stopped: list[str] = []
+    for what, stage in _stop_stages(listed):
+        alive = [s for s in stage if s.alive()]
+        if not alive:
+            continue
+        with _timed(root, f"down: {what} ({len(alive)})"):
+            services.stop_all(alive, timeout)
+        stopped += [s.name for s in alive]
+    with _timed(root, "down: reaped"):
+        services.wait_reaped(listed)
+    order = {s.name: i for i, s in enumerate(reversed(listed))}
+    return sorted(stopped, key=order.__getitem__)
+
+
 def up(root: Path, workers: int) -> dict[str, str]:
     running = [s for s in load(root) if s.alive()]
     if running:
@@ -93,50 +144,89 @@ def up(root: Path, workers: int) -> dict[str, str]:
     os.chmod(root, 0o711)  # secrets are 0600 files; Postgres' OS user must pass through
     started: list[Service] = []
     env: dict[str, str] = {}
+    lock = threading.Lock()
+
+    def keep(service: Service) -> Service:
+        """Record a service as soon as it is up (from any thread), so a failure or an
+        interrupted `up` stops it, and `down` finds it even if `up` itself is killed."""
+        with lock:
+            started.append(service)
+            started.sort(key=_order)
+            _save(root, started, env)
+        return service
+
+    def timed(what: str, fn, *args, **kwargs):
+        with _timed(root, what):
+            return fn(*args, **kwargs)
+
     try:
-        pg = services.start_postgres(root)
-        started.append(pg)
-        urls = {db: services.create_database(pg, db) for db in DATABASES}
-        redis = services.start_redis(root)
-        started.append(redis)
-        s3 = services.start_seaweedfs(root)
-        started.append(s3)
-        for bucket in (BUCKET, DVC_BUCKET):
-            services.create_bucket(s3.env, bucket)
-        _save(root, started, env)
-        mlflow = airflow.start_mlflow(root, s3.env, urls["mlflow"], f"s3://{BUCKET}/mlflow")
-        started.append(mlflow)
-        env = client_env(root, pg, redis, s3, mlflow, urls["mlops"])
-        _save(root, started, env)
+        # 1. The data servers, at once (none needs another).
+        def postgres() -> tuple[Service, dict[str, str]]:
+            pg = keep(timed("up: postgres", services.start_postgres, root))
+            return pg, {db: services.create_database(pg, db) for db in DATABASES}
+
+        def seaweedfs() -> Service:
+            s3 = keep(timed("up: seaweedfs", services.start_seaweedfs, root))
+            for bucket in (BUCKET, DVC_BUCKET):
+                services.create_bucket(s3.env, bucket)
+            return s3
+
+        with _timed(root, "up: data servers"):
+            (pg, urls), redis, s3 = services.in_parallel(
+                postgres, lambda: keep(timed("up: redis", services.start_redis, root)), seaweedfs)
+
+        # 2. MLflow, the Feast registry and Airflow, at once: each needs only the data servers
+        # (the MLflow port is chosen first, so every client's environment is known up front).
+        mlflow_port = services.free_port()
+        env = client_env(root, pg, redis, s3,
+                         {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}"}, urls["mlops"])
         api_port = services.free_port()
         af_env = {**env, **airflow.airflow_env(
             root, urls["airflow"],
             f"redis://:{redis.env['REDIS_PASSWORD']}@127.0.0.1:{redis.port}/0", api_port)}
-        airflow.init_airflow(af_env, airflow.secrets_env(root)["MLOPS_AIRFLOW_ADMIN_PASSWORD"])
-        _feast_apply(env)
         # Settings given to `up` (params file, Airflow overrides) stay with the stack, so a
         # process restarted later from another shell runs with the same configuration.
         given = {k: v for k, v in os.environ.items()
                  if k.startswith(("MLOPS_", "AIRFLOW__", "FEAST_", "OMP_", "OPENBLAS_"))}
         af_env = {**given, **af_env}
-        started += airflow.start_airflow(root, af_env, workers=workers)
+        admin_password = airflow.secrets_env(root)["MLOPS_AIRFLOW_ADMIN_PASSWORD"]
+
+        def mlflow() -> None:
+            keep(timed("up: mlflow", airflow.start_mlflow, root, s3.env, urls["mlflow"],
+                       f"s3://{BUCKET}/mlflow", port=mlflow_port))
+
+        def airflow_all() -> None:
+            # The migration first; then the admin login and the pool alongside the processes.
+            timed("up: airflow db migrate", airflow.migrate_airflow, af_env)
+
+            def processes() -> None:
+                for service in timed("up: airflow processes", airflow.start_airflow,
+                                     root, af_env, workers=workers):
+                    keep(service)
+
+            services.in_parallel(
+                lambda: timed("up: airflow users/pools", airflow.init_airflow_objects,
+                              af_env, admin_password),
+                processes)
+
+        with _timed(root, "up: mlflow+feast+airflow"):
+            services.in_parallel(mlflow, lambda: timed("up: feast apply", _feast_apply, env),
+                                 airflow_all)
         env = af_env
-        _save(root, started, env)
+        with lock:
+            _save(root, started, env)
         return env
     except BaseException:
-        for service in reversed(started):
-            service.stop(timeout=10)
+        _stop(root, started, timeout=10)
         _save(root, [], env)
         raise
 
 
 def down(root: Path, timeout: float | None = None) -> list[str]:
-    """Stop every process, last started first; `timeout` caps each one's graceful stop."""
-    stopped = []
-    for service in reversed(load(root)):
-        if service.alive():
-            service.stop(timeout)
-            stopped.append(service.name)
+    """Stop every process: Airflow's processes all at once, then MLflow, then the data servers
+    (at once); `timeout` caps each one's graceful stop."""
+    listed = load(root)
+    stopped = _stop(root, listed, timeout) if listed else []
     if _manifest(root).exists():
         env = json.loads(_manifest(root).read_text()).get("env", {})
         _save(root, [], env)
@@ -174,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     root = stack_dir()
     if args.cmd == "up":
-        env = up(root, args.workers)
+        with _timed(root, "up: total"):
+            env = up(root, args.workers)
         print(f"stack up in {root}")
         print(f"  Airflow UI  {env['AIRFLOW__API__BASE_URL']}  (admin / password in "
               f"{root / 'airflow' / 'secrets.json'}: MLOPS_AIRFLOW_ADMIN_PASSWORD)")
@@ -182,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  S3          {env['AWS_ENDPOINT_URL']}  bucket s3://{BUCKET}")
         print(f"  client env  . {root / 'stack.env'}")
     elif args.cmd == "down":
-        stopped = down(root, args.timeout)
+        with _timed(root, "down: total"):
+            stopped = down(root, args.timeout)
         print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
     elif args.cmd == "status":
         listed = load(root)

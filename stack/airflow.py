@@ -21,7 +21,17 @@ import time
 import urllib.request
 from pathlib import Path
 
-from stack.services import Service, ServiceError, _spawn, _tail, _wait, _write_secret, free_port
+from stack.services import (
+    Service,
+    ServiceError,
+    _spawn,
+    _tail,
+    _wait,
+    _write_secret,
+    free_port,
+    in_parallel,
+    stop_all,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -52,7 +62,11 @@ def start_mlflow(root: Path, env: dict[str, str], backend_uri: str, artifacts_ur
     cmd = [_bin("mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
            "--backend-store-uri", backend_uri, "--artifacts-destination", artifacts_uri,
            "--serve-artifacts", "--workers", "2"]
-    proc = _spawn("mlflow", cmd, log, cwd=home, env={**os.environ, **env})
+    # MLflow's job runner (GenAI jobs: prompt optimisation, scorers, trace roll-ups) is not used
+    # here; it is eight more Python processes (~45 s of CPU and ~2 GB at start). Set
+    # MLFLOW_SERVER_ENABLE_JOB_EXECUTION=true in the environment to have it anyway.
+    proc = _spawn("mlflow", cmd, log, cwd=home,
+                  env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ, **env})
     url = f"http://127.0.0.1:{port}"
     service = Service(name="mlflow", pid=proc.pid, port=port, log=str(log), root=str(home),
                       env={"MLFLOW_TRACKING_URI": url}, extra={"url": url})
@@ -127,17 +141,31 @@ def _airflow(args: list[str], env: dict[str, str], timeout: float = 600) -> str:
     return out.stdout
 
 
+def migrate_airflow(env: dict[str, str]) -> None:
+    """Create or upgrade the metadata DB (FAB's tables included): every Airflow process needs it."""
+    _airflow(["db", "migrate"], env)
+
+
+def init_airflow_objects(env: dict[str, str], admin_password: str) -> None:
+    """After the migration: the admin login and the pool, both at once (independent rows)."""
+    def create_admin() -> None:
+        out = subprocess.run([_bin("airflow"), "users", "create", "--username", "admin",
+                              "--role", "Admin", "--firstname", "MLOps", "--lastname", "Admin",
+                              "--email", "admin@localhost", f"--password={admin_password}"],
+                             env={**os.environ, **env}, cwd=REPO, capture_output=True, text=True)
+        if out.returncode != 0 and "already exist" not in out.stdout + out.stderr:
+            raise ServiceError(f"airflow users create failed:\n{out.stdout[-2000:]}\n"
+                               f"{out.stderr[-2000:]}")
+
+    in_parallel(create_admin, lambda: _airflow(
+        ["pools", "set", "model_registry", "1", "Serialises MLflow alias moves (one at a time)"],
+        env))
+
+
 def init_airflow(env: dict[str, str], admin_password: str) -> None:
     """Migrate the metadata DB (FAB's tables included) and make sure the admin login exists."""
-    _airflow(["db", "migrate"], env)
-    out = subprocess.run([_bin("airflow"), "users", "create", "--username", "admin",
-                          "--role", "Admin", "--firstname", "MLOps", "--lastname", "Admin",
-                          "--email", "admin@localhost", f"--password={admin_password}"],
-                         env={**os.environ, **env}, cwd=REPO, capture_output=True, text=True)
-    if out.returncode != 0 and "already exist" not in out.stdout + out.stderr:
-        raise ServiceError(f"airflow users create failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
-    _airflow(["pools", "set", "model_registry", "1",
-              "Serialises MLflow alias moves (one at a time)"], env)
+    migrate_airflow(env)
+    init_airflow_objects(env, admin_password)
 
 
 def _start(name: str, args: list[str], root: Path, env: dict[str, str],
@@ -150,28 +178,51 @@ def _start(name: str, args: list[str], root: Path, env: dict[str, str],
     return service, proc
 
 
+PROCESSES = ("api-server", "scheduler", "dag-processor", "triggerer")
+
+
+def _order(service: Service) -> tuple[int, int]:
+    """api-server, scheduler, dag-processor, triggerer, worker-1, worker-2, ..."""
+    if service.name in PROCESSES:
+        return PROCESSES.index(service.name), 0
+    index = service.name.rsplit("-", 1)[-1]
+    return len(PROCESSES), int(index) if index.isdigit() else 0
+
+
+def start_api_server(root: Path, env: dict[str, str], timeout: float = 180.0) -> Service:
+    """`airflow api-server`; up once its health endpoint answers."""
+    api, proc = _start("api-server", ["api-server"], root, env)
+    api.port = int(env["AIRFLOW__API__PORT"])
+    api.extra = {"url": env["AIRFLOW__API__BASE_URL"]}
+    _wait_http(api, proc, f"{env['AIRFLOW__API__BASE_URL']}/api/v2/monitor/health", timeout)
+    return api
+
+
 def start_airflow(root: Path, env: dict[str, str], workers: int = 2,
                   timeout: float = 180.0) -> list[Service]:
-    """api-server, scheduler, dag-processor, triggerer and `workers` Celery workers."""
-    started: list[Service] = []
+    """api-server, scheduler, dag-processor, triggerer and `workers` Celery workers, started at
+    once (each needs only the migrated DB and the broker, none needs another to start); returns
+    once every one of them is up, or stops those that are and raises."""
+    ready: list[Service] = []
+
+    def keep(start):
+        def call() -> None:
+            ready.append(start())  # list.append is atomic
+        return call
+
+    calls = [keep(lambda: start_api_server(root, env, timeout))]
+    calls += [keep(lambda n=name: start_process(root, env, n, timeout))
+              for name in PROCESSES[1:]]
+    calls += [keep(lambda i=i: start_worker(root, env, i, timeout)) for i in range(1, workers + 1)]
     try:
-        api, proc = _start("api-server", ["api-server"], root, env)
-        started.append(api)
-        api.port = int(env["AIRFLOW__API__PORT"])
-        api.extra = {"url": env["AIRFLOW__API__BASE_URL"]}
-        _wait_http(api, proc, f"{env['AIRFLOW__API__BASE_URL']}/api/v2/monitor/health", timeout)
-        for name in ("scheduler", "dag-processor", "triggerer"):
-            started.append(start_process(root, env, name))
-        for i in range(1, workers + 1):
-            started.append(start_worker(root, env, i))
-        return started
+        in_parallel(*calls)
     except BaseException:
-        for service in reversed(started):
-            service.stop(timeout=10)
+        stop_all(ready, timeout=10)
         raise
+    return sorted(ready, key=_order)
 
 
-def start_process(root: Path, env: dict[str, str], name: str, timeout: float = 120.0) -> Service:
+def start_process(root: Path, env: dict[str, str], name: str, timeout: float = 180.0) -> Service:
     """One of `airflow scheduler | dag-processor | triggerer`; the scheduler is up once its
     health endpoint answers, the others once they have run for a few seconds."""
     if name == "scheduler":
@@ -193,7 +244,7 @@ def _wait_alive(service: Service, proc: subprocess.Popen, seconds: float) -> Non
                            f"{_tail(Path(service.log))}")
 
 
-def start_worker(root: Path, env: dict[str, str], index: int, timeout: float = 120.0) -> Service:
+def start_worker(root: Path, env: dict[str, str], index: int, timeout: float = 180.0) -> Service:
     """Celery worker `worker-<index>` with its own log-server port (several per machine); up
     once Celery reports it ready (connected to the broker, consuming)."""
     name = f"worker-{index}"

@@ -52,7 +52,7 @@ class AirflowClient:
             if time.monotonic() > deadline:
                 raise AirflowAPIError(f"DAGs {dag_ids} not parsed after {timeout:.0f}s "
                                       f"(have {self.dag_ids()})")
-            time.sleep(2)
+            time.sleep(1)
 
     def unpause(self, dag_id: str) -> None:
         self._request("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
@@ -73,7 +73,7 @@ class AirflowClient:
         while (state := self.run_state(dag_id, run_id)) not in FINISHED:
             if time.monotonic() > deadline:
                 raise AirflowAPIError(f"{dag_id} {run_id} still {state} after {timeout:.0f}s")
-            time.sleep(2)
+            time.sleep(1)
         return state
 
     def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:

@@ -28,6 +28,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -40,9 +41,12 @@ __all__ = [
     "create_bucket",
     "create_database",
     "free_port",
+    "in_parallel",
     "start_postgres",
     "start_redis",
     "start_seaweedfs",
+    "stop_all",
+    "wait_reaped",
 ]
 
 REGION = "us-east-1"
@@ -81,7 +85,9 @@ class Service:
             return False
         except PermissionError:
             return True
-        return True
+        # Started by another process (`up`, which has exited): once it exits the server is a
+        # zombie until init reaps it, which can take seconds; it is no longer running.
+        return not _is_zombie(self.pid)
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop signal to the process group, wait up to `timeout` (default: `stop_timeout`),
@@ -106,6 +112,77 @@ class Service:
                 pass
 
 
+def _is_zombie(pid: int) -> bool:
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False  # no procfs (or the process just went): let os.kill decide
+    # "pid (comm) S ...": the state follows the last ')' (comm may contain spaces or parens)
+    return stat_line.rsplit(")", 1)[-1].split()[:1] == ["Z"]
+
+
+def stop_all(services: list[Service], timeout: float | None = None) -> None:
+    """`stop()` several services at once (each in a thread): the slowest one's stop time
+    instead of the sum. Use only for services that do not depend on one another."""
+    alive = [s for s in services if s.alive()]
+    if len(alive) <= 1:
+        for s in alive:
+            s.stop(timeout)
+        return
+    in_parallel(*(lambda s=s: s.stop(timeout) for s in alive))
+
+
+def wait_reaped(services: list[Service], timeout: float = 5.0) -> None:
+    """After `stop()`: wait (at most `timeout`) until the stopped servers have also left the
+    process table. A server started by an `up` that has exited is reaped by init, which may
+    take a moment; until then `ps` lists it as <defunct> (it no longer runs either way)."""
+    pending = [s.pid for s in services if s._proc is None]
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        time.sleep(0.1)
+        pending = [pid for pid in pending if _in_process_table(pid)]
+
+
+def _in_process_table(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def in_parallel(*calls):
+    """Run independent calls each in its own thread and wait for all of them (also when one
+    fails); returns their results in order, or raises the first failure."""
+    results: list = [None] * len(calls)
+    errors: list[BaseException | None] = [None] * len(calls)
+
+    def run(i: int) -> None:
+        try:
+            results[i] = calls[i]()
+        except BaseException as exc:  # noqa: BLE001 - re-raised below, in the caller's thread
+            errors[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    try:
+        for t in threads:
+            t.join()
+    except BaseException:
+        # Interrupted: still let every call finish (each one bounded by its own timeout), so
+        # that nothing it started is left unaccounted for when the caller cleans up.
+        for t in threads:
+            t.join()
+        raise
+    for exc in errors:
+        if exc is not None:
+            raise exc
+    return results
+
+
 def _killpg(pgid: int, sig: int) -> None:
     try:
         os.killpg(pgid, sig)
@@ -117,17 +194,25 @@ def _killpg(pgid: int, sig: int) -> None:
 # small helpers
 
 
+_PORTS_LOCK = threading.Lock()
+_PORTS_GIVEN: set[int] = set()
+
+
 def free_port(exclude: set[int] | None = None) -> int:
-    """A TCP port free on 127.0.0.1 right now (and not in `exclude`)."""
+    """A TCP port free on 127.0.0.1 right now (and not in `exclude`). Never the same port twice
+    in one process: servers started in parallel cannot be handed the same port before either
+    has bound it."""
     exclude = exclude or set()
-    for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        # SeaweedFS derives gRPC ports as http+10000 when not given; we always give them, but
-        # stay below 55535 so such a derived port would still be valid.
-        if port not in exclude and port < 55535:
-            return port
+    with _PORTS_LOCK:
+        for _ in range(100):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            # SeaweedFS derives gRPC ports as http+10000 when not given; we always give them,
+            # but stay below 55535 so such a derived port would still be valid.
+            if port not in exclude and port not in _PORTS_GIVEN and port < 55535:
+                _PORTS_GIVEN.add(port)
+                return port
     raise ServiceError("no free TCP port found on 127.0.0.1")
 
 

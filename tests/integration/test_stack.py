@@ -47,7 +47,7 @@ def stack(tmp_path_factory):
     raw["training"]["estimator"]["params"]["n_estimators"] = 40
     raw["gates"]["compare"]["n_bootstrap"] = 100
     raw["gates"]["floors"] = {"roc_auc": 0.55, "pr_auc": 0.2}
-    raw["orchestration"]["retry_delay_s"] = 5
+    raw["orchestration"]["retry_delay_s"] = 2
     params = tmp / "params.yaml"
     params.write_text(yaml.safe_dump(raw))
     # The test session's own embedded settings must not leak into the stack's processes.
@@ -58,29 +58,43 @@ def stack(tmp_path_factory):
     root.chmod(0o755)
     env = {**base, "MLOPS_STACK_DIR": str(root), "MLOPS_PARAMS": str(params),
            "MLOPS_SCHEDULE_START": "2013-06-01", "MLOPS_SCHEDULE_END": "2013-06-02",
-           # a SIGKILLed worker's task is failed (then retried) 15 s after its last heartbeat
+           # a SIGKILLed worker's task is failed (then retried) 15 s after its last heartbeat;
+           # a live task heartbeats every 2 s, so it would have to miss seven in a row (room for
+           # a loaded 2-core CI machine)
            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "15",
-           "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "3"}
+           "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "2",
+           "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "2",
+           # The killed worker may also have taken a task it had not started yet (still
+           # "queued", so no heartbeat to time out): requeue such a task after 60 s instead of
+           # the default 600 s. Tasks here wait for a worker slot for seconds, not minutes.
+           "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "60",
+           "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT_CHECK_INTERVAL": "5"}
     try:
         _stack(env, "up", "--workers", "2")
         saved = json.loads((root / "stack.json").read_text())
         senv = {**base, **saved["env"]}
-        out = subprocess.run([sys.executable, "-m", "pipelines.cli", "ingest", "--start",
-                              "2013-01-01", "--end", "2013-01-16", "--landing",
-                              f"{senv['MLOPS_DATA_URI']}/landing"], cwd=REPO, env=senv,
-                             capture_output=True, text=True, timeout=300)
-        assert out.returncode == 0, out.stderr[-3000:]
-        out = subprocess.run([sys.executable, "-m", "pipelines.cli", "ingest", "--start",
-                              "2013-05-28", "--end", "2013-06-04", "--landing",
-                              f"{senv['MLOPS_DATA_URI']}/landing"], cwd=REPO, env=senv,
-                             capture_output=True, text=True, timeout=300)
-        assert out.returncode == 0, out.stderr[-3000:]
-        from stack.airflow import secrets_env
-        from stack.api import AirflowClient
+        # The two landing slices at once (separate days; the undated reference tables are
+        # the same bytes from both), while the DAGs are being parsed.
+        ingests = [subprocess.Popen([sys.executable, "-m", "pipelines.cli", "ingest", "--start",
+                                     start, "--end", end, "--landing",
+                                     f"{senv['MLOPS_DATA_URI']}/landing"], cwd=REPO, env=senv,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                   for start, end in (("2013-01-01", "2013-01-16"), ("2013-05-28", "2013-06-04"))]
+        try:
+            from stack.airflow import secrets_env
+            from stack.api import AirflowClient
 
-        client = AirflowClient(senv["AIRFLOW__API__BASE_URL"], "admin",
-                               secrets_env(root)["MLOPS_AIRFLOW_ADMIN_PASSWORD"])
-        client.wait_for_dags(["training", "batch_scoring", "feature_materialization"])
+            client = AirflowClient(senv["AIRFLOW__API__BASE_URL"], "admin",
+                                   secrets_env(root)["MLOPS_AIRFLOW_ADMIN_PASSWORD"])
+            client.wait_for_dags(["training", "batch_scoring", "feature_materialization"])
+            for proc in ingests:
+                _, err = proc.communicate(timeout=300)
+                assert proc.returncode == 0, err[-3000:]
+        finally:
+            for proc in ingests:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.communicate()
         yield {"env": env, "senv": senv, "client": client, "root": root,
                "services": saved["services"]}
     finally:
@@ -213,16 +227,25 @@ def test_scoring_survives_a_killed_worker(stack, stack_settings):
     assert tries[0]["hostname"] == victim and tries[0]["state"] != "success", tries
     assert tries[-1]["state"] == "success" and tries[-1]["hostname"] == (WORKERS - {victim}).pop()
 
-    for day in (date(2013, 6, 1), date(2013, 6, 2)):
-        manifest = scoring.read_manifest(stack_settings, day)
-        preds = scoring.read_partition(stack_settings, day)
-        assert manifest["input_rows"] == manifest["output_rows"] == len(preds) > 500
-        assert preds["row_key"].is_unique and (preds["model_version"] == "1").all()
-        assert scoring.partition_uri(stack_settings, day).startswith("s3://")
+    # Back to two workers, while the outputs are checked.
+    restart = subprocess.Popen([sys.executable, "-m", "stack", "restart", victim], cwd=REPO,
+                               env=stack["env"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        for day in (date(2013, 6, 1), date(2013, 6, 2)):
+            manifest = scoring.read_manifest(stack_settings, day)
+            preds = scoring.read_partition(stack_settings, day)
+            assert manifest["input_rows"] == manifest["output_rows"] == len(preds) > 500
+            assert preds["row_key"].is_unique and (preds["model_version"] == "1").all()
+            assert scoring.partition_uri(stack_settings, day).startswith("s3://")
 
-    # The online store is Redis (db 1; Celery's broker is db 0).
-    for run in client._request("GET", "/api/v2/dags/feature_materialization/dagRuns")["dag_runs"]:
-        _assert_success(stack, "feature_materialization", run["dag_run_id"], timeout=300)
-    r = redis.Redis.from_url(senv["MLOPS_REDIS_URL"])
-    assert r.dbsize() > 0
-    _stack(stack["env"], "restart", victim)  # back to two workers
+        # The online store is Redis (db 1; Celery's broker is db 0).
+        for run in client._request("GET", "/api/v2/dags/feature_materialization/dagRuns")[
+                "dag_runs"]:
+            _assert_success(stack, "feature_materialization", run["dag_run_id"], timeout=300)
+        r = redis.Redis.from_url(senv["MLOPS_REDIS_URL"])
+        assert r.dbsize() > 0
+    finally:
+        out, err = restart.communicate(timeout=400)
+    assert restart.returncode == 0, f"stack restart {victim}: {out[-3000:]}\n{err[-5000:]}"
+    assert f"restarted {victim}" in out

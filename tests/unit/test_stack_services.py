@@ -11,6 +11,8 @@ from stack import services
 
 def test_redis_with_generated_password_starts_and_stops(tmp_path):
     import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
 
     svc = services.start_redis(tmp_path)
     try:
@@ -18,7 +20,9 @@ def test_redis_with_generated_password_starts_and_stops(tmp_path):
         client = redis.Redis.from_url(svc.env["MLOPS_REDIS_URL"])
         assert client.ping()
         with pytest.raises(redis.exceptions.AuthenticationError):
-            redis.Redis(host="127.0.0.1", port=svc.port).ping()
+            # no retries: redis-py retries a refused AUTH with backoff (~10 s) by default
+            redis.Redis(host="127.0.0.1", port=svc.port,
+                        retry=Retry(NoBackoff(), 0)).ping()
         assert svc.env["FEAST_REDIS_CONNECTION"].startswith(f"127.0.0.1:{svc.port},password=r")
         creds = tmp_path / "redis" / "credentials.json"
         assert stat.S_IMODE(creds.stat().st_mode) == 0o600
@@ -38,3 +42,59 @@ def test_free_ports_and_names():
         services.create_bucket({"AWS_ENDPOINT_URL": "http://127.0.0.1:1"}, "Bad_Name")
     with pytest.raises(ValueError):
         services.create_database(services.Service("postgres", 0, 0, {}, ""), "x; DROP")
+
+
+def test_free_port_never_hands_out_the_same_port_twice():
+    ports = [services.free_port() for _ in range(50)]
+    assert len(set(ports)) == len(ports)
+
+
+def test_stop_all_stops_at_once_and_kills_what_ignores_the_signal(tmp_path):
+    import time
+
+    stubborn = []
+    for i in range(3):
+        log = tmp_path / f"s{i}.log"
+        proc = services._spawn(f"s{i}", ["sh", "-c", "trap '' TERM; while :; do sleep 0.1; done"],
+                               log, cwd=tmp_path)
+        svc = services.Service(name=f"s{i}", pid=proc.pid, port=0, env={}, log=str(log))
+        svc._proc = proc
+        stubborn.append(svc)
+    t0 = time.monotonic()
+    services.stop_all(stubborn, timeout=1.0)
+    took = time.monotonic() - t0
+    assert not any(s.alive() for s in stubborn)
+    assert took < 2.5, took  # one timeout (plus the SIGKILL), not three
+
+
+def test_an_exited_but_unreaped_server_is_not_alive():
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(["true"])  # not waited for: a zombie once it exits
+    deadline = time.monotonic() + 5
+    while services._is_zombie(proc.pid) is False and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert services._is_zombie(proc.pid)
+    assert not services.Service("x", proc.pid, 0, {}, "").alive()
+    proc.wait()
+
+
+def test_in_parallel_waits_for_every_call_then_raises_the_failure():
+    import threading
+    import time
+
+    done = threading.Event()
+
+    def slow():
+        time.sleep(0.3)
+        done.set()
+        return 1
+
+    def fail():
+        raise RuntimeError("boom")
+
+    assert services.in_parallel(lambda: 1, lambda: 2) == [1, 2]
+    with pytest.raises(RuntimeError, match="boom"):
+        services.in_parallel(fail, slow)
+    assert done.is_set()
