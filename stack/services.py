@@ -79,15 +79,9 @@ class Service:
     def alive(self) -> bool:
         if self._proc is not None:
             return self._proc.poll() is None
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
         # Started by another process (`up`, which has exited): once it exits the server is a
         # zombie until init reaps it, which can take seconds; it is no longer running.
-        return not _is_zombie(self.pid)
+        return _in_process_table(self.pid) and not _is_zombie(self.pid)
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop signal to the process group, wait up to `timeout` (default: `stop_timeout`),
@@ -124,12 +118,7 @@ def _is_zombie(pid: int) -> bool:
 def stop_all(services: list[Service], timeout: float | None = None) -> None:
     """`stop()` several services at once (each in a thread): the slowest one's stop time
     instead of the sum. Use only for services that do not depend on one another."""
-    alive = [s for s in services if s.alive()]
-    if len(alive) <= 1:
-        for s in alive:
-            s.stop(timeout)
-        return
-    in_parallel(*(lambda s=s: s.stop(timeout) for s in alive))
+    in_parallel(*(lambda s=s: s.stop(timeout) for s in services if s.alive()))
 
 
 def wait_reaped(services: list[Service], timeout: float = 5.0) -> None:
@@ -149,38 +138,27 @@ def _in_process_table(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass  # exists, owned by another user
     return True
 
 
 def in_parallel(*calls):
     """Run independent calls each in its own thread and wait for all of them (also when one
     fails); returns their results in order, or raises the first failure."""
-    results: list = [None] * len(calls)
-    errors: list[BaseException | None] = [None] * len(calls)
+    from concurrent.futures import ThreadPoolExecutor, wait
 
-    def run(i: int) -> None:
-        try:
-            results[i] = calls[i]()
-        except BaseException as exc:  # noqa: BLE001 - re-raised below, in the caller's thread
-            errors[i] = exc
-
-    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(len(calls))]
-    for t in threads:
-        t.start()
+    pool = ThreadPoolExecutor(max(len(calls), 1))
+    futures = [pool.submit(call) for call in calls]
     try:
-        for t in threads:
-            t.join()
+        wait(futures)
     except BaseException:
         # Interrupted: still let every call finish (each one bounded by its own timeout), so
         # that nothing it started is left unaccounted for when the caller cleans up.
-        for t in threads:
-            t.join()
+        wait(futures)
         raise
-    for exc in errors:
-        if exc is not None:
-            raise exc
-    return results
+    finally:
+        pool.shutdown(wait=False)
+    return [f.result() for f in futures]
 
 
 def _killpg(pgid: int, sig: int) -> None:
