@@ -81,8 +81,6 @@ def model_reference(settings: Settings, manifest: dict[str, Any]) -> tuple[pd.Da
 
 
 def _build_reference(settings: Settings, model: str, version: str) -> tuple[pd.DataFrame, dict[str, Any]]:
-    import mlflow
-
     from pipelines.onnx_model import OnnxScorer, to_native_frame
     from pipelines.tracking import load_onnx
 
@@ -90,8 +88,7 @@ def _build_reference(settings: Settings, model: str, version: str) -> tuple[pd.D
     mv = c.get_model_version(model, version)
     pinned = registry.describe(model, mv)
     with tempfile.TemporaryDirectory() as tmp:
-        path = mlflow.artifacts.download_artifacts(
-            artifact_uri=f"runs:/{mv.run_id}/reference/reference.parquet", dst_path=tmp)
+        path = registry.download(settings, f"runs:/{mv.run_id}/reference/reference.parquet", tmp)
         ref = pd.read_parquet(path)
     numeric, categorical = pinned["numeric"], pinned["categorical"]
     scorer = OnnxScorer(load_onnx(settings, pinned["onnx_uri"], pinned["onnx_sha256"]), numeric,

@@ -29,13 +29,105 @@ class RegistryError(RuntimeError):
     pass
 
 
-def client(settings: Settings) -> "MlflowClient":
+class RegistryNotFound(RegistryError):
+    """The registry answered: the model, version or alias does not exist."""
+
+
+class RegistryUnavailable(RegistryError):
+    """The registry could not be asked (down, timed out, refused, failed): never "absent"."""
+
+
+def _not_found(exc: BaseException) -> bool:
+    """True only for the registry's own "does not exist" answers.
+
+    MLflow says RESOURCE_DOES_NOT_EXIST for a missing model or version, and
+    INVALID_PARAMETER_VALUE "... alias X not found." for a missing alias (SQL and REST stores).
+    """
+    from mlflow.exceptions import MlflowException
+
+    if not isinstance(exc, MlflowException):
+        return False
+    code = getattr(exc, "error_code", "")
+    message = str(getattr(exc, "message", exc)).lower()
+    return code == "RESOURCE_DOES_NOT_EXIST" or (
+        code == "INVALID_PARAMETER_VALUE" and "alias" in message and "not found" in message)
+
+
+def safe_uri(uri: str) -> str:
+    """A URI with any user:password@ removed (for messages and logs)."""
+    import re
+
+    return re.sub(r"(://)[^/@]*@", r"\1", uri)
+
+
+class GuardedClient:
+    """An MlflowClient whose every call answers "not found" or "could not ask", never both.
+
+    A registry error that is not the registry's own "does not exist" answer (a 503, a timeout,
+    a refused connection, a locked database) is raised as RegistryUnavailable naming the
+    registry, the call and the error, so no caller can mistake an outage for an absent alias.
+    """
+
+    def __init__(self, inner: "MlflowClient", uri: str) -> None:
+        self._inner, self.uri = inner, safe_uri(uri)
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._inner, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return attr(*args, **kwargs)
+            except RegistryError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - classified, then re-raised with its cause
+                what = f"{name}({', '.join(map(repr, args))})"
+                detail = f"{type(exc).__name__}: {str(exc)[:400]}"
+                if _not_found(exc):
+                    raise RegistryNotFound(f"MLflow registry at {self.uri}: {what}: {detail}") from exc
+                raise RegistryUnavailable(f"could not ask the MLflow registry at {self.uri}: "
+                                          f"{what} failed with {detail}") from exc
+
+        return call
+
+
+def _mlflow_client(uri: str) -> "MlflowClient":
     import mlflow
 
+    return mlflow.MlflowClient(uri)
+
+
+def configure_mlflow(settings: Settings) -> None:
+    """Point MLflow at the configured tracking URI with the project's bounded HTTP retries and
+    timeouts (MLflow's defaults wait about 4 minutes before failing) and pickle loading off."""
+    import mlflow
+
+    for key, value in settings.mlflow_env().items():
+        os.environ.setdefault(key, value)
+    os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"  # forced, whatever was set
     if settings.mlflow_tracking_uri.startswith("sqlite:///"):
         os.makedirs(os.path.dirname(settings.mlflow_tracking_uri[len("sqlite:///"):]), exist_ok=True)
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-    return mlflow.MlflowClient(settings.mlflow_tracking_uri)
+
+
+def download(settings: Settings, artifact_uri: str, dst_path: str) -> str:
+    """Download a run artifact into dst_path; a failure names the store and the artifact."""
+    import mlflow
+
+    configure_mlflow(settings)
+    try:
+        return mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=dst_path)
+    except Exception as exc:  # noqa: BLE001 - re-raised with its cause
+        raise RegistryUnavailable(
+            f"could not download {artifact_uri} through the MLflow tracking server at "
+            f"{safe_uri(settings.mlflow_tracking_uri)}: {type(exc).__name__}: {str(exc)[:400]}"
+        ) from exc
+
+
+def client(settings: Settings) -> GuardedClient:
+    configure_mlflow(settings)
+    return GuardedClient(_mlflow_client(settings.mlflow_tracking_uri), settings.mlflow_tracking_uri)
 
 
 def ensure_experiment(settings: Settings, name: str) -> str:
@@ -55,26 +147,25 @@ def ensure_experiment(settings: Settings, name: str) -> str:
     return exp_id
 
 
-def ensure_registered_model(c: "MlflowClient", name: str) -> None:
-    from mlflow.exceptions import MlflowException
-
+def ensure_registered_model(c: GuardedClient, name: str) -> None:
     try:
         c.get_registered_model(name)
-    except MlflowException:
+    except RegistryNotFound:
         try:
             c.create_registered_model(name, description="Managed by the Airflow MLOps pipeline: "
                                       "aliases champion / challenger / previous_champion.")
-        except MlflowException as exc:  # created concurrently
-            if "already exists" not in str(exc).lower():
+        except RegistryUnavailable as exc:  # created concurrently
+            if "already exists" not in str(exc.__cause__).lower():
                 raise
 
 
-def by_alias(c: "MlflowClient", name: str, alias: str) -> "ModelVersion | None":
-    from mlflow.exceptions import MlflowException
-
+def by_alias(c: GuardedClient, name: str, alias: str) -> "ModelVersion | None":
+    """The version holding `alias`, or None when the registry says it is absent (or the model
+    does not exist yet). Any other failure raises RegistryUnavailable: an outage is never
+    "no champion"."""
     try:
         return c.get_model_version_by_alias(name, alias)
-    except MlflowException:
+    except RegistryNotFound:
         return None
 
 
@@ -138,20 +229,42 @@ def alias_lock(settings: Settings) -> Iterator[None]:
         yield
 
 
-def _set_alias(c: "MlflowClient", name: str, alias: str, version: str) -> None:
-    from mlflow.exceptions import MlflowException
-
+def _move(c: GuardedClient, name: str, alias: str, version: str) -> None:
+    """Point `alias` at `version` (retrying a concurrent SQLite writer outside our lock)."""
     for attempt in range(5):
         try:
             c.set_registered_model_alias(name, alias, version)
-            break
-        except MlflowException as exc:  # a concurrent writer outside our lock (rare)
-            if attempt == 4 or not any(s in str(exc) for s in ("UNIQUE", "locked")):
+            return
+        except RegistryUnavailable as exc:  # a concurrent writer outside our lock (rare)
+            if attempt == 4 or not any(s in str(exc.__cause__) for s in ("UNIQUE", "locked")):
                 raise
             time.sleep(0.2 * (attempt + 1))
+
+
+def _verify(c: GuardedClient, name: str, alias: str, version: str) -> None:
     got = by_alias(c, name, alias)
     if got is None or str(got.version) != str(version):
-        raise RegistryError(f"alias {alias!r} of {name} should point at {version}, reads {got}")
+        raise RegistryError(f"alias {alias!r} of {name} should point at {version}, reads "
+                            f"{None if got is None else got.version}")
+
+
+def _set_alias(c: GuardedClient, name: str, alias: str, version: str) -> None:
+    _move(c, name, alias, version)
+    _verify(c, name, alias, version)
+
+
+MAX_REASON = 500
+
+
+def check_reason(reason: str) -> str:
+    """A history reason: non-empty, at most MAX_REASON characters."""
+    reason = str(reason).strip()
+    if not reason:
+        raise ValueError("a reason is required for the promotion history")
+    if len(reason) > MAX_REASON:
+        raise ValueError(f"reason is {len(reason)} characters; the promotion history keeps at "
+                         f"most {MAX_REASON}")
+    return reason
 
 
 def record(settings: Settings, event: dict[str, Any]) -> str:
@@ -171,39 +284,55 @@ def history(settings: Settings) -> list[dict[str, Any]]:
 
 
 def promote(settings: Settings, name: str, version: str, actor: str, reason: str,
-            gate_report_uri: str | None, forced: bool = False) -> dict[str, Any]:
-    """Make `version` the champion; the old champion stays addressable as previous_champion."""
+            gate_report_uri: str | None, forced: bool = False,
+            user: str | None = None) -> dict[str, Any]:
+    """Make `version` the champion; the old champion stays addressable as previous_champion.
+
+    `actor` is the run that moved it, `user` the person who triggered that run (if any).
+    """
+    reason = check_reason(reason)
     with alias_lock(settings):
-        return _promote(settings, name, version, actor, reason, gate_report_uri, forced)
+        return _promote(settings, name, version, actor, reason, gate_report_uri, forced, user)
 
 
 def _promote(settings: Settings, name: str, version: str, actor: str, reason: str,
-             gate_report_uri: str | None, forced: bool) -> dict[str, Any]:
+             gate_report_uri: str | None, forced: bool, user: str | None) -> dict[str, Any]:
     c = client(settings)
-    c.get_model_version(name, version)  # raises if the version does not exist
+    c.get_model_version(name, version)  # RegistryNotFound if the version does not exist
     old = by_alias(c, name, CHAMPION)
     if old is not None and str(old.version) == str(version):
+        _drop_challenger(c, name, str(version))  # a retried promotion finishes its clean-up
         return {"action": "noop", "to_version": str(version), "reason": "already champion"}
     if old is not None:
         _set_alias(c, name, PREVIOUS, str(old.version))
-    _set_alias(c, name, CHAMPION, str(version))
-    if (ch := by_alias(c, name, CHALLENGER)) is not None and str(ch.version) == str(version):
-        c.delete_registered_model_alias(name, CHALLENGER)
+    _move(c, name, CHAMPION, str(version))
+    # recorded as soon as the move is made: a failure after it (read-back, clean-up) fails the
+    # task, and its retry is a no-op that finishes the clean-up
     event = {"action": "forced_promote" if forced else "promote", "model": name,
              "from_version": str(old.version) if old else None, "to_version": str(version),
-             "actor": actor, "reason": reason, "gate_report": gate_report_uri}
+             "actor": actor, "user": user, "reason": reason, "gate_report": gate_report_uri}
     event["history_uri"] = record(settings, event)
+    _verify(c, name, CHAMPION, str(version))
+    _drop_challenger(c, name, str(version))
     log.info("registry: %s champion %s -> %s (%s)", name, event["from_version"], version, reason)
     return event
 
 
-def rollback(settings: Settings, name: str, target: str, actor: str, reason: str) -> dict[str, Any]:
+def _drop_challenger(c: GuardedClient, name: str, version: str) -> None:
+    if (ch := by_alias(c, name, CHALLENGER)) is not None and str(ch.version) == version:
+        c.delete_registered_model_alias(name, CHALLENGER)
+
+
+def rollback(settings: Settings, name: str, target: str, actor: str, reason: str,
+             user: str | None = None) -> dict[str, Any]:
     """Move champion back to `target` (a version number, or 'previous')."""
+    reason = check_reason(reason)
     with alias_lock(settings):
-        return _rollback(settings, name, target, actor, reason)
+        return _rollback(settings, name, target, actor, reason, user)
 
 
-def _rollback(settings: Settings, name: str, target: str, actor: str, reason: str) -> dict[str, Any]:
+def _rollback(settings: Settings, name: str, target: str, actor: str, reason: str,
+              user: str | None) -> dict[str, Any]:
     c = client(settings)
     current = by_alias(c, name, CHAMPION)
     if target == "previous":
@@ -211,15 +340,17 @@ def _rollback(settings: Settings, name: str, target: str, actor: str, reason: st
         if prev is None:
             raise RegistryError(f"{name} has no previous_champion to roll back to")
         target = str(prev.version)
-    c.get_model_version(name, target)  # raises if the version does not exist
+    c.get_model_version(name, target)  # RegistryNotFound if the version does not exist
     if current is not None and str(current.version) == target:
         raise RegistryError(f"version {target} is already the champion of {name}")
-    if current is not None:
-        _set_alias(c, name, PREVIOUS, str(current.version))
-    _set_alias(c, name, CHAMPION, target)
+    _move(c, name, CHAMPION, target)
     event = {"action": "rollback", "model": name, "to_version": target, "actor": actor,
-             "from_version": str(current.version) if current else None, "reason": reason}
+             "user": user, "from_version": str(current.version) if current else None,
+             "reason": reason}
     event["history_uri"] = record(settings, event)
+    _verify(c, name, CHAMPION, target)
+    if current is not None:  # after the move: a failure here never loses the rollback target
+        _set_alias(c, name, PREVIOUS, str(current.version))
     return event
 
 

@@ -20,10 +20,7 @@ Arrow Parquet I/O). Their public names are re-exported here.
 from __future__ import annotations
 
 import logging
-import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -57,29 +54,14 @@ if TYPE_CHECKING:
 
 __all__ = ["MANIFEST", "META", "PROBABILITY", "STAGING", "ModelInputs", "add_counts",
            "champion_at", "create_predictions_view", "describe_version", "load_scorer",
-           "output_schema", "part_uris", "partition_uri", "pickle_disabled", "plan_interval",
+           "output_schema", "part_uris", "partition_uri", "plan_interval",
            "predictions_relation", "prepare_inputs", "publish", "published_files",
            "read_chunk", "read_manifest", "read_partition", "read_table", "resolve_model",
            "score_chunk",
            "score_interval", "stage_chunks", "staging_uri", "validate_parts", "write_part"]
 
 log = logging.getLogger(__name__)
-PICKLE_ENV = "MLFLOW_ALLOW_PICKLE_DESERIALIZATION"
 CHAMPION_MOVES = ("promote", "forced_promote", "rollback")
-
-
-@contextmanager
-def pickle_disabled() -> Iterator[None]:
-    """MLflow refuses pickle, cloudpickle and skops model deserialisation inside this block."""
-    old = os.environ.get(PICKLE_ENV)
-    os.environ[PICKLE_ENV] = "false"
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(PICKLE_ENV, None)
-        else:
-            os.environ[PICKLE_ENV] = old
 
 
 # -- the model: resolved once per run, pinned ------------------------------------------------
@@ -103,21 +85,20 @@ def resolve_model(cfg: Config, settings: Settings, day: date) -> dict[str, Any]:
     the end of the interval according to the promotion history.
     """
     name, policy = cfg.registry.model_name, cfg.scoring.backfill_model
-    with pickle_disabled():
-        if policy == "current":
-            model = registry.resolve_champion(settings, name)
-            choice = "champion alias when the run started"
-        else:
-            end = day_start(day + timedelta(days=1))
-            move = champion_at(registry.history(settings), name, end)
-            if move is None:
-                raise registry.RegistryError(
-                    f"scoring.backfill_model=champion_at_interval: {name!r} had no champion at "
-                    f"{end.isoformat()} (no {'/'.join(CHAMPION_MOVES)} in the promotion history "
-                    f"before it); set scoring.backfill_model: current to score {day} with today's "
-                    f"champion")
-            model = describe_version(settings, name, move["to_version"])
-            choice = f"{move['action']} to v{move['to_version']} at {move['at']}"
+    if policy == "current":
+        model = registry.resolve_champion(settings, name)
+        choice = "champion alias when the run started"
+    else:
+        end = day_start(day + timedelta(days=1))
+        move = champion_at(registry.history(settings), name, end)
+        if move is None:
+            raise registry.RegistryError(
+                f"scoring.backfill_model=champion_at_interval: {name!r} had no champion at "
+                f"{end.isoformat()} (no {'/'.join(CHAMPION_MOVES)} in the promotion history "
+                f"before it); set scoring.backfill_model: current to score {day} with today's "
+                f"champion")
+        model = describe_version(settings, name, move["to_version"])
+        choice = f"{move['action']} to v{move['to_version']} at {move['at']}"
     log.info("score: %s pinned %s v%s (%s: %s)", day, name, model["version"], policy, choice)
     return {**model, "policy": policy, "choice": choice}
 
@@ -140,13 +121,23 @@ def plan_interval(cfg: Config, settings: Settings, day: date) -> list[dict[str, 
 # -- score: one chunk -> one part file -----------------------------------------------------------
 
 def load_scorer(settings: Settings, model: dict[str, Any]) -> OnnxScorer:
-    """An onnxruntime session for the pinned version; its ONNX sha256 must match the registry."""
+    """An onnxruntime session for the pinned version.
+
+    The ONNX location, its sha256 and the inputs are read again from the registry by name and
+    version (never trusted from the task payload), must agree with what the run pinned, and the
+    downloaded bytes must match that sha256.
+    """
     from pipelines.onnx_model import OnnxScorer
     from pipelines.tracking import load_onnx
 
-    with pickle_disabled():
-        data = load_onnx(settings, model["onnx_uri"], model["onnx_sha256"])
-    return OnnxScorer(data, model["numeric"], model["categorical"])
+    pinned = describe_version(settings, model["model"], str(model["version"]))
+    for key in ("onnx_uri", "onnx_sha256", "numeric", "categorical"):
+        if key in model and model[key] != pinned[key]:
+            raise registry.RegistryError(
+                f"{model['model']} v{model['version']}: the run pinned {key}={model[key]!r} "
+                f"but the registry holds {pinned[key]!r}; refusing to score")
+    data = load_onnx(settings, pinned["onnx_uri"], pinned["onnx_sha256"])
+    return OnnxScorer(data, pinned["numeric"], pinned["categorical"])
 
 
 def read_chunk(chunk: dict[str, Any]) -> pa.Table:
@@ -167,13 +158,12 @@ def score_chunk(cfg: Config, settings: Settings, day: date, chunk: dict[str, Any
     from pipelines.features import get_store, historical_features_table
 
     t0 = time.perf_counter()
-    with pickle_disabled():
-        rows = read_chunk(chunk)
-        scorer = load_scorer(settings, model)
-        feats = historical_features_table(get_store(settings),
-                                          model.get("feature_service") or cfg.features.service,
-                                          rows, list(cfg.features.join_keys))
-        part = write_part(settings, day, chunk["chunk"], feats, model, scorer, cfg.scoring)
+    rows = read_chunk(chunk)
+    scorer = load_scorer(settings, model)
+    feats = historical_features_table(get_store(settings),
+                                      model.get("feature_service") or cfg.features.service,
+                                      rows, list(cfg.features.join_keys))
+    part = write_part(settings, day, chunk["chunk"], feats, model, scorer, cfg.scoring)
     part["seconds"] = round(time.perf_counter() - t0, 3)
     log.info("score: %s chunk %d -> %d rows in %s (%.2fs)", day, chunk["chunk"], part["rows"],
              part["file"], part["seconds"])

@@ -16,6 +16,13 @@ Redis and an object store. The scale path (workers that share no disk):
     MLOPS_METRICS_DB=postgresql://...        monitoring history (pipelines.metrics_store); also
                                              the registry's alias lock unless MLOPS_LOCK_URL
                                              names another Postgres database
+
+How long a stage waits for the MLflow tracking server before it fails with the real cause
+(MLflow's own defaults are 7 retries with backoff and a 120 s timeout: about 4 minutes):
+
+    MLFLOW_HTTP_REQUEST_TIMEOUT=20           seconds per request (project default)
+    MLFLOW_HTTP_REQUEST_MAX_RETRIES=2        retries after the first try (project default)
+    MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR=1     seconds, doubled per retry (project default)
 """
 
 from __future__ import annotations
@@ -41,6 +48,19 @@ class Settings:
     mlflow_artifacts_uri: str  # where new experiments put their artifacts ('': the server's)
     params_path: str
     feature_repo: str
+    # MLflow HTTP client bounds (MLflow reads them from the environment: see mlflow_env)
+    mlflow_timeout_s: int = 20
+    mlflow_max_retries: int = 2
+    mlflow_backoff_factor: int = 1
+
+    def mlflow_env(self) -> dict[str, str]:
+        """The MLflow client settings every process of the project runs with."""
+        return {"MLFLOW_HTTP_REQUEST_TIMEOUT": str(self.mlflow_timeout_s),
+                "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(self.mlflow_max_retries),
+                "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": str(self.mlflow_backoff_factor),
+                "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0",
+                # never unpickle a model: scoring loads ONNX only, checked by sha256
+                "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false"}
 
     @property
     def landing_uri(self) -> str:
@@ -68,6 +88,17 @@ class Settings:
         return f"{self.data_uri}/registry"
 
 
+def _int_env(name: str, default: int) -> int:
+    value = _env(name, str(default))
+    try:
+        out = int(value)
+    except ValueError:
+        raise ValueError(f"${name}={value!r} is not a whole number") from None
+    if out < 0:
+        raise ValueError(f"${name}={value!r} must not be negative")
+    return out
+
+
 def get_settings() -> Settings:
     state = _env("MLOPS_STATE_URI", str(REPO_ROOT / ".state"))
     state = state.rstrip("/")
@@ -84,4 +115,7 @@ def get_settings() -> Settings:
         mlflow_artifacts_uri=_env("MLOPS_MLFLOW_ARTIFACTS_URI", artifacts_default),
         params_path=_env("MLOPS_PARAMS", str(REPO_ROOT / "params.yaml")),
         feature_repo=_env("MLOPS_FEATURE_REPO", str(REPO_ROOT / "feature_repo")),
+        mlflow_timeout_s=_int_env("MLFLOW_HTTP_REQUEST_TIMEOUT", 20),
+        mlflow_max_retries=_int_env("MLFLOW_HTTP_REQUEST_MAX_RETRIES", 2),
+        mlflow_backoff_factor=_int_env("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", 1),
     )

@@ -119,11 +119,8 @@ def train_and_register(cfg: Config, settings: Settings, training_set: dict[str, 
 
 def load_onnx(settings: Settings, onnx_uri: str, expected_sha256: str) -> bytes:
     """Download a version's ONNX file and refuse it unless its sha256 matches the registry."""
-    import mlflow
-
-    registry.client(settings)
     with tempfile.TemporaryDirectory() as tmp:
-        path = mlflow.artifacts.download_artifacts(artifact_uri=onnx_uri, dst_path=tmp)
+        path = registry.download(settings, onnx_uri, tmp)
         with open(path, "rb") as fh:
             data = fh.read()
     got = onnx_model.sha256(data)
@@ -186,11 +183,11 @@ def evaluate_challenger(cfg: Config, settings: Settings, version: str) -> dict[s
     name = cfg.registry.model_name
     mv = c.get_model_version(name, version)
     with tempfile.TemporaryDirectory() as tmp:
-        path = mlflow.artifacts.download_artifacts(
-            artifact_uri=f"runs:/{mv.run_id}/evaluation/eval_set.parquet", dst_path=tmp)
-        eval_df = pd.read_parquet(path)
-        parity = json.loads(open(mlflow.artifacts.download_artifacts(
-            artifact_uri=f"runs:/{mv.run_id}/evaluation/onnx_parity.json", dst_path=tmp)).read())
+        eval_df = pd.read_parquet(registry.download(
+            settings, f"runs:/{mv.run_id}/evaluation/eval_set.parquet", tmp))
+        with open(registry.download(settings, f"runs:/{mv.run_id}/evaluation/onnx_parity.json",
+                                    tmp), encoding="utf-8") as fh:
+            parity = json.load(fh)
     y = eval_df[cfg.dataset.label.name].astype(int).to_numpy()
     chal, size = _version_scorer(settings, mv)
     frame = onnx_model.to_native_frame(eval_df, chal.numeric, chal.categorical)

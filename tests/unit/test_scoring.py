@@ -7,6 +7,7 @@ the whole file at about a minute on two cores (most of it: `feast apply` and two
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -23,6 +24,7 @@ import pytest
 import yaml
 
 from pipelines import registry, scoring, storage
+from pipelines.settings import get_settings
 
 REPO = Path(__file__).resolve().parents[2]
 DAY, DAYS = date(2013, 1, 10), [date(2013, 1, 10), date(2013, 1, 11), date(2013, 1, 12)]
@@ -278,7 +280,9 @@ def test_a_nan_prediction_fails_the_chunk(env, tmp_path):
     assert storage.listdir(scoring.partition_uri(settings, DAY)) == []
 
 
-def test_scoring_refuses_pickled_models(tmp_path):
+def test_every_registry_user_refuses_pickled_models(tmp_path, monkeypatch):
+    """Pickle loading is off in any process that talks to the registry, even if the
+    environment asked for it."""
     import mlflow.sklearn
     from mlflow.exceptions import MlflowException
     from sklearn.linear_model import LogisticRegression
@@ -286,9 +290,11 @@ def test_scoring_refuses_pickled_models(tmp_path):
     path = str(tmp_path / "pickled")
     mlflow.sklearn.save_model(LogisticRegression().fit([[0.0], [1.0]], [0, 1]), path,
                               serialization_format="cloudpickle", pip_requirements=[])
-    with scoring.pickle_disabled(), pytest.raises(MlflowException, match="disallowed"):
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")
+    mlflow.sklearn.load_model(path)  # what an unguarded process would do
+    registry.client(dataclasses.replace(get_settings(), mlflow_tracking_uri=f"sqlite:///{tmp_path}/m.db"))
+    with pytest.raises(MlflowException, match="disallowed"):
         mlflow.sklearn.load_model(path)
-    assert os.environ.get(scoring.PICKLE_ENV) != "false"  # restored after the block
 
 
 _KILLED_RUN = """
