@@ -33,7 +33,7 @@ COPY --chown=mlops:mlops dags ./dags
 COPY --chown=mlops:mlops plugins ./plugins
 COPY --chown=mlops:mlops feature_repo ./feature_repo
 COPY --chown=mlops:mlops expectations ./expectations
-# Editable, as in scripts/install.sh: pipelines.settings.REPO_ROOT must be /opt/mlops, where
+# Editable, as in scripts/install.sh: pipelines.core.settings.REPO_ROOT must be /opt/mlops, where
 # params.yaml, feature_repo/, expectations/ and dvc.lock live.
 RUN uv pip install --system --no-cache --no-deps -e . \
  && mkdir -p /opt/airflow && chown mlops:mlops /opt/airflow

@@ -3,7 +3,7 @@
 Features in, partition out (issue 6's definition), through the path production runs:
 `stage_chunks` (the plan task: the interval's entity rows with the columns `plan_interval`
 stages: keys, times, passthrough inputs; streamed, as chunk files) -> per chunk, what the mapped
-`score_chunk` task does: `scoring.read_chunk` (Arrow), the chunk's feature columns appended to it
+`score_chunk` task does: `read_chunk` (Arrow), the chunk's feature columns appended to it
 as `features.historical_features_table` returns them (Arrow), a fresh onnxruntime session,
 `write_part` on the Arrow table -> `publish` (part checks, DuckDB validation, manifest).
 
@@ -44,8 +44,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipelines import storage
-from pipelines.config import ScoringConfig
+from pipelines.core import storage
+from pipelines.core.config import ScoringConfig
 
 PASSTHROUGH = ["distance", "hour"]
 WEATHER = ["temp", "dewp", "humid", "wind_speed", "precip", "pressure", "visib"]
@@ -135,14 +135,16 @@ def _score_one(features: str, chunk: dict, onnx_bytes: bytes, model: dict, out_d
     """
     import pyarrow.parquet as pq
 
-    from pipelines import scoring
-    from pipelines.onnx_model import OnnxScorer
-    from pipelines.settings import get_settings
+    from pipelines.core.settings import get_settings
+    from pipelines.model.onnx_model import OnnxScorer
+    from pipelines.scoring.inputs import META
+    from pipelines.scoring.parts import write_part
+    from pipelines.scoring.run import read_chunk
 
     settings = dataclasses.replace(get_settings(), data_uri=out_dir)
     group = pq.ParquetFile(features).read_row_group(chunk["chunk"])  # the retrieval's place
     keys, feature_cols = group["row_key"], [c for c in group.column_names
-                                            if c not in ("row_key", *scoring.META[1:], *STAGED)]
+                                            if c not in ("row_key", *META[1:], *STAGED)]
     if handoff == "pandas":
         entity = storage.read_parquet(chunk["uri"])
         if len(entity) != chunk["rows"]:
@@ -150,14 +152,14 @@ def _score_one(features: str, chunk: dict, onnx_bytes: bytes, model: dict, out_d
         rows = pd.concat([entity, group.select(feature_cols).to_pandas()], axis=1)
         same = entity["row_key"].equals(keys.to_pandas())
     else:
-        rows = scoring.read_chunk(chunk)
+        rows = read_chunk(chunk)
         same = rows["row_key"].equals(keys)
         for name in feature_cols:
             rows = rows.append_column(name, group[name])
     if not same:
         raise ValueError(f"feature rows of chunk {chunk['chunk']} do not match its entity rows")
     scorer = OnnxScorer(onnx_bytes, model["numeric"], model["categorical"])
-    part = scoring.write_part(settings, DAY, chunk["chunk"], rows, model, scorer, scoring_cfg)
+    part = write_part(settings, DAY, chunk["chunk"], rows, model, scorer, scoring_cfg)
     return {**part, "peak_rss_mb": _peak_rss_mb()}
 
 
@@ -181,10 +183,12 @@ def _project_path(features: str, onnx_bytes: bytes, numeric: list[str], out_dir:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipelines import scoring
-    from pipelines.config import load_config
-    from pipelines.onnx_model import sha256
-    from pipelines.settings import get_settings
+    from pipelines.core.config import load_config
+    from pipelines.core.settings import get_settings
+    from pipelines.model.onnx_model import sha256
+    from pipelines.scoring.inputs import META
+    from pipelines.scoring.parts import stage_chunks
+    from pipelines.scoring.publish import publish
 
     cfg = load_config(PARAMS)
     settings = dataclasses.replace(get_settings(), data_uri=out_dir)
@@ -194,10 +198,10 @@ def _project_path(features: str, onnx_bytes: bytes, numeric: list[str], out_dir:
     rss_after_imports = _peak_rss_mb()
     t0, cpu0 = time.perf_counter(), _cpu_s()
     entity = pq.ParquetFile(features).iter_batches(batch_size=cfg.scoring.chunk_rows,
-                                                   columns=["row_key", *scoring.META[1:], *STAGED])
+                                                   columns=["row_key", *META[1:], *STAGED])
     frames = (b.to_pandas() if handoff == "pandas" else pa.Table.from_batches([b])
               for b in entity)
-    chunks = scoring.stage_chunks(settings, DAY, frames, cfg.scoring.chunk_rows)
+    chunks = stage_chunks(settings, DAY, frames, cfg.scoring.chunk_rows)
     t_plan = time.perf_counter()
     args = [(features, c, onnx_bytes, model, out_dir, cfg.scoring, handoff) for c in chunks]
     if workers == 1:
@@ -206,7 +210,7 @@ def _project_path(features: str, onnx_bytes: bytes, numeric: list[str], out_dir:
         with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
             parts = list(pool.map(_score_one, *zip(*args)))
     t_score = time.perf_counter()
-    out = scoring.publish(cfg, settings, DAY, chunks, parts, model, "bench")
+    out = publish(cfg, settings, DAY, chunks, parts, model, "bench")
     t_end = time.perf_counter()
     queue.put({"rows": out["rows"], "seconds": t_end - t0, "cpu_s": _cpu_s() - cpu0, "plan_s": t_plan - t0,
                "score_s": t_score - t_plan, "publish_s": t_end - t_score, "chunks": len(chunks),
@@ -229,18 +233,21 @@ def _end_to_end(features: str, numeric: list[str], onnx_bytes: bytes, out_dir: s
 def _published_probabilities(out_dir: str) -> np.ndarray:
     """The probabilities of the published partition, in row order (parts in chunk order)."""
     from pipelines import scoring
-    from pipelines.settings import get_settings
+    from pipelines.core import locations
+    from pipelines.core.settings import get_settings
+    from pipelines.scoring.io import read_table
+    from pipelines.scoring.parts import PROBABILITY
 
     settings = dataclasses.replace(get_settings(), data_uri=out_dir)
-    base, manifest = scoring.partition_uri(settings, DAY), scoring.read_manifest(settings, DAY)
-    return np.concatenate([scoring.read_table(storage.join(base, f), [scoring.PROBABILITY])[
-        scoring.PROBABILITY].to_numpy() for f in manifest["files"]])
+    base, manifest = locations.predictions(settings, DAY), scoring.read_manifest(settings, DAY)
+    return np.concatenate([read_table(storage.join(base, f), [PROBABILITY])[
+        PROBABILITY].to_numpy() for f in manifest["files"]])
 
 
 def run(rows: int = 1_000_000) -> dict:
-    from pipelines.config import load_config
-    from pipelines.onnx_model import OnnxScorer, export, feeds, to_native_frame
-    from pipelines.training import make_pipeline
+    from pipelines.core.config import load_config
+    from pipelines.model.onnx_model import OnnxScorer, export, feeds, to_native_frame
+    from pipelines.model.training import make_pipeline
 
     cfg = load_config(PARAMS)
     base, numeric = _base()

@@ -6,7 +6,7 @@ Measured side by side in this run, each in a forked child so its peak memory is 
 
 - `baseline`: plain `scipy.stats.ks_2samp` + a quantile-bin PSI on every row of every column
   (PSI only for the two categoricals);
-- `project`: `pipelines.drift.check_drift` as configured in `params.yaml` (fixed-seed sample of
+- `project`: `pipelines.monitoring.drift.check_drift` as configured in `params.yaml` (fixed-seed sample of
   `drift.sample_rows` rows per side, schema checks, PSI + KS per feature against its threshold
   and weight, the verdict, and the Evidently HTML report);
 - `project_full`: the same check on every row (`sample_rows` = rows), without the report: the
@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines import storage
-from pipelines.config import load_config
+from pipelines.core import storage
+from pipelines.core.config import load_config
 
 NUMERIC = ["dep_time", "sched_dep_time", "dep_delay", "arr_time", "sched_arr_time", "arr_delay",
            "air_time", "distance", "hour", "minute", "temp", "dewp", "humid", "wind_dir",
@@ -124,7 +124,7 @@ def _measured(fn: Callable[[], Any]) -> dict[str, Any]:
 
 
 def run(rows: int = 1_000_000) -> dict:
-    from pipelines.drift import check_drift
+    from pipelines.monitoring.drift import check_drift
 
     cfg = load_config(Path(__file__).resolve().parents[1] / "params.yaml").drift
     ref, cur = _data(rows)

@@ -1,7 +1,7 @@
 """Point-in-time retrieval: the project's path vs DuckDB's ASOF JOIN (and Feast's own) on the same data.
 
 1,000,000 entity rows against 5,000,000 feature rows (100,000 entities, 10 features; about 2%
-of entity rows name an unknown entity). The project's path is `pipelines.features.
+of entity rows name an unknown entity). The project's path is `pipelines.features.store.
 historical_features` over a real Feast repo (FileSource -> FeatureView -> FeatureService, the
 definitions read from the registry) with the fast engine and the created-timestamp cutoff on;
 the baseline is one DuckDB `ASOF LEFT JOIN` over the same Parquet files. Feast's own
@@ -91,7 +91,7 @@ def _side(name: str, tmp: str, limit: int, out: mp.Queue) -> None:
     if name != "duckdb_asof":
         from feast import FeatureStore
 
-        from pipelines.features import historical_features
+        from pipelines.features.retrieval import historical_features
 
         FeatureStore(repo_path=tmp)  # the first store in a process finishes Feast's imports
     t0 = time.perf_counter()

@@ -1,7 +1,7 @@
 """ONNX Runtime scoring vs native scikit-learn `predict_proba`, same model, same rows.
 
 The model is the project's pipeline (imputer + one-hot + the configured estimator), fitted on
-real flights, exported by `pipelines.onnx_model.export`. Reports rows/s of both, the ratio,
+real flights, exported by `pipelines.model.onnx_model.export`. Reports rows/s of both, the ratio,
 single-row latency p50/p99, and the largest probability difference; both once on all rows and
 in calls of the batch scorer's chunk size.
 """
@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipelines import storage
-from pipelines.config import load_config
-from pipelines.onnx_model import OnnxScorer, export, to_native_frame
-from pipelines.training import make_pipeline
+from pipelines.core import storage
+from pipelines.core.config import load_config
+from pipelines.model.onnx_model import OnnxScorer, export, to_native_frame
+from pipelines.model.training import make_pipeline
 
 NUMERIC = ["distance", "hour", "sched_dep_time", "month"]
 CATEGORICAL = ["carrier", "origin"]

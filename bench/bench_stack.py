@@ -54,10 +54,10 @@ def _timed_run(client, dag_id: str, conf: dict) -> dict:
 
 def run(rows: int = 4_000_000) -> dict:
     from bench import bench_batch_scoring as b
-    from pipelines import storage
-    from pipelines.config import load_config
-    from pipelines.onnx_model import export, sha256, to_native_frame
-    from pipelines.training import make_pipeline
+    from pipelines.core import storage
+    from pipelines.core.config import load_config
+    from pipelines.model.onnx_model import export, sha256, to_native_frame
+    from pipelines.model.training import make_pipeline
     from stack.airflow import secrets_env
     from stack.api import AirflowClient
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 from airflow.sdk import Asset, Param, dag, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
-from pipelines.orchestration import PREDICTIONS_ASSET, default_args, schedule_span
+from pipelines.core.orchestration import PREDICTIONS_ASSET, default_args, schedule_span
 
 START, END = schedule_span()
 
@@ -52,8 +52,8 @@ START, END = schedule_span()
 def batch_scoring():
     @task
     def validate_batch(**context) -> dict:
-        from pipelines.orchestration import interval_day
-        from pipelines.quality import validate_interval
+        from pipelines.core.orchestration import interval_day
+        from pipelines.data.checks import validate_interval
 
         cfg, settings = _stage()
         results = validate_interval(cfg, settings, interval_day(context))
@@ -62,16 +62,16 @@ def batch_scoring():
 
     @task
     def build_features(validated: dict, **context) -> int:
-        from pipelines.features import build_sources_for_interval
-        from pipelines.orchestration import interval_day
+        from pipelines.core.orchestration import interval_day
+        from pipelines.features.sources import build_sources_for_interval
 
         cfg, settings = _stage()
         return len(build_sources_for_interval(cfg, settings, interval_day(context)))
 
     @task
     def resolve_model(**context) -> dict:
-        from pipelines.orchestration import interval_day
-        from pipelines.scoring import resolve_model as resolve
+        from pipelines.core.orchestration import interval_day
+        from pipelines.scoring.run import resolve_model as resolve
 
         cfg, settings = _stage()
         if policy := context["params"].get("backfill_model"):
@@ -84,8 +84,8 @@ def batch_scoring():
 
     @task
     def plan_chunks(model: dict, n_sources: int, **context) -> list[dict]:
-        from pipelines.orchestration import interval_day
-        from pipelines.scoring import plan_interval
+        from pipelines.core.orchestration import interval_day
+        from pipelines.scoring.run import plan_interval
 
         cfg, settings = _stage()
         chunks = plan_interval(cfg, settings, interval_day(context))
@@ -94,8 +94,8 @@ def batch_scoring():
 
     @task
     def score_chunk(chunk: dict, model: dict, **context) -> dict:
-        from pipelines.orchestration import interval_day
-        from pipelines.scoring import score_chunk as score_one
+        from pipelines.core.orchestration import interval_day
+        from pipelines.scoring.run import score_chunk as score_one
 
         cfg, settings = _stage()
         part = score_one(cfg, settings, interval_day(context), chunk, model)
@@ -104,9 +104,9 @@ def batch_scoring():
 
     @task
     def validate_predictions(parts: list, **context) -> dict:
-        from pipelines.orchestration import interval_day
-        from pipelines.quality import validate_predictions as validate
-        from pipelines.scoring import part_uris
+        from pipelines.core.orchestration import interval_day
+        from pipelines.data.checks import validate_predictions as validate
+        from pipelines.scoring.publish import part_uris
 
         cfg, settings = _stage()
         day = interval_day(context)
@@ -118,7 +118,7 @@ def batch_scoring():
     # none_failed: an empty interval maps zero score_chunk tasks and still gets its partition.
     @task(outlets=[Asset(PREDICTIONS_ASSET)], trigger_rule="none_failed")
     def score(parts: list, chunks: list, model: dict, **context) -> dict:
-        from pipelines.orchestration import interval_day
+        from pipelines.core.orchestration import interval_day
         from pipelines.scoring import publish
 
         cfg, settings = _stage()
@@ -136,7 +136,7 @@ def batch_scoring():
 
 
 def _stage():
-    from pipelines.orchestration import stage
+    from pipelines.core.orchestration import stage
 
     return stage()
 

@@ -20,8 +20,8 @@ import os
 from airflow.sdk import Asset, Param, dag, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
-from pipelines.alerts import MonitoringNotifier
-from pipelines.orchestration import RETRAIN_ASSET, default_args, schedule_span
+from pipelines.core.orchestration import RETRAIN_ASSET, default_args, schedule_span
+from pipelines.monitoring.alerts import MonitoringNotifier
 
 START, END = schedule_span()
 POKE_SECONDS = int(os.environ.get("MLOPS_SENSOR_POKE_SECONDS", "60"))
@@ -47,14 +47,14 @@ POKE_SECONDS = int(os.environ.get("MLOPS_SENSOR_POKE_SECONDS", "60"))
 def drift_monitor():
     @task.sensor(poke_interval=POKE_SECONDS, timeout=6 * 3600, mode="reschedule")
     def wait_for_predictions(**context) -> bool:
-        from pipelines.monitoring import window_ready
+        from pipelines.monitoring.checks import window_ready
 
         cfg, settings = _stage()
         return window_ready(cfg, settings, _day(context), START.date())
 
     @task
     def check_drift(**context) -> dict:
-        from pipelines.monitoring import check_interval
+        from pipelines.monitoring.checks import check_interval
 
         cfg, settings = _stage()
         verdict = check_interval(cfg, settings, _day(context), START.date(), context["run_id"])
@@ -65,7 +65,7 @@ def drift_monitor():
 
     @task
     def check_quality(**context) -> dict:
-        from pipelines.monitoring import check_quality as run
+        from pipelines.monitoring.checks import check_quality as run
 
         cfg, settings = _stage()
         quality = run(cfg, settings, _day(context), context["run_id"])
@@ -75,9 +75,9 @@ def drift_monitor():
 
     @task
     def decide(verdict: dict, quality: dict, **context) -> dict:
-        from pipelines.alerts import notify_decision
-        from pipelines.dates import to_date
-        from pipelines.monitoring import decide as run
+        from pipelines.core.dates import to_date
+        from pipelines.monitoring.alerts import notify_decision
+        from pipelines.monitoring.decision import decide as run
 
         cfg, settings = _stage()
         decision = run(cfg, settings, to_date(verdict["date"]), context["run_id"])
@@ -91,8 +91,8 @@ def drift_monitor():
 
     @task(outlets=[Asset(RETRAIN_ASSET)])
     def request_retraining(decision: dict, **context) -> dict:
-        from pipelines.dates import to_date
-        from pipelines.monitoring import retrain_evidence
+        from pipelines.core.dates import to_date
+        from pipelines.monitoring.decision import retrain_evidence
 
         _, settings = _stage()
         evidence = retrain_evidence(settings, to_date(decision["date"]))
@@ -102,8 +102,8 @@ def drift_monitor():
 
     @task
     def plot_history(decision: dict) -> str:
-        from pipelines.dates import to_date
-        from pipelines.monitoring import plot
+        from pipelines.core.dates import to_date
+        from pipelines.monitoring.decision import plot
 
         cfg, settings = _stage()
         uri = plot(cfg, settings, to_date(decision["date"]))
@@ -118,15 +118,15 @@ def drift_monitor():
 
 
 def _stage():
-    from pipelines.orchestration import stage
+    from pipelines.core.orchestration import stage
 
     return stage()
 
 
 def _day(context):
     """The day to check: the trigger form's `day`, else the run's data interval."""
-    from pipelines.dates import to_date
-    from pipelines.orchestration import interval_day
+    from pipelines.core.dates import to_date
+    from pipelines.core.orchestration import interval_day
 
     return to_date(context["params"]["day"]) if context["params"].get("day") else interval_day(context)
 

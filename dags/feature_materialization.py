@@ -12,7 +12,7 @@ from __future__ import annotations
 from airflow.sdk import dag, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
-from pipelines.orchestration import default_args, schedule_span
+from pipelines.core.orchestration import default_args, schedule_span
 
 START, END = schedule_span()
 
@@ -30,8 +30,8 @@ START, END = schedule_span()
 def feature_materialization():
     @task
     def validate_batch(**context) -> dict:
-        from pipelines.orchestration import interval_day
-        from pipelines.quality import validate_interval
+        from pipelines.core.orchestration import interval_day
+        from pipelines.data.checks import validate_interval
 
         cfg, settings = _stage()
         results = validate_interval(cfg, settings, interval_day(context))
@@ -39,23 +39,23 @@ def feature_materialization():
 
     @task
     def build_features(validated: dict, **context) -> int:
-        from pipelines.features import build_sources_for_interval
-        from pipelines.orchestration import interval_day
+        from pipelines.core.orchestration import interval_day
+        from pipelines.features.sources import build_sources_for_interval
 
         cfg, settings = _stage()
         return len(build_sources_for_interval(cfg, settings, interval_day(context)))
 
     @task
     def materialize(n_sources: int, **context) -> dict:
-        from pipelines.online import materialize as run
-        from pipelines.orchestration import interval_day
+        from pipelines.core.orchestration import interval_day
+        from pipelines.features.online import materialize as run
 
         cfg, settings = _stage()
         return run(cfg, settings, interval_day(context))
 
     @task
     def check_skew(materialized: dict) -> dict:
-        from pipelines.online import check_skew as run
+        from pipelines.features.online import check_skew as run
 
         cfg, settings = _stage()
         return run(cfg, settings, materialized["as_of"])
@@ -64,7 +64,7 @@ def feature_materialization():
 
 
 def _stage():
-    from pipelines.orchestration import stage
+    from pipelines.core.orchestration import stage
 
     return stage()
 

@@ -10,7 +10,12 @@ from __future__ import annotations
 
 from airflow.sdk import Asset, Param, dag, task
 
-from pipelines.orchestration import CHAMPION_ASSET, REGISTRY_POOL, default_args, schedule_span
+from pipelines.core.orchestration import (
+    CHAMPION_ASSET,
+    REGISTRY_POOL,
+    default_args,
+    schedule_span,
+)
 
 
 @dag(
@@ -33,8 +38,8 @@ from pipelines.orchestration import CHAMPION_ASSET, REGISTRY_POOL, default_args,
 def promote():
     @task(pool=REGISTRY_POOL, outlets=[Asset(CHAMPION_ASSET)])
     def promote_version(**context) -> dict:
-        from pipelines.orchestration import stage
-        from pipelines.promotion import promote_approved
+        from pipelines.core.orchestration import stage
+        from pipelines.model.promotion import promote_approved
 
         cfg, settings = stage()
         p = context["params"]

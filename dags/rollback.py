@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from airflow.sdk import Asset, Param, dag, task
 
-from pipelines.orchestration import (
+from pipelines.core.orchestration import (
     CHAMPION_ASSET,
     REGISTRY_POOL,
     default_args,
@@ -35,8 +35,8 @@ from pipelines.orchestration import (
 def rollback():
     @task(pool=REGISTRY_POOL, outlets=[Asset(CHAMPION_ASSET)])
     def move_champion(**context) -> dict:
-        from pipelines.orchestration import stage
-        from pipelines.registry import rollback as run
+        from pipelines.core.orchestration import stage
+        from pipelines.model.registry import rollback as run
 
         cfg, settings = stage()
         p = context["params"]

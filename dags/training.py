@@ -19,14 +19,14 @@ from __future__ import annotations
 
 from airflow.sdk import Asset, Param, dag, task
 
-from pipelines.alerts import MonitoringNotifier
-from pipelines.orchestration import (
+from pipelines.core.orchestration import (
     CHAMPION_ASSET,
     REGISTRY_POOL,
     RETRAIN_ASSET,
     default_args,
     schedule_span,
 )
+from pipelines.monitoring.alerts import MonitoringNotifier
 
 
 @dag(
@@ -58,7 +58,7 @@ from pipelines.orchestration import (
 def training():
     @task
     def resolve_window(**context) -> dict:
-        from pipelines.windows import training_window
+        from pipelines.model.windows import training_window
 
         cfg, _ = _stage()
         events = [{"uri": e.asset.uri, "extra": dict(e.extra or {})}
@@ -67,28 +67,28 @@ def training():
 
     @task
     def validate_raw(window: dict) -> dict:
-        from pipelines.windows import validate_window
+        from pipelines.model.windows import validate_window
 
         cfg, settings = _stage()
         return validate_window(cfg, settings, window)
 
     @task
     def build_features(window: dict, validated: dict) -> int:
-        from pipelines.windows import build_window_features
+        from pipelines.model.windows import build_window_features
 
         cfg, settings = _stage()
         return build_window_features(cfg, settings, window)
 
     @task
     def build_training_set(window: dict, n_sources: int, **context) -> dict:
-        from pipelines import storage
-        from pipelines.dates import to_date
-        from pipelines.training import build_training_set as build
+        from pipelines.core import locations
+        from pipelines.core.dates import to_date
+        from pipelines.model.training_set import build_training_set as build
 
         cfg, settings = _stage()
-        from pipelines.quality import validate_training_set
+        from pipelines.data.checks import validate_training_set
 
-        out = storage.join(settings.training_sets_uri, f"{window['start']}_{window['end']}.parquet")
+        out = locations.training_set(settings, window["start"], window["end"])
         ts = build(cfg, settings, to_date(window["start"]), to_date(window["end"]), out)
         checked = validate_training_set(cfg, settings, ts)  # raises before anything trains on it
         print(f"build_training_set: {ts['rows']} rows, positive rate {ts['positive_rate']:.3f}, "
@@ -97,7 +97,7 @@ def training():
 
     @task
     def train(training_set: dict, window: dict, **context) -> dict:
-        from pipelines.tracking import train_and_register
+        from pipelines.model.training import train_and_register
 
         cfg, settings = _stage()
         ctx = {"run_id": context["run_id"], "trigger": window["trigger"],
@@ -106,15 +106,21 @@ def training():
 
     @task
     def evaluate_gates(trained: dict) -> dict:
-        from pipelines.tracking import evaluate_challenger
+        from pipelines.model.evaluation import evaluate_challenger
 
         cfg, settings = _stage()
         return evaluate_challenger(cfg, settings, trained["version"])
 
     @task.short_circuit(ignore_downstream_trigger_rules=False)
     def decide_promotion(report: dict, window: dict, **context) -> bool:
-        from pipelines.alerts import notify_gate_failure
-        from pipelines.promotion import FORCED, PROMOTE, REJECT, decide, record_decision
+        from pipelines.model.promotion import (
+            FORCED,
+            PROMOTE,
+            REJECT,
+            decide,
+            record_decision,
+        )
+        from pipelines.monitoring.alerts import notify_gate_failure
 
         cfg, settings = _stage()
         p = context["params"]
@@ -131,7 +137,7 @@ def training():
 
     @task(pool=REGISTRY_POOL, outlets=[Asset(CHAMPION_ASSET)])
     def promote(report: dict, window: dict, **context) -> dict:
-        from pipelines.registry import promote as do_promote
+        from pipelines.model.registry import promote as do_promote
 
         cfg, settings = _stage()
         forced = not report["passed"]
@@ -153,7 +159,7 @@ def training():
 
 
 def _stage():
-    from pipelines.orchestration import stage
+    from pipelines.core.orchestration import stage
 
     return stage()
 

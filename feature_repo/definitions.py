@@ -3,7 +3,7 @@
 This module is configuration: it is the one place that names the dataset's features. Training,
 batch scoring and the online path all read features through the service `features.service` in
 params.yaml names (a model records the service it was trained with and is scored with it).
-Source files are written by `pipelines.features` under MLOPS_DATA_URI/features/<source>/; every
+Source files are written by `pipelines.features.store` under MLOPS_DATA_URI/features/<source>/; every
 row has `event_timestamp` (when the value holds) and `created_timestamp` (when it was known).
 """
 
@@ -22,7 +22,7 @@ from feast import (
 from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Float64, Int64, UnixTimestamp
 
-from pipelines.settings import get_settings
+from pipelines.core.settings import get_settings
 
 FEATURES = get_settings().features_uri
 

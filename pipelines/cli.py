@@ -11,31 +11,32 @@ import logging
 import sys
 from typing import Any
 
-from pipelines.dates import date_range, to_date
+from pipelines.core.dates import date_range, to_date
 
 
 def _ctx() -> tuple[Any, Any]:
-    from pipelines.orchestration import stage
+    from pipelines.core.orchestration import stage
 
     return stage()
 
 
 def cmd_ingest(a: argparse.Namespace) -> Any:
-    from pipelines.ingest import ingest
+    from pipelines.data.ingest import ingest
 
     cfg, s = _ctx()
     return ingest(cfg, a.landing or s.landing_uri, to_date(a.start), to_date(a.end))
 
 
 def cmd_validate(a: argparse.Namespace) -> Any:
-    from pipelines.quality import validate_day
+    from pipelines.data.checks import validate_day
 
     cfg, s = _ctx()
     return validate_day(cfg, s, to_date(a.date))
 
 
 def cmd_features(a: argparse.Namespace) -> Any:
-    from pipelines.features import apply_definitions, build_feature_sources
+    from pipelines.features.sources import build_feature_sources
+    from pipelines.features.store import apply_definitions
 
     cfg, s = _ctx()
     apply_definitions(s)
@@ -43,7 +44,7 @@ def cmd_features(a: argparse.Namespace) -> Any:
 
 
 def cmd_apply(a: argparse.Namespace) -> Any:
-    from pipelines.features import apply_definitions
+    from pipelines.features.store import apply_definitions
 
     _, s = _ctx()
     apply_definitions(s)
@@ -52,12 +53,13 @@ def cmd_apply(a: argparse.Namespace) -> Any:
 
 def cmd_train(a: argparse.Namespace) -> Any:
     """Window -> validation -> features -> training set -> train -> gates -> promotion."""
-    from pipelines import storage
-    from pipelines.quality import validate_training_set
-    from pipelines.registry import promote
-    from pipelines.tracking import evaluate_challenger, train_and_register
-    from pipelines.training import build_training_set
-    from pipelines.windows import (
+    from pipelines.core import locations, storage
+    from pipelines.data.checks import validate_training_set
+    from pipelines.model.evaluation import evaluate_challenger
+    from pipelines.model.registry import promote
+    from pipelines.model.training import train_and_register
+    from pipelines.model.training_set import build_training_set
+    from pipelines.model.windows import (
         build_window_features,
         training_window,
         validate_window,
@@ -67,7 +69,7 @@ def cmd_train(a: argparse.Namespace) -> Any:
     window = training_window(cfg, {"train_start": a.start, "train_end": a.end}, [])
     validate_window(cfg, s, window)
     build_window_features(cfg, s, window)
-    out = storage.join(s.training_sets_uri, f"{window['start']}_{window['end']}.parquet")
+    out = locations.training_set(s, window["start"], window["end"])
     ts = build_training_set(cfg, s, to_date(window["start"]), to_date(window["end"]), out)
     validate_training_set(cfg, s, ts)
     trained = train_and_register(cfg, s, ts, {"run_id": "cli", "trigger": "manual"})
@@ -82,28 +84,28 @@ def cmd_train(a: argparse.Namespace) -> Any:
 
 def cmd_score(a: argparse.Namespace) -> Any:
     """Score one day with the model the backfill policy (scoring.backfill_model) picks."""
-    from pipelines.scoring import score_interval
+    from pipelines.scoring.run import score_interval
 
     cfg, s = _ctx()
     return score_interval(cfg, s, to_date(a.date), None, "cli")
 
 
 def cmd_drift(a: argparse.Namespace) -> Any:
-    from pipelines.monitoring import check_interval
+    from pipelines.monitoring.checks import check_interval
 
     cfg, s = _ctx()
     return check_interval(cfg, s, to_date(a.date))
 
 
 def cmd_rollback(a: argparse.Namespace) -> Any:
-    from pipelines.registry import rollback
+    from pipelines.model.registry import rollback
 
     cfg, s = _ctx()
     return rollback(s, cfg.registry.model_name, a.target, "cli", a.reason)
 
 
 def cmd_draft_suite(a: argparse.Namespace) -> Any:
-    from pipelines.validation import draft_suite
+    from pipelines.data.validation import draft_suite
 
     return draft_suite(a.data, a.table, a.out)
 

@@ -126,9 +126,9 @@ def _history_line(e: dict[str, Any]) -> str:
 
 
 def summary(start: date, end: date) -> dict[str, Any]:
-    from pipelines.orchestration import stage
-    from pipelines.registry import by_alias, client, history
-    from pipelines.scoring import read_manifest
+    from pipelines.core.orchestration import stage
+    from pipelines.model.registry import by_alias, client, history
+    from pipelines.scoring.io import read_manifest
 
     cfg, s = stage()
     c = client(s)

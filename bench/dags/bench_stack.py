@@ -18,7 +18,7 @@ DAY = "2013-06-01"
 def _settings(out_uri: str):
     import dataclasses
 
-    from pipelines.settings import get_settings
+    from pipelines.core.settings import get_settings
 
     return dataclasses.replace(get_settings(), data_uri=out_uri)
 
@@ -32,49 +32,53 @@ def bench_stack_scoring():
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        from pipelines import scoring, storage
-        from pipelines.config import load_config
-        from pipelines.dates import to_date
+        from pipelines.core import storage
+        from pipelines.core.config import load_config
+        from pipelines.core.dates import to_date
+        from pipelines.scoring.inputs import META
+        from pipelines.scoring.parts import stage_chunks
 
         cfg = load_config(_settings(params["out_uri"]).params_path)
         fs, path = storage.resolve(params["features_uri"])
         with fs.open(path, "rb") as fh:
             entity = pq.ParquetFile(fh).iter_batches(batch_size=cfg.scoring.chunk_rows,
-                                                      columns=["row_key", *scoring.META[1:]])
+                                                      columns=["row_key", *META[1:]])
             frames = (pa.Table.from_batches([b]) for b in entity)
-            return scoring.stage_chunks(_settings(params["out_uri"]), to_date(DAY), frames,
+            return stage_chunks(_settings(params["out_uri"]), to_date(DAY), frames,
                                         cfg.scoring.chunk_rows)
 
     @task
     def score(chunk: dict, params=None) -> dict:
         import pyarrow.parquet as pq
 
-        from pipelines import scoring, storage
-        from pipelines.config import load_config
-        from pipelines.dates import to_date
-        from pipelines.onnx_model import OnnxScorer
+        from pipelines.core import storage
+        from pipelines.core.config import load_config
+        from pipelines.core.dates import to_date
+        from pipelines.model.onnx_model import OnnxScorer
+        from pipelines.scoring.io import read_table
+        from pipelines.scoring.parts import write_part
 
         settings = _settings(params["out_uri"])
         cfg, model = load_config(settings.params_path), params["model"]
         fs, path = storage.resolve(params["features_uri"])
         with fs.open(path, "rb") as fh:
             rows = pq.ParquetFile(fh).read_row_group(chunk["chunk"])
-        keys = scoring.read_table(chunk["uri"], columns=["row_key"])["row_key"]
+        keys = read_table(chunk["uri"], columns=["row_key"])["row_key"]
         if not keys.equals(rows["row_key"]):
             raise ValueError(f"feature rows of chunk {chunk['chunk']} do not match its entities")
         scorer = OnnxScorer(storage.read_bytes(params["onnx_uri"]), model["numeric"],
                             model["categorical"])
-        return scoring.write_part(settings, to_date(DAY), chunk["chunk"], rows, model, scorer,
+        return write_part(settings, to_date(DAY), chunk["chunk"], rows, model, scorer,
                                   cfg.scoring)
 
     @task
     def publish(chunks: list[dict], parts: list[dict], params=None) -> int:
-        from pipelines import scoring
-        from pipelines.config import load_config
-        from pipelines.dates import to_date
+        from pipelines.core.config import load_config
+        from pipelines.core.dates import to_date
+        from pipelines.scoring.publish import publish
 
         settings = _settings(params["out_uri"])
-        out = scoring.publish(load_config(settings.params_path), settings, to_date(DAY),
+        out = publish(load_config(settings.params_path), settings, to_date(DAY),
                               chunks, list(parts), params["model"], "bench")
         return int(out["rows"])
 

@@ -18,7 +18,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 
 from mlops_ui import data, files, page, trends
-from pipelines.settings import get_settings
+from pipelines.core.settings import get_settings
 
 SANDBOX = "sandbox allow-scripts allow-popups allow-popups-to-escape-sandbox allow-downloads"
 

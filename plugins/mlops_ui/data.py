@@ -1,8 +1,8 @@
 """What the model page shows, as plain dicts: the models holding aliases, the promotion history,
 the lineage of a prediction partition and the validation reports of a day.
 
-Read from the MLflow registry (`pipelines.registry`), the promotion history, partition manifests
-(`pipelines.scoring.read_manifest`) and the report folders. Report locations stay URIs here;
+Read from the MLflow registry (`pipelines.model.registry`), the promotion history, partition manifests
+(`pipelines.scoring.run.read_manifest`) and the report folders. Report locations stay URIs here;
 the page turns them into links (`files.href`). No Airflow, no HTML.
 """
 
@@ -13,13 +13,14 @@ from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from pipelines import registry, storage
-from pipelines.settings import Settings
+from pipelines.core import locations, storage
+from pipelines.core.settings import Settings
+from pipelines.model import registry
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-    from pipelines.config import Config
+    from pipelines.core.config import Config
 
 ROLES = (registry.CHAMPION, registry.CHALLENGER, registry.PREVIOUS)
 HEADLINE = ("roc_auc", "pr_auc", "calibration_error", "brier")
@@ -37,7 +38,7 @@ def config(settings: Settings) -> Config:
 
 @lru_cache(maxsize=2)
 def _config(path: str, mtime_ns: int) -> Config:
-    from pipelines.config import load_config
+    from pipelines.core.config import load_config
 
     return load_config(path)
 
@@ -48,7 +49,7 @@ def _iso_ms(ms: int | None) -> str | None:
 
 def gate_report_uri(settings: Settings, name: str, version: str) -> str | None:
     """The gate report `evaluate_challenger` wrote for a version, if there is one."""
-    uri = storage.join(settings.reports_uri, "gates", f"{name}-v{version}.json")
+    uri = locations.gate_report(settings, name, version)
     return uri if storage.exists(uri) else None
 
 
@@ -136,9 +137,7 @@ def partitions(settings: Settings) -> list[str]:
 
 
 def _read_manifest(settings: Settings, day: date) -> dict[str, Any] | None:
-    from pipelines.scoring import (
-        read_manifest,  # pandas and numpy: only when a page needs it
-    )
+    from pipelines.scoring.io import read_manifest  # pyarrow: only when a page needs it
 
     return read_manifest(settings, day)
 

@@ -1,7 +1,7 @@
 """Which local report and data files the plugin serves, read-only, and their URLs.
 
 Two roots: `reports` (validation, gate and drift reports, Data Docs) and `data` (promotion
-history, drift verdicts, partition manifests), as configured in `pipelines.settings`. A request
+history, drift verdicts, partition manifests), as configured in `pipelines.core.settings`. A request
 names a root and a relative path; it is served only if the resolved file (symlinks followed)
 lies inside that root, no path part is hidden (`.tmp-*` files of writes in progress), and its
 suffix is a report format. Raw data (CSV, Parquet) is never served.
@@ -14,8 +14,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 from mlops_ui import urls
-from pipelines import storage
-from pipelines.settings import Settings
+from pipelines.core import storage
+from pipelines.core.settings import Settings
 
 CONTENT_TYPES = {
     ".html": "text/html; charset=utf-8",

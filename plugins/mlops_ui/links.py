@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk.bases.operatorlink import BaseOperatorLink
 
 from mlops_ui import files, urls
-from pipelines import storage
-from pipelines.settings import Settings, get_settings
+from pipelines.core import storage
+from pipelines.core.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from airflow.sdk.types import TaskInstanceKey

@@ -2,7 +2,7 @@
 
 The page asks a `TrendSource`. Today's source reads the JSON files `drift_monitor` writes under
 `<registry>/drift/` (verdicts, quality, decisions); a source backed by the metrics history table
-(`pipelines.metrics_store`) only has to return the same point dicts, and `source_for` is the one
+(`pipelines.monitoring.history`) only has to return the same point dicts, and `source_for` is the one
 place that chooses. "The last N days" ends at the latest checked interval, not at the wall clock:
 a backfilled or replayed span is shown as it was monitored.
 """
@@ -12,8 +12,8 @@ from __future__ import annotations
 from datetime import date, timedelta
 from typing import Any, Protocol
 
-from pipelines import storage
-from pipelines.settings import Settings
+from pipelines.core import storage
+from pipelines.core.settings import Settings
 
 QUALITY_METRICS = ("roc_auc", "pr_auc", "calibration_error")
 

@@ -63,7 +63,7 @@ def test_dag_ids_match_file_names_and_are_documented(dagbag) -> None:
 
 def test_assets_link_the_dags(dagbag) -> None:
     """drift_monitor emits the retraining request; training is scheduled on it."""
-    from pipelines.orchestration import PREDICTIONS_ASSET, RETRAIN_ASSET
+    from pipelines.core.orchestration import PREDICTIONS_ASSET, RETRAIN_ASSET
 
     emit = dagbag.dags["drift_monitor"].get_task("request_retraining")
     assert [a.uri for a in emit.outlets] == [RETRAIN_ASSET]
@@ -74,7 +74,7 @@ def test_assets_link_the_dags(dagbag) -> None:
 
 
 def test_daily_dags_catch_up_over_the_configured_span(dagbag) -> None:
-    from pipelines.orchestration import schedule_span
+    from pipelines.core.orchestration import schedule_span
 
     start, end = schedule_span()
     for dag_id in ["batch_scoring", "feature_materialization", "drift_monitor"]:

@@ -47,10 +47,10 @@ def lifecycle(tmp_path_factory):
     os.environ["MLOPS_PARAMS"] = str(params)
     os.environ["MLOPS_STATE_URI"] = str(tmp / "state")
 
-    from pipelines.config import load_config
-    from pipelines.features import apply_definitions
-    from pipelines.ingest import ingest
-    from pipelines.settings import get_settings
+    from pipelines.core.config import load_config
+    from pipelines.core.settings import get_settings
+    from pipelines.data.ingest import ingest
+    from pipelines.features.store import apply_definitions
 
     cfg, settings = load_config(params), get_settings()
     ingest(cfg, settings.landing_uri, date(2013, 1, 1), date(2013, 1, 16))
@@ -84,8 +84,10 @@ def test_lifecycle_train_score_drift_retrain(lifecycle):
     from airflow.models.asset import AssetDagRunQueue, AssetEvent, AssetModel
     from airflow.utils.session import create_session
 
-    from pipelines import registry, scoring, storage
-    from pipelines.orchestration import RETRAIN_ASSET
+    from pipelines import scoring
+    from pipelines.core import locations, storage
+    from pipelines.core.orchestration import RETRAIN_ASSET
+    from pipelines.model import registry
 
     cfg, settings = lifecycle
     name = cfg.registry.model_name
@@ -111,7 +113,7 @@ def test_lifecycle_train_score_drift_retrain(lifecycle):
     assert (preds["model_version"] == "1").all()
 
     # a re-run of the same interval leaves byte-identical predictions and no duplicates
-    part = storage.join(scoring.partition_uri(settings, first), manifest["files"][0])
+    part = storage.join(locations.predictions(settings, first), manifest["files"][0])
     before = storage.read_bytes(part)
     _run("batch_scoring", logical_date=_utc("2013-06-02"))
     assert scoring.read_manifest(settings, first)["files"] == manifest["files"]

@@ -115,19 +115,15 @@ def test_stages_on_object_store_redis_postgres(env):
     import psycopg2
     import redis
 
-    from pipelines import (
-        cli,
-        features,
-        metrics_store,
-        monitoring,
-        online,
-        registry,
-        scoring,
-    )
-    from pipelines.config import load_config
-    from pipelines.ingest import ingest
-    from pipelines.quality import validate_interval, validate_predictions
-    from pipelines.settings import get_settings
+    from pipelines import cli, features, monitoring, scoring
+    from pipelines.core.config import load_config
+    from pipelines.core.settings import get_settings
+    from pipelines.data.checks import validate_interval, validate_predictions
+    from pipelines.data.ingest import ingest
+    from pipelines.features import online
+    from pipelines.model import locks, registry
+    from pipelines.monitoring import history as metrics_store
+    from pipelines.scoring.publish import part_uris, publish
 
     cfg, settings = load_config(), get_settings()
     assert settings.landing_uri == f"s3://{BUCKET}/data/landing"
@@ -138,7 +134,7 @@ def test_stages_on_object_store_redis_postgres(env):
 
     # training: GX on S3 batches, Feast registry on S3, PIT from S3 Parquet, MLflow on Postgres
     # with artifacts in S3, gates, promotion (alias moves under the Postgres advisory lock)
-    assert registry.lock_url() == env["metrics"]
+    assert locks.lock_url() == env["metrics"]
     assert cli.main(["train", "--start", TRAIN[0], "--end", TRAIN[1], "--promote"]) in (0, None)
     champion = registry.resolve_champion(settings, cfg.registry.model_name)
     assert champion["version"] == "1"
@@ -156,8 +152,8 @@ def test_stages_on_object_store_redis_postgres(env):
     model = scoring.resolve_model(cfg, settings, DAY)
     chunks = scoring.plan_interval(cfg, settings, DAY)
     parts = [scoring.score_chunk(cfg, settings, DAY, c, model) for c in chunks]
-    validate_predictions(cfg, settings, DAY, scoring.part_uris(settings, DAY, parts))
-    published = scoring.publish(cfg, settings, DAY, chunks, parts, model, "object-store-test")
+    validate_predictions(cfg, settings, DAY, part_uris(settings, DAY, parts))
+    published = publish(cfg, settings, DAY, chunks, parts, model, "object-store-test")
     assert published["rows"] > 500
     preds = scoring.read_partition(settings, DAY)
     assert len(preds) == published["rows"] and preds["row_key"].is_unique

@@ -16,11 +16,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines import promotion, registry, storage
-from pipelines.config import Config, load_config
-from pipelines.dataset import prepare_events
-from pipelines.settings import get_settings
-from pipelines.tracking import evaluate_challenger, train_and_register
+from pipelines.core import storage
+from pipelines.core.config import Config, load_config
+from pipelines.core.settings import get_settings
+from pipelines.data.events import prepare_events
+from pipelines.model import promotion, registry
+from pipelines.model.evaluation import evaluate_challenger
+from pipelines.model.training import train_and_register
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -182,7 +184,7 @@ def test_champion_cannot_be_deleted_and_tampered_onnx_is_refused(base_cfg, setti
     run_dir = Path(settings.mlflow_artifacts_uri)
     onnx_file = next(run_dir.rglob("onnx/model.onnx"))
     onnx_file.write_bytes(onnx_file.read_bytes() + b"tampered")
-    from pipelines.tracking import load_onnx
+    from pipelines.model.registry import load_onnx
 
     with pytest.raises(registry.RegistryError, match="sha256"):
         load_onnx(settings, champion["onnx_uri"], champion["onnx_sha256"])

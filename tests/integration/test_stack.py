@@ -113,7 +113,7 @@ def stack_settings(stack):
             del os.environ[key]
     os.environ.update({k: v for k, v in stack["senv"].items()
                        if k.startswith(("MLOPS_", "FEAST_", "MLFLOW_", "AWS_"))})
-    from pipelines.settings import get_settings
+    from pipelines.core.settings import get_settings
 
     try:
         yield get_settings()
@@ -200,6 +200,7 @@ def test_scoring_survives_a_killed_worker(stack, stack_settings):
     import redis
 
     from pipelines import scoring
+    from pipelines.core import locations
 
     client, senv = stack["client"], stack["senv"]
     # Catch-up: two nightly intervals (2013-06-01, 2013-06-02) start once unpaused.
@@ -237,7 +238,7 @@ def test_scoring_survives_a_killed_worker(stack, stack_settings):
             preds = scoring.read_partition(stack_settings, day)
             assert manifest["input_rows"] == manifest["output_rows"] == len(preds) > 500
             assert preds["row_key"].is_unique and (preds["model_version"] == "1").all()
-            assert scoring.partition_uri(stack_settings, day).startswith("s3://")
+            assert locations.predictions(stack_settings, day).startswith("s3://")
 
         # The online store is Redis (db 1; Celery's broker is db 0).
         for run in client._request("GET", "/api/v2/dags/feature_materialization/dagRuns")[

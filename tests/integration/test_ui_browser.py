@@ -60,10 +60,10 @@ def build_state(root: Path) -> None:
     raw["drift"]["window_days"] = 2
     Path(os.environ["MLOPS_PARAMS"]).write_text(yaml.safe_dump(raw))
 
-    from pipelines.config import load_config
-    from pipelines.features import apply_definitions
-    from pipelines.ingest import ingest
-    from pipelines.settings import get_settings
+    from pipelines.core.config import load_config
+    from pipelines.core.settings import get_settings
+    from pipelines.data.ingest import ingest
+    from pipelines.features.store import apply_definitions
 
     cfg, settings = load_config(os.environ["MLOPS_PARAMS"]), get_settings()
     ingest(cfg, settings.landing_uri, date(2013, 1, 1), date(2013, 1, 9))

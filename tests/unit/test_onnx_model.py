@@ -15,7 +15,7 @@ def _fitted(estimator, labels: str):
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import OneHotEncoder
 
-    from pipelines.onnx_model import to_native_frame
+    from pipelines.model.onnx_model import to_native_frame
 
     rng = np.random.default_rng(0)
     n = 4000
@@ -35,7 +35,7 @@ def _fitted(estimator, labels: str):
 def _run(model_bytes: bytes, x: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     import onnxruntime as ort
 
-    from pipelines.onnx_model import feeds
+    from pipelines.model.onnx_model import feeds
 
     session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
     assert [o.name for o in session.get_outputs()] == ["label", "probabilities"]
@@ -62,7 +62,7 @@ def test_binary_gradient_boosting_runs_as_regressor_with_the_same_outputs(labels
     import onnx
     from sklearn.ensemble import GradientBoostingClassifier
 
-    from pipelines.onnx_model import export
+    from pipelines.model.onnx_model import export
 
     pipe, x = _fitted(GradientBoostingClassifier(n_estimators=n_estimators, max_depth=max_depth,
                                                  random_state=0), labels)
@@ -86,7 +86,7 @@ def test_binary_gradient_boosting_runs_as_regressor_with_the_same_outputs(labels
 def test_other_classifiers_are_exported_unchanged():
     from sklearn.ensemble import RandomForestClassifier
 
-    from pipelines.onnx_model import export
+    from pipelines.model.onnx_model import export
 
     pipe, _ = _fitted(RandomForestClassifier(n_estimators=5, random_state=0), "int")
     assert export(pipe, NUMERIC, CATEGORICAL) == _classifier_export(pipe)

@@ -1,4 +1,4 @@
-"""Point-in-time retrieval: the fast path (pipelines.pit) against a brute-force reference and Feast.
+"""Point-in-time retrieval: the fast path (pipelines.features.pit) against a brute-force reference and Feast.
 
 - property: random entity and feature streams (ties on event time, late rows, rows created
   before their event time, TTL expiry, unknown and null entities, duplicate entity rows and
@@ -24,8 +24,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipelines import pit, storage
-from pipelines.dataset import PREDICTION_TIME, ROW_KEY
+from pipelines.core import storage
+from pipelines.data.events import PREDICTION_TIME, ROW_KEY
+from pipelines.features import pit
 
 REPO = Path(__file__).resolve().parents[2]
 BASE = datetime(2024, 3, 9, tzinfo=UTC)  # a DST weekend in New York: UTC must not care
@@ -216,7 +217,7 @@ def tiny_feast(scratch):
 @given(raw=st.lists(feature_row, min_size=1, max_size=30), ents=st.lists(entity_row, min_size=1,
                                                                          max_size=20))
 def test_feast_agrees_with_the_reference(tiny_feast, scratch, raw, ents):
-    from pipelines.features import historical_features
+    from pipelines.features.retrieval import historical_features
 
     rows = _stream(raw, [0, 1])
     _write_source(scratch / "random.parquet", rows)
@@ -247,15 +248,12 @@ def flights(tmp_path_factory):
                             "FEAST_REGISTRY_PATH": str(tmp / "state/feast/registry.db"),
                             "FEAST_ONLINE_PATH": str(tmp / "state/feast/online.db")}.items():
             mp.setenv(name, value)
-        from pipelines.config import load_config
-        from pipelines.dataset import load_events
-        from pipelines.features import (
-            apply_definitions,
-            build_feature_sources,
-            get_store,
-        )
-        from pipelines.ingest import ingest
-        from pipelines.settings import get_settings
+        from pipelines.core.config import load_config
+        from pipelines.core.settings import get_settings
+        from pipelines.data.events import load_events
+        from pipelines.data.ingest import ingest
+        from pipelines.features.sources import build_feature_sources
+        from pipelines.features.store import apply_definitions, get_store
 
         cfg, settings = load_config(REPO / "params.yaml"), get_settings()
         ingest(cfg, settings.landing_uri, date(2013, 1, 1), date(2013, 1, 8))
@@ -285,7 +283,7 @@ def flights(tmp_path_factory):
 
 @pytest.mark.parametrize("cutoff", [True, False])
 def test_fast_path_equals_feast_on_real_flights(flights, cutoff):
-    from pipelines.features import historical_features
+    from pipelines.features.retrieval import historical_features
 
     cfg, store, rows = flights
     keys = list(cfg.features.join_keys)
@@ -310,7 +308,7 @@ def test_fast_path_equals_feast_on_real_flights(flights, cutoff):
 
 
 def test_calendar_fields_are_local_to_the_origin(flights):
-    from pipelines.features import historical_features
+    from pipelines.features.retrieval import historical_features
 
     cfg, store, rows = flights
     one = rows.head(1).assign(**{PREDICTION_TIME: pd.Timestamp("2013-01-05T03:30Z")})

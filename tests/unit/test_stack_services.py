@@ -9,6 +9,7 @@ import pytest
 
 from stack import services
 
+
 def test_redis_with_generated_password_starts_and_stops(tmp_path):
     import redis
     from redis.backoff import NoBackoff

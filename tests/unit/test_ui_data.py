@@ -2,7 +2,7 @@
 
 MLflow runs on SQLite in a tmp folder; versions are registered with MlflowClient and moved with
 the project's own registry functions, so aliases and the promotion history are the real thing.
-Drift verdicts, quality checks, manifests and reports are written with `pipelines.storage` in
+Drift verdicts, quality checks, manifests and reports are written with `pipelines.core.storage` in
 the shapes the pipeline writes them.
 """
 
@@ -27,7 +27,7 @@ METRICS = {"1": 0.70, "2": 0.72, "3": 0.69}
 
 
 def _gate_report(settings, version: str, passed: bool, champion: str | None) -> str:
-    from pipelines import storage
+    from pipelines.core import storage
 
     uri = storage.join(settings.reports_uri, "gates", f"{NAME}-v{version}.json")
     report = {"passed": passed, "failed": [] if passed else ["beats_champion:roc_auc"],
@@ -40,7 +40,7 @@ def _gate_report(settings, version: str, passed: bool, champion: str | None) -> 
 
 
 def _register(c, settings, exp_id: str, version: str) -> str:
-    from pipelines import registry
+    from pipelines.model import registry
 
     run = c.create_run(exp_id, tags={"dvc_data_version": "d" * 32,
                                      "training_data_sha256": "e" * 64,
@@ -74,8 +74,9 @@ def state(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLOPS_STATE_URI", str(root))
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        from pipelines import promotion, registry, storage
-        from pipelines.settings import get_settings
+        from pipelines.core import storage
+        from pipelines.core.settings import get_settings
+        from pipelines.model import promotion, registry
 
         settings = get_settings()
         c = registry.client(settings)
@@ -394,7 +395,7 @@ def test_links_of_validation_tasks(state):
 
 
 def test_links_of_the_training_set_and_other_reports(state):
-    from pipelines import storage
+    from pipelines.core import storage
 
     settings, _ = state
     ts = {"uri": f"{settings.data_uri}/training_sets/2013-06-05_2013-06-06.parquet",

@@ -18,9 +18,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipelines import storage
-from pipelines.settings import REPO_ROOT
-from pipelines.validation import (
+from pipelines.core import storage
+from pipelines.core.settings import REPO_ROOT
+from pipelines.data.validation import (
     DataValidationError,
     draft_suite,
     read_batch,
@@ -289,7 +289,7 @@ def test_bad_parquet_batch_is_quarantined(lake: Lake, flights, case, data, expec
 
 def test_unseen_carrier_warns_and_passes(lake: Lake, flights, caplog) -> None:
     lake.write(DAY, _set("carrier", [0, 1], "ZZ")(flights[DAY]))
-    with caplog.at_level(logging.WARNING, logger="pipelines.validation"):
+    with caplog.at_level(logging.WARNING, logger="pipelines.data.validation"):
         out = lake.validate(DAY)
     assert out["success"] and lake.batch(DAY).exists()
     assert len(out["warnings"]) == 1
@@ -395,8 +395,8 @@ def test_read_batch_reads_a_clean_csv(lake: Lake, flights) -> None:
 
 
 def test_timestamp_checks_need_an_explicit_zone_after_the_time() -> None:
-    """The timestamp checks are GX expectations (pipelines.validation_rules) added at run time."""
-    from pipelines.validation_rules import run_gx, timestamp_checks
+    """The timestamp checks are GX expectations (pipelines.data.rules) added at run time."""
+    from pipelines.data.rules import run_gx, timestamp_checks
 
     values = ["2013-01-01T10:00:00Z", "2013-01-01T05:00:00-05:00", "2013-01-01",
               "2013-01-01 10:00:00", "not a time", None]

@@ -1,0 +1,269 @@
+"""`params.yaml` loaded into a frozen, typed config object (no side effects on import)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def parse_duration(text: str) -> timedelta:
+    """'2h', '30m', '1d', '90s' -> timedelta (explicit units only)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", str(text))
+    if not match:
+        raise ValueError(f"duration {text!r} must look like '2h', '30m', '1d' or '90s'")
+    value, unit = float(match.group(1)), match.group(2)
+    return timedelta(**{{"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[unit]: value})
+
+
+class SourceConfig(_Frozen):
+    uri: str
+    timestamp: str | None = None
+
+
+class PassthroughFeatures(_Frozen):
+    numeric: tuple[str, ...] = ()
+    categorical: tuple[str, ...] = ()
+
+
+class DerivedColumn(_Frozen):
+    concat: tuple[str, ...]
+    sep: str = "-"
+
+
+class EventsConfig(_Frozen):
+    table: str
+    key: tuple[str, ...]
+    timestamp: str
+    prediction_lead: timedelta
+    derived: dict[str, DerivedColumn] = Field(default_factory=dict)
+    passthrough_features: PassthroughFeatures = PassthroughFeatures()
+
+    @field_validator("prediction_lead", mode="before")
+    @classmethod
+    def _lead(cls, v: Any) -> Any:
+        return parse_duration(v) if isinstance(v, str) else v
+
+
+class LabelConfig(_Frozen):
+    name: str
+    expr: str
+    requires: tuple[str, ...] = ()
+    available_after: timedelta
+
+    @field_validator("available_after", mode="before")
+    @classmethod
+    def _after(cls, v: Any) -> Any:
+        return parse_duration(v) if isinstance(v, str) else v
+
+
+class AggregateConfig(_Frozen):
+    keys: tuple[str, ...]
+    window_days: int = Field(gt=0)
+
+
+class DatasetConfig(_Frozen):
+    name: str
+    sources: dict[str, SourceConfig]
+    events: EventsConfig
+    label: LabelConfig
+    aggregates: dict[str, AggregateConfig] = Field(default_factory=dict)
+
+    @property
+    def daily_tables(self) -> list[str]:
+        return [name for name, src in self.sources.items() if src.timestamp]
+
+
+class IngestConfig(_Frozen):
+    start: str
+    end: str
+
+
+class FeaturesConfig(_Frozen):
+    repo: str
+    service: str
+    join_keys: tuple[str, ...]
+    source_lookback_days: int = 4
+    retrieval: Literal["duckdb", "feast"] = "duckdb"  # point-in-time join engine
+    created_timestamp_cutoff: bool = True  # rows see only feature values created by their time
+    skew_sample_entities: int = Field(200, gt=0)  # per feature view, online vs offline
+    skew_seed: int = 0
+
+
+class EstimatorConfig(_Frozen):
+    class_: str = Field(alias="class")
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class Window(_Frozen):
+    start: str
+    end: str
+
+
+class TrainingConfig(_Frozen):
+    initial_window: Window
+    window_days: int
+    eval_fraction: float = Field(gt=0, lt=1)
+    random_state: int = 0
+    max_rows: int = 200_000
+    estimator: EstimatorConfig
+
+
+class RegistryConfig(_Frozen):
+    model_name: str
+    onnx_parity_tolerance: float = 1e-5
+
+
+class CompareGate(_Frozen):
+    metric: str = "roc_auc"
+    margin: float = 0.0
+    confidence: float = 0.95
+    n_bootstrap: int = 300
+    seed: int = 0
+
+
+class SliceGate(_Frozen):
+    columns: tuple[str, ...] = ()
+    metric: str = "roc_auc"
+    min_size: int = 300
+    max_drop: float = 0.03
+
+
+class Budgets(_Frozen):
+    max_model_mb: float = 50
+    max_single_row_p99_ms: float = 50
+    min_batch_rows_per_s: float = 10_000
+
+
+class BehaviourCheck(_Frozen):
+    name: str
+    kind: Literal["invariance", "directional"]
+    column: str
+    add: float | None = None
+    set: float | str | None = None
+    expect: Literal["increase", "decrease"] | None = None
+    tolerance: float = 0.001
+
+
+class GatesConfig(_Frozen):
+    floors: dict[str, float] = Field(default_factory=dict)
+    compare: CompareGate = CompareGate()
+    slices: SliceGate = SliceGate()
+    budgets: Budgets = Budgets()
+    behaviour: tuple[BehaviourCheck, ...] = ()
+
+
+class ScoringConfig(_Frozen):
+    chunk_rows: int = Field(50_000, gt=0)  # rows per mapped score task
+    batch_rows: int = Field(10_000, gt=0)  # rows per onnxruntime call inside a chunk
+    missing_features: Literal["impute", "reject"] = "impute"
+    backfill_model: Literal["current", "champion_at_interval"] = "current"
+
+
+class FeatureRule(_Frozen):
+    """Override for the features whose name matches a glob pattern (unset fields: the default)."""
+    psi_threshold: float | None = Field(None, gt=0)
+    weight: float | None = Field(None, ge=0)
+
+
+class DriftConfig(_Frozen):
+    method: str = "evidently+psi"
+    window_days: int = Field(7, gt=0)
+    psi_threshold: float = Field(0.2, gt=0)  # default per-feature threshold
+    weight: float = Field(1.0, ge=0)  # default per-feature weight
+    # glob pattern on the feature name -> override; the first matching pattern wins
+    features: dict[str, FeatureRule] = Field(default_factory=dict)
+    drift_share: float = Field(0.3, gt=0, le=1)  # weighted share of drifted features
+    prediction_psi_threshold: float = Field(0.2, gt=0)
+    sample_rows: int = Field(50_000, gt=0)
+    seed: int = 0
+    consecutive: int = Field(1, ge=1)
+    cooldown_days: int = Field(7, ge=0)
+    false_positive_bound: float = Field(0.05, ge=0, le=1)  # asserted by the tests on stable windows
+
+    def rule(self, feature: str) -> tuple[float, float]:
+        """(PSI threshold, weight) of a feature: the first matching override, else the default."""
+        from fnmatch import fnmatchcase
+
+        for pattern, rule in self.features.items():
+            if fnmatchcase(feature, pattern):
+                return (rule.psi_threshold if rule.psi_threshold is not None else self.psi_threshold,
+                        rule.weight if rule.weight is not None else self.weight)
+        return self.psi_threshold, self.weight
+
+
+class QualityConfig(_Frozen):
+    """Live quality once outcomes are known, pooled over a trailing window of labelled days."""
+    window_days: int = Field(7, gt=0)
+    min_labels: int = Field(500, gt=0)  # fewer labelled rows: no quality verdict
+    calibration_bins: int = Field(10, ge=2)
+    # decay: baseline (the model's evaluation metrics) - live > max_drop, live - baseline > max_rise
+    max_drop: dict[str, float] = Field(default_factory=lambda: {"roc_auc": 0.05})
+    max_rise: dict[str, float] = Field(default_factory=lambda: {"calibration_error": 0.05})
+
+
+class MonitoringConfig(_Frozen):
+    plot_days: int = Field(30, gt=0)  # the history plot covers this many days
+    quality: QualityConfig = QualityConfig()
+
+
+class AlertsConfig(_Frozen):
+    channel: Literal["log", "webhook"] = "log"
+    webhook_url_env: str = "MLOPS_ALERT_WEBHOOK_URL"  # checked first
+    webhook_conn_id: str = "mlops_alerts"  # then this Airflow connection
+    timeout_seconds: float = Field(5.0, gt=0)
+
+
+class ValidationConfig(_Frozen):
+    max_file_mb: float = 200
+
+
+class OrchestrationConfig(_Frozen):
+    start_date: str
+    end_date: str | None = None
+    materialization_lateness_days: int = 2
+    owner: str = "mlops"
+    retries: int = 1
+    retry_delay_s: int = 30
+
+
+class Config(_Frozen):
+    dataset: DatasetConfig
+    ingest: IngestConfig
+    features: FeaturesConfig
+    training: TrainingConfig
+    registry: RegistryConfig
+    gates: GatesConfig = GatesConfig()
+    scoring: ScoringConfig = ScoringConfig()
+    drift: DriftConfig = DriftConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
+    alerts: AlertsConfig = AlertsConfig()
+    validation: ValidationConfig = ValidationConfig()
+    orchestration: OrchestrationConfig
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Load and validate `params.yaml` (default: settings' MLOPS_PARAMS)."""
+    if path is None:
+        from pipelines.core.settings import get_settings
+
+        path = get_settings().params_path
+    text = Path(path).read_text(encoding="utf-8")
+    return Config.model_validate(yaml.safe_load(text))
+
+
+def params_hash(path: str | Path | None = None) -> str:
+    if path is None:
+        from pipelines.core.settings import get_settings
+
+        path = get_settings().params_path
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

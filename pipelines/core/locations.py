@@ -1,0 +1,120 @@
+"""Every storage layout of the project, in one place: where each stage reads and writes.
+
+All functions return URIs (local paths, `file://`, `s3://`) under the roots `Settings` holds,
+so a rename or a new layout breaks loudly here and nowhere else. Nothing here reads or writes.
+
+    landing/<table>/date=D/<table>.csv            a raw batch (snapshot/ for reference tables)
+    quarantine/<table>/date=D/<stamp>/            a batch that failed validation, with its report
+    features/<source>/date=D.parquet              a Feast source partition (snapshot.parquet)
+    training_sets/<start>_<end>.parquet           a window's point-in-time training set
+    predictions/date=D/{part-*.parquet,_manifest.json}   a published prediction partition
+    predictions/_staging/date=D/                  chunk inputs of a scoring run in progress
+    registry/history/<stamp>-<action>-v<N>.json   the promotion history (one event per file)
+    registry/drift/{verdicts,quality,decisions,triggers}/D.json   monitoring state
+    registry/drift/reference/<model>/v<N>/        a version's scored drift reference
+    reports/validation/<name>/<partition>.{json,md}, reports/data_docs/<name>/<partition>/
+    reports/gates/<model>-v<N>.{json,md}          a version's gate report
+    reports/drift/date=D/{evidently.html,history.png}
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+from pipelines.core.settings import Settings
+from pipelines.core.storage import join
+
+MANIFEST = "_manifest.json"
+STAGING = "_staging"
+
+
+def partition(day: date | None) -> str:
+    """The partition folder name of a day (`date=YYYY-MM-DD`), or `snapshot` for none."""
+    return f"date={day.isoformat()}" if day else "snapshot"
+
+
+# -- data --------------------------------------------------------------------------------------
+
+def batch(landing_uri: str, table: str, day: date | None) -> str:
+    """A raw batch file in a landing zone (a reference table has one `snapshot`)."""
+    return join(landing_uri, table, partition(day), f"{table}.csv")
+
+
+def quarantine(settings: Settings, table: str, batch_partition: str, stamp: str) -> str:
+    """Where a failed batch goes: every quarantine of the same batch is kept, by time."""
+    return join(settings.quarantine_uri, table, batch_partition, stamp)
+
+
+def validation_report(settings: Settings, name: str, part: str) -> str:
+    """The JSON report of a validation (`.md` beside it) of table or output `name`."""
+    return join(settings.reports_uri, "validation", name, f"{part}.json")
+
+
+def data_docs(settings: Settings, name: str, part: str) -> str:
+    return join(settings.reports_uri, "data_docs", name, part)
+
+
+# -- features ----------------------------------------------------------------------------------
+
+def feature_source(settings: Settings, name: str, day: date | None) -> str:
+    leaf = f"{partition(day)}.parquet"
+    return join(settings.features_uri, name, leaf)
+
+
+def feast_registry(settings: Settings) -> str:
+    return join(settings.data_uri, "feast", "registry.db")
+
+
+# -- model -------------------------------------------------------------------------------------
+
+def training_set(settings: Settings, start: str, end: str) -> str:
+    return join(settings.training_sets_uri, f"{start}_{end}.parquet")
+
+
+def gate_report(settings: Settings, model: str, version: str) -> str:
+    """A version's gate report (JSON; the Markdown rendering has the same name, `.md`)."""
+    return join(settings.reports_uri, "gates", f"{model}-v{version}.json")
+
+
+def history(settings: Settings) -> str:
+    """The promotion history folder (one JSON document per event)."""
+    return join(settings.registry_uri, "history")
+
+
+# -- scoring -----------------------------------------------------------------------------------
+
+def predictions(settings: Settings, day: date) -> str:
+    """A prediction partition folder."""
+    return join(settings.predictions_uri, partition(day))
+
+
+def manifest(settings: Settings, day: date) -> str:
+    """A partition's manifest: the commit point, written last."""
+    return join(predictions(settings, day), MANIFEST)
+
+
+def staging(settings: Settings, day: date) -> str:
+    """Chunk inputs of a scoring run in progress (never read as predictions)."""
+    return join(settings.predictions_uri, STAGING, partition(day))
+
+
+# -- monitoring --------------------------------------------------------------------------------
+
+def monitoring_state(settings: Settings) -> str:
+    """Verdicts, quality checks, decisions, triggers and drift references."""
+    return join(settings.registry_uri, "drift")
+
+
+def monitoring_record(settings: Settings, kind: str, day: date | str) -> str:
+    """One interval's record of `kind` (verdicts, quality, decisions, triggers)."""
+    name = day.isoformat() if isinstance(day, date) else day
+    return join(monitoring_state(settings), kind, f"{name}.json")
+
+
+def drift_reference(settings: Settings, model: str, version: str) -> str:
+    return join(monitoring_state(settings), "reference", model, f"v{version}")
+
+
+def drift_report(settings: Settings, day: date, name: str) -> str:
+    """A drift run's report file (`evidently.html`, `history.png`)."""
+    return join(settings.reports_uri, "drift", partition(day), name)

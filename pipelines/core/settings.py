@@ -1,0 +1,121 @@
+"""Where things live: URIs and service addresses, from environment variables.
+
+Defaults put every piece of state under one git-ignored folder (`.state/` in the repo), so a
+fresh clone runs on embedded stores; setting the variables points the same code at Postgres,
+Redis and an object store. The scale path (workers that share no disk):
+
+    MLOPS_DATA_URI=s3://<bucket>/data        landing, features, training sets, predictions,
+                                             registry history, Feast registry (default)
+    MLOPS_REPORTS_URI=s3://<bucket>/reports  validation / gate / drift reports, Data Docs
+    MLFLOW_TRACKING_URI=http://<mlflow>:5000 (or postgresql://...), artifacts by the server, or
+    MLOPS_MLFLOW_ARTIFACTS_URI=s3://<bucket>/mlflow for a direct backend
+    AWS_ENDPOINT_URL (or AWS_ENDPOINT_URL_S3), AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+    AWS_DEFAULT_REGION                       the S3 endpoint and key pair (pipelines.core.storage)
+    FEAST_ONLINE_STORE=redis + FEAST_REDIS_CONNECTION=host:port,password=...,db=N
+    FEAST_REGISTRY_PATH=s3://<bucket>/feast/registry.db   (optional; pipelines.features.store)
+    MLOPS_METRICS_DB=postgresql://...        monitoring history (pipelines.monitoring.history); also
+                                             the registry's alias lock unless MLOPS_LOCK_URL
+                                             names another Postgres database
+
+How long a stage waits for the MLflow tracking server before it fails with the real cause
+(MLflow's own defaults are 7 retries with backoff and a 120 s timeout: about 4 minutes):
+
+    MLFLOW_HTTP_REQUEST_TIMEOUT=20           seconds per request (project default)
+    MLFLOW_HTTP_REQUEST_MAX_RETRIES=2        retries after the first try (project default)
+    MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR=1     seconds, doubled per retry (project default)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _env(name: str, default: str) -> str:
+    value = os.environ.get(name, "").strip()
+    return value or default
+
+
+@dataclass(frozen=True)
+class Settings:
+    state_uri: str  # root of all embedded state
+    data_uri: str  # landing zone, quarantine, feature sources, training sets, predictions
+    reports_uri: str  # validation, gate and drift reports
+    mlflow_tracking_uri: str
+    mlflow_artifacts_uri: str  # where new experiments put their artifacts ('': the server's)
+    params_path: str
+    feature_repo: str
+    # MLflow HTTP client bounds (MLflow reads them from the environment: see mlflow_env)
+    mlflow_timeout_s: int = 20
+    mlflow_max_retries: int = 2
+    mlflow_backoff_factor: int = 1
+
+    def mlflow_env(self) -> dict[str, str]:
+        """The MLflow client settings every process of the project runs with."""
+        return {"MLFLOW_HTTP_REQUEST_TIMEOUT": str(self.mlflow_timeout_s),
+                "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(self.mlflow_max_retries),
+                "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": str(self.mlflow_backoff_factor),
+                "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0",
+                # never unpickle a model: scoring loads ONNX only, checked by sha256
+                "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false"}
+
+    @property
+    def landing_uri(self) -> str:
+        return f"{self.data_uri}/landing"
+
+    @property
+    def quarantine_uri(self) -> str:
+        return f"{self.data_uri}/quarantine"
+
+    @property
+    def features_uri(self) -> str:
+        return f"{self.data_uri}/features"
+
+    @property
+    def training_sets_uri(self) -> str:
+        return f"{self.data_uri}/training_sets"
+
+    @property
+    def predictions_uri(self) -> str:
+        return f"{self.data_uri}/predictions"
+
+    @property
+    def registry_uri(self) -> str:
+        """Promotion history and drift decisions (small JSON documents)."""
+        return f"{self.data_uri}/registry"
+
+
+def _int_env(name: str, default: int) -> int:
+    value = _env(name, str(default))
+    try:
+        out = int(value)
+    except ValueError:
+        raise ValueError(f"${name}={value!r} is not a whole number") from None
+    if out < 0:
+        raise ValueError(f"${name}={value!r} must not be negative")
+    return out
+
+
+def get_settings() -> Settings:
+    state = _env("MLOPS_STATE_URI", str(REPO_ROOT / ".state"))
+    state = state.rstrip("/")
+    data = _env("MLOPS_DATA_URI", f"{state}/data").rstrip("/")
+    tracking = _env("MLFLOW_TRACKING_URI", f"sqlite:///{state}/mlflow/mlflow.db")
+    # With a tracking server, artifacts go where the server puts them (its proxied
+    # --artifacts-destination): workers then need no local disk nor store credentials for them.
+    artifacts_default = "" if tracking.startswith(("http://", "https://")) else f"{state}/mlflow/artifacts"
+    return Settings(
+        state_uri=state,
+        data_uri=data,
+        reports_uri=_env("MLOPS_REPORTS_URI", f"{state}/reports").rstrip("/"),
+        mlflow_tracking_uri=tracking,
+        mlflow_artifacts_uri=_env("MLOPS_MLFLOW_ARTIFACTS_URI", artifacts_default),
+        params_path=_env("MLOPS_PARAMS", str(REPO_ROOT / "params.yaml")),
+        feature_repo=_env("MLOPS_FEATURE_REPO", str(REPO_ROOT / "feature_repo")),
+        mlflow_timeout_s=_int_env("MLFLOW_HTTP_REQUEST_TIMEOUT", 20),
+        mlflow_max_retries=_int_env("MLFLOW_HTTP_REQUEST_MAX_RETRIES", 2),
+        mlflow_backoff_factor=_int_env("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", 1),
+    )

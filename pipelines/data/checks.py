@@ -1,0 +1,129 @@
+"""Validation gates of the lifecycle: a day's raw batches, the reference snapshots, and the derived
+outputs (training sets, prediction partitions) before anything uses them.
+
+Where the reports go (all under the reports URI, local or object store):
+
+    validation/<table>/date=D.json | .md     JSON report and expectations report per batch
+    validation/training_set/<start>_<end>.json | .md,  validation/predictions/date=D.json | .md
+    data_docs/<name>/<partition>/index.html  GX Data Docs site per batch or output
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import date, timedelta
+from typing import TYPE_CHECKING, Any
+
+from pipelines.core import locations, storage
+from pipelines.core.config import Config
+from pipelines.core.dates import day_start, to_date
+from pipelines.core.settings import REPO_ROOT, Settings
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+SUITES = os.environ.get("MLOPS_EXPECTATIONS_DIR", str(REPO_ROOT / "expectations"))
+TRAINING_SET, PREDICTIONS = "training_set", "predictions"  # suite names of the derived outputs
+EVENT_TIME = "event_time"  # pipelines.data.events: the event's own timestamp in model rows
+
+
+def _uris(settings: Settings, name: str, partition: str) -> dict[str, str]:
+    return {"report_uri": locations.validation_report(settings, name, partition),
+            "docs_uri": locations.data_docs(settings, name, partition)}
+
+
+def validate_day(cfg: Config, settings: Settings, day: date,
+                 tables: list[str] | None = None) -> list[dict[str, Any]]:
+    """Validate `day`'s batch of each daily table; raises DataValidationError on a bad one.
+
+    Every table is validated (and each bad batch quarantined) before the error is raised, so
+    one run names every bad batch of the day.
+    """
+    from pipelines.data.validation import DataValidationError, validate_batch
+
+    results, errors = [], []
+    for table in tables or cfg.dataset.daily_tables:
+        source = cfg.dataset.sources[table]
+        uri = locations.batch(settings.landing_uri, table, day)
+        if not storage.exists(uri):
+            raise FileNotFoundError(f"{uri}: no {table} batch has landed for {day}")
+        try:
+            results.append(validate_batch(
+                table=table, batch_uri=uri, suite_dir=SUITES,
+                interval_start=day_start(day), interval_end=day_start(day + timedelta(days=1)),
+                timestamp_column=source.timestamp, max_file_mb=cfg.validation.max_file_mb,
+                quarantine_uri=settings.quarantine_uri,
+                **_uris(settings, table, locations.partition(day))))
+        except DataValidationError as exc:
+            errors.append(str(exc))
+    if errors:
+        raise DataValidationError("\n\n".join(errors))
+    return results
+
+
+def validate_snapshots(cfg: Config, settings: Settings) -> list[dict[str, Any]]:
+    from pipelines.data.validation import validate_batch
+
+    results = []
+    for table, source in cfg.dataset.sources.items():
+        if source.timestamp:
+            continue
+        results.append(validate_batch(
+            table=table, batch_uri=locations.batch(settings.landing_uri, table, None), suite_dir=SUITES,
+            interval_start=None, interval_end=None, timestamp_column=None,
+            max_file_mb=cfg.validation.max_file_mb, quarantine_uri=settings.quarantine_uri,
+            **_uris(settings, table, "snapshot")))
+    return results
+
+
+def validate_interval(cfg: Config, settings: Settings, day: date) -> list[dict[str, Any]]:
+    """Validate every raw batch a run for `day` reads: `day` and the feature-source lookback."""
+    results = []
+    for back in range(cfg.features.source_lookback_days, 0, -1):
+        earlier = day - timedelta(days=back)
+        present = [t for t in cfg.dataset.daily_tables
+                   if storage.exists(locations.batch(settings.landing_uri, t, earlier))]
+        results += validate_day(cfg, settings, earlier, present) if present else []
+    return results + validate_day(cfg, settings, day)
+
+
+def validate_training_set(cfg: Config, settings: Settings,
+                          training_set: dict[str, Any]) -> dict[str, Any]:
+    """Validate a training set written by `build_training_set` (pass its returned dict).
+
+    Suite `expectations/training_set.json`; event times must lie in [start, end). Raises
+    DataValidationError on failure: do not train on it.
+    """
+    from pipelines.data.validation import validate_frame
+
+    uri = training_set["uri"]
+    start, end = to_date(training_set["start"]), to_date(training_set["end"])
+    return validate_frame(
+        TRAINING_SET, storage.read_parquet(uri), SUITES, source=uri, timestamp_column=EVENT_TIME,
+        interval_start=day_start(start), interval_end=day_start(end),
+        **_uris(settings, TRAINING_SET, f"{start.isoformat()}_{end.isoformat()}"))
+
+
+def validate_predictions(cfg: Config, settings: Settings, day: date,
+                         predictions: pd.DataFrame | list[str] | None = None) -> dict[str, Any]:
+    """Validate `day`'s predictions before they are published: pass the frame, or the URIs of
+    the part files written but not yet named by a manifest. On DataValidationError do not write
+    the manifest. With `predictions=None` the published partition (its manifest's files) is read.
+
+    Suite `expectations/predictions.json`; event times must lie inside the day.
+    """
+    import pandas as pd
+
+    from pipelines.data.validation import validate_frame
+
+    source = locations.predictions(settings, day)
+    if predictions is None:
+        manifest = storage.read_json(locations.manifest(settings, day))
+        predictions = [storage.join(source, name) for name in manifest["files"]]
+    if not isinstance(predictions, pd.DataFrame):
+        predictions = pd.concat([storage.read_parquet(uri) for uri in predictions],
+                                ignore_index=True)
+    return validate_frame(
+        PREDICTIONS, predictions, SUITES, source=source, timestamp_column=EVENT_TIME,
+        interval_start=day_start(day), interval_end=day_start(day + timedelta(days=1)),
+        **_uris(settings, PREDICTIONS, locations.partition(day)))

@@ -1,0 +1,328 @@
+"""The parts of validation that know about rules: suites, GX runs, timestamp checks, drafts.
+
+Every check ends up as one flat "check record" (a small JSON-able dict), whether it came from a
+Great Expectations expectation (built-in, or the timestamp expectations defined here) or from
+the input hardening (a file that is not a readable table):
+
+    {"check": "expect_...", "column": "distance", "on_failure": "fail" | "warn", "success": bool,
+     "observed": "...", "unexpected_count": int | None, "examples": ["..."], "error": str | None}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import tempfile
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+import pandas as pd
+from great_expectations.execution_engine import PandasExecutionEngine
+from great_expectations.expectations.expectation import ColumnMapExpectation
+from great_expectations.expectations.metrics.map_metric_provider import (
+    ColumnMapMetricProvider,
+    column_condition_partial,
+)
+from great_expectations.render import LegacyRendererType, RenderedStringTemplateContent
+from great_expectations.render.renderer.renderer import renderer
+
+from pipelines.core import storage
+
+POLICIES = ("fail", "warn")
+SEVERITY = {"fail": "critical", "warn": "warning"}  # meta.on_failure -> GX failure severity
+MAX_EXAMPLES = 5
+MAX_LEVELS = 20  # draft_suite: string columns with at most this many distinct values get a value set
+STRING_TYPES = ["object", "StringDtype", "str"]
+NUMERIC_TYPES = ["int64", "float64"]  # an integer column with a missing value reads as float64
+# an explicit zone designator right after the time part ("...T10:00:00Z", "...10:00+05:30")
+_TZ_SUFFIX = r"\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?\s*(?:Z|[+-]\d{2}(?::?\d{2})?)$"
+
+
+def load_suite(suite_dir: str, table: str) -> tuple[dict, str]:
+    """The suite JSON for `table` and the sha256 of its bytes; rejects unknown on_failure policies."""
+    uri = storage.join(suite_dir, f"{table}.json")
+    raw = storage.read_bytes(uri)
+    suite = json.loads(raw.decode("utf-8"))
+    for i, exp in enumerate(suite.get("expectations", [])):
+        policy = (exp.get("meta") or {}).get("on_failure", "fail")
+        if policy not in POLICIES:
+            raise ValueError(f"{uri}: expectation {i} ({exp.get('type')}) has meta.on_failure="
+                             f"{policy!r}; allowed values are {POLICIES}")
+    return suite, hashlib.sha256(raw).hexdigest()
+
+
+def _gx_suite(suite: dict):
+    from great_expectations.core.expectation_suite import ExpectationSuite
+    from great_expectations.expectations.expectation_configuration import (
+        ExpectationConfiguration,
+    )
+
+    expectations = []
+    for i, exp in enumerate(suite.get("expectations", [])):
+        fields = {k: exp[k] for k in ("type", "kwargs", "meta", "notes", "description") if k in exp}
+        # our policy, in GX's own words too (the validation result and Data Docs carry it)
+        fields["severity"] = SEVERITY[(exp.get("meta") or {}).get("on_failure", "fail")]
+        try:  # build each one here: ExpectationSuite(...) would only log an invalid expectation
+            expectations.append(ExpectationConfiguration(**fields).to_domain_obj())
+        except Exception as exc:
+            raise ValueError(f"suite {suite.get('name')!r}: expectation {i} ({exp.get('type')}) "
+                             f"is not valid: {exc}") from exc
+    meta = suite.get("meta") or {}
+    notes = [meta[k] for k in ("description", "policy") if meta.get(k)]
+    return ExpectationSuite(name=suite.get("name") or "suite", expectations=expectations,
+                            notes=notes or None)
+
+
+def run_gx(df: pd.DataFrame, suite: dict, docs_uri: str | None = None, asset: str = "batch",
+           run_name: str = "batch") -> tuple[list[dict], str | None]:
+    """Validate the whole dataframe with the suite: a GX Checkpoint in an ephemeral context.
+
+    With `docs_uri`, the checkpoint's UpdateDataDocsAction builds GX Data Docs for this run and
+    they are published there. Returns (one record per check, the validation page URI or None).
+    """
+    import great_expectations as gx
+    from great_expectations.checkpoint import UpdateDataDocsAction
+
+    from pipelines.data import data_docs
+
+    gx_suite = _gx_suite(suite)
+    with tempfile.TemporaryDirectory(prefix="gx-data-docs-") as site:
+        context = data_docs.context(site if docs_uri else None)
+        batch = (context.data_sources.add_pandas("validation").add_dataframe_asset(asset)
+                 .add_batch_definition_whole_dataframe("whole"))
+        definition = context.validation_definitions.add(gx.ValidationDefinition(
+            name=asset, data=batch, suite=context.suites.add(gx_suite)))
+        checkpoint = context.checkpoints.add(gx.Checkpoint(
+            name=asset, validation_definitions=[definition],
+            actions=[UpdateDataDocsAction(name="update_data_docs")] if docs_uri else [],
+            result_format={"result_format": "SUMMARY", "partial_unexpected_count": MAX_EXAMPLES}))
+        result = checkpoint.run(batch_parameters={"dataframe": df},
+                                run_id=gx.RunIdentifier(run_name=_gx_key(run_name)))
+        (validation,) = result.run_results.values()
+        page = data_docs.publish(site, docs_uri) if docs_uri else None
+    records = [_record(r.to_json_dict()) for r in validation.results]
+    for rec in records:  # GX's own words for a missing column vary by expectation
+        if rec["error"] and rec["kwargs"].get("column") not in (None, *df.columns):
+            rec["error"] = f"column {rec['kwargs']['column']!r} is not in the batch"
+    return sorted(records, key=lambda r: (r["column"] != "(table)", r["column"], r["check"])), page
+
+
+def _gx_key(text: str) -> str:
+    """GX file-store keys may not contain path separators."""
+    return text.replace("/", "_").replace("\\", "_") or "batch"
+
+
+def _example(value: Any, index: Any = None) -> str:
+    if isinstance(value, dict):
+        text = "{" + ", ".join(f"{k}={v!r}" for k, v in value.items()) + "}"
+    elif isinstance(value, (list, tuple)):  # a row of a column pair or compound key
+        text = "(" + ", ".join(str(v) for v in value) + ")"
+    elif isinstance(value, float) and math.isnan(value):
+        text = "NaN"
+    else:
+        text = repr(value)
+    return text if index is None else f"{text} at row {int(index) + 1}"
+
+
+def _record(r: dict) -> dict:
+    cfg = r.get("expectation_config") or {}
+    kwargs = {k: v for k, v in (cfg.get("kwargs") or {}).items() if k != "batch_id"}
+    res = r.get("result") or {}
+    info = r.get("exception_info") or {}
+    infos = [info] if "raised_exception" in info else list(info.values())
+    errors = sorted({str(i.get("exception_message")) for i in infos
+                     if isinstance(i, dict) and i.get("raised_exception")})
+    column = kwargs.get("column") or ", ".join(kwargs.get("column_list") or []) or (
+        ", ".join(str(kwargs[k]) for k in ("column_A", "column_B") if k in kwargs) or "(table)")
+    examples: list[str] = []
+    mismatched = (res.get("details") or {}).get("mismatched") or {}
+    if mismatched:
+        examples = [f"missing column {c!r}" for c in mismatched.get("missing") or []]
+        examples += [f"unexpected column {c!r}" for c in mismatched.get("unexpected") or []]
+    elif res.get("partial_unexpected_list"):
+        idx = res.get("partial_unexpected_index_list") or []
+        values = res["partial_unexpected_list"][:MAX_EXAMPLES]
+        examples = [_example(v, idx[i] if i < len(idx) else None) for i, v in enumerate(values)]
+    if "observed_value" in res:
+        observed = res["observed_value"]
+    elif "unexpected_count" in res:
+        observed = (f"{res['unexpected_count']} of {res.get('element_count')} values unexpected "
+                    f"({res.get('unexpected_percent') or 0:.2f}%)")
+    else:
+        observed = "not evaluated" if errors else None
+    return {"check": cfg.get("type"), "column": column, "kwargs": kwargs,
+            "on_failure": (cfg.get("meta") or {}).get("on_failure", "fail"),
+            "success": bool(r.get("success")) and not errors, "observed": observed,
+            "unexpected_count": res.get("unexpected_count"), "examples": examples[:MAX_EXAMPLES * 2],
+            "error": "; ".join(errors) or None}
+
+
+def as_utc(value: datetime | str) -> pd.Timestamp:
+    ts = pd.Timestamp(value)
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+def _timestamps(values: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """(has an explicit zone, the UTC timestamp or NaT) for text or datetime values."""
+    if pd.api.types.is_datetime64_any_dtype(values):
+        aware = getattr(values.dtype, "tz", None) is not None
+        parsed = values.dt.tz_convert("UTC") if aware else values.dt.tz_localize("UTC")
+        return pd.Series(aware, index=values.index), parsed
+    text = values.astype("string").str.strip()
+    aware = text.str.contains(_TZ_SUFFIX, regex=True).fillna(False).astype(bool)
+    return aware, pd.to_datetime(text, utc=True, errors="coerce", format="ISO8601")
+
+
+# Timestamp sanity as real GX expectations (so Data Docs show them): custom column-map
+# expectations, added to a suite at run time because the interval is the run's (timestamp_checks).
+class ColumnValuesTimezoneAware(ColumnMapMetricProvider):
+    condition_metric_name = "column_values.timezone_aware_timestamp"
+
+    @column_condition_partial(engine=PandasExecutionEngine)
+    def _pandas(cls, column: pd.Series, **kwargs: Any) -> pd.Series:
+        aware, parsed = _timestamps(column)
+        return aware & parsed.notna()
+
+
+class ColumnValuesNotBefore(ColumnMapMetricProvider):
+    condition_metric_name = "column_values.timestamp_not_before"
+    condition_value_keys = ("min_value",)
+
+    @column_condition_partial(engine=PandasExecutionEngine)
+    def _pandas(cls, column: pd.Series, min_value: str, **kwargs: Any) -> pd.Series:
+        return ~(_timestamps(column)[1] < as_utc(min_value))
+
+
+class ColumnValuesBefore(ColumnMapMetricProvider):
+    condition_metric_name = "column_values.timestamp_before"
+    condition_value_keys = ("max_value",)
+
+    @column_condition_partial(engine=PandasExecutionEngine)
+    def _pandas(cls, column: pd.Series, max_value: str, **kwargs: Any) -> pd.Series:
+        return ~(_timestamps(column)[1] >= as_utc(max_value))
+
+
+class _Sentence:
+    """The Data Docs sentence of a timestamp expectation (GX's fallback prints raw kwargs)."""
+
+    sentence: ClassVar[str] = ""
+
+    @classmethod
+    @renderer(renderer_type=LegacyRendererType.PRESCRIPTIVE)
+    def _prescriptive_renderer(cls, configuration: Any = None, result: Any = None,
+                               runtime_configuration: dict | None = None, **kwargs: Any) -> list:
+        config = configuration or getattr(result, "expectation_config", None)
+        params = {k: v for k, v in (config.kwargs if config else {}).items() if k != "batch_id"}
+        return [RenderedStringTemplateContent(
+            content_block_type="string_template",
+            string_template={"template": "$column values must be " + cls.sentence,
+                             "params": params,
+                             "styling": (runtime_configuration or {}).get("styling")})]
+
+
+class ExpectColumnValuesToBeTimezoneAwareUtcTimestamps(_Sentence, ColumnMapExpectation):
+    """Each value is a timestamp with an explicit zone: ISO text ending in Z or +hh:mm (naive
+    text such as '2013-01-01 10:00' fails), or a timezone-aware datetime."""
+
+    sentence: ClassVar[str] = ("timestamps with an explicit time zone (ISO text ending in Z "
+                               "or +hh:mm, or timezone-aware datetimes).")
+    map_metric = "column_values.timezone_aware_timestamp"
+
+
+class ExpectColumnValuesToNotBeBeforeIntervalStart(_Sentence, ColumnMapExpectation):
+    """Each timestamp is at or after min_value (the data interval start, ISO)."""
+
+    sentence: ClassVar[str] = "at or after the data interval start $min_value."
+    min_value: str
+    map_metric = "column_values.timestamp_not_before"
+    success_keys = ("min_value", "mostly")
+
+
+class ExpectColumnValuesToBeBeforeIntervalEnd(_Sentence, ColumnMapExpectation):
+    """Each timestamp is before max_value (the data interval end, ISO): not in the future."""
+
+    sentence: ClassVar[str] = "before the data interval end $max_value (not in its future)."
+    max_value: str
+    map_metric = "column_values.timestamp_before"
+    success_keys = ("max_value", "mostly")
+
+
+def timestamp_checks(columns: list[str], column: str, start: datetime | str | None,
+                     end: datetime | str | None) -> list[dict]:
+    """Suite entries: `column` holds timezone-aware timestamps inside [start, end) (a naive
+    start/end counts as UTC). None if the column is absent: the column-set check reports that."""
+    if column not in columns:
+        return []
+    exps = [_exp("expect_column_values_to_be_timezone_aware_utc_timestamps", column=column)]
+    if start is not None and end is not None:
+        exps += [_exp("expect_column_values_to_not_be_before_interval_start", column=column,
+                      min_value=as_utc(start).isoformat()),
+                 _exp("expect_column_values_to_be_before_interval_end", column=column,
+                      max_value=as_utc(end).isoformat())]
+    return exps
+
+
+def input_failure(check: str, message: str) -> dict:
+    """A record for a file that could not be read as a table at all (size, encoding, CSV syntax)."""
+    return {"check": check, "column": "(file)", "kwargs": {}, "on_failure": "fail",
+            "success": False, "observed": message, "unexpected_count": None, "examples": [],
+            "error": None}
+
+
+def describe(rec: dict) -> str:
+    """One plain-words line for a check record."""
+    where = {"(table)": "table", "(file)": "file"}.get(rec["column"], f"column {rec['column']}")
+    text = f"{where}: {rec['check']} failed; observed: {rec['observed']}"
+    if rec.get("examples"):
+        text += "; examples: " + ", ".join(rec["examples"])
+    if rec.get("error"):
+        text += f"; error: {rec['error']}"
+    return text
+
+
+def _exp(type_: str, on_failure: str = "fail", **kwargs: Any) -> dict:
+    return {"type": type_, "kwargs": kwargs, "meta": {"on_failure": on_failure}}
+
+
+def _looks_like_timestamps(values: pd.Series) -> bool:
+    sample = values.astype(str).head(200)
+    return bool(pd.to_datetime(sample, errors="coerce", format="ISO8601", utc=True).notna().all())
+
+
+def profile_suite(df: pd.DataFrame, table: str) -> dict:
+    """A draft suite from one table's data: a starting point for a human to review, not a verdict."""
+    exps = [_exp("expect_table_columns_to_match_set", column_set=list(df.columns), exact_match=True),
+            _exp("expect_table_row_count_to_be_between", min_value=1)]
+    for col in df.columns:
+        s, non_null = df[col], df[col].dropna()
+        if non_null.empty:
+            continue
+        if len(non_null) == len(s):
+            exps.append(_exp("expect_column_values_to_not_be_null", column=col))
+        if pd.api.types.is_bool_dtype(s):
+            exps.append(_exp("expect_column_values_to_be_in_type_list", column=col, type_list=["bool"]))
+        elif pd.api.types.is_numeric_dtype(s):
+            types = list(dict.fromkeys([s.dtype.name, *NUMERIC_TYPES]))
+            exps.append(_exp("expect_column_values_to_be_in_type_list", column=col, type_list=types))
+            lo, hi = float(non_null.min()), float(non_null.max())
+            margin = 0.1 * (hi - lo) or 0.1 * abs(hi) or 1.0
+            low, high = (max(0.0, lo - margin) if lo >= 0 else lo - margin), hi + margin
+            digits = 0 if pd.api.types.is_integer_dtype(s) else 6  # round outwards
+            low = math.floor(low * 10**digits) / 10**digits
+            high = math.ceil(high * 10**digits) / 10**digits
+            if not digits:
+                low, high = int(low), int(high)
+            exps.append(_exp("expect_column_values_to_be_between", column=col,
+                             min_value=low, max_value=high))
+        elif non_null.map(type).eq(str).all():
+            exps.append(_exp("expect_column_values_to_be_in_type_list", column=col,
+                             type_list=STRING_TYPES))
+            levels = non_null.unique()
+            if len(levels) <= min(MAX_LEVELS, len(non_null) / 2) and not _looks_like_timestamps(non_null):
+                exps.append(_exp("expect_column_values_to_be_in_set", column=col,
+                                 value_set=sorted(levels)))
+    meta = {"drafted_at": datetime.now(UTC).isoformat(), "drafted_from_rows": len(df),
+            "review": "Drafted by pipelines.data.validation.draft_suite: tighten or loosen the bounds, and "
+                      "set meta.on_failure to 'warn' where a violation should not stop the pipeline."}
+    return {"name": table, "expectations": exps, "meta": meta}

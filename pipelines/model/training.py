@@ -1,0 +1,192 @@
+"""Training: a training set -> fitted pipeline -> ONNX + parity -> an MLflow run with full
+lineage -> a registered version holding the `challenger` alias (ONNX is the only artifact
+scoring ever loads).
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import json
+import logging
+import os
+import subprocess
+import tempfile
+from typing import Any
+
+import pandas as pd
+
+from pipelines.core import storage
+from pipelines.core.config import Config, params_hash
+from pipelines.core.settings import REPO_ROOT, Settings
+from pipelines.data.events import PREDICTION_TIME, ROW_KEY
+from pipelines.model import gates, onnx_model, registry
+
+log = logging.getLogger(__name__)
+
+
+def model_columns(cfg: Config, df: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """(numeric, categorical) model inputs: passthrough event columns + the service's features."""
+    from pipelines.features.retrieval import feature_columns
+
+    pf = cfg.dataset.events.passthrough_features
+    return list(pf.numeric) + feature_columns(df), list(pf.categorical)
+
+
+def make_pipeline(cfg: Config, numeric: list[str], categorical: list[str]) -> Any:
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    module, _, cls = cfg.training.estimator.class_.rpartition(".")
+    estimator = getattr(importlib.import_module(module), cls)(**cfg.training.estimator.params)
+    prep = ColumnTransformer([
+        ("num", SimpleImputer(strategy="median"), numeric),
+        ("cat", OneHotEncoder(handle_unknown="ignore"), categorical),
+    ])
+    return Pipeline([("prep", prep), ("model", estimator)])
+
+
+def split(df: pd.DataFrame, eval_fraction: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Time-ordered split: the evaluation set is the latest `eval_fraction` of rows."""
+    df = df.sort_values([PREDICTION_TIME, ROW_KEY], kind="stable").reset_index(drop=True)
+    cut = int(len(df) * (1.0 - eval_fraction))
+    return df.iloc[:cut], df.iloc[cut:]
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                             text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "pipelines", "params.yaml",
+                                "feature_repo"], cwd=REPO_ROOT, capture_output=True, text=True)
+        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def dvc_data_version() -> str:
+    """The DVC hash of the landing zone as recorded in dvc.lock (if DVC tracks it)."""
+    import yaml
+
+    lock = REPO_ROOT / "dvc.lock"
+    if not lock.exists():
+        return "untracked"
+    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+    for stage in stages.values():
+        for out in stage.get("outs", []):
+            if "landing" in out.get("path", ""):
+                return str(out.get("md5", "unknown"))
+    return "untracked"
+
+
+def package_versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    names = ["scikit-learn", "skl2onnx", "onnxruntime", "feast", "mlflow", "pandas", "numpy"]
+    return {n: version(n) for n in names}
+
+
+def fit(cfg: Config, train_df: pd.DataFrame) -> tuple[Any, list[str], list[str]]:
+    from pipelines.model.onnx_model import to_native_frame
+
+    numeric, categorical = model_columns(cfg, train_df)
+    pipe = make_pipeline(cfg, numeric, categorical)
+    y = train_df[cfg.dataset.label.name].astype(int).to_numpy()
+    pipe.fit(to_native_frame(train_df, numeric, categorical), y)
+    return pipe, numeric, categorical
+
+
+ONNX_PATH = "onnx/model.onnx"
+
+
+def _log_bytes(mlflow: Any, data: bytes, artifact_path: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, os.path.basename(artifact_path))
+        with open(path, "wb") as fh:
+            fh.write(data)
+        mlflow.log_artifact(path, os.path.dirname(artifact_path) or None)
+
+
+def _parquet_bytes(df: pd.DataFrame) -> bytes:
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    return buf.getvalue()
+
+
+def train_and_register(cfg: Config, settings: Settings, training_set: dict[str, Any],
+                       context: dict[str, Any]) -> dict[str, Any]:
+    """Fit on the training set, export and check ONNX, log and register; returns ids."""
+    import mlflow
+    import onnx
+    from mlflow.models import infer_signature
+    from skops.io import dumps, get_untrusted_types
+
+    c = registry.client(settings)
+    registry.ensure_experiment(settings, cfg.registry.model_name)
+    df = storage.read_parquet(training_set["uri"])
+    train_df, eval_df = split(df, cfg.training.eval_fraction)
+    pipe, numeric, categorical = fit(cfg, train_df)
+    label = cfg.dataset.label.name
+    x_eval = onnx_model.to_native_frame(eval_df, numeric, categorical)
+    p_native = pipe.predict_proba(x_eval)[:, 1]
+    onnx_bytes = onnx_model.export(pipe, numeric, categorical)
+    scorer = onnx_model.OnnxScorer(onnx_bytes, numeric, categorical)
+    parity = onnx_model.parity(p_native, scorer.predict_proba(x_eval),
+                               cfg.registry.onnx_parity_tolerance)
+    metrics = gates.compute_metrics(eval_df[label].to_numpy(), p_native)
+    sha = onnx_model.sha256(onnx_bytes)
+    lineage = {
+        "training_data_sha256": training_set["sha256"],
+        "training_data_uri": training_set["uri"],
+        "training_window": f"{training_set['start']}..{training_set['end']}",
+        "dvc_data_version": dvc_data_version(),
+        "feature_service": training_set["feature_service"],
+        "feature_service_hash": training_set["feature_service_hash"],
+        "git_commit": git_commit(),
+        "params_sha256": params_hash(settings.params_path),
+        "airflow_run_id": str(context.get("run_id", "cli")),
+        "trigger": str(context.get("trigger", "manual")),
+        "packages": json.dumps(package_versions(), sort_keys=True),
+    }
+    with mlflow.start_run(run_name=f"train-{training_set['end']}") as run:
+        mlflow.set_tags(lineage)
+        if context.get("evidence"):
+            mlflow.set_tag("trigger_evidence", json.dumps(context["evidence"], default=str)[:5000])
+        mlflow.log_params({"estimator": cfg.training.estimator.class_,
+                           **{f"est.{k}": v for k, v in cfg.training.estimator.params.items()},
+                           "train_rows": len(train_df), "eval_rows": len(eval_df),
+                           "window_start": training_set["start"], "window_end": training_set["end"]})
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+        mlflow.log_metrics({"onnx_max_abs_diff": parity["max_abs_diff"],
+                            "onnx_mean_abs_diff": parity["mean_abs_diff"]})
+        signature = infer_signature(x_eval.head(5), p_native[:5])
+        trusted = get_untrusted_types(data=dumps(pipe))
+        mlflow.sklearn.log_model(pipe, name="sklearn_model", signature=signature,
+                                 input_example=x_eval.head(3), skops_trusted_types=trusted)
+        _log_bytes(mlflow, onnx_bytes, ONNX_PATH)
+        _log_bytes(mlflow, _parquet_bytes(eval_df), "evaluation/eval_set.parquet")
+        ref = train_df.sample(min(len(train_df), 20000), random_state=cfg.training.random_state)
+        _log_bytes(mlflow, _parquet_bytes(ref), "reference/reference.parquet")
+        mlflow.log_dict(parity, "evaluation/onnx_parity.json")
+        info = mlflow.onnx.log_model(onnx.load_from_string(onnx_bytes), name="onnx_model",
+                                     signature=signature)
+        run_id = run.info.run_id
+    registry.ensure_registered_model(c, cfg.registry.model_name)
+    # model_id: a tracking *server* rejects a `models:/` source without it (SQLite accepts it).
+    mv = c.create_model_version(cfg.registry.model_name, info.model_uri, run_id=run_id,
+                                model_id=info.model_id,
+                                tags={**{k: v for k, v in lineage.items() if k != "packages"},
+                                      "onnx_sha256": sha,
+                                      "onnx_uri": f"runs:/{run_id}/{ONNX_PATH}",
+                                      "numeric_inputs": ",".join(numeric),
+                                      "categorical_inputs": ",".join(categorical)})
+    registry._set_alias(c, cfg.registry.model_name, registry.CHALLENGER, str(mv.version))
+    registry.record(settings, {"action": "register", "model": cfg.registry.model_name,
+                               "to_version": str(mv.version), "actor": lineage["airflow_run_id"],
+                               "reason": "new challenger", "run_id": run_id})
+    log.info("train: version %s run %s roc_auc=%.4f onnx max|diff|=%.2e (%s)", mv.version, run_id,
+             metrics["roc_auc"], parity["max_abs_diff"], "ok" if parity["passed"] else "FAIL")
+    return {"run_id": run_id, "version": str(mv.version), "onnx_sha256": sha,
+            "metrics": metrics, "parity": parity}

@@ -1,0 +1,60 @@
+"""The point-in-time training set of a window: labelled events whose outcome was known by the
+window's end, with the feature service's values as of each prediction time.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from datetime import date
+from typing import Any
+
+import pandas as pd
+
+from pipelines.core import storage
+from pipelines.core.config import Config
+from pipelines.core.dates import day_start
+from pipelines.core.settings import Settings
+from pipelines.data.events import load_events
+
+log = logging.getLogger(__name__)
+
+
+def build_training_set(cfg: Config, settings: Settings, start: date, end: date,
+                       out_uri: str) -> dict[str, Any]:
+    """Labelled rows of [start, end) whose outcome was known by `end`, with PIT features."""
+    from pipelines.features.retrieval import historical_features
+    from pipelines.features.store import feature_service_hash, get_store
+
+    label = cfg.dataset.label.name
+    events = load_events(cfg, settings.landing_uri, start, end)
+    if events.empty:
+        raise ValueError(f"no events in the landing zone for [{start}, {end})")
+    cutoff = pd.Timestamp(day_start(end))
+    rows = events[events[label].notna() & (events["label_available_at"] <= cutoff)]
+    if len(rows) > cfg.training.max_rows:  # keep the most recent rows
+        rows = rows.iloc[-cfg.training.max_rows:]
+    store = get_store(settings)
+    df = historical_features(store, cfg.features.service, rows.reset_index(drop=True),
+                             list(cfg.features.join_keys))
+    data = io.BytesIO()
+    df.to_parquet(data, index=False)
+    storage.write_bytes(out_uri, data.getvalue())
+    info = {
+        "uri": out_uri,
+        "rows": int(len(df)),
+        "sha256": storage_sha256(out_uri),
+        "start": start.isoformat(),
+        "end": end.isoformat(),
+        "feature_service": cfg.features.service,
+        "feature_service_hash": feature_service_hash(store, cfg.features.service),
+        "positive_rate": float(df[label].mean()),
+    }
+    log.info("training set: %d rows [%s, %s) -> %s", len(df), start, end, out_uri)
+    return info
+
+
+def storage_sha256(uri: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(storage.read_bytes(uri)).hexdigest()

@@ -1,0 +1,160 @@
+"""The checks of a scored interval: drift of its window against the model's reference, and
+live quality once its outcomes are known.
+
+Drift: the window of prediction partitions ending with the interval (model inputs +
+probabilities) against the training reference of the model version that scored the interval,
+scored by the same ONNX (`pipelines.monitoring.reference`). Quality: once the outcomes of a day
+are known (`dataset.label.available_after`), its predictions are joined to them by row key and
+scored, pooled over a trailing window and compared with the model's own evaluation metrics.
+Every verdict and quality check is a JSON record in the monitoring state and rows in the
+metrics history.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from datetime import date, timedelta
+from typing import Any
+
+import pandas as pd
+
+from pipelines.core import locations, storage
+from pipelines.core.config import Config
+from pipelines.core.dates import day_start
+from pipelines.core.settings import Settings
+from pipelines.data.events import ROW_KEY, load_events
+from pipelines.monitoring import history as metrics_store
+from pipelines.monitoring.drift import check_drift
+from pipelines.monitoring.reference import model_reference
+from pipelines.monitoring.stats import quality_metrics
+from pipelines.scoring.io import read_manifest
+from pipelines.scoring.parts import PROBABILITY
+from pipelines.scoring.table import read_partition
+
+log = logging.getLogger(__name__)
+
+
+def window_days(cfg: Config, day: date, first_day: date | None) -> list[date]:
+    """The days a drift check of `day` covers (not before the first scheduled day)."""
+    days = [day - timedelta(days=back) for back in range(cfg.drift.window_days)]
+    return [d for d in days if first_day is None or d >= first_day]
+
+
+def window_ready(cfg: Config, settings: Settings, day: date, first_day: date | None) -> bool:
+    """True once every partition of the window is published (the sensor's condition)."""
+    return all(read_manifest(settings, d) is not None for d in window_days(cfg, day, first_day))
+
+
+def check_interval(cfg: Config, settings: Settings, day: date, first_day: date | None = None,
+                   run_id: str | None = None) -> dict[str, Any]:
+    """Drift verdict of the window ending with `day` against its model's training reference."""
+    manifest = read_manifest(settings, day)
+    if manifest is None:
+        raise FileNotFoundError(f"no published prediction partition for {day}: run batch_scoring")
+    days = [d for d in window_days(cfg, day, first_day) if read_manifest(settings, d) is not None]
+    current = pd.concat([read_partition(settings, d) for d in days], ignore_index=True)
+    version = str(manifest["model_version"])
+    if PROBABILITY in current.columns and "model_version" in current.columns:
+        # predictions of other versions are not comparable with this version's reference
+        other = current["model_version"].astype(str) != version
+        current[PROBABILITY] = current[PROBABILITY].where(~other)
+    reference, meta = model_reference(settings, manifest)
+    verdict = check_drift(reference, current, meta["numeric"], meta["categorical"], PROBABILITY,
+                          cfg.drift, locations.drift_report(settings, day, "evidently.html"))
+    verdict.update({"date": day.isoformat(), "model": manifest["model"], "model_version": version,
+                    "window_start": days[-1].isoformat(), "window_days": [d.isoformat() for d in days]})
+    storage.write_json(locations.monitoring_record(settings, "verdicts", day), verdict)
+    metrics_store.record(settings, day, "drift", metrics_store.drift_rows(verdict), version, run_id)
+    log.info("drift: %s drift=%s share=%.3f prediction_psi=%s (%s)", day, verdict["drift"],
+             verdict["drift_share"], verdict.get("prediction_psi"), verdict["reason"])
+    return verdict
+
+
+# --------------------------------------------------------------------------- quality
+
+
+def labelled_day(cfg: Config, day: date) -> date:
+    """The latest day whose outcomes are all known by the end of `day`'s interval."""
+    lag = math.ceil(cfg.dataset.label.available_after / timedelta(days=1))
+    return day - timedelta(days=lag)
+
+
+def _labelled_rows(cfg: Config, settings: Settings, d: date, version: str, as_of: pd.Timestamp) -> pd.DataFrame:
+    label = cfg.dataset.label.name
+    preds = read_partition(settings, d)
+    if "model_version" in preds.columns:
+        preds = preds[preds["model_version"].astype(str) == version]
+    events = load_events(cfg, settings.landing_uri, d, d + timedelta(days=1))
+    if preds.empty or events.empty or PROBABILITY not in preds.columns:
+        return pd.DataFrame(columns=[ROW_KEY, PROBABILITY, label, "day"])
+    rows = preds[[ROW_KEY, PROBABILITY]].merge(events[[ROW_KEY, label, "label_available_at"]],
+                                               on=ROW_KEY, how="inner")
+    rows = rows[rows[label].notna() & (rows["label_available_at"] <= as_of)]
+    return rows.assign(day=d.isoformat())[[ROW_KEY, PROBABILITY, label, "day"]]
+
+
+def check_quality(cfg: Config, settings: Settings, day: date, run_id: str | None = None) -> dict[str, Any]:
+    """Live quality of the day whose outcomes became known, and the decay verdict.
+
+    Only the predictions of the labelled day's model version count, and only outcomes known by
+    the end of `day`'s interval; decay compares the trailing window with that version's
+    evaluation metrics (`monitoring.quality.max_drop` / `max_rise`).
+    """
+    q, label = cfg.monitoring.quality, cfg.dataset.label.name
+    target = labelled_day(cfg, day)
+    result: dict[str, Any] = {"date": day.isoformat(), "labelled_day": target.isoformat(),
+                              "decay": False, "status": "ok", "reason": "", "model_version": None,
+                              "daily": {}, "window": {}, "baseline": {}, "checks": [], "failed": []}
+    manifest = read_manifest(settings, target)
+    if manifest is None:
+        result.update(status="no predictions", reason=f"no scored partition for {target} yet")
+    else:
+        version = str(manifest["model_version"])
+        _, meta = model_reference(settings, manifest)
+        as_of = pd.Timestamp(day_start(day + timedelta(days=1)))
+        days = [target - timedelta(days=k) for k in range(q.window_days)]
+        frames = [_labelled_rows(cfg, settings, d, version, as_of) for d in days
+                  if read_manifest(settings, d) is not None]
+        rows = pd.concat(frames, ignore_index=True)
+        today = rows[rows["day"] == target.isoformat()]
+        result.update(model_version=version, baseline=meta.get("baseline", {}),
+                      daily=quality_metrics(today[label], today[PROBABILITY], q.calibration_bins),
+                      window=quality_metrics(rows[label], rows[PROBABILITY], q.calibration_bins),
+                      window_start=days[-1].isoformat(),
+                      scored_rows=int(manifest.get("output_rows", 0)))
+        _judge(result, q)
+    storage.write_json(locations.monitoring_record(settings, "quality", day), result)
+    metrics_store.record(settings, target, "quality", metrics_store.quality_rows(result),
+                         result["model_version"], run_id)
+    log.info("quality: %s (outcomes of %s) decay=%s (%s)", day, target, result["decay"], result["reason"])
+    return result
+
+
+def _judge(result: dict[str, Any], q: Any) -> None:
+    window, baseline = result["window"], result["baseline"]
+    if window["n"] < q.min_labels:
+        result.update(status="insufficient labels",
+                      reason=f"{window['n']} labelled rows < min_labels {q.min_labels}: no quality verdict")
+        return
+    for metric, limit, sign in ([(m, v, 1) for m, v in q.max_drop.items()]
+                                + [(m, v, -1) for m, v in q.max_rise.items()]):
+        live, base = window.get(metric), baseline.get(metric)
+        if live is None or base is None:
+            result["checks"].append({"metric": metric, "passed": None, "live": live, "baseline": base})
+            continue
+        change = sign * (base - live)  # how much worse than at evaluation
+        passed = change <= limit
+        result["checks"].append({"metric": metric, "passed": passed, "live": live, "baseline": base,
+                                 "worse_by": change, "limit": limit})
+        if not passed:
+            result["failed"].append(f"{metric} {live:.3f} vs evaluation {base:.3f} (worse by "
+                                    f"{change:.3f} > {limit:g})")
+    result["decay"] = bool(result["failed"])
+    result["reason"] = ("quality decay: " + "; ".join(result["failed"]) if result["failed"] else
+                        f"no decay over {window['n']} labelled rows")
+
+
+# --------------------------------------------------------------------------- decision
+
+
