@@ -139,8 +139,28 @@ def read_json_if_exists(uri: str) -> Any:
         return None
 
 
+def _finite(obj: Any) -> Any:
+    """`obj` with every NaN or infinite number as None: JSON has no NaN, and a bare `NaN` in a
+    report breaks every strict reader downstream."""
+    import math
+    import numbers
+
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, numbers.Integral) and not isinstance(obj, bool):
+        return int(obj)  # numpy integers too
+    if isinstance(obj, numbers.Real):
+        value = float(obj)
+        return value if math.isfinite(value) else None
+    return obj
+
+
 def write_json(uri: str, obj: Any) -> str:
-    return write_bytes(uri, json.dumps(obj, indent=2, sort_keys=True, default=str).encode("utf-8"))
+    """Write a JSON document atomically (non-finite numbers become null)."""
+    text = json.dumps(_finite(obj), indent=2, sort_keys=True, default=str, allow_nan=False)
+    return write_bytes(uri, text.encode("utf-8"))
 
 
 def write_parquet(df: "pd.DataFrame", uri: str) -> str:

@@ -88,9 +88,29 @@ def package_versions() -> dict[str, str]:
     return {n: version(n) for n in names}
 
 
+class TrainingDataError(ValueError):
+    """The training data cannot train a classifier (raised before anything is fitted)."""
+
+
+def check_classes(cfg: Config, train_df: pd.DataFrame, source: str = "the training split") -> None:
+    """Both classes of the label must be present, or no classifier can be fitted."""
+    label = cfg.dataset.label.name
+    counts = train_df[label].value_counts(dropna=True)
+    if len(train_df) == 0:
+        raise TrainingDataError(f"{source} has no labelled rows: nothing to train on")
+    if len(counts) < 2:
+        only = counts.index[0] if len(counts) else "missing"
+        raise TrainingDataError(
+            f"{source} has one class only: all {len(train_df)} rows have {label}={only} "
+            f"(dataset.label.expr {cfg.dataset.label.expr!r}); a classifier needs both classes: "
+            f"widen the training window (training.window_days or the trigger form's dates) or "
+            f"check the label definition")
+
+
 def fit(cfg: Config, train_df: pd.DataFrame) -> tuple[Any, list[str], list[str]]:
     from pipelines.model.onnx_model import to_native_frame
 
+    check_classes(cfg, train_df)
     numeric, categorical = model_columns(cfg, train_df)
     pipe = make_pipeline(cfg, numeric, categorical)
     y = train_df[cfg.dataset.label.name].astype(int).to_numpy()
@@ -127,6 +147,7 @@ def train_and_register(cfg: Config, settings: Settings, training_set: dict[str, 
     registry.ensure_experiment(settings, cfg.registry.model_name)
     df = storage.read_parquet(training_set["uri"])
     train_df, eval_df = split(df, cfg.training.eval_fraction)
+    check_classes(cfg, train_df, f"the training split of {training_set['uri']}")
     pipe, numeric, categorical = fit(cfg, train_df)
     label = cfg.dataset.label.name
     x_eval = onnx_model.to_native_frame(eval_df, numeric, categorical)
@@ -158,7 +179,7 @@ def train_and_register(cfg: Config, settings: Settings, training_set: dict[str, 
                            **{f"est.{k}": v for k, v in cfg.training.estimator.params.items()},
                            "train_rows": len(train_df), "eval_rows": len(eval_df),
                            "window_start": training_set["start"], "window_end": training_set["end"]})
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None})
         mlflow.log_metrics({"onnx_max_abs_diff": parity["max_abs_diff"],
                             "onnx_mean_abs_diff": parity["mean_abs_diff"]})
         signature = infer_signature(x_eval.head(5), p_native[:5])
@@ -186,7 +207,7 @@ def train_and_register(cfg: Config, settings: Settings, training_set: dict[str, 
     registry.record(settings, {"action": "register", "model": cfg.registry.model_name,
                                "to_version": str(mv.version), "actor": lineage["airflow_run_id"],
                                "reason": "new challenger", "run_id": run_id})
-    log.info("train: version %s run %s roc_auc=%.4f onnx max|diff|=%.2e (%s)", mv.version, run_id,
+    log.info("train: version %s run %s roc_auc=%s onnx max|diff|=%.2e (%s)", mv.version, run_id,
              metrics["roc_auc"], parity["max_abs_diff"], "ok" if parity["passed"] else "FAIL")
     return {"run_id": run_id, "version": str(mv.version), "onnx_sha256": sha,
             "metrics": metrics, "parity": parity}

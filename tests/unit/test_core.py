@@ -117,3 +117,15 @@ def test_s3_endpoint_is_configured_in_one_place(monkeypatch):
     assert path == "bucket/data/landing" and fs.endpoint_url == "http://127.0.0.1:9000"
     assert not storage.is_local("s3://bucket/x") and storage.protocol_of("s3://b/x") == "s3"
     assert storage.protocol_of("/tmp/x") == "file"
+
+
+def test_json_reports_never_hold_a_bare_nan(tmp_path):
+    import numpy as np
+
+    uri = str(tmp_path / "r.json")
+    storage.write_json(uri, {"auc": float("nan"), "n": np.int64(5), "p": np.float32(0.5),
+                             "nested": [float("inf"), {"x": np.float64("nan")}], "ok": True})
+    text = (tmp_path / "r.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert storage.read_json(uri) == {"auc": None, "n": 5, "p": 0.5, "nested": [None, {"x": None}],
+                                      "ok": True}
