@@ -52,6 +52,15 @@ class Settings:
     mlflow_timeout_s: int = 20
     mlflow_max_retries: int = 2
     mlflow_backoff_factor: int = 1
+    expectations_dir: str = str(REPO_ROOT / "expectations")  # MLOPS_EXPECTATIONS_DIR
+    metrics_db: str = ""  # MLOPS_METRICS_DB: a SQLite path / URL or a Postgres URL ('': default)
+    lock_url: str = ""  # MLOPS_LOCK_URL: Postgres for alias-move locks ('': the metrics DB if PG)
+    alert_webhook_url: str = ""  # MLOPS_ALERT_WEBHOOK_URL (else the Airflow connection)
+    schedule_start: str = ""  # MLOPS_SCHEDULE_START / _END override orchestration's span
+    schedule_end: str = ""
+    sensor_poke_seconds: int = 60  # MLOPS_SENSOR_POKE_SECONDS
+    s3_endpoint: str = ""  # AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL ('': AWS itself)
+    mlflow_ui_url: str = ""  # MLFLOW_UI_URL: where the UI links to MLflow
 
     def mlflow_env(self) -> dict[str, str]:
         """The MLflow client settings every process of the project runs with."""
@@ -118,4 +127,13 @@ def get_settings() -> Settings:
         mlflow_timeout_s=_int_env("MLFLOW_HTTP_REQUEST_TIMEOUT", 20),
         mlflow_max_retries=_int_env("MLFLOW_HTTP_REQUEST_MAX_RETRIES", 2),
         mlflow_backoff_factor=_int_env("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", 1),
+        expectations_dir=_env("MLOPS_EXPECTATIONS_DIR", str(REPO_ROOT / "expectations")),
+        metrics_db=_env("MLOPS_METRICS_DB", ""),
+        lock_url=_env("MLOPS_LOCK_URL", ""),
+        alert_webhook_url=_env("MLOPS_ALERT_WEBHOOK_URL", ""),
+        schedule_start=_env("MLOPS_SCHEDULE_START", ""),
+        schedule_end=_env("MLOPS_SCHEDULE_END", ""),
+        sensor_poke_seconds=_int_env("MLOPS_SENSOR_POKE_SECONDS", 60),
+        s3_endpoint=_env("AWS_ENDPOINT_URL_S3", "") or _env("AWS_ENDPOINT_URL", ""),
+        mlflow_ui_url=_env("MLFLOW_UI_URL", ""),
     )

@@ -39,11 +39,9 @@ def _pkg_path(uri: str) -> str:
 
 def s3_endpoint() -> str | None:
     """The S3 endpoint URL from the environment (None: AWS itself)."""
-    for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
-        value = os.environ.get(name, "").strip()
-        if value:
-            return value
-    return None
+    from pipelines.core.settings import get_settings
+
+    return get_settings().s3_endpoint or None
 
 
 def storage_options(protocol: str) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from pipelines.core.config import Config
+from pipelines.core.contracts import Chunk, ModelPin, Part, Published
 from pipelines.core.dates import day_start
 from pipelines.core.settings import Settings
 from pipelines.data.events import ROW_KEY, load_events, model_passthrough
@@ -56,13 +57,18 @@ def describe_version(settings: Settings, name: str, version: str) -> dict[str, A
     return registry.describe(name, registry.client(settings).get_model_version(name, str(version)))
 
 
-def resolve_model(cfg: Config, settings: Settings, day: date) -> dict[str, Any]:
-    """The version that scores `day`, chosen by `scoring.backfill_model` and recorded.
+def resolve_model(cfg: Config, settings: Settings, day: date,
+                  policy: str | None = None) -> ModelPin:
+    """The version that scores `day`, chosen by `scoring.backfill_model` (or `policy`, the
+    trigger form's override) and recorded.
 
     `current`: the champion alias now. `champion_at_interval`: the version that was champion at
     the end of the interval according to the promotion history.
     """
-    name, policy = cfg.registry.model_name, cfg.scoring.backfill_model
+    name, policy = cfg.registry.model_name, policy or cfg.scoring.backfill_model
+    if policy not in ("current", "champion_at_interval"):
+        raise ValueError(f"backfill model policy {policy!r}: expected current or "
+                         f"champion_at_interval")
     if policy == "current":
         model = registry.resolve_champion(settings, name)
         choice = "champion alias when the run started"
@@ -77,13 +83,14 @@ def resolve_model(cfg: Config, settings: Settings, day: date) -> dict[str, Any]:
                 f"champion")
         model = describe_version(settings, name, move["to_version"])
         choice = f"{move['action']} to v{move['to_version']} at {move['at']}"
-    log.info("score: %s pinned %s v%s (%s: %s)", day, name, model["version"], policy, choice)
-    return {**model, "policy": policy, "choice": choice}
+    log.info("score: %s pinned %s v%s sha256 %s (%s: %s)", day, name, model["version"],
+             model["onnx_sha256"][:12], policy, choice)
+    return {**model, "policy": policy, "choice": choice}  # type: ignore[typeddict-item]
 
 
 # -- plan: the interval's entity rows as chunk files --------------------------------------------
 
-def plan_interval(cfg: Config, settings: Settings, day: date) -> list[dict[str, Any]]:
+def plan_interval(cfg: Config, settings: Settings, day: date) -> list[Chunk]:
     """Stage every event of [day, day+1) as chunks; one mapped score task per chunk."""
     events = load_events(cfg, settings.landing_uri, day, day + timedelta(days=1))
     if events.empty:
@@ -98,7 +105,7 @@ def plan_interval(cfg: Config, settings: Settings, day: date) -> list[dict[str, 
 
 # -- score: one chunk -> one part file -----------------------------------------------------------
 
-def load_scorer(settings: Settings, model: dict[str, Any]) -> OnnxScorer:
+def load_scorer(settings: Settings, model: ModelPin | dict[str, Any]) -> OnnxScorer:
     """An onnxruntime session for the pinned version.
 
     The ONNX location, its sha256 and the inputs are read again from the registry by name and
@@ -118,7 +125,7 @@ def load_scorer(settings: Settings, model: dict[str, Any]) -> OnnxScorer:
     return OnnxScorer(data, pinned["numeric"], pinned["categorical"])
 
 
-def read_chunk(chunk: dict[str, Any]) -> pa.Table:
+def read_chunk(chunk: Chunk) -> pa.Table:
     """A staged chunk's entity rows as Arrow, checked against the plan's row count."""
     rows = read_table(chunk["uri"])
     if rows.num_rows != chunk["rows"]:
@@ -126,8 +133,8 @@ def read_chunk(chunk: dict[str, Any]) -> pa.Table:
     return rows
 
 
-def score_chunk(cfg: Config, settings: Settings, day: date, chunk: dict[str, Any],
-                model: dict[str, Any]) -> dict[str, Any]:
+def score_chunk(cfg: Config, settings: Settings, day: date, chunk: Chunk,
+                model: ModelPin) -> Part:
     """Point-in-time features for one staged chunk, scored into a part file (idempotent).
 
     Arrow end to end: the chunk file, the retrieval (`historical_features_table`) and the model
@@ -149,10 +156,29 @@ def score_chunk(cfg: Config, settings: Settings, day: date, chunk: dict[str, Any
     return part
 
 
-def score_interval(cfg: Config, settings: Settings, day: date, model: dict[str, Any] | None,
-                   run_id: str) -> dict[str, Any]:
+def score_interval(cfg: Config, settings: Settings, day: date, model: ModelPin | None,
+                   run_id: str) -> Published:
     """Plan, score and publish one interval in this process (the CLI's path; Airflow maps it)."""
     model = model or resolve_model(cfg, settings, day)
     chunks = plan_interval(cfg, settings, day)
     parts = [score_chunk(cfg, settings, day, c, model) for c in chunks]
+    return publish(cfg, settings, day, chunks, parts, model, run_id)
+
+
+def score_day(cfg: Config, settings: Settings, day: date, run_id: str,
+              policy: str | None = None) -> Published:
+    """The whole `batch_scoring` DAG for one interval, in this process (the CLI's front door):
+    validate the raw batches it reads -> write its feature sources -> pin the model -> plan ->
+    score every chunk -> validate the staged predictions -> publish."""
+    from pipelines.data.checks import validate_interval
+    from pipelines.features.sources import build_sources_for_interval
+    from pipelines.scoring.publish import validate_staged
+
+    validate_interval(cfg, settings, day)
+    build_sources_for_interval(cfg, settings, day)
+    model = resolve_model(cfg, settings, day, policy)
+    chunks = plan_interval(cfg, settings, day)
+    parts = [score_chunk(cfg, settings, day, c, model) for c in chunks]
+    if parts:
+        validate_staged(cfg, settings, day, parts)
     return publish(cfg, settings, day, chunks, parts, model, run_id)

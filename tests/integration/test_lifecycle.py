@@ -86,7 +86,7 @@ def test_lifecycle_train_score_drift_retrain(lifecycle):
 
     from pipelines import scoring
     from pipelines.core import locations, storage
-    from pipelines.core.orchestration import RETRAIN_ASSET
+    from pipelines.core.contracts import RETRAIN_ASSET
     from pipelines.model import registry
 
     cfg, settings = lifecycle

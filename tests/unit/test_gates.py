@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 
 from pipelines.core.config import CompareGate, GatesConfig
-from pipelines.model.gates import calibration_error, evaluate, paired_bootstrap, render_markdown
+from pipelines.model.gates import (
+    calibration_error,
+    evaluate,
+    paired_bootstrap,
+    render_markdown,
+)
 
 PARITY_OK = {"passed": True, "max_abs_diff": 1e-7, "tolerance": 1e-5}
 PARITY_BAD = {"passed": False, "max_abs_diff": 3e-3, "tolerance": 1e-5}
