@@ -18,6 +18,7 @@ import pandas as pd
 
 from pipelines.core import storage
 from pipelines.core.config import Config, params_hash
+from pipelines.core.contracts import Trained, TrainingSet
 from pipelines.core.settings import REPO_ROOT, Settings
 from pipelines.data.events import PREDICTION_TIME, ROW_KEY
 from pipelines.model import gates, onnx_model, registry
@@ -84,7 +85,8 @@ def dvc_data_version() -> str:
 def package_versions() -> dict[str, str]:
     from importlib.metadata import version
 
-    names = ["scikit-learn", "skl2onnx", "onnxruntime", "feast", "mlflow", "pandas", "numpy"]
+    names = ["scikit-learn", "skl2onnx", "onnxruntime", "onnx", "skops", "feast", "mlflow",
+             "pandas", "numpy"]
     return {n: version(n) for n in names}
 
 
@@ -105,6 +107,19 @@ def check_classes(cfg: Config, train_df: pd.DataFrame, source: str = "the traini
             f"(dataset.label.expr {cfg.dataset.label.expr!r}); a classifier needs both classes: "
             f"widen the training window (training.window_days or the trigger form's dates) or "
             f"check the label definition")
+
+
+def read_verified(training_set: TrainingSet) -> pd.DataFrame:
+    """The training set's rows, if its bytes are still those that were validated (sha256)."""
+    import hashlib
+
+    data = storage.read_bytes(training_set["uri"])
+    got = hashlib.sha256(data).hexdigest()
+    if got != training_set["sha256"]:
+        raise TrainingDataError(
+            f"{training_set['uri']} changed after it was written and validated: sha256 {got}, "
+            f"expected {training_set['sha256']}; rebuild the training set")
+    return pd.read_parquet(io.BytesIO(data))
 
 
 def fit(cfg: Config, train_df: pd.DataFrame) -> tuple[Any, list[str], list[str]]:
@@ -135,8 +150,8 @@ def _parquet_bytes(df: pd.DataFrame) -> bytes:
     return buf.getvalue()
 
 
-def train_and_register(cfg: Config, settings: Settings, training_set: dict[str, Any],
-                       context: dict[str, Any]) -> dict[str, Any]:
+def train_and_register(cfg: Config, settings: Settings, training_set: TrainingSet,
+                       context: dict[str, Any]) -> Trained:
     """Fit on the training set, export and check ONNX, log and register; returns ids."""
     import mlflow
     import onnx
@@ -145,7 +160,7 @@ def train_and_register(cfg: Config, settings: Settings, training_set: dict[str, 
 
     c = registry.client(settings)
     registry.ensure_experiment(settings, cfg.registry.model_name)
-    df = storage.read_parquet(training_set["uri"])
+    df = read_verified(training_set)
     train_df, eval_df = split(df, cfg.training.eval_fraction)
     check_classes(cfg, train_df, f"the training split of {training_set['uri']}")
     pipe, numeric, categorical = fit(cfg, train_df)
@@ -184,15 +199,22 @@ def train_and_register(cfg: Config, settings: Settings, training_set: dict[str, 
                             "onnx_mean_abs_diff": parity["mean_abs_diff"]})
         signature = infer_signature(x_eval.head(5), p_native[:5])
         trusted = get_untrusted_types(data=dumps(pipe))
+        # requirements stated, not inferred: inferring them loads the model in a subprocess,
+        # which pickle-off (MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false) refuses anyway
+        versions = package_versions()
         mlflow.sklearn.log_model(pipe, name="sklearn_model", signature=signature,
-                                 input_example=x_eval.head(3), skops_trusted_types=trusted)
+                                 input_example=x_eval.head(3), skops_trusted_types=trusted,
+                                 pip_requirements=[f"scikit-learn=={versions['scikit-learn']}",
+                                                   f"skops=={versions['skops']}"])
         _log_bytes(mlflow, onnx_bytes, ONNX_PATH)
         _log_bytes(mlflow, _parquet_bytes(eval_df), "evaluation/eval_set.parquet")
         ref = train_df.sample(min(len(train_df), 20000), random_state=cfg.training.random_state)
         _log_bytes(mlflow, _parquet_bytes(ref), "reference/reference.parquet")
         mlflow.log_dict(parity, "evaluation/onnx_parity.json")
         info = mlflow.onnx.log_model(onnx.load_from_string(onnx_bytes), name="onnx_model",
-                                     signature=signature)
+                                     signature=signature,
+                                     pip_requirements=[f"onnxruntime=={versions['onnxruntime']}",
+                                                       f"onnx=={versions['onnx']}"])
         run_id = run.info.run_id
     registry.ensure_registered_model(c, cfg.registry.model_name)
     # model_id: a tracking *server* rejects a `models:/` source without it (SQLite accepts it).
