@@ -199,11 +199,12 @@ def train_and_register(cfg: Config, settings: Settings, training_set: TrainingSe
                             "onnx_mean_abs_diff": parity["mean_abs_diff"]})
         signature = infer_signature(x_eval.head(5), p_native[:5])
         trusted = get_untrusted_types(data=dumps(pipe))
-        # requirements stated, not inferred: inferring them loads the model in a subprocess,
-        # which pickle-off (MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false) refuses anyway
+        # requirements stated, not inferred, and no input example (MLflow validates one by
+        # serving it): both would load the pickled model, which pickle-off refuses; the
+        # signature records the inputs
         versions = package_versions()
         mlflow.sklearn.log_model(pipe, name="sklearn_model", signature=signature,
-                                 input_example=x_eval.head(3), skops_trusted_types=trusted,
+                                 skops_trusted_types=trusted,
                                  pip_requirements=[f"scikit-learn=={versions['scikit-learn']}",
                                                    f"skops=={versions['skops']}"])
         _log_bytes(mlflow, onnx_bytes, ONNX_PATH)
