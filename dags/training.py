@@ -52,10 +52,11 @@ from pipelines.monitoring.alerts import MonitoringNotifier
         "force_promote": Param(False, type="boolean",
                                description="Promote even if a gate fails. Recorded as a forced "
                                            "promotion in the history."),
-        "approval": Param("auto", type="string", enum=["auto", "manual"],
+        "approval": Param(None, type=["null", "string"], enum=[None, "auto", "manual"],
                           description="auto: a model that passes the gates becomes champion. "
                                       "manual: a person approves or rejects it first (the "
-                                      "`approve` task under Required actions)."),
+                                      "`approve` task under Required actions). Empty: "
+                                      "params.yaml registry.approval."),
         "reason": Param("manual training", type="string", minLength=3, maxLength=500,
                         description="Why this training runs (goes to the promotion history)."),
     },

@@ -121,6 +121,9 @@ class TrainingConfig(_Frozen):
 class RegistryConfig(_Frozen):
     model_name: str
     onnx_parity_tolerance: float = 1e-5
+    # auto: a model that passes its gates becomes champion; manual: a person approves each
+    # promotion first (the training DAG's `approve` task). The trigger form can override it.
+    approval: Literal["auto", "manual"] = "auto"
 
 
 class CompareGate(_Frozen):

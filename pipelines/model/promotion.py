@@ -56,10 +56,11 @@ def reason_for(window: Window, given: str) -> str:
 
 
 def conclude(cfg: Config, settings: Settings, report: GateVerdict, window: Window, *,
-             force: bool, approval: str, reason: str, actor: str,
+             force: bool, approval: str | None, reason: str, actor: str,
              user: str | None = None) -> PromotionDecision:
-    """Decide what happens to a gated version and record it (rejections, approval waits)."""
-    decision = decide(report, force, approval)
+    """Decide what happens to a gated version and record it (rejections, approval waits).
+    `approval` None: `registry.approval` from params.yaml."""
+    decision = decide(report, force, approval or cfg.registry.approval)
     why = reason_for(window, reason)
     record_decision(settings, cfg.registry.model_name, report, decision, actor, why, user)
     return {"decision": decision, "version": report["version"],  # type: ignore[typeddict-item]

@@ -130,3 +130,18 @@ def test_the_lookup_check_catches_a_variable_read_at_parse_time(tmp_path) -> Non
         "reads_a_variable()\n")
     parsed = _parse_without_lookups(folder, tmp_path)
     assert parsed["lookups"] == ["variable threshold"]
+
+
+def test_every_task_and_run_failure_alerts(dagbag) -> None:
+    """The README's promise: alerts for every failed task and run, in every DAG."""
+    from pipelines.monitoring.alerts import MonitoringNotifier
+
+    for dag_id, dag in dagbag.dags.items():
+        callbacks = dag.on_failure_callback if isinstance(dag.on_failure_callback, list) else [
+            dag.on_failure_callback]
+        assert any(isinstance(c, MonitoringNotifier) for c in callbacks), f"{dag_id}: no run alert"
+        for task in dag.tasks:
+            task_callbacks = task.on_failure_callback or []
+            task_callbacks = task_callbacks if isinstance(task_callbacks, list) else [task_callbacks]
+            assert any(isinstance(c, MonitoringNotifier) for c in task_callbacks), \
+                f"{dag_id}.{task.task_id}: no alert when it fails"

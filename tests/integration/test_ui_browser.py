@@ -2,12 +2,15 @@
 and the model page, on a state made by a short real lifecycle run.
 
 The state (a tmp folder) is produced in a subprocess by `dag.test()` runs, as in
-test_lifecycle.py: training -> scoring three June nights -> drift checks -> a second training
-that stays challenger (so there is a champion and a challenger). Then `airflow standalone` serves
-it on a free loopback port (not 8080: a demo may be using it), every DAG paused, and Selenium
-drives the system Chromium through /usr/bin/chromedriver (Debian packages `chromium` and
-`chromium-driver`). Screenshots go to test-artifacts/ui/. Every process started here runs in its
-own process group and is killed with it, whatever happens.
+test_lifecycle.py: training -> scoring three June nights -> drift checks (with `training`
+unpaused, so the drift's retraining request is queued for it) -> a second training that the
+gates reject and that stays challenger (so there is a champion and a challenger). Then `airflow
+standalone` serves it on a free loopback port (not 8080: a demo may be using it), every DAG
+paused, and Selenium drives the system Chromium through /usr/bin/chromedriver (Debian packages
+`chromium` and `chromium-driver`). Screenshots go to test-artifacts/ui/. Last, `training` is
+unpaused: the real scheduler starts the retraining from the queued asset event, and a person
+approves the promotion through the REST API (`registry.approval: manual`). Every process
+started here runs in its own process group and is killed with it, whatever happens.
 """
 
 from __future__ import annotations
@@ -21,9 +24,11 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -57,7 +62,13 @@ def build_state(root: Path) -> None:
     raw["training"]["estimator"]["params"]["n_estimators"] = 20
     raw["gates"]["compare"]["n_bootstrap"] = 50
     raw["gates"]["floors"] = {"roc_auc": 0.5, "pr_auc": 0.05}
-    raw["drift"]["window_days"] = 2
+    # the drift-triggered retraining must reach the approval step: no timing budgets that a
+    # loaded CI machine could miss, no behaviour or slice verdicts (tested elsewhere)
+    raw["gates"]["budgets"] = {"max_single_row_p99_ms": 1000.0, "min_batch_rows_per_s": 100.0}
+    raw["gates"]["behaviour"] = []
+    raw["gates"]["slices"]["max_drop"] = 1.0
+    raw["registry"]["approval"] = "manual"  # runs started by the scheduler wait for a person
+    raw["drift"].update({"window_days": 2, "consecutive": 1})  # June 2 requests the retraining
     Path(os.environ["MLOPS_PARAMS"]).write_text(yaml.safe_dump(raw))
 
     from pipelines.core.config import load_config
@@ -91,12 +102,15 @@ def build_state(root: Path) -> None:
         print(f"build_state: {dag_id} {dr.run_id} in {time.monotonic() - t0:.0f}s", file=sys.stderr)
 
     window = {"train_start": TRAIN_WINDOW["start"], "train_end": TRAIN_WINDOW["end"]}
-    run("training", run_conf={**window, "reason": "first model"})
+    run("training", run_conf={**window, "approval": "auto", "reason": "first model"})
     for day in SCORED:
         run("batch_scoring", logical_date=datetime.fromisoformat(day).replace(tzinfo=UTC))
+    with create_session() as session:  # asset events are queued for unpaused consumers only
+        session.get(DagModel, "training").is_paused = False
     for day in SCORED[1:]:
         run("drift_monitor", logical_date=datetime.fromisoformat(day).replace(tzinfo=UTC))
-    run("training", run_conf={**window, "approval": "manual", "reason": "same window again"})
+    # the same window again: an identical model cannot beat the champion (its CI is [0, 0])
+    run("training", run_conf={**window, "approval": "auto", "reason": "same window again"})
     with create_session() as session:  # nothing may start once the scheduler runs
         for model in session.query(DagModel).all():
             model.is_paused = True
@@ -362,8 +376,7 @@ def test_model_page_in_the_airflow_ui(airflow_ui, driver):
     assert champion.get_attribute("data-version") == "1" and "ROC AUC" in champion.text
     assert challenger.get_attribute("data-version") == "2"
     actions = [e.get_attribute("data-action") for e in driver.find_elements(By.CSS_SELECTOR, "tr.event")]
-    assert actions[1:] == ["register", "promote", "register"], actions
-    assert actions[0] in ("awaiting_approval", "rejected"), actions
+    assert actions == ["rejected", "register", "promote", "register"], actions
     assert len(driver.find_elements(By.CSS_SELECTOR, "#trends svg.chart")) == 3
     drift_points = driver.find_elements(By.CSS_SELECTOR, "#chart-drift circle")
     assert len(drift_points) == 2  # the drift checks of June 2 and 3
@@ -392,6 +405,64 @@ def test_model_page_and_reports_need_an_airflow_login(airflow_ui, driver):
         status, body = _get(base + bad, token)
         assert status in (403, 404), (bad, status)
         assert "[core]" not in body and "dep_time" not in body
+
+
+def _api(base: str, token: str, method: str, path: str, body: dict | None = None) -> dict:
+    req = urllib.request.Request(f"{base}/api/v2{path}", method=method,
+                                 data=None if body is None else json.dumps(body).encode(),
+                                 headers={"Authorization": f"Bearer {token}",
+                                          "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read() or b"{}")
+
+
+def _wait(check, what: str, timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if got:
+            return got
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f}s waiting for {what}"
+        time.sleep(3)
+
+
+def test_drift_event_starts_the_retraining_and_a_person_approves_it(airflow_ui, driver):
+    """The scheduler starts `training` from the retraining request drift_monitor queued; the
+    run waits in its `approve` task until the admin answers through the REST API; the
+    promotion records who approved it."""
+    base, _, _ = airflow_ui
+    token = driver.get_cookie("_token")["value"]
+    _api(base, token, "PATCH", "/dags/training", {"is_paused": False})
+
+    def asset_run() -> dict | None:
+        runs = _api(base, token, "GET", "/dags/training/dagRuns")["dag_runs"]
+        return next((r for r in runs if r["run_type"] == "asset_triggered"), None)
+
+    run = _wait(asset_run, "the asset-triggered training run", 120)
+    run_id = urllib.parse.quote(run["dag_run_id"], safe="")
+    approve = f"/dags/training/dagRuns/{run_id}/taskInstances/approve"
+    state = lambda: _api(base, token, "GET", approve)["state"]  # noqa: E731
+    _wait(lambda: state() in ("awaiting_input", "skipped", "failed", "upstream_failed"),
+          "the approval task", 420)
+    assert state() == "awaiting_input", _api(base, token, "GET", approve)
+    window = _api(base, token, "GET", f"/dags/training/dagRuns/{run_id}/taskInstances/"
+                                      "resolve_window/xcomEntries/return_value")["value"]
+    drift_day = json.loads(window) if isinstance(window, str) else window
+    assert drift_day["trigger"] == "drift on 2013-06-02", drift_day  # the queued event's day
+    assert drift_day["end"] == "2013-06-03" and drift_day["start"] == "2013-05-27"
+    answer = _api(base, token, "PATCH", f"{approve}/-1/hitlDetails",
+                  {"chosen_options": ["Approve"], "params_input": {}})
+    assert answer["chosen_options"] == ["Approve"] and answer["responded_by"]["name"] == "admin"
+    done = _wait(lambda: _api(base, token, "GET", f"/dags/training/dagRuns/{run_id}")["state"]
+                 in ("success", "failed") and _api(base, token, "GET",
+                                                   f"/dags/training/dagRuns/{run_id}"),
+                 "the training run to finish", 240)
+    assert done["state"] == "success", done
+    summary = json.loads(_get(f"{base}/mlops/api/summary", token)[1])
+    assert summary["models"]["champion"]["version"] == "3"
+    promoted = next(e for e in summary["history"] if e["action"] == "promote")
+    assert promoted["to_version"] == "3" and promoted["user"] == "admin", promoted
+    assert promoted["reason"] == "retraining: drift on 2013-06-02"
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["build-state"]:
