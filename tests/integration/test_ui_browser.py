@@ -134,6 +134,7 @@ def _env(root: Path, port: int) -> dict[str, str]:
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
         "AIRFLOW__API__HOST": "127.0.0.1", "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
         "AIRFLOW__API__WORKERS": "1", "AIRFLOW__CORE__PARALLELISM": "2",
         "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
         "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
