@@ -21,7 +21,11 @@ sys.path.insert(0, str(REPO / "plugins"))  # Airflow puts the plugins folder on 
 
 from mlops_ui import charts, data, files, links, page, trends, urls
 
+from pipelines.core import locations
+
 NAME = "delay_model"
+EVIL_SVG = (b'<svg xmlns="http://www.w3.org/2000/svg"><script>fetch("/api/v2/variables")</script>'
+            b'<circle r="4"/></svg>')
 SHA = {"1": "a" * 64, "2": "b" * 64, "3": "c" * 64}
 METRICS = {"1": 0.70, "2": 0.72, "3": 0.69}
 
@@ -138,6 +142,19 @@ def state(tmp_path_factory):
                                   "expectations_report_uri": vuri[:-5] + ".md"})
         storage.write_bytes(vuri[:-5] + ".md", b"# flights 2013-06-05\n")
         storage.write_bytes(storage.join(settings.data_uri, "landing", "flights.csv"), b"a,b\n")
+        # what suppliers put in the landing zone and what the quarantine keeps of it: report-like
+        # suffixes, never served
+        landed = locations.batch(settings.landing_uri, "flights", date(2013, 6, 5)).rsplit("/", 1)[0]
+        quarantined = locations.quarantine(settings, "flights", "date=2013-06-05", "20130605T010000Z")
+        for folder in (landed, quarantined):
+            storage.write_bytes(storage.join(folder, "logo.svg"), EVIL_SVG)
+            storage.write_bytes(storage.join(folder, "report.html"), b"<script>steal()</script>")
+            storage.write_json(storage.join(folder, "report.json"), {"supplier": "secret"})
+        # a report tree file with a script, and one of a type the browser should not show
+        storage.write_bytes(storage.join(settings.reports_uri, "drift", "date=2013-06-01", "plot.svg"),
+                            EVIL_SVG)
+        storage.write_bytes(storage.join(settings.reports_uri, "drift", "date=2013-06-01", "raw.bin"),
+                            b"\x00\x01binary")
         yield settings, runs
 
 
@@ -266,12 +283,37 @@ def dataclass_replace(settings, **changes):
 
 def test_files_resolve_serves_reports_and_manifests(state):
     settings, _ = state
-    path, ctype = files.resolve(settings, "reports", f"gates/{NAME}-v2.md")
-    assert path.read_text().startswith("# Gate report") and ctype.startswith("text/plain")
-    _, ctype = files.resolve(settings, "data", "predictions/date=2013-06-05/_manifest.json")
-    assert ctype == "application/json"
-    _, ctype = files.resolve(settings, "reports", "drift/date=2013-06-01/evidently.html")
-    assert ctype.startswith("text/html")
+    served = files.resolve(settings, "reports", f"gates/{NAME}-v2.md")
+    assert served.path.read_text().startswith("# Gate report")
+    assert served.content_type.startswith("text/plain") and not served.attachment
+    served = files.resolve(settings, "manifests", "2013-06-05.json")
+    assert served.content_type == "application/json"
+    assert str(served.path) == locations.manifest(settings, date(2013, 6, 5))
+    served = files.resolve(settings, "reports", "drift/date=2013-06-01/evidently.html")
+    assert served.content_type.startswith("text/html")
+
+
+@pytest.mark.parametrize("rel", ["report.json", "logo.svg", "report.html"])
+@pytest.mark.parametrize("zone", ["landing", "quarantine"])
+def test_files_of_the_landing_zone_and_quarantine_are_never_served(state, zone, rel):
+    """Not through any root or spelling, not even when the reports tree is configured to
+    contain the data root; and no link is made to them."""
+    settings, _ = state
+    folder = (locations.batch(settings.landing_uri, "flights", date(2013, 6, 5)).rsplit("/", 1)[0]
+              if zone == "landing" else
+              locations.quarantine(settings, "flights", "date=2013-06-05", "20130605T010000Z"))
+    uri = f"{folder}/{rel}"
+    assert Path(uri).is_file()
+    from_data = os.path.relpath(uri, settings.data_uri)
+    for root, path in (("data", from_data), ("reports", f"../data/{from_data}"),
+                       ("manifests", from_data)):
+        with pytest.raises(files.FileDenied):
+            files.resolve(settings, root, path)
+    assert files.href(settings, uri) is None and files.href(settings, "file://" + uri) is None
+    wide = dataclass_replace(settings, reports_uri=settings.state_uri)  # reports contain data/
+    with pytest.raises(files.FileDenied):
+        files.resolve(wide, "reports", os.path.relpath(uri, settings.state_uri))
+    assert files.href(wide, uri) is None
 
 
 @pytest.mark.parametrize("root, rel", [
@@ -280,9 +322,17 @@ def test_files_resolve_serves_reports_and_manifests(state):
     ("reports", "/etc/passwd"),                       # absolute
     ("reports", "..\\..\\etc\\passwd"),               # backslashes
     ("reports", "gates/%00.md\x00"),                  # NUL
+    ("reports", "%2e%2e/data/landing/flights.csv"),   # still encoded: refused, never decoded
+    ("reports", f"gates//{NAME}-v2.md"),              # not in normal form: refused, not repaired
+    ("reports", f"gates/./{NAME}-v2.md"),
+    ("reports", f"./gates/{NAME}-v2.md"),
+    ("reports", f"gates/{NAME}-v2.md/"),
     ("reports", ".hidden/x.json"),                    # hidden / in-progress writes
-    ("data", "landing/flights.csv"),                  # raw data is not a report
-    ("data", "predictions/date=2013-06-07/part-0.parquet"),
+    ("data", "landing/flights.csv"),                  # the data root is not served
+    ("data", "predictions/date=2013-06-05/_manifest.json"),
+    ("manifests", "date=2013-06-05/_manifest.json"),  # a manifest is named by its day only
+    ("manifests", "../2013-06-05.json"),
+    ("manifests", "2013-13-45.json"),
     ("airflow", "airflow.cfg"),                       # not a served root
     ("reports", ""),
 ])
@@ -292,15 +342,20 @@ def test_files_resolve_refuses(state, root, rel):
         files.resolve(settings, root, rel)
 
 
-def test_files_resolve_refuses_a_symlink_out_of_the_root(state, tmp_path):
+@pytest.mark.parametrize("outside", ["tmp", "landing"])
+def test_files_resolve_refuses_a_symlink_out_of_the_root(state, tmp_path, outside):
     settings, _ = state
     secret = tmp_path / "secret.json"
     secret.write_text("{}")
+    if outside == "landing":
+        secret = Path(locations.batch(settings.landing_uri, "flights", date(2013, 6, 5))
+                      ).parent / "report.json"
     link = Path(settings.reports_uri) / "gates" / "escape.json"
     link.symlink_to(secret)
     try:
         with pytest.raises(files.FileDenied):
             files.resolve(settings, "reports", "gates/escape.json")
+        assert files.href(settings, str(link)) is None
     finally:
         link.unlink()
 
@@ -309,6 +364,8 @@ def test_files_resolve_missing_file(state):
     settings, _ = state
     with pytest.raises(FileNotFoundError):
         files.resolve(settings, "reports", "gates/nothing.md")
+    with pytest.raises(FileNotFoundError):
+        files.resolve(settings, "manifests", "2013-06-07.json")  # parts, but no manifest
 
 
 def test_files_href(state):
@@ -316,10 +373,33 @@ def test_files_href(state):
     uri = f"{settings.reports_uri}/drift/date=2013-06-01/evidently.html"
     assert files.href(settings, uri) == "/mlops/files/reports/drift/date=2013-06-01/evidently.html"
     assert files.href(settings, "file://" + uri) == files.href(settings, uri)
-    assert files.href(settings, f"{settings.data_uri}/registry/x.json") == "/mlops/files/data/registry/x.json"
+    assert files.href(settings, locations.manifest(settings, date(2013, 6, 5))) == \
+        "/mlops/files/manifests/2013-06-05.json"
+    assert files.href(settings, f"{settings.registry_uri}/history/x.json") is None  # data root
     assert files.href(settings, "/etc/passwd") is None
-    assert files.href(settings, "s3://bucket/reports/x.html") is None
     assert files.href(settings, None) is None
+
+
+@pytest.mark.parametrize("uri", [
+    "{reports}/gates/../../data/landing/flights/date=2013-06-05/report.json",  # traversal
+    "{reports}/gates/../gates/" + NAME + "-v2.md",                      # inside, not normalised
+    "{reports}/./gates/" + NAME + "-v2.md",
+    "{reports}//gates/" + NAME + "-v2.md",
+    "{reports}/%2e%2e/data/landing/flights/date=2013-06-05/report.json",  # encoded
+    "{reports}/gates/%2E%2E/%2E%2E/data/landing/flights.csv",
+    "{reports}/gates/" + NAME + "-v2.md\x00.png",
+    "file://localhost{reports}/gates/" + NAME + "-v2.md",               # a host
+    "file:{reports}/gates/" + NAME + "-v2.md",
+    "s3://bucket{reports}/gates/" + NAME + "-v2.md",                   # other schemes
+    "http://127.0.0.1:8080{reports}/gates/" + NAME + "-v2.md",
+    "gates/" + NAME + "-v2.md",                                         # relative
+    "{predictions}/date=2013-06-05/../date=2013-06-05/_manifest.json",
+    "{predictions}/date=2013-06-07/part-0.parquet",                     # data, not a manifest
+])
+def test_files_href_refuses_uris_not_normalised_or_outside_the_served_trees(state, uri):
+    settings, _ = state
+    assert files.href(settings, uri.format(reports=settings.reports_uri,
+                                           predictions=settings.predictions_uri)) is None
 
 
 # -- extra links ---------------------------------------------------------------------------------
@@ -376,7 +456,7 @@ def test_links_of_score_point_at_manifest_lineage_and_the_scoring_run(state):
     out = {"partition_uri": f"{settings.predictions_uri}/date=2013-06-05", "rows": 900,
            "model_version": "2", "files": 1}
     got = _links(settings, "score", out, dag_id="batch_scoring")
-    assert got[links.MANIFEST] == "/mlops/files/data/predictions/date=2013-06-05/_manifest.json"
+    assert got[links.MANIFEST] == "/mlops/files/manifests/2013-06-05.json"
     assert got[links.LINEAGE] == "/mlops/?partition=2013-06-05#lineage"
     assert got[links.MLFLOW_RUN].endswith(f"/#/runs/{runs['2']}")  # from the manifest
     assert got[links.MLFLOW_VERSION].endswith(f"/models/{NAME}/versions/2")
@@ -527,6 +607,101 @@ def test_app_serves_authorised_requests(client):
         assert c.get("/mlops/validation").status_code == 400
     finally:
         app.dependency_overrides.clear()
+
+
+@pytest.fixture
+def authorised(client):
+    """The app's client as an authorised user (Airflow's auth dependency answered)."""
+    c, app = client
+    app.dependency_overrides[app.state.auth_dependency] = lambda: None
+    try:
+        yield c
+    finally:
+        app.dependency_overrides.clear()
+
+
+def _policy(response) -> dict[str, list[str]]:
+    """The Content-Security-Policy of a response: directive -> its values."""
+    out = {}
+    for part in response.headers["content-security-policy"].split(";"):
+        if part.strip():
+            name, *values = part.split()
+            out[name] = values
+    return out
+
+
+def test_a_stored_svg_with_a_script_is_served_with_scripts_forbidden(authorised):
+    r = authorised.get("/mlops/files/reports/drift/date=2013-06-01/plot.svg")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/svg+xml"
+    assert r.content == EVIL_SVG
+    assert r.headers["x-content-type-options"] == "nosniff"
+    policy = _policy(r)
+    assert policy["sandbox"] == []  # sandboxed with no allowance: no scripts, an opaque origin
+    assert policy.get("script-src", policy.get("default-src")) == ["'none'"]
+
+
+@pytest.mark.parametrize("path, html", [
+    (f"reports/gates/{NAME}-v2.md", False), (f"reports/gates/{NAME}-v2.json", False),
+    ("manifests/2013-06-05.json", False), ("reports/drift/date=2013-06-01/evidently.html", True),
+    ("reports/drift/date=2013-06-01/raw.bin", False),
+])
+def test_every_served_file_is_sandboxed(authorised, path, html):
+    r = authorised.get(f"/mlops/files/{path}")
+    assert r.status_code == 200, (path, r.status_code)
+    assert r.headers["x-content-type-options"] == "nosniff"
+    policy = _policy(r)
+    assert "sandbox" in policy and "allow-same-origin" not in policy["sandbox"]
+    if html:  # a report's own scripts run, in an opaque origin that can reach nothing
+        assert policy["sandbox"][0] == "allow-scripts" and policy["connect-src"] == ["'none'"]
+        assert policy["form-action"] == ["'none'"]
+    else:
+        assert policy["sandbox"] == [] and policy["default-src"] == ["'none'"]
+
+
+def test_unknown_types_are_sent_as_attachments(authorised):
+    r = authorised.get("/mlops/files/reports/drift/date=2013-06-01/raw.bin")
+    assert r.status_code == 200 and r.content == b"\x00\x01binary"
+    assert r.headers["content-type"] == "application/octet-stream"
+    assert r.headers["content-disposition"] == 'attachment; filename="raw.bin"'
+    shown = authorised.get(f"/mlops/files/reports/gates/{NAME}-v2.md")
+    assert "content-disposition" not in shown.headers  # a report is shown, not downloaded
+
+
+def test_manifests_are_served_by_day(authorised):
+    r = authorised.get("/mlops/files/manifests/2013-06-05.json")
+    assert r.status_code == 200 and r.json()["model_version"] == "2"
+    assert authorised.get("/mlops/files/manifests/2013-06-07.json").status_code == 404
+
+
+@pytest.mark.parametrize("path", [
+    "data/landing/flights/date=2013-06-05/logo.svg",
+    "data/landing/flights/date=2013-06-05/report.json",
+    "data/quarantine/flights/date=2013-06-05/20130605T010000Z/report.html",
+    "data/quarantine/flights/date=2013-06-05/20130605T010000Z/report.json",
+    "reports/%2e%2e/data/landing/flights/date=2013-06-05/logo.svg",
+    "reports/gates/%2e%2e/%2e%2e/data/quarantine/flights/date=2013-06-05/20130605T010000Z/report.json",
+    "reports/%252e%252e/data/landing/flights/date=2013-06-05/report.json",
+    "reports/..%2Fdata%2Flanding%2Fflights%2Fdate=2013-06-05%2Freport.json",
+    "reports/gates/.%2E/.%2E/data/landing/flights/date=2013-06-05/report.json",
+    "manifests/..%2F..%2Flanding%2Fflights%2Fdate=2013-06-05%2Freport.json",
+])
+def test_supplier_files_and_traversals_are_not_served(authorised, path):
+    r = authorised.get(f"/mlops/files/{path}")
+    assert r.status_code in (403, 404), (path, r.status_code)
+    assert "secret" not in r.text and "<script" not in r.text
+    assert authorised.get(f"/mlops/files/reports/gates/{NAME}-v2.md").status_code == 200
+
+
+def test_a_symlink_to_the_landing_zone_is_not_served(state, authorised):
+    settings, _ = state
+    landed = Path(locations.batch(settings.landing_uri, "flights", date(2013, 6, 5))).parent
+    link = Path(settings.reports_uri) / "drift" / "date=2013-06-01" / "linked.svg"
+    link.symlink_to(landed / "logo.svg")
+    try:
+        r = authorised.get("/mlops/files/reports/drift/date=2013-06-01/linked.svg")
+        assert r.status_code == 403 and b"<script" not in r.content
+    finally:
+        link.unlink()
 
 
 def test_airflow_loads_the_plugin_once_and_lightly(tmp_path):
