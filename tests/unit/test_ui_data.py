@@ -404,8 +404,9 @@ def test_files_href_refuses_uris_not_normalised_or_outside_the_served_trees(stat
 
 # -- extra links ---------------------------------------------------------------------------------
 
-def _links(settings, task_id, value, related=None, day=None, dag_id="training"):
-    return links.links_for(settings, links.TaskOutput(dag_id, task_id, value, related or {}, day), NAME)
+def _links(settings, task_id, value, upstream=(), day=None, dag_id="training", monitoring=False):
+    return links.links_for(settings, links.TaskOutput(dag_id, task_id, value, tuple(upstream), day,
+                                                      monitoring), NAME)
 
 
 def test_links_of_train_point_at_mlflow(state, monkeypatch):
@@ -417,43 +418,56 @@ def test_links_of_train_point_at_mlflow(state, monkeypatch):
                    links.MODEL_PAGE: "/mlops/#models"}
 
 
+def _gates(settings):
+    return {"passed": True, "failed": [], "version": "2", "champion_version": "1",
+            "report_uri": locations.gate_report(settings, NAME, "2")}
+
+
 def test_links_of_gates_and_decision_point_at_the_gate_report(state):
     settings, _ = state
-    xcom = {"passed": True, "failed": [], "version": "2", "champion_version": "1",
-            "report_uri": f"{settings.reports_uri}/gates/{NAME}-v2.json"}
-    got = _links(settings, "evaluate_gates", xcom)
+    got = _links(settings, "evaluate_gates", _gates(settings))
     assert got[links.GATE_REPORT] == f"/mlops/files/reports/gates/{NAME}-v2.md"
     assert links.MLFLOW_VERSION in got and links.MLFLOW_RUN not in got
-    # decide_promotion returns a bool: its links come from the gates it decided on
-    assert _links(settings, "decide_promotion", True, {"evaluate_gates": xcom}) == got
+    # a task that returns a bool links to what its upstream tasks produced
+    window = {"start": "2013-01-01", "end": "2013-01-15", "trigger": "manual"}
+    assert _links(settings, "decide_promotion", True,
+                  [{"evaluate_gates": _gates(settings), "resolve_window": window}]) == got
 
 
 def test_links_of_a_promotion_event(state):
     settings, _ = state
     event = {"action": "promote", "model": NAME, "from_version": "1", "to_version": "2",
              "actor": "manual__2013-01-15T00:00:00+00:00", "reason": "r",
-             "gate_report": f"{settings.reports_uri}/gates/{NAME}-v2.json"}
+             "gate_report": locations.gate_report(settings, NAME, "2")}
     got = _links(settings, "promote", event)
     assert got[links.GATE_REPORT].endswith("-v2.md") and got[links.MLFLOW_VERSION].endswith("/versions/2")
     assert links.MLFLOW_RUN not in got  # an Airflow run id is not an MLflow run
 
 
+def _verdict(settings):
+    return {"date": "2013-06-03", "drift": True, "model_version": "1",
+            "report_uri": locations.drift_report(settings, date(2013, 6, 3), "evidently.html")}
+
+
 def test_links_of_drift_tasks(state):
     settings, _ = state
-    html = f"{settings.reports_uri}/drift/date=2013-06-03/evidently.html"
-    verdict = {"date": "2013-06-03", "drift": True, "report_uri": html, "model_version": "1"}
-    got = _links(settings, "check_drift", verdict, dag_id="drift_monitor")
+    got = _links(settings, "check_drift", _verdict(settings), monitoring=True)
     assert got[links.EVIDENTLY] == "/mlops/files/reports/drift/date=2013-06-03/evidently.html"
     assert got[links.MODEL_PAGE] == "/mlops/#trends"
-    assert _links(settings, "decide", {"retrain": True}, {"check_drift": verdict},
-                  dag_id="drift_monitor")[links.EVIDENTLY] == got[links.EVIDENTLY]
-    plot = _links(settings, "plot_history", f"{settings.reports_uri}/drift/date=2013-06-03/history.png")
+    decision = {"date": "2013-06-03", "retrain": True, "signal": True, "streak": 2, "reason": "r"}
+    assert _links(settings, "decide", decision, [{"check_drift": _verdict(settings),
+                                                   "check_quality": {"decay": False}}],
+                  monitoring=True) == got
+    # two levels up: the short circuit after `decide` links to the check it decided on
+    assert _links(settings, "retrain_requested", True,
+                  [{"decide": decision}, {"check_drift": _verdict(settings)}], monitoring=True) == got
+    plot = _links(settings, "plot_history", locations.drift_report(settings, date(2013, 6, 3), "history.png"))
     assert plot[links.DRIFT_PLOT].endswith("/history.png")
 
 
 def test_links_of_score_point_at_manifest_lineage_and_the_scoring_run(state):
     settings, runs = state
-    out = {"partition_uri": f"{settings.predictions_uri}/date=2013-06-05", "rows": 900,
+    out = {"partition_uri": locations.predictions(settings, date(2013, 6, 5)), "rows": 900,
            "model_version": "2", "files": 1}
     got = _links(settings, "score", out, dag_id="batch_scoring")
     assert got[links.MANIFEST] == "/mlops/files/manifests/2013-06-05.json"
@@ -466,26 +480,29 @@ def test_links_of_validation_tasks(state):
     settings, _ = state
     day = _links(settings, "validate_batch", {"rows": 900}, day=date(2013, 6, 5), dag_id="batch_scoring")
     assert day == {links.DATA_DOCS: "/mlops/validation?day=2013-06-05"}
-    window = _links(settings, "validate_raw", {"batches": 3}, {"resolve_window": {
-        "start": "2013-01-01", "end": "2013-01-15", "trigger": "manual"}})
+    window = _links(settings, "validate_raw", {"batches": 3}, [{"resolve_window": {
+        "start": "2013-01-01", "end": "2013-01-15", "trigger": "manual"}}])
     assert window == {links.DATA_DOCS: "/mlops/validation?start=2013-01-01&end=2013-01-15"}
-    vuri = f"{settings.reports_uri}/validation/flights/date=2013-06-05.json"
+    vuri = locations.validation_report(settings, "flights", "date=2013-06-05")
     direct = _links(settings, "validate_batch", {"rows": 1, "report_uri": vuri}, day=date(2013, 6, 5))
     assert direct[links.DATA_DOCS].endswith("/validations/flights/run/validation-flights.html")
 
 
-def test_links_of_the_training_set_and_other_reports(state):
+@pytest.mark.parametrize("task_id", ["build_training_set", "assemble_rows"])  # by contract, not id
+def test_links_of_the_training_set_and_other_reports(state, task_id):
     from pipelines.core import storage
 
     settings, _ = state
-    ts = {"uri": f"{settings.data_uri}/training_sets/2013-06-05_2013-06-06.parquet",
+    ts = {"uri": locations.training_set(settings, "2013-06-05", "2013-06-06"),
           "start": "2013-06-05", "end": "2013-06-06", "rows": 10}
-    assert _links(settings, "build_training_set", ts) == {}  # not validated: no link
-    vuri = storage.join(settings.reports_uri, "validation", "training_set", "2013-06-05_2013-06-06.json")
+    assert _links(settings, task_id, ts) == {}  # not validated: no link
+    vuri = locations.validation_report(settings, "training_set", "2013-06-05_2013-06-06")
     storage.write_json(vuri, {"data_docs_uri": None})
     try:
-        assert _links(settings, "build_training_set", ts) == {
+        assert _links(settings, task_id, ts) == {
             links.DATA_DOCS: "/mlops/files/reports/validation/training_set/2013-06-05_2013-06-06.md"}
+        # a window whose set is not where locations puts it is not a training set
+        assert _links(settings, task_id, {**ts, "uri": f"{settings.landing_uri}/x.parquet"}) == {}
     finally:
         storage.remove(vuri)
     skew = storage.join(settings.reports_uri, "skew", "date=2013-06-05.json")
@@ -495,6 +512,52 @@ def test_links_of_the_training_set_and_other_reports(state):
     assert _links(settings, "check_skew", {"report_uri": skew + ".gone"}) == {}
 
 
+FILE_LINKS = (links.GATE_REPORT, links.EVIDENTLY, links.DRIFT_PLOT, links.DATA_DOCS, links.MANIFEST,
+              links.LINEAGE, links.REPORT)
+
+
+@pytest.mark.parametrize("value", [
+    {"version": "2", "report_uri": "{reports}/gates/../gates/" + NAME + "-v2.json"},
+    {"report_uri": "{reports}/../data/landing/flights/date=2013-06-05/report.json"},
+    {"report_uri": "{reports}/./drift/date=2013-06-01/evidently.html"},
+    {"report_uri": "{reports}//drift/date=2013-06-01/evidently.html"},
+    {"report_uri": "{reports}/%2e%2e/data/landing/flights/date=2013-06-05/report.json"},
+    {"report_uri": "file://{landing}/flights/date=2013-06-05/report.json"},
+    {"report_uri": "file://localhost{reports}/drift/date=2013-06-01/evidently.html"},
+    {"report_uri": "s3://bucket{reports}/drift/date=2013-06-01/evidently.html"},
+    {"data_docs_uri": "{landing}/flights/date=2013-06-05/report.html"},
+    {"partition_uri": "{predictions}/../predictions/date=2013-06-05"},
+    {"partition_uri": "{landing}/flights/date=2013-06-05"},
+    {"partition_uri": "{predictions}/date=2013-06-05/"},
+    "{reports}/drift/date=2013-06-03/../../../data/landing/flights/date=2013-06-05/logo.svg",
+    "{reports}/drift/date=2013-06-01/../date=2013-06-01/evidently.html",
+])
+def test_links_refuse_xcom_uris_outside_the_roots_or_not_normalised(state, value):
+    """The files exist, so a link that normalised or followed them would be made."""
+    settings, _ = state
+    fill = {"reports": settings.reports_uri, "landing": settings.landing_uri,
+            "predictions": settings.predictions_uri}
+    value = ({k: v.format(**fill) for k, v in value.items()} if isinstance(value, dict)
+             else value.format(**fill))
+    got = links.links_for(settings, links.TaskOutput("training", "check_skew", value), NAME)
+    assert not set(got) & set(FILE_LINKS), got
+    assert not any("/files/" in url for url in got.values()), got
+
+
+def test_links_refuse_a_validation_report_pointing_into_the_landing_zone(state):
+    from pipelines.core import storage
+
+    settings, _ = state
+    vuri = locations.validation_report(settings, "weather", "date=2013-06-05")
+    landed = locations.batch(settings.landing_uri, "flights", date(2013, 6, 5)).rsplit("/", 1)[0]
+    storage.write_json(vuri, {"data_docs_uri": f"{landed}/report.html"})
+    try:
+        got = links.links_for(settings, links.TaskOutput("training", "check", {"report_uri": vuri}), NAME)
+        assert not any("landing" in url for url in got.values()), got
+    finally:
+        storage.remove(vuri)
+
+
 @pytest.mark.parametrize("task_id, value", [
     ("build_features", 12), ("resolve_window", {"start": "2013-01-01", "end": "2013-01-15"}),
     ("check_quality_x", None), ("train", {"run_id": "manual__2013", "version": "latest"}),
@@ -502,6 +565,83 @@ def test_links_of_the_training_set_and_other_reports(state):
 def test_links_do_not_apply(state, task_id, value):
     settings, _ = state
     assert _links(settings, task_id, value) == {}
+
+
+@pytest.fixture(scope="module")
+def served_dags():
+    """The project's DAGs as the API server holds them: parsed, serialized and read back."""
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    bag = DagBag(dag_folder=str(REPO / "dags"))
+    assert bag.import_errors == {}
+    return {i: DagSerialization.from_dict(DagSerialization.to_dict(d)) for i, d in bag.dags.items()}
+
+
+def test_links_follow_the_edges_of_the_project_dags(state, served_dags):
+    """Which upstream values a task links to is read from its DAG, not from a table of ids."""
+    from mlops_ui import task_outputs
+
+    settings, runs = state
+    window = {"start": "2013-01-01", "end": "2013-01-15", "trigger": "manual"}
+    decision = {"date": "2013-06-03", "retrain": True, "signal": True, "streak": 2, "reason": "r"}
+    values = {"resolve_window": window, "validate_raw": {"batches": 3, "rows": 9, "absent": []},
+              "build_features": 4, "evaluate_gates": _gates(settings), "decide_promotion": True,
+              "wait_for_predictions": True, "check_drift": _verdict(settings),
+              "check_quality": {"date": "2013-06-03", "decay": False}, "decide": decision,
+              "resolve_model": {"model": NAME, "version": "2", "run_id": runs["2"]},
+              "plan_chunks": [{"chunk": 0, "rows": 9}]}
+
+    def got(dag_id, task_id, own=None):
+        op = served_dags[dag_id].get_task(task_id)
+        output = task_outputs.task_output(op, values.get(task_id, own), values, None)
+        return links.links_for(settings, output, NAME)
+
+    gate = _links(settings, "evaluate_gates", _gates(settings))
+    assert got("training", "decide_promotion") == gate
+    evidently = got("drift_monitor", "check_drift")
+    assert evidently[links.EVIDENTLY].endswith("/date=2013-06-03/evidently.html")
+    assert got("drift_monitor", "decide") == evidently
+    assert got("drift_monitor", "retrain_requested", True) == evidently
+    assert got("drift_monitor", "check_quality") == {links.MODEL_PAGE: "/mlops/#trends"}  # by tag
+    assert got("training", "validate_raw") == {
+        links.DATA_DOCS: "/mlops/validation?start=2013-01-01&end=2013-01-15"}
+    assert got("batch_scoring", "score_chunk", {"chunk": 0, "rows": 9})[links.MLFLOW_RUN].endswith(runs["2"])
+    assert got("training", "build_features") == {}
+    levels = task_outputs.upstream_levels(served_dags["drift_monitor"].get_task("retrain_requested"))
+    assert levels == [["decide"], ["check_drift", "check_quality"], ["wait_for_predictions"]]
+
+
+def test_links_of_a_dag_with_other_task_ids(state):
+    """A DAG wired like drift_monitor under other names gets the same links."""
+    from airflow.sdk import DAG, task
+    from airflow.serialization.serialized_objects import DagSerialization
+    from mlops_ui import task_outputs
+
+    settings, _ = state
+    with DAG("renamed", schedule=None, tags=["mlops", "monitoring"]) as dag:
+        @task
+        def measure() -> dict:
+            return {}
+
+        @task
+        def weigh(m: dict) -> dict:
+            return m
+
+        @task.short_circuit
+        def act(w: dict) -> bool:
+            return True
+
+        act(weigh(measure()))
+    served = DagSerialization.from_dict(DagSerialization.to_dict(dag))
+    values = {"measure": _verdict(settings), "weigh": {"retrain": True}}
+    output = task_outputs.task_output(served.get_task("act"), True, values, None)
+    assert output.monitoring and output.upstream == ({"weigh": values["weigh"]},
+                                                     {"measure": values["measure"]})
+    assert links.links_for(settings, output, NAME) == {
+        links.EVIDENTLY: "/mlops/files/reports/drift/date=2013-06-03/evidently.html",
+        links.MLFLOW_VERSION: f"http://127.0.0.1:5000/#/models/{NAME}/versions/1",
+        links.MODEL_PAGE: "/mlops/#trends"}
 
 
 def test_global_links_are_one_per_name():
