@@ -38,7 +38,8 @@ def summary(days: int, partition: date | None) -> dict[str, Any]:
     name = cfg.registry.model_name
     parts = data.partitions(settings)
     chosen = partition.isoformat() if partition else (parts[0] if parts else None)
-    return {"model": name, "models": data.models(settings, name),
+    models, registry_error = data.models_or_error(settings, name)
+    return {"model": name, "models": models, "registry_error": registry_error,
             "history": data.promotion_history(settings, name),
             "trend": trends.trend(trends.source_for(settings), days),
             "partitions": parts, "selected": chosen,
@@ -59,7 +60,8 @@ def create_app() -> FastAPI:
         s = summary(days, _day(partition, "partition"))
         if partition and s["lineage"] is None:
             raise HTTPException(404, f"no published prediction partition for {partition}")
-        html = page.model_page(model=s["model"], models=s["models"], history=s["history"],
+        html = page.model_page(model=s["model"], models=s["models"],
+                               registry_error=s["registry_error"], history=s["history"],
                                trend=s["trend"], partitions=s["partitions"], lineage=s["lineage"],
                                selected=s["selected"], days=days, href=href)
         return HTMLResponse(html, headers={"Cache-Control": "no-store"})

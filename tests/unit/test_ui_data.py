@@ -244,6 +244,42 @@ def test_validation_reports_of_a_day(state):
     assert data.validation_reports(settings, [date(2013, 6, 4)]) == []
 
 
+@pytest.fixture
+def unreachable(state, monkeypatch):
+    """The state's settings with a registry that refuses connections (a closed loopback port),
+    MLflow's HTTP retries off so the refusal is answered at once."""
+    import socket
+
+    settings, _ = state
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    uri = f"http://127.0.0.1:{port}"
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # for the app, which reads the environment
+    return dataclass_replace(settings, mlflow_tracking_uri=uri, mlflow_max_retries=0), uri
+
+
+def test_models_say_when_the_registry_cannot_be_asked(unreachable):
+    from pipelines.model import registry
+
+    settings, uri = unreachable
+    with pytest.raises(registry.RegistryUnavailable):
+        data.models(settings, NAME)  # never "no champion"
+    models, error = data.models_or_error(settings, NAME)
+    assert models is None
+    assert error.startswith("could not ask the registry: ") and uri in error, error
+
+
+def test_lineage_says_when_the_registry_cannot_be_asked(unreachable):
+    settings, _ = unreachable
+    lin = data.lineage(settings, date(2013, 6, 5))
+    assert lin["registry_error"].startswith("could not ask the registry: ")
+    assert lin["consistent"] is None  # unknown, not "manifest and registry disagree"
+    assert [s["ok"] for s in lin["steps"]] == [None] * 6
+    assert {s["step"]: s["value"] for s in lin["steps"]}["ONNX sha256"] == SHA["2"]  # the manifest's
+
+
 # -- trends ----------------------------------------------------------------------------------------
 
 def test_trend_covers_the_last_n_days_ending_at_the_latest_check(state):
@@ -842,6 +878,51 @@ def test_a_symlink_to_the_landing_zone_is_not_served(state, authorised):
         assert r.status_code == 403 and b"<script" not in r.content
     finally:
         link.unlink()
+
+
+def test_model_page_says_when_the_registry_cannot_be_asked(authorised, unreachable):
+    _, uri = unreachable
+    r = authorised.get("/mlops/?days=10&partition=2013-06-05")
+    assert r.status_code == 200
+    assert "could not ask the registry: " in r.text and uri in r.text
+    assert 'data-role="champion"' not in r.text  # no card that says "none"
+    assert "manifest and registry" not in r.text  # neither agree nor disagree: unknown
+    assert "re-promoted after the fix" in r.text  # the history does not need the registry
+    s = authorised.get("/mlops/api/summary?partition=2013-06-05").json()
+    assert s["models"] is None and s["registry_error"].startswith("could not ask the registry: ")
+    assert s["lineage"]["registry_error"].startswith("could not ask the registry: ")
+
+
+def test_the_plugin_builds_no_storage_path_itself():
+    """Every storage layout comes from pipelines.core.locations: in the plugin, storage.join only
+    appends below a place a locations function returned, no Settings root is read but the served
+    trees and supplier zones (files.py) and the predictions root listed for partitions (data.py),
+    and no layout name is spelled out."""
+    import ast
+    import re
+
+    layout = re.compile(r"_manifest|date=|snapshot|(^|/)(gates|drift|validation|data_docs|history|"
+                        r"landing|quarantine|predictions|registry|reports|training_sets)/")
+    roots = {"files.py": {"reports_uri", "landing_uri", "quarantine_uri"},
+             "data.py": {"predictions_uri", "mlflow_tracking_uri"}}
+    problems = []
+    for path in sorted((REPO / "plugins" / "mlops_ui").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        docs = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Expr)}  # docstrings
+        for node in ast.walk(tree):
+            where = f"{path.name}:{getattr(node, 'lineno', '?')}"
+            if isinstance(node, ast.Call) and ast.unparse(node.func) == "storage.join":
+                first = node.args[0] if node.args else None
+                if not (isinstance(first, ast.Call) and ast.unparse(first.func).startswith("locations.")):
+                    problems.append(f"{where}: {ast.unparse(node)}")
+            elif isinstance(node, ast.Attribute) and node.attr.endswith("_uri") \
+                    and ast.unparse(node.value) in ("settings", "self.settings") \
+                    and node.attr not in roots.get(path.name, set()):
+                problems.append(f"{where}: {ast.unparse(node)}")
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str) \
+                    and id(node) not in docs and layout.search(node.value):
+                problems.append(f"{where}: {node.value!r}")
+    assert problems == [], "\n".join(problems)
 
 
 def test_airflow_loads_the_plugin_once_and_lightly(tmp_path):
