@@ -126,7 +126,8 @@ def promotion_history(settings: Settings, name: str, limit: int = 50) -> list[di
         fallback = None if own or version is None else gate_report_uri(settings, name, str(version))
         out.append({
             "at": e.get("at"), "action": e.get("action"), "from_version": e.get("from_version"),
-            "to_version": version, "actor": e.get("actor"), "reason": e.get("reason"),
+            "to_version": version, "actor": e.get("actor"), "user": e.get("user"),
+            "reason": e.get("reason"),
             "failed_gates": e.get("failed_gates") or [], "moves_champion": e.get("action") in MOVES,
             "gate_report": own or fallback, "gate_report_of_version": bool(fallback),
             "history_uri": e.get("history_uri"), "run_id": e.get("run_id"),

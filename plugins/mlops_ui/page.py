@@ -102,6 +102,14 @@ def model_card(role: str, m: dict[str, Any] | None, champion: dict[str, Any] | N
             f'<table>{"".join(rows)}</table><p>{links}</p></div>')
 
 
+def _by(event: dict[str, Any]) -> str:
+    """Who: the person (when known) and the run that did it."""
+    user, actor = event.get("user"), event.get("actor")
+    if user:
+        return f'{_e(user)}<br><span class="muted">{_e(actor)}</span>'
+    return _e(actor)
+
+
 def history_table(events: list[dict[str, Any]], href: Href) -> str:
     if not events:
         return '<p class="muted">No promotion history yet.</p>'
@@ -120,7 +128,7 @@ def history_table(events: list[dict[str, Any]], href: Href) -> str:
         strong = ' style="font-weight:600"' if e.get("moves_champion") else ""
         rows.append(f'<tr class="event" data-action="{_e(e["action"])}"{strong}><td class="mono">'
                     f'{_e((e.get("at") or "")[:19])}</td><td>{_e(e["action"])}</td><td>{move}</td>'
-                    f'<td>{_e(e.get("reason"))}{failed}</td><td class="mono">{_e(e.get("actor"))}</td>'
+                    f'<td>{_e(e.get("reason"))}{failed}</td><td class="mono">{_by(e)}</td>'
                     f'<td>{_link(href(_md(report)) or href(report), label) if report else "—"}</td></tr>')
     return ("<table><tr><th>when (UTC)</th><th>action</th><th>version</th><th>reason</th>"
             f"<th>by</th><th>gate report</th></tr>{''.join(rows)}</table>")

@@ -445,7 +445,12 @@ def test_drift_event_starts_the_retraining_and_a_person_approves_it(airflow_ui, 
     state = lambda: _api(base, token, "GET", approve)["state"]  # noqa: E731
     _wait(lambda: state() in ("awaiting_input", "skipped", "failed", "upstream_failed"),
           "the approval task", 420)
-    assert state() == "awaiting_input", _api(base, token, "GET", approve)
+    if state() != "awaiting_input":  # say why: the verdict and what the decision task logged
+        runs = f"/dags/training/dagRuns/{run_id}/taskInstances"
+        verdict = _api(base, token, "GET", f"{runs}/evaluate_gates/xcomEntries/return_value")
+        log = _api(base, token, "GET", f"{runs}/decide_promotion/logs/1?full_content=true")
+        pytest.fail(f"approve is {state()}: gates {verdict.get('value')}; "
+                    f"decide_promotion log {str(log)[-3000:]}")
     window = _api(base, token, "GET", f"/dags/training/dagRuns/{run_id}/taskInstances/"
                                       "resolve_window/xcomEntries/return_value")["value"]
     drift_day = json.loads(window) if isinstance(window, str) else window

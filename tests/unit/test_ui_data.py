@@ -92,7 +92,8 @@ def state(tmp_path_factory):
         runs["2"] = _register(c, settings, exp, "2")
         registry.promote(settings, NAME, "2", "manual__t2", "retraining: drift on 2013-06-03",
                          _gate_report(settings, "2", True, "1"))
-        registry.rollback(settings, NAME, "previous", "manual__rb", "bad <b>night</b>")
+        registry.rollback(settings, NAME, "previous", "manual__rb", "bad <b>night</b>",
+                          user="ops-oncall")
         registry.promote(settings, NAME, "2", "manual__t3", "re-promoted after the fix",
                          _gate_report(settings, "2", True, "1"))
         runs["3"] = _register(c, settings, exp, "3")
@@ -196,6 +197,8 @@ def test_promotion_history_newest_first_with_gate_reports_and_reasons(state):
     assert (repromote["from_version"], repromote["to_version"]) == ("1", "2")
     # a rollback has no gate report of its own: the page shows the version's
     assert rollback["gate_report"].endswith("-v1.json") and rollback["gate_report_of_version"]
+    assert (rollback["user"], rollback["actor"]) == ("ops-oncall", "manual__rb")  # who, and which run
+    assert repromote["user"] is None
     assert len(data.promotion_history(settings, NAME, limit=3)) == 3
     assert data.promotion_history(settings, "other_model") == []
 
@@ -712,6 +715,7 @@ def test_model_page_renders_everything_and_escapes(state):
     assert 'data-role="challenger" data-version="3"' in html
     assert html.count('class="event"') == 8 and "re-promoted after the fix" in html
     assert "bad &lt;b&gt;night&lt;/b&gt;" in html and "<b>night</b>" not in html
+    assert 'ops-oncall<br><span class="muted">manual__rb</span>' in html  # who moved it
     assert f'href="/mlops/files/reports/gates/{NAME}-v2.md"' in html
     assert html.count("<svg") == 3 and "manifest and registry agree" in html
     assert 'data-step="ONNX sha256"' in html
