@@ -1,4 +1,4 @@
-"""The parts of validation that know about rules: suites, GX runs, timestamp checks, drafts.
+"""The parts of validation that know about rules: suites, GX runs, check records, timestamp checks.
 
 Every check ends up as one flat "check record" (a small JSON-able dict), whether it came from a
 Great Expectations expectation (built-in, or the timestamp expectations defined here) or from
@@ -14,7 +14,7 @@ import hashlib
 import json
 import math
 import tempfile
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, ClassVar
 
 import pandas as pd
@@ -32,9 +32,6 @@ from pipelines.core import storage
 POLICIES = ("fail", "warn")
 SEVERITY = {"fail": "critical", "warn": "warning"}  # meta.on_failure -> GX failure severity
 MAX_EXAMPLES = 5
-MAX_LEVELS = 20  # draft_suite: string columns with at most this many distinct values get a value set
-STRING_TYPES = ["object", "StringDtype", "str"]
-NUMERIC_TYPES = ["int64", "float64"]  # an integer column with a missing value reads as float64
 # an explicit zone designator right after the time part ("...T10:00:00Z", "...10:00+05:30")
 _TZ_SUFFIX = r"\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?\s*(?:Z|[+-]\d{2}(?::?\d{2})?)$"
 
@@ -254,11 +251,11 @@ def timestamp_checks(columns: list[str], column: str, start: datetime | str | No
     start/end counts as UTC). None if the column is absent: the column-set check reports that."""
     if column not in columns:
         return []
-    exps = [_exp("expect_column_values_to_be_timezone_aware_utc_timestamps", column=column)]
+    exps = [expectation("expect_column_values_to_be_timezone_aware_utc_timestamps", column=column)]
     if start is not None and end is not None:
-        exps += [_exp("expect_column_values_to_not_be_before_interval_start", column=column,
+        exps += [expectation("expect_column_values_to_not_be_before_interval_start", column=column,
                       min_value=as_utc(start).isoformat()),
-                 _exp("expect_column_values_to_be_before_interval_end", column=column,
+                 expectation("expect_column_values_to_be_before_interval_end", column=column,
                       max_value=as_utc(end).isoformat())]
     return exps
 
@@ -281,48 +278,6 @@ def describe(rec: dict) -> str:
     return text
 
 
-def _exp(type_: str, on_failure: str = "fail", **kwargs: Any) -> dict:
+def expectation(type_: str, on_failure: str = "fail", **kwargs: Any) -> dict:
+    """One suite entry: its GX type, kwargs and policy."""
     return {"type": type_, "kwargs": kwargs, "meta": {"on_failure": on_failure}}
-
-
-def _looks_like_timestamps(values: pd.Series) -> bool:
-    sample = values.astype(str).head(200)
-    return bool(pd.to_datetime(sample, errors="coerce", format="ISO8601", utc=True).notna().all())
-
-
-def profile_suite(df: pd.DataFrame, table: str) -> dict:
-    """A draft suite from one table's data: a starting point for a human to review, not a verdict."""
-    exps = [_exp("expect_table_columns_to_match_set", column_set=list(df.columns), exact_match=True),
-            _exp("expect_table_row_count_to_be_between", min_value=1)]
-    for col in df.columns:
-        s, non_null = df[col], df[col].dropna()
-        if non_null.empty:
-            continue
-        if len(non_null) == len(s):
-            exps.append(_exp("expect_column_values_to_not_be_null", column=col))
-        if pd.api.types.is_bool_dtype(s):
-            exps.append(_exp("expect_column_values_to_be_in_type_list", column=col, type_list=["bool"]))
-        elif pd.api.types.is_numeric_dtype(s):
-            types = list(dict.fromkeys([s.dtype.name, *NUMERIC_TYPES]))
-            exps.append(_exp("expect_column_values_to_be_in_type_list", column=col, type_list=types))
-            lo, hi = float(non_null.min()), float(non_null.max())
-            margin = 0.1 * (hi - lo) or 0.1 * abs(hi) or 1.0
-            low, high = (max(0.0, lo - margin) if lo >= 0 else lo - margin), hi + margin
-            digits = 0 if pd.api.types.is_integer_dtype(s) else 6  # round outwards
-            low = math.floor(low * 10**digits) / 10**digits
-            high = math.ceil(high * 10**digits) / 10**digits
-            if not digits:
-                low, high = int(low), int(high)
-            exps.append(_exp("expect_column_values_to_be_between", column=col,
-                             min_value=low, max_value=high))
-        elif non_null.map(type).eq(str).all():
-            exps.append(_exp("expect_column_values_to_be_in_type_list", column=col,
-                             type_list=STRING_TYPES))
-            levels = non_null.unique()
-            if len(levels) <= min(MAX_LEVELS, len(non_null) / 2) and not _looks_like_timestamps(non_null):
-                exps.append(_exp("expect_column_values_to_be_in_set", column=col,
-                                 value_set=sorted(levels)))
-    meta = {"drafted_at": datetime.now(UTC).isoformat(), "drafted_from_rows": len(df),
-            "review": "Drafted by pipelines.data.validation.draft_suite: tighten or loosen the bounds, and "
-                      "set meta.on_failure to 'warn' where a violation should not stop the pipeline."}
-    return {"name": table, "expectations": exps, "meta": meta}

@@ -20,10 +20,10 @@ import pytest
 
 from pipelines.core import storage
 from pipelines.core.settings import REPO_ROOT
+from pipelines.data.batch_files import read_batch
 from pipelines.data.validation import (
     DataValidationError,
     draft_suite,
-    read_batch,
     validate_batch,
 )
 
