@@ -71,6 +71,10 @@ def parse(uri: str, data: bytes) -> pd.DataFrame:
                 raise DataValidationError(
                     f"{uri} is not a well-formed CSV: the record at line {record_start + 1} has "
                     f"{len(row)} fields but the header has {len(header)}")
+            if row == header:  # two files concatenated: every column would read as text
+                raise DataValidationError(
+                    f"{uri} is not a well-formed CSV: line {record_start + 1} repeats the header "
+                    f"row ({_clip(','.join(header))}); remove it (were two exports concatenated?)")
             record_start = reader.line_num
         return pd.read_csv(io.StringIO(text), low_memory=False)
     except csv.Error as exc:
@@ -79,6 +83,10 @@ def parse(uri: str, data: bytes) -> pd.DataFrame:
             f"{record_start + 1} (look for an unclosed or stray quote)") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise DataValidationError(f"{uri} is not a well-formed CSV: {exc}") from None
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def read_batch(uri: str, max_file_mb: float) -> pd.DataFrame:

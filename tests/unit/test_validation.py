@@ -180,6 +180,12 @@ def _parquet_bytes(df: pd.DataFrame) -> bytes:
     return buf.getvalue()
 
 
+def _repeated_header(df: pd.DataFrame) -> bytes:
+    """Two exports concatenated: the header comes again as line 152 (after 150 data rows)."""
+    lines = _csv(df).decode().splitlines(keepends=True)
+    return "".join([*lines[:151], lines[0], *lines[151:]]).encode()
+
+
 def _non_utf8(df: pd.DataFrame) -> bytes:
     data = _csv(df)
     return data.replace(b"N14228", b"N1422\xe9", 1)  # latin-1 e-acute
@@ -226,6 +232,7 @@ CASES = {
                            ["column distance: expect_column_values_to_be_between",
                             "-100 at row 3"], {}),
     "broken_quote": (_broken_quote, ["not a well-formed CSV", "starting at line 5", "quote"], {}),
+    "repeated_header_row": (_repeated_header, ["line 152 repeats the header row"], {}),
     "non_utf8_bytes": (_non_utf8, ["not valid UTF-8", "byte 0xe9 at byte offset", "(line 2)"], {}),
     "file_above_size_limit": (lambda df: _csv(df), ["MB, above the limit of 0.01 MB"],
                               {"max_file_mb": 0.01}),
@@ -233,7 +240,7 @@ CASES = {
                                                  "those of a Parquet file"], {}),
 }
 # the file cannot be read as a table: GX does not run, so these have no Data Docs page
-UNREADABLE = {"empty_file", "broken_quote", "non_utf8_bytes", "file_above_size_limit",
+UNREADABLE = {"empty_file", "broken_quote", "repeated_header_row", "non_utf8_bytes", "file_above_size_limit",
               "parquet_bytes_named_csv"}
 
 
@@ -254,7 +261,8 @@ def test_bad_batch_is_quarantined_with_a_clear_message(lake: Lake, flights, vali
     report = json.loads(lake.report(DAY).read_text())
     assert report["failures"] and f"report: {lake.report(DAY)}".lower() in message.lower()
     assert f"expectations report: {report['expectations_report_uri']}" in message
-    if case in UNREADABLE:
+    if case in UNREADABLE:  # one clear line, not a cascade of column failures
+        assert len(report["failures"]) == 1 and report["failures"][0]["column"] == "(file)"
         assert report["data_docs_uri"] is None and "Data Docs: none (GX did not run" in message
     else:  # the GX Data Docs page of this run shows the failure
         assert f"Data Docs: {report['data_docs_uri']}" in message
