@@ -26,6 +26,13 @@ class DataValidationError(Exception):
 
 def checked_bytes(uri: str, max_file_mb: float) -> bytes:
     """The bytes of one batch file, after the existence and size checks."""
+    fs, path = storage.resolve(uri)
+    if fs.isdir(path):  # e.g. a Spark-style output folder landed where the file belongs
+        names = storage.listdir(uri)
+        found = f"holding {_clip(', '.join(names))}" if names else "empty"
+        raise DataValidationError(
+            f"{uri} is a directory ({found}): expected a batch file (CSV or Parquet) at this "
+            "path; land the table as one file")
     try:
         n_bytes = storage.size(uri)
     except FileNotFoundError:
@@ -95,6 +102,8 @@ def read_batch(uri: str, max_file_mb: float) -> pd.DataFrame:
 
 
 def batch_file(table: str, batch_uri: str) -> str:
-    """The batch file of `batch_uri`: the URI itself, or `<table>.csv` in a partition folder."""
+    """The batch file of `batch_uri`: `<table>.csv` in it if it is a partition folder holding
+    that name, else the URI itself (`checked_bytes` says what is there if it is not a file)."""
     fs, path = storage.resolve(batch_uri)
-    return storage.join(batch_uri, f"{table}.csv") if fs.isdir(path) else batch_uri
+    inside = storage.join(batch_uri, f"{table}.csv")
+    return inside if fs.isdir(path) and storage.exists(inside) else batch_uri

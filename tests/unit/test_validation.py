@@ -295,6 +295,27 @@ def test_bad_parquet_batch_is_quarantined(lake: Lake, flights, case, data, expec
     assert not path.exists()
 
 
+@pytest.mark.parametrize("given", ["file", "partition_folder"])
+def test_a_directory_in_place_of_the_batch_file_is_named_as_such(lake: Lake, flights,
+                                                                  given: str) -> None:
+    """A Spark-style output folder landed where the batch file belongs: the message says what
+    was found there and what was expected, and the batch is quarantined (not left in place)."""
+    folder = lake.batch(DAY)  # landing/flights/date=D/flights.csv, but a directory
+    folder.mkdir(parents=True)
+    (folder / "part-00000.csv").write_bytes(_csv(flights[DAY]))
+    (folder / "_SUCCESS").write_bytes(b"")
+    batch = folder if given == "file" else folder.parent
+    with pytest.raises(DataValidationError) as info:
+        lake.validate(DAY, batch_uri=str(batch))
+    message = str(info.value)
+    assert f"{folder} is a directory (holding _SUCCESS, part-00000.csv)" in message
+    assert "expected a batch file (CSV or Parquet)" in message
+    assert "flights.csv/flights.csv" not in message and "not found" not in message
+    assert "no quarantine configured" not in message and "the batch was moved to" in message
+    assert not folder.parent.exists()
+    assert len(list(lake.quarantine.rglob("part-00000.csv"))) == 1
+
+
 def test_unseen_carrier_warns_and_passes(lake: Lake, flights, caplog) -> None:
     lake.write(DAY, _set("carrier", [0, 1], "ZZ")(flights[DAY]))
     with caplog.at_level(logging.WARNING, logger="pipelines.data.validation"):
