@@ -6,12 +6,16 @@ Where the reports go (all under the reports URI, local or object store):
     validation/<table>/date=D.json | .md     JSON report and expectations report per batch
     validation/training_set/<start>_<end>.json | .md,  validation/predictions/date=D.json | .md
     data_docs/<name>/<partition>/index.html  GX Data Docs site per batch or output
+
+A raw batch that fails is moved out of the landing zone to its own folder under the data URI,
+`quarantine/<table>/<partition>/<UTC stamp>/` (`locations.quarantine`), with `_validation.json`
+and `_validation.md` beside it; quarantining the same batch again adds a folder, never replaces.
 """
 
 from __future__ import annotations
 
 import os
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from pipelines.core import locations, storage
@@ -30,6 +34,12 @@ EVENT_TIME = "event_time"  # pipelines.data.events: the event's own timestamp in
 def _uris(settings: Settings, name: str, partition: str) -> dict[str, str]:
     return {"report_uri": locations.validation_report(settings, name, partition),
             "docs_uri": locations.data_docs(settings, name, partition)}
+
+
+def _stamp() -> str:
+    """When a quarantine happens (UTC, to the microsecond): it names a folder, not data, so it
+    is the wall clock, not the run's logical date; a re-run of the same day gets a new one."""
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
 
 
 def validate_day(cfg: Config, settings: Settings, day: date,
@@ -52,7 +62,8 @@ def validate_day(cfg: Config, settings: Settings, day: date,
                 table=table, batch_uri=uri, suite_dir=SUITES,
                 interval_start=day_start(day), interval_end=day_start(day + timedelta(days=1)),
                 timestamp_column=source.timestamp, max_file_mb=cfg.validation.max_file_mb,
-                quarantine_uri=settings.quarantine_uri,
+                quarantine_to=locations.quarantine(settings, table, locations.partition(day),
+                                                   _stamp()),
                 **_uris(settings, table, locations.partition(day))))
         except DataValidationError as exc:
             errors.append(str(exc))
@@ -71,8 +82,10 @@ def validate_snapshots(cfg: Config, settings: Settings) -> list[dict[str, Any]]:
         results.append(validate_batch(
             table=table, batch_uri=locations.batch(settings.landing_uri, table, None), suite_dir=SUITES,
             interval_start=None, interval_end=None, timestamp_column=None,
-            max_file_mb=cfg.validation.max_file_mb, quarantine_uri=settings.quarantine_uri,
-            **_uris(settings, table, "snapshot")))
+            max_file_mb=cfg.validation.max_file_mb,
+            quarantine_to=locations.quarantine(settings, table, locations.partition(None),
+                                               _stamp()),
+            **_uris(settings, table, locations.partition(None))))
     return results
 
 

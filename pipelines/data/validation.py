@@ -2,12 +2,11 @@
 they are published.
 
 A batch is one file, `<landing>/<table>/date=YYYY-MM-DD/<table>.csv` (or `.../snapshot/...`).
-`validate_batch` hardens the input (`pipelines.data.batch_files`: size, encoding, declared format,
-CSV syntax), runs the
-table's Great Expectations suite (`expectations/<table>.json`, dataset-specific configuration)
+`validate_batch` hardens the input (`pipelines.data.batch_files`: size, encoding, declared
+format, CSV syntax), runs the table's Great Expectations suite (`expectations/<table>.json`, dataset-specific configuration)
 plus the run's timestamp checks (custom GX expectations: timezone-aware, inside the interval),
 writes a JSON report, an expectations report (Markdown) and GX Data Docs, and on a
-"fail"-policy failure moves the batch folder to quarantine and raises
+"fail"-policy failure moves the batch folder to a new quarantine folder and raises
 `DataValidationError`. "warn"-policy failures are logged and reported only. `validate_frame` does
 the same for an in-memory output (training set, predictions) without moving anything. The code
 knows nothing about flights: every rule lives in the suite files.
@@ -109,18 +108,30 @@ def _write(report: dict, report_uri: str) -> None:
              report["expectations_report_uri"], report["data_docs_uri"] or "none")
 
 
-def _quarantine(report: dict, quarantine_uri: str | None) -> str:
-    """Move the batch folder to quarantine (with the reports beside it); says where it went."""
-    file_uri, table = report["batch_uri"], report["table"]
+def _landing_partition(file_uri: str, table: str) -> str | None:
+    """The partition folder holding the batch in the landing layout `<...>/<table>/<partition>/
+    <file>` (the folder is the batch: it moves whole), or None for a file elsewhere."""
     folder = file_uri.rsplit("/", 1)[0]
-    # the landing layout <...>/<table>/<partition>/<file>: the partition folder is the batch
-    partitioned = folder.rsplit("/", 2)[-2:-1] == [table]
-    if not quarantine_uri or not storage.exists(file_uri):
-        return "the batch was left in place (no quarantine configured)"
-    dest = storage.join(quarantine_uri, table,
-                        os.path.basename(folder) if partitioned else "unpartitioned")
-    storage.remove(dest, recursive=True)  # an older quarantined copy of the same batch
-    if partitioned:
+    return folder if folder.rsplit("/", 2)[-2:-1] == [table] else None
+
+
+def _quarantine(report: dict, quarantine_to: str | None) -> str:
+    """Move the failed batch to its own quarantine folder, its reports beside it; says where.
+
+    Nothing is ever overwritten: each quarantine of a batch gets a new folder (the caller stamps
+    it, `locations.quarantine`), so a copy quarantined earlier stays where it is.
+    """
+    file_uri = report["batch_uri"]
+    if not quarantine_to:
+        return "the batch was left in place (no quarantine folder given)"
+    if not storage.exists(file_uri):
+        return f"nothing was moved to quarantine ({file_uri} does not exist)"
+    dest, n = quarantine_to, 1
+    while storage.exists(dest):  # the same stamp twice (a clock step back): keep both
+        n += 1
+        dest = f"{quarantine_to}-{n}"
+    folder = _landing_partition(file_uri, report["table"])
+    if folder:
         storage.move(folder, dest)
     else:  # never move a folder that is not a batch partition: only the file goes
         storage.move(file_uri, storage.join(dest, os.path.basename(file_uri)))
@@ -158,13 +169,14 @@ def validate_batch(
     interval_end: datetime | None = None,
     timestamp_column: str | None = None,
     max_file_mb: float = 200.0,
-    quarantine_uri: str | None = None,
+    quarantine_to: str | None = None,
     docs_uri: str | None = None,
 ) -> dict:
     """Validate one batch against `<suite_dir>/<table>.json`; returns a small XCom-able summary.
 
-    Raises DataValidationError (after quarantining the batch folder) on any "fail"-policy
-    failure. Writes the JSON report, the expectations report (`.md` beside it) and GX Data Docs
+    Raises DataValidationError on any "fail"-policy failure, after moving the batch (its
+    partition folder) to `quarantine_to`: a folder of its own per quarantine, named by the
+    caller (`locations.quarantine`), so earlier quarantined copies are kept. Writes the JSON report, the expectations report (`.md` beside it) and GX Data Docs
     (to docs_uri; default: a folder beside the report). A batch whose bytes already have a
     passing report at report_uri (same suite and interval) is not validated again.
     """
@@ -187,7 +199,7 @@ def validate_batch(
                              _partition(file_uri), interval)
     _conclude(report, checks)
     if not report["success"]:
-        where = _quarantine(report, quarantine_uri)
+        where = _quarantine(report, quarantine_to)
         _write(report, report_uri)
         _raise(report, report_uri, where)
     _write(report, report_uri)

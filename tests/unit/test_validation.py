@@ -18,8 +18,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipelines.core import storage
-from pipelines.core.settings import REPO_ROOT
+from pipelines.core import locations, storage
+from pipelines.core.settings import REPO_ROOT, Settings
 from pipelines.data.batch_files import read_batch
 from pipelines.data.validation import (
     DataValidationError,
@@ -53,7 +53,21 @@ class Lake:
 
     def __init__(self, root: Path):
         self.root = root
-        self.landing, self.quarantine = root / "landing", root / "quarantine"
+        self.settings = Settings(state_uri=str(root), data_uri=str(root), reports_uri=str(root),
+                                 mlflow_tracking_uri="unused", mlflow_artifacts_uri="unused",
+                                 params_path="unused", feature_repo="unused")
+        self.landing = Path(self.settings.landing_uri)
+        self.quarantine = Path(self.settings.quarantine_uri)
+
+    def quarantine_to(self, table: str, partition: str) -> str:
+        """A new quarantine folder for one batch, stamped as pipelines.data.checks does."""
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+        return locations.quarantine(self.settings, table, partition, stamp)
+
+    def quarantined(self, day: str, table: str = "flights") -> Path:
+        """The batch's only quarantine folder."""
+        (folder,) = (self.quarantine / table / f"date={day}").iterdir()
+        return folder
 
     def batch(self, day: str, table: str = "flights") -> Path:
         return self.landing / table / f"date={day}" / f"{table}.csv"
@@ -75,7 +89,7 @@ class Lake:
         start = datetime.fromisoformat(day).replace(tzinfo=UTC)
         args = {"interval_start": start, "interval_end": start + timedelta(days=1),
                 "timestamp_column": "time_hour", "max_file_mb": 200.0,
-                "quarantine_uri": str(self.quarantine)}
+                "quarantine_to": self.quarantine_to(table, f"date={day}")}
         args.update(kw)
         batch = args.pop("batch_uri", str(self.batch(day, table)))
         report = args.pop("report_uri", str(self.report(day, table)))
@@ -268,7 +282,7 @@ def test_bad_batch_is_quarantined_with_a_clear_message(lake: Lake, flights, vali
         assert f"Data Docs: {report['data_docs_uri']}" in message
         assert "Status: Failed" in _text(Path(report["data_docs_uri"]))
     assert "# flights: FAILED" in Path(report["expectations_report_uri"]).read_text()
-    quarantined = lake.quarantine / "flights" / f"date={DAY}"
+    quarantined = lake.quarantined(DAY)
     assert (quarantined / "flights.csv").exists()
     assert json.loads((quarantined / "_validation.json").read_text())["success"] is False
     assert (quarantined / "_validation.md").read_text().startswith("# flights: FAILED")
@@ -291,7 +305,7 @@ def test_bad_parquet_batch_is_quarantined(lake: Lake, flights, case, data, expec
     with pytest.raises(DataValidationError) as info:
         lake.validate(DAY, batch_uri=str(path))
     assert str(path) in str(info.value) and all(t in str(info.value) for t in expected)
-    assert (lake.quarantine / "flights" / f"date={DAY}" / "flights.parquet").exists()
+    assert (lake.quarantined(DAY) / "flights.parquet").exists()
     assert not path.exists()
 
 
@@ -314,6 +328,15 @@ def test_a_directory_in_place_of_the_batch_file_is_named_as_such(lake: Lake, fli
     assert "no quarantine configured" not in message and "the batch was moved to" in message
     assert not folder.parent.exists()
     assert len(list(lake.quarantine.rglob("part-00000.csv"))) == 1
+
+
+def test_a_batch_that_is_not_there_is_not_said_to_lack_a_quarantine(lake: Lake) -> None:
+    with pytest.raises(DataValidationError) as info:
+        lake.validate(DAY)
+    message = str(info.value)
+    assert f"{lake.batch(DAY)}: file not found" in message
+    assert f"nothing was moved to quarantine ({lake.batch(DAY)} does not exist)" in message
+    assert not lake.quarantine.exists()
 
 
 def test_unseen_carrier_warns_and_passes(lake: Lake, flights, caplog) -> None:
@@ -378,7 +401,7 @@ def test_real_weather_day_and_planes_snapshot_pass(lake: Lake, table, where, row
         path.parent.mkdir(parents=True)
         path.write_bytes((DATA / "planes.csv").read_bytes())
         out = validate_batch("planes", str(path.parent), SUITES, str(lake.root / "planes.json"),
-                             quarantine_uri=str(lake.quarantine))
+                             quarantine_to=lake.quarantine_to("planes", "snapshot"))
         assert out["warnings"] == []
     assert out["success"] and out["rows"] == rows
 
