@@ -46,17 +46,19 @@ def validate_day(cfg: Config, settings: Settings, day: date,
                  tables: list[str] | None = None) -> list[dict[str, Any]]:
     """Validate `day`'s batch of each daily table; raises DataValidationError on a bad one.
 
-    Every table is validated (and each bad batch quarantined) before the error is raised, so
-    one run names every bad batch of the day.
+    Every table is checked (each bad batch quarantined, each absent one noted) before the error
+    is raised, so one run names every problem of the day, absent batches included.
     """
     from pipelines.data.validation import DataValidationError, validate_batch
 
-    results, errors = [], []
-    for table in tables or cfg.dataset.daily_tables:
+    tables = tables or cfg.dataset.daily_tables
+    results, errors = [], {}
+    for table in tables:
         source = cfg.dataset.sources[table]
         uri = locations.batch(settings.landing_uri, table, day)
         if not storage.exists(uri):
-            raise FileNotFoundError(f"{uri}: no {table} batch has landed for {day}")
+            errors[table] = f"{uri}: no {table} batch has landed for {day}"
+            continue
         try:
             results.append(validate_batch(
                 table=table, batch_uri=uri, suite_dir=SUITES,
@@ -66,9 +68,11 @@ def validate_day(cfg: Config, settings: Settings, day: date,
                                                    _stamp()),
                 **_uris(settings, table, locations.partition(day))))
         except DataValidationError as exc:
-            errors.append(str(exc))
+            errors[table] = str(exc)
     if errors:
-        raise DataValidationError("\n\n".join(errors))
+        raise DataValidationError(
+            f"{day}: {len(errors)} of {len(tables)} tables failed validation "
+            f"({', '.join(errors)}):\n\n" + "\n\n".join(errors.values()))
     return results
 
 

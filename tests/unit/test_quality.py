@@ -161,6 +161,28 @@ def test_every_bad_table_of_the_day_is_named_in_one_error(settings, raw) -> None
         assert not path.exists()
 
 
+def test_a_missing_batch_does_not_stop_the_other_tables_being_checked(settings, raw) -> None:
+    """flights comes first in dataset.daily_tables: its absence is reported together with the
+    bad weather batch (validated and quarantined all the same), in one error."""
+    assert CFG.dataset.daily_tables[0] == "flights"
+    weather = _land(settings, "weather", D1, _day(raw["weather"], D1).assign(humid=180.0))
+    with pytest.raises(DataValidationError) as info:
+        validate_interval(CFG, settings, D1)
+    message = str(info.value)
+    assert message.startswith(f"{D1}: 2 of 2 tables failed validation (flights, weather)")
+    assert f"{locations.batch(settings.landing_uri, 'flights', D1)}: no flights batch has " \
+           f"landed for {D1}" in message
+    assert str(weather) in message and "column humid" in message
+    assert not weather.exists() and len(_quarantined(settings, "weather", D1)) == 1
+
+    _land(settings, "weather", D1, _day(raw["weather"], D1))  # a good weather batch, no flights
+    with pytest.raises(DataValidationError) as info:
+        validate_interval(CFG, settings, D1)
+    assert str(info.value).startswith(f"{D1}: 1 of 2 tables failed validation (flights)")
+    report = locations.validation_report(settings, "weather", f"date={D1}")
+    assert storage.read_json(report)["success"]  # the present table was validated
+
+
 # --- derived outputs -------------------------------------------------------------------------
 
 def _service_features(service: str) -> list[str]:
