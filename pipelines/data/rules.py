@@ -29,6 +29,8 @@ from great_expectations.render.renderer.renderer import renderer
 
 from pipelines.core import storage
 
+NOT_NULL = "expect_column_values_to_not_be_null"
+TYPE_LIST = "expect_column_values_to_be_in_type_list"
 POLICIES = ("fail", "warn")
 SEVERITY = {"fail": "critical", "warn": "warning"}  # meta.on_failure -> GX failure severity
 MAX_EXAMPLES = 5
@@ -102,6 +104,7 @@ def run_gx(df: pd.DataFrame, suite: dict, docs_uri: str | None = None, asset: st
     for rec in records:  # GX's own words for a missing column vary by expectation
         if rec["error"] and rec["kwargs"].get("column") not in (None, *df.columns):
             rec["error"] = f"column {rec['kwargs']['column']!r} is not in the batch"
+    _explain_text_columns(df, suite, records)
     return sorted(records, key=lambda r: (r["column"] != "(table)", r["column"], r["check"])), page
 
 
@@ -144,8 +147,7 @@ def _record(r: dict) -> dict:
     if "observed_value" in res:
         observed = res["observed_value"]
     elif "unexpected_count" in res:
-        observed = (f"{res['unexpected_count']} of {res.get('element_count')} values unexpected "
-                    f"({res.get('unexpected_percent') or 0:.2f}%)")
+        observed = _counts(cfg.get("type"), kwargs, res)
     else:
         observed = "not evaluated" if errors else None
     return {"check": cfg.get("type"), "column": column, "kwargs": kwargs,
@@ -153,6 +155,58 @@ def _record(r: dict) -> dict:
             "success": bool(r.get("success")) and not errors, "observed": observed,
             "unexpected_count": res.get("unexpected_count"), "examples": examples[:MAX_EXAMPLES * 2],
             "error": "; ".join(errors) or None}
+
+
+def _counts(check: str | None, kwargs: dict, res: dict) -> str:
+    """How many values broke a column-map rule, each share over the count it is a share of:
+    a null-share rule counts nulls among all values; any other rule checks only the non-null
+    values (GX's `unexpected_percent`), so the nulls are stated apart."""
+    bad, total = res["unexpected_count"] or 0, res.get("element_count") or 0
+    mostly = kwargs.get("mostly", 1)
+    if check == NOT_NULL:
+        text = f"{bad} of {total} values are null ({100 * bad / (total or 1):.2f}%)"
+        return text + (f"; at most {100 * (1 - mostly):.2f}% may be (mostly={mostly})"
+                       if mostly < 1 else "")
+    missing = res.get("missing_count") or 0
+    checked = total - missing
+    text = (f"{bad} of {checked} {'non-null ' if missing else ''}values unexpected "
+            f"({100 * bad / (checked or 1):.2f}%)")
+    text += f"; at least {100 * mostly:.2f}% must pass (mostly={mostly})" if mostly < 1 else ""
+    return text + (f"; {missing} of {total} values are null" if missing else "")
+
+
+def _numeric_types(type_list: list[str]) -> bool:
+    return bool(type_list) and all(t.lower().startswith(("int", "uint", "float"))
+                                   for t in type_list)
+
+
+def _explain_text_columns(df: pd.DataFrame, suite: dict, records: list[dict]) -> None:
+    """A column the suite types as numbers but that was read as text: GX lists the first values
+    (valid numbers, as text) as unexpected and cannot compare it with numeric bounds. Name the
+    cells that are not numbers instead, in the type check and in the checks it broke."""
+    for exp in suite.get("expectations", []):
+        col, types = exp["kwargs"].get("column"), exp["kwargs"].get("type_list") or []
+        if (exp["type"] != TYPE_LIST or col not in df.columns or not _numeric_types(types)
+                or pd.api.types.is_numeric_dtype(df[col])):
+            continue
+        values = df[col]
+        bad = values[values.notna() & pd.to_numeric(values, errors="coerce").isna()]
+        if bad.empty:
+            continue
+        examples = [_example(v, i) for i, v in bad.head(MAX_EXAMPLES).items()]
+        nulls = int(values.isna().sum())
+        for rec in records:
+            if rec["kwargs"].get("column") != col:
+                continue
+            if rec["check"] == TYPE_LIST and not rec["success"]:
+                rec.update(examples=examples, unexpected_count=len(bad), observed=(
+                    f"read as text, not {'/'.join(types)}: {len(bad)} of {values.notna().sum()} "
+                    f"non-null values {'is' if len(bad) == 1 else 'are'} not "
+                    f"{'a number' if len(bad) == 1 else 'numbers'}"
+                    + (f"; {nulls} of {len(values)} values are null" if nulls else "")))
+            elif rec["error"]:
+                rec["error"] = ("the column is text because of values that are "
+                                f"not numbers ({', '.join(examples)})")
 
 
 def as_utc(value: datetime | str) -> pd.Timestamp:

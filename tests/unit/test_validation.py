@@ -217,10 +217,10 @@ CASES = {
                             "'1,400' at row 1"], {}),
     "nan_in_required_column": (_set("origin", [3, 4], None),
                                ["column origin: expect_column_values_to_not_be_null",
-                                "2 of 300 values unexpected"], {}),
+                                "2 of 300 values are null (0.67%)"], {}),
     "nan_in_required_numeric_column": (_set("distance", [3, 4], None),
                                        ["column distance: expect_column_values_to_not_be_null",
-                                        "2 of 300 values unexpected", "None at row 4"], {}),
+                                        "2 of 300 values are null", "None at row 4"], {}),
     "plus_inf_in_numeric_column": (_set("distance", [5], "inf"),
                                    ["column distance: expect_column_values_to_be_between",
                                     "1 of 300 values unexpected", "inf at row 6"], {}),
@@ -337,6 +337,47 @@ def test_a_batch_that_is_not_there_is_not_said_to_lack_a_quarantine(lake: Lake) 
     assert f"{lake.batch(DAY)}: file not found" in message
     assert f"nothing was moved to quarantine ({lake.batch(DAY)} does not exist)" in message
     assert not lake.quarantine.exists()
+
+
+def _failures(lake: Lake, df: pd.DataFrame) -> tuple[str, dict[tuple[str, str], dict]]:
+    """Validate df as DAY's batch: the error message and the failed checks by (column, check)."""
+    lake.write(DAY, _csv(df))
+    with pytest.raises(DataValidationError) as info:
+        lake.validate(DAY)
+    report = json.loads(lake.report(DAY).read_text())
+    return str(info.value), {(f["column"], f["check"]): f for f in report["failures"]}
+
+
+def test_a_text_cell_in_a_numeric_column_is_the_example_shown(lake: Lake, flights) -> None:
+    """One stray text cell makes the whole column text: the examples are that cell (not the
+    valid numbers GX lists first), and the counts share one denominator."""
+    df = flights[DAY].copy()
+    df["dep_delay"] = df["dep_delay"].astype(object)
+    df.loc[[3, 4], "dep_delay"] = None  # two cancelled flights
+    df.loc[200, "dep_delay"] = "12 min"
+    message, failed = _failures(lake, df)
+    types = failed[("dep_delay", "expect_column_values_to_be_in_type_list")]
+    assert types["examples"] == ["'12 min' at row 201"]
+    assert types["observed"] == ("read as text, not int64/float64: 1 of 298 non-null values is "
+                                 "not a number; 2 of 300 values are null")
+    between = failed[("dep_delay", "expect_column_values_to_be_between")]
+    assert between["observed"] == "not evaluated" and between["error"] == (
+        "the column is text because of values that are not numbers ('12 min' at row 201)")
+    assert "'12 min' at row 201" in message and "'-4.0' at row" not in message
+    assert set(failed) == {("dep_delay", "expect_column_values_to_be_in_type_list"),
+                           ("dep_delay", "expect_column_values_to_be_between")}
+
+
+def test_counts_use_one_denominator(lake: Lake, flights) -> None:
+    df = flights[DAY].copy()
+    df.loc[[3, 4], "dep_delay"] = None
+    df.loc[10, "dep_delay"] = 5000
+    df.loc[[7, 8, 9], "origin"] = None
+    _, failed = _failures(lake, df)
+    assert failed[("dep_delay", "expect_column_values_to_be_between")]["observed"] == (
+        "1 of 298 non-null values unexpected (0.34%); 2 of 300 values are null")
+    assert failed[("origin", "expect_column_values_to_not_be_null")]["observed"] == (
+        "3 of 300 values are null (1.00%)")
 
 
 def test_unseen_carrier_warns_and_passes(lake: Lake, flights, caplog) -> None:
