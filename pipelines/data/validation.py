@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 import pandas as pd
 
 from pipelines.core import storage
-from pipelines.data import data_docs, drafting, rules
+from pipelines.data import data_docs, drafting, rules, timestamps
 from pipelines.data.batch_files import (
     DataValidationError,
     batch_file,
@@ -38,7 +38,7 @@ _CACHE_KEYS = ("format", "table", "sha256", "suite_sha256", "interval", "timesta
 
 
 def _iso(value: datetime | str | None) -> str | None:
-    return None if value is None else rules.as_utc(value).isoformat()
+    return None if value is None else timestamps.as_utc(value).isoformat()
 
 
 def _stem(uri: str) -> str:
@@ -80,7 +80,7 @@ def _run_checks(df: pd.DataFrame, suite: dict, report: dict, docs_uri: str, part
     """The suite, plus this run's timestamp checks, through GX (building this run's Data Docs)."""
     report["rows"] = len(df)
     if report["timestamp_column"]:
-        extra = rules.timestamp_checks(list(df.columns), report["timestamp_column"], *interval)
+        extra = timestamps.timestamp_checks(list(df.columns), report["timestamp_column"], *interval)
         suite = {**suite, "expectations": [*suite.get("expectations", []), *extra]}
     checks, report["data_docs_uri"] = rules.run_gx(df, suite, docs_uri, asset=report["table"],
                                                    run_name=partition)

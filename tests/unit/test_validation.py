@@ -488,8 +488,9 @@ def test_read_batch_reads_a_clean_csv(lake: Lake, flights) -> None:
 
 
 def test_timestamp_checks_need_an_explicit_zone_after_the_time() -> None:
-    """The timestamp checks are GX expectations (pipelines.data.rules) added at run time."""
-    from pipelines.data.rules import run_gx, timestamp_checks
+    """The timestamp checks are GX expectations (pipelines.data.timestamps) added at run time."""
+    from pipelines.data.rules import run_gx
+    from pipelines.data.timestamps import timestamp_checks
 
     values = ["2013-01-01T10:00:00Z", "2013-01-01T05:00:00-05:00", "2013-01-01",
               "2013-01-01 10:00:00", "not a time", None]
