@@ -242,7 +242,14 @@ def validate_frame(
 
 
 def draft_suite(data_uri: str, table: str, out_path: str) -> dict:
-    """Profile a table (CSV or Parquet) and write a draft suite JSON for a human to review."""
-    suite = drafting.profile_suite(read_batch(data_uri, max_file_mb=float("inf")), table)
+    """Profile a table and write a draft suite JSON for a human to review.
+
+    `data_uri` is one file (CSV or Parquet) or a glob of batch files, e.g.
+    `landing/<table>/date=*/<table>.csv`: with batches, how much of a column may be missing is
+    learnt batch by batch (see `drafting.NULL_MARGIN`).
+    """
+    labels = drafting.batch_labels(drafting.batch_uris(data_uri))
+    suite = drafting.profile_suite(
+        {label: read_batch(uri, max_file_mb=float("inf")) for uri, label in labels.items()}, table)
     storage.write_json(out_path, suite)
     return suite

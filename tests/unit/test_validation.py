@@ -10,6 +10,7 @@ import html
 import io
 import json
 import logging
+import math
 import re
 import shutil
 from datetime import UTC, datetime, timedelta
@@ -458,9 +459,13 @@ def test_draft_suite_passes_on_its_data_and_fails_on_an_empty_file(lake: Lake, f
     assert by_rule[("expect_table_columns_to_match_set", None)] == {
         "column_set": list(data.columns), "exact_match": True}
     assert by_rule[("expect_table_row_count_to_be_between", None)] == {"min_value": 1}
-    not_null = {col for rule, col in by_rule if rule == "expect_column_values_to_not_be_null"}
-    assert not_null == set(data.columns) - {"dep_time", "dep_delay", "arr_time", "arr_delay",
-                                            "air_time"}
+    not_null = {col: kw.get("mostly", 1) for (rule, col), kw in by_rule.items()
+                if rule == "expect_column_values_to_not_be_null"}
+    assert set(not_null) == set(data.columns)  # every column has a null-share bound
+    present = data.notna().mean()  # one file is one batch: half its non-null share, rounded down
+    assert not_null == {c: 1 if present[c] == 1 else math.floor(present[c] * 5000) / 10_000
+                        for c in data.columns}
+    assert not_null["arr_delay"] < 0.5 and not_null["carrier"] == 1
     assert by_rule[("expect_column_values_to_be_in_set", "origin")]["value_set"] == [
         "EWR", "JFK", "LGA"]
     assert ("expect_column_values_to_be_in_set", "time_hour") not in by_rule
@@ -479,6 +484,51 @@ def test_draft_suite_passes_on_its_data_and_fails_on_an_empty_file(lake: Lake, f
     draft_suite(parquet, "flights", str(drafts / "flights.json"))
     out = validate_batch("flights", parquet, str(drafts), str(lake.root / "pq.json"))
     assert out["success"] and out["rows"] == ROWS
+
+
+def test_drafted_null_bounds_are_learnt_per_batch_and_fail_an_emptied_column() -> None:
+    """Small in-memory batches: the bound comes from the worst batch, not the pooled share."""
+    from pipelines.data.drafting import profile_suite
+    from pipelines.data.rules import run_gx
+
+    def batch(n_null: int, gap: bool = False) -> pd.DataFrame:
+        return pd.DataFrame({"key": list("abcdefghij"),
+                             "delay": [None] * n_null + [5.0] * (10 - n_null),
+                             "gust": [None] * 10 if gap else [1.0] * 10})
+    batches = {"date=1": batch(0), "date=2": batch(4, gap=True), "date=3": batch(1)}
+    suite = profile_suite(batches, "t")
+    bounds = {e["kwargs"]["column"]: e for e in suite["expectations"]
+              if e["type"] == "expect_column_values_to_not_be_null"}
+    assert bounds["key"]["kwargs"] == {"column": "key"}  # never null: required
+    assert bounds["delay"]["kwargs"] == {"column": "delay", "mostly": 0.3}  # 0.5 x 60% (date=2)
+    assert "worst 40.00% (date=2)" in bounds["delay"]["meta"]["notes"]
+    assert "gust" not in bounds  # empty in one batch: no bound can fail without failing it ...
+    assert "No null-share bound" in suite["meta"]["review"] and "gust" in suite["meta"]["review"]
+    assert suite["meta"]["drafted_from_batches"] == 3
+
+    def failed(df: pd.DataFrame) -> set[str]:
+        return {c["column"] for c in run_gx(df, suite)[0] if not c["success"]}
+    assert all(not failed(b) for b in batches.values())  # ... and its own batches pass
+    assert not failed(batch(7))  # 30% present: just enough (mostly=0.3) ...
+    assert failed(batch(8)) == {"delay"}  # ... 20%: not enough
+    assert failed(batch(10)) == {"delay"}  # an emptied column fails
+
+
+def test_draft_suite_from_a_glob_of_batches(lake: Lake, flights) -> None:
+    worse = flights[OTHER_DAY].copy()
+    worse.loc[:149, "arr_delay"] = None  # half the day without delays
+    lake.write(DAY, _csv(flights[DAY]))
+    lake.write(OTHER_DAY, _csv(worse))
+    out = lake.root / "drafts" / "flights.json"
+    suite = draft_suite(str(lake.landing / "flights" / "date=*" / "flights.csv"), "flights",
+                        str(out))
+    (bound,) = [e for e in suite["expectations"] if e["kwargs"].get("column") == "arr_delay"
+                and e["type"] == "expect_column_values_to_not_be_null"]
+    assert bound["kwargs"]["mostly"] == 0.25
+    assert f"(date={OTHER_DAY}/flights.csv)" in bound["meta"]["notes"]
+    assert suite["meta"]["drafted_from_batches"] == 2 and suite["meta"]["drafted_from_rows"] == 600
+    with pytest.raises(FileNotFoundError, match="no file matches"):
+        draft_suite(str(lake.landing / "nothing" / "date=*" / "x.csv"), "x", str(out))
 
 
 def test_read_batch_reads_a_clean_csv(lake: Lake, flights) -> None:
