@@ -448,6 +448,35 @@ def test_real_weather_day_and_planes_snapshot_pass(lake: Lake, table, where, row
     assert out["success"] and out["rows"] == rows
 
 
+@pytest.fixture(scope="module")
+def weather_day() -> pd.DataFrame:
+    return _day_slice(pd.read_csv(DATA / "weather.csv", nrows=200), DAY, rows=100)
+
+
+@pytest.mark.parametrize("table,column,mostly", [("flights", "arr_delay", 0.1524),
+                                                 ("flights", "dep_delay", 0.1524),
+                                                 ("weather", "temp", 0.4928),
+                                                 ("weather", "precip", 0.4928)])
+def test_a_column_emptied_in_a_batch_fails_its_null_share_bound(lake: Lake, flights, weather_day,
+                                                                table, column, mostly) -> None:
+    df = (flights[DAY] if table == "flights" else weather_day).copy()
+    n = len(df)
+    df[column] = None  # e.g. a broken export: every flight of the day loses its label
+    lake.write(DAY, _csv(df), table=table)
+    with pytest.raises(DataValidationError) as info:
+        lake.validate(DAY, table=table)
+    expected = (f"column {column}: expect_column_values_to_not_be_null failed; observed: "
+                f"{n} of {n} values are null (100.00%); at most {100 * (1 - mostly):.2f}% may be "
+                f"(mostly={mostly})")
+    assert expected in str(info.value)
+    assert not lake.batch(DAY, table).exists()
+
+    df = (flights[DAY] if table == "flights" else weather_day).copy()
+    df.loc[: int(n * (1 - mostly)) - 1, column] = None  # as many missing as the bound allows
+    lake.write(DAY, _csv(df), table=table)
+    assert lake.validate(DAY, table=table)["success"]
+
+
 def test_draft_suite_passes_on_its_data_and_fails_on_an_empty_file(lake: Lake, flights) -> None:
     data = flights[DAY].copy()
     data.loc[[5, 6], ["dep_time", "dep_delay", "arr_time", "arr_delay", "air_time"]] = None
