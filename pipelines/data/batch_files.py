@@ -78,7 +78,9 @@ def parse(uri: str, data: bytes) -> pd.DataFrame:
                 raise DataValidationError(
                     f"{uri} is not a well-formed CSV: the record at line {record_start + 1} has "
                     f"{len(row)} fields but the header has {len(header)}")
-            if row == header:  # two files concatenated: every column would read as text
+            # two files concatenated (the second perhaps with its own byte-order mark): every
+            # column would read as text and fail its checks one by one
+            if row[:1] and [row[0].lstrip("\ufeff"), *row[1:]] == header:
                 raise DataValidationError(
                     f"{uri} is not a well-formed CSV: line {record_start + 1} repeats the header "
                     f"row ({_clip(','.join(header))}); remove it (were two exports concatenated?)")

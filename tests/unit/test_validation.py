@@ -566,6 +566,15 @@ def test_read_batch_reads_a_clean_csv(lake: Lake, flights) -> None:
     assert df.shape == (ROWS, 19) and df["distance"].dtype == "int64"
 
 
+@pytest.mark.parametrize("bom", ["", "\ufeff"])
+def test_a_repeated_header_is_found_even_with_a_byte_order_mark(tmp_path: Path, bom: str) -> None:
+    """Two UTF-8 exports concatenated: the second may start with its own byte-order mark."""
+    path = tmp_path / "t.csv"
+    path.write_text(f"{bom}a,b\n1,2\n{bom}a,b\n3,4\n", encoding="utf-8")
+    with pytest.raises(DataValidationError, match="line 3 repeats the header row"):
+        read_batch(str(path), max_file_mb=1)
+
+
 def test_timestamp_checks_need_an_explicit_zone_after_the_time() -> None:
     """The timestamp checks are GX expectations (pipelines.data.timestamps) added at run time."""
     from pipelines.data.rules import run_gx
