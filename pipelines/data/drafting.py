@@ -148,6 +148,7 @@ def profile_suite(batches: dict[str, pd.DataFrame], table: str) -> dict:
                    + "; ".join(unbounded) + ".")
     if empty:
         review += f" No checks at all for columns empty in every batch: {', '.join(empty)}."
-    meta = {"drafted_at": datetime.now(UTC).isoformat(), "drafted_from_rows": sum(map(len, batches.values())),
+    meta = {"drafted_at": datetime.now(UTC).isoformat(),
+            "drafted_from_rows": sum(map(len, batches.values())),
             "drafted_from_batches": len(present), "null_margin": NULL_MARGIN, "review": review}
     return {"name": table, "expectations": exps, "meta": meta}

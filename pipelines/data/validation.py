@@ -2,14 +2,15 @@
 they are published.
 
 A batch is one file, `<landing>/<table>/date=YYYY-MM-DD/<table>.csv` (or `.../snapshot/...`).
-`validate_batch` hardens the input (`pipelines.data.batch_files`: size, encoding, declared
-format, CSV syntax), runs the table's Great Expectations suite (`expectations/<table>.json`, dataset-specific configuration)
-plus the run's timestamp checks (custom GX expectations: timezone-aware, inside the interval),
-writes a JSON report, an expectations report (Markdown) and GX Data Docs, and on a
-"fail"-policy failure moves the batch folder to a new quarantine folder and raises
-`DataValidationError`. "warn"-policy failures are logged and reported only. `validate_frame` does
-the same for an in-memory output (training set, predictions) without moving anything. The code
-knows nothing about flights: every rule lives in the suite files.
+`validate_batch` hardens the input (`pipelines.data.batch_files`: a file, size, encoding,
+declared format, CSV syntax), runs the table's Great Expectations suite
+(`expectations/<table>.json`, dataset-specific configuration) plus the run's timestamp checks
+(`pipelines.data.timestamps`: timezone-aware, inside the interval), writes a JSON report, an
+expectations report (Markdown) and GX Data Docs, and on a "fail"-policy failure moves the batch
+folder to a new quarantine folder and raises `DataValidationError`. "warn"-policy failures are
+logged and reported only. `validate_frame` does the same for an in-memory output (training set,
+predictions) without moving anything. The code knows nothing about flights: every rule lives in
+the suite files.
 """
 
 from __future__ import annotations
@@ -80,7 +81,8 @@ def _run_checks(df: pd.DataFrame, suite: dict, report: dict, docs_uri: str, part
     """The suite, plus this run's timestamp checks, through GX (building this run's Data Docs)."""
     report["rows"] = len(df)
     if report["timestamp_column"]:
-        extra = timestamps.timestamp_checks(list(df.columns), report["timestamp_column"], *interval)
+        extra = timestamps.timestamp_checks(list(df.columns), report["timestamp_column"],
+                                            *interval)
         suite = {**suite, "expectations": [*suite.get("expectations", []), *extra]}
     checks, report["data_docs_uri"] = rules.run_gx(df, suite, docs_uri, asset=report["table"],
                                                    run_name=partition)
@@ -176,9 +178,10 @@ def validate_batch(
 
     Raises DataValidationError on any "fail"-policy failure, after moving the batch (its
     partition folder) to `quarantine_to`: a folder of its own per quarantine, named by the
-    caller (`locations.quarantine`), so earlier quarantined copies are kept. Writes the JSON report, the expectations report (`.md` beside it) and GX Data Docs
-    (to docs_uri; default: a folder beside the report). A batch whose bytes already have a
-    passing report at report_uri (same suite and interval) is not validated again.
+    caller (`locations.quarantine`), so earlier quarantined copies are kept. Writes the JSON
+    report, the expectations report (`.md` beside it) and GX Data Docs (to docs_uri; default: a
+    folder beside the report). A batch whose bytes already have a passing report at report_uri
+    (same suite and interval) is not validated again.
     """
     file_uri = batch_file(table, batch_uri)
     interval = (interval_start, interval_end)

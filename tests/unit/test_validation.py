@@ -255,8 +255,8 @@ CASES = {
                                                  "those of a Parquet file"], {}),
 }
 # the file cannot be read as a table: GX does not run, so these have no Data Docs page
-UNREADABLE = {"empty_file", "broken_quote", "repeated_header_row", "non_utf8_bytes", "file_above_size_limit",
-              "parquet_bytes_named_csv"}
+UNREADABLE = {"empty_file", "broken_quote", "repeated_header_row", "non_utf8_bytes",
+              "file_above_size_limit", "parquet_bytes_named_csv"}
 
 
 @pytest.mark.parametrize("case", list(CASES))
