@@ -20,7 +20,7 @@ Redis and an object store. The scale path (workers that share no disk):
 How long a stage waits for the MLflow tracking server before it fails with the real cause
 (MLflow's own defaults are 7 retries with backoff and a 120 s timeout: about 4 minutes):
 
-    MLFLOW_HTTP_REQUEST_TIMEOUT=20           seconds per request (project default)
+    MLFLOW_HTTP_REQUEST_TIMEOUT=10           seconds per request (project default)
     MLFLOW_HTTP_REQUEST_MAX_RETRIES=2        retries after the first try (project default)
     MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR=1     seconds, doubled per retry (project default)
 """
@@ -49,7 +49,7 @@ class Settings:
     params_path: str
     feature_repo: str
     # MLflow HTTP client bounds (MLflow reads them from the environment: see mlflow_env)
-    mlflow_timeout_s: int = 20
+    mlflow_timeout_s: int = 10
     mlflow_max_retries: int = 2
     mlflow_backoff_factor: int = 1
     expectations_dir: str = str(REPO_ROOT / "expectations")  # MLOPS_EXPECTATIONS_DIR
@@ -124,7 +124,7 @@ def get_settings() -> Settings:
         mlflow_artifacts_uri=_env("MLOPS_MLFLOW_ARTIFACTS_URI", artifacts_default),
         params_path=_env("MLOPS_PARAMS", str(REPO_ROOT / "params.yaml")),
         feature_repo=_env("MLOPS_FEATURE_REPO", str(REPO_ROOT / "feature_repo")),
-        mlflow_timeout_s=_int_env("MLFLOW_HTTP_REQUEST_TIMEOUT", 20),
+        mlflow_timeout_s=_int_env("MLFLOW_HTTP_REQUEST_TIMEOUT", 10),
         mlflow_max_retries=_int_env("MLFLOW_HTTP_REQUEST_MAX_RETRIES", 2),
         mlflow_backoff_factor=_int_env("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", 1),
         expectations_dir=_env("MLOPS_EXPECTATIONS_DIR", str(REPO_ROOT / "expectations")),

@@ -168,15 +168,15 @@ def score_interval(cfg: Config, settings: Settings, day: date, model: ModelPin |
 def score_day(cfg: Config, settings: Settings, day: date, run_id: str,
               policy: str | None = None) -> Published:
     """The whole `batch_scoring` DAG for one interval, in this process (the CLI's front door):
-    validate the raw batches it reads -> write its feature sources -> pin the model -> plan ->
+    pin the model -> validate the raw batches it reads -> write its feature sources -> plan ->
     score every chunk -> validate the staged predictions -> publish."""
     from pipelines.data.checks import validate_interval
     from pipelines.features.sources import build_sources_for_interval
     from pipelines.scoring.publish import validate_staged
 
+    model = resolve_model(cfg, settings, day, policy)  # first: the registry answers fast
     validate_interval(cfg, settings, day)
     build_sources_for_interval(cfg, settings, day)
-    model = resolve_model(cfg, settings, day, policy)
     chunks = plan_interval(cfg, settings, day)
     parts = [score_chunk(cfg, settings, day, c, model) for c in chunks]
     if parts:
