@@ -147,7 +147,9 @@ def _finite(obj: Any) -> Any:
         return {k: _finite(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [_finite(v) for v in obj]
-    if isinstance(obj, numbers.Integral) and not isinstance(obj, bool):
+    if isinstance(obj, bool):
+        return obj
+    if isinstance(obj, numbers.Integral):
         return int(obj)  # numpy integers too
     if isinstance(obj, numbers.Real):
         value = float(obj)

@@ -124,11 +124,14 @@ def test_json_reports_never_hold_a_bare_nan(tmp_path):
 
     uri = str(tmp_path / "r.json")
     storage.write_json(uri, {"auc": float("nan"), "n": np.int64(5), "p": np.float32(0.5),
-                             "nested": [float("inf"), {"x": np.float64("nan")}], "ok": True})
+                             "nested": [float("inf"), {"x": np.float64("nan")}], "ok": True,
+                             "no": False})
     text = (tmp_path / "r.json").read_text()
     assert "NaN" not in text and "Infinity" not in text
-    assert storage.read_json(uri) == {"auc": None, "n": 5, "p": 0.5, "nested": [None, {"x": None}],
-                                      "ok": True}
+    back = storage.read_json(uri)
+    assert back == {"auc": None, "n": 5, "p": 0.5, "nested": [None, {"x": None}], "ok": True,
+                    "no": False}
+    assert back["ok"] is True and back["no"] is False  # booleans stay booleans
 
 
 def test_ingest_rewrites_the_same_batches_byte_for_byte(tmp_path, cfg):
