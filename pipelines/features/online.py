@@ -14,11 +14,14 @@ timestamps), and its online read does not apply TTLs. So, per interval:
 - reads apply each view's TTL at the as-of time, as the offline join does.
 
 `check_skew` samples entities, reads them online and offline (the training path, as of the
-same time) and fails with a report naming entity, feature and both values.
+same time), computes the request-time features of sampled events as serving does (from the
+rows as JSON, `serving_features`) and as training does, and fails with a report naming
+entity, feature and both values.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -29,6 +32,7 @@ from pipelines.core.config import Config
 from pipelines.core.dates import day_start
 from pipelines.core.settings import Settings
 from pipelines.data.events import PREDICTION_TIME, ROW_KEY
+from pipelines.features import request
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -114,13 +118,81 @@ def _sample_keys(con: Any, spec: Any, as_of: datetime, n: int, seed: int) -> lis
     return [rows[i] for i in sorted(pick)] + [tuple(UNKNOWN for _ in spec.join_keys)]
 
 
+def serving_features(store: "FeatureStore", service_name: str, request_time: request.Spec,
+                     entity_rows: list[dict[str, Any]], as_of: datetime) -> pd.DataFrame:
+    """The features an online model server gives a model, one row per request row.
+
+    `entity_rows`: the join keys and the request columns (`request.inputs(request_time)`) as
+    JSON-like values (ISO timestamps with an offset). Returns the service's online features
+    (each view's TTL applied at `as_of`) and the request-time features computed by
+    `request.compute` (the code training and batch scoring run), named as offline.
+    """
+    from pipelines.features import pit
+
+    n = len(entity_rows)
+    parts = [pd.DataFrame(index=pd.RangeIndex(n))]
+    for spec in pit.service_views(store, service_name):
+        keys = [ek for _, ek in spec.join_keys]
+        # a missing join key matches nothing (as offline); Feast cannot read one
+        known = [i for i, row in enumerate(entity_rows) if all(row.get(k) is not None
+                                                               for k in keys)]
+        refs = [f"{spec.name}:{f}" for f in spec.features]
+        values = pd.DataFrame({f"{spec.name}__{f}": [None] * n for f in spec.features},
+                              dtype=object)
+        if known:
+            found = online_features(store, refs, [{k: entity_rows[i][k] for k in keys}
+                                                  for i in known], as_of, {spec.name: spec.ttl})
+            for col in found.columns:
+                values.loc[known, col] = found[col].to_numpy(dtype=object)
+        parts.append(values)
+    if request_time:
+        parts.append(request.compute(request_time, request.serving_frame(entity_rows,
+                                                                         request_time)))
+    return pd.concat(parts, axis=1)
+
+
+def _plain(v: Any) -> Any:
+    """A JSON-like value: None for missing, ISO text for a timestamp, Python numbers."""
+    if v is None or (not isinstance(v, str) and pd.isna(v)):
+        return None
+    if isinstance(v, (pd.Timestamp, datetime)):
+        return v.isoformat()
+    return v.item() if hasattr(v, "item") else v
+
+
+def _requests(rows: pd.DataFrame) -> list[dict[str, Any]]:
+    """Entity rows as a serving request carries them: JSON values (floats exact), ISO
+    timestamps with their offset, null for a missing value."""
+    return json.loads(json.dumps([{c: _plain(v) for c, v in zip(rows.columns, r)}
+                                  for r in rows.itertuples(index=False)]))
+
+
+def _compare(online: pd.DataFrame, offline: pd.DataFrame, entities: list[dict[str, Any]],
+             mismatches: list[dict[str, Any]]) -> int:
+    """Append a mismatch per differing value (online[col][i] vs offline[col][i]); the count."""
+    compared = 0
+    for col in online.columns:
+        for i, (on, off) in enumerate(zip(online[col], offline[col])):
+            compared += 1
+            if not _same(on, off):
+                mismatches.append({"entity": entities[i], "feature": col,
+                                   "online": _plain(on), "offline": _plain(off)})
+    return compared
+
+
 def skew_report(store: "FeatureStore", service_name: str, join_keys: list[str], as_of: datetime,
-                n: int, seed: int, engine: str = "duckdb", cutoff: bool = True) -> dict[str, Any]:
-    """Online vs offline (the training path) for sampled entities of every view of the service."""
+                n: int, seed: int, engine: str = "duckdb", cutoff: bool = True,
+                request_time: request.Spec | None = None,
+                request_rows: pd.DataFrame | None = None) -> dict[str, Any]:
+    """Online vs offline (the training path) for sampled entities of every view of the service,
+    and for the request-time features on `request_rows` (entity rows holding the request
+    columns, e.g. sampled events; None: every hour of the day before `as_of`, when the
+    prediction time is the only request column): the serving path (`serving_features` on the
+    rows as JSON) against the offline retrieval of the same rows."""
     from pipelines.features import pit
     from pipelines.features.retrieval import historical_features
 
-    specs, odfvs = pit.service_views(store, service_name)
+    specs = pit.service_views(store, service_name)
     con = pit.connect()
     frames, checks = [], []  # checks: (refs, key columns, entity rows) per view
     for spec in specs:
@@ -128,33 +200,64 @@ def skew_report(store: "FeatureStore", service_name: str, join_keys: list[str], 
         cols = [ek for _, ek in spec.join_keys]
         frames.append(pd.DataFrame(keys, columns=cols).assign(**{PREDICTION_TIME: as_of}))
         checks.append(([f"{spec.name}:{f}" for f in spec.features], cols, frames[-1][cols]))
-    hours = [as_of - timedelta(hours=h) for h in range(24)]  # on-demand views: every hour of a day
-    for odfv, features in odfvs:
-        frames.append(pd.DataFrame({PREDICTION_TIME: hours}))
-        checks.append(([f"{odfv.projection.name_to_use()}:{f}" for f in features],
-                       [PREDICTION_TIME], frames[-1][[PREDICTION_TIME]]))
-    rows = pd.concat(frames, ignore_index=True).reindex(columns=[PREDICTION_TIME, *join_keys])
-    rows[PREDICTION_TIME] = pd.to_datetime(rows[PREDICTION_TIME], utc=True)
-    rows[join_keys] = rows[join_keys].astype("string")
-    rows.insert(0, ROW_KEY, [f"skew-{i}" for i in range(len(rows))])
+    rows = _entity_rows(frames, join_keys, "skew")
     offline = historical_features(store, service_name, rows, join_keys, engine=engine,
                                   cutoff=cutoff)
     ttls = {s.name: s.ttl for s in specs}
-    mismatches, compared, first = [], 0, 0
+    mismatches: list[dict[str, Any]] = []
+    compared, first = 0, 0
     for refs, cols, entities in checks:
-        entity_rows = [{c: (v.to_pydatetime() if isinstance(v, pd.Timestamp) else v)
-                        for c, v in zip(cols, row)} for row in entities.itertuples(index=False)]
+        entity_rows = [dict(zip(cols, row)) for row in entities.itertuples(index=False)]
         online = online_features(store, refs, entity_rows, as_of, ttls)
-        for col in online.columns:
-            for i, (on, off) in enumerate(zip(online[col], offline[col].iloc[first:first + len(online)])):
-                compared += 1
-                if not _same(on, off):
-                    mismatches.append({"entity": entity_rows[i], "feature": col,
-                                       "online": None if pd.isna(on) else on,
-                                       "offline": None if pd.isna(off) else off})
+        compared += _compare(online, offline.iloc[first:first + len(online)].reset_index(
+            drop=True), entity_rows, mismatches)
         first += len(online)
-    return {"as_of": as_of.isoformat(), "compared": compared, "entities": len(rows),
-            "mismatches": mismatches}
+    report = {"as_of": as_of.isoformat(), "compared": compared, "entities": len(rows),
+              "mismatches": mismatches}
+    if request_time:
+        report.update(_request_skew(store, service_name, join_keys, as_of, engine, cutoff,
+                                    request_time, request_rows, mismatches))
+        report["compared"] += report.pop("request_compared")
+    return report
+
+
+def _entity_rows(frames: list[pd.DataFrame], join_keys: list[str], prefix: str,
+                 extra: list[str] = ()) -> pd.DataFrame:
+    """Entity rows for the offline retrieval: row keys, UTC prediction times, string keys."""
+    cols = list(dict.fromkeys([PREDICTION_TIME, *join_keys, *extra]))
+    rows = pd.concat(frames, ignore_index=True).reindex(columns=cols)
+    rows[PREDICTION_TIME] = pd.to_datetime(rows[PREDICTION_TIME], utc=True)
+    rows[join_keys] = rows[join_keys].astype("string")
+    rows.insert(0, ROW_KEY, [f"{prefix}-{i}" for i in range(len(rows))])
+    return rows
+
+
+def _request_skew(store: "FeatureStore", service_name: str, join_keys: list[str],
+                  as_of: datetime, engine: str, cutoff: bool, spec: request.Spec,
+                  rows: pd.DataFrame | None, mismatches: list[dict[str, Any]]
+                  ) -> dict[str, Any]:
+    """The request-time part of the skew report (see `skew_report`)."""
+    from pipelines.features.retrieval import historical_features
+
+    needed = request.inputs(spec)
+    if rows is None and set(needed) <= {PREDICTION_TIME}:
+        rows = pd.DataFrame({PREDICTION_TIME: [as_of - timedelta(hours=h) for h in range(24)]})
+    if rows is None or rows.empty:
+        log.warning("skew check: no entity rows carrying %s: request-time features %s not "
+                    "compared", needed, list(spec))
+        return {"request_rows": 0, "request_compared": 0}
+    absent = [c for c in needed if c not in rows.columns]
+    if absent:
+        raise ValueError(f"skew check: the request rows lack the request columns {absent}")
+    rows = _entity_rows([rows], join_keys, "skew-request", needed)
+    offline = historical_features(store, service_name, rows, join_keys, engine=engine,
+                                  cutoff=cutoff, request_time=spec)
+    requests = _requests(rows.drop(columns=[ROW_KEY]))
+    served = serving_features(store, service_name, spec, requests, as_of)
+    outputs = list(request.columns(spec))
+    compared = _compare(served[outputs], offline[outputs],
+                        [{c: r[c] for c in needed} for r in requests], mismatches)
+    return {"request_rows": len(rows), "request_compared": compared}
 
 
 def assert_no_skew(report: dict[str, Any]) -> dict[str, Any]:
@@ -169,14 +272,32 @@ def assert_no_skew(report: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in report.items() if k != "mismatches"}
 
 
+def request_sample(cfg: Config, settings: Settings, as_of: datetime) -> pd.DataFrame:
+    """Up to `features.skew_sample_entities` events of the day before `as_of` (seeded): the
+    entity rows, with their request columns, the skew check serves."""
+    from pipelines.data.events import load_events
+
+    f = cfg.features
+    day = (as_of - timedelta(microseconds=1)).date()
+    events = load_events(cfg, settings.landing_uri, day, day + timedelta(days=1))
+    if events.empty:
+        return events
+    events = events.sample(min(len(events), f.skew_sample_entities), random_state=f.skew_seed)
+    cols = list(dict.fromkeys([PREDICTION_TIME, *f.join_keys, *f.request_inputs]))
+    return events[cols].sort_values(PREDICTION_TIME, kind="stable").reset_index(drop=True)
+
+
 def check_skew(cfg: Config, settings: Settings, as_of: str) -> dict[str, Any]:
-    """Fail (SkewError) if any sampled online feature differs from offline as of `as_of`."""
+    """Fail (SkewError) if any sampled online feature, or a request-time feature as serving
+    computes it, differs from offline as of `as_of`."""
     from pipelines.features.store import get_store
 
     f = cfg.features
-    report = skew_report(get_store(settings), f.service, list(f.join_keys),
-                         _utc(datetime.fromisoformat(as_of)), f.skew_sample_entities, f.skew_seed,
-                         f.retrieval, f.created_timestamp_cutoff)
+    at = _utc(datetime.fromisoformat(as_of))
+    report = skew_report(get_store(settings), f.service, list(f.join_keys), at,
+                         f.skew_sample_entities, f.skew_seed, f.retrieval,
+                         f.created_timestamp_cutoff, f.request_time,
+                         request_sample(cfg, settings, at) if f.request_time else None)
     summary = assert_no_skew(report)
     log.info("skew check: %d feature values of %d entities agree as of %s", report["compared"],
              report["entities"], as_of)

@@ -286,16 +286,16 @@ def test_fast_path_equals_feast_on_real_flights(flights, cutoff):
     from pipelines.features.retrieval import historical_features
 
     cfg, store, rows = flights
-    keys = list(cfg.features.join_keys)
+    keys, spec = list(cfg.features.join_keys), cfg.features.request_time
     feast = historical_features(store, cfg.features.service, rows, keys, engine="feast",
-                                cutoff=cutoff)
+                                cutoff=cutoff, request_time=spec)
     fast = historical_features(store, cfg.features.service, rows, keys, engine="duckdb",
-                               cutoff=cutoff)
+                               cutoff=cutoff, request_time=spec)
     pd.testing.assert_frame_equal(feast, fast)
     assert len(fast) == len(rows) and (fast[ROW_KEY] == rows[ROW_KEY]).all()
     assert fast["weather_fv__temp"].notna().mean() > 0.95  # the join found real values
     assert fast.loc[fast["tailnum"] == "NOPLANE", "plane_fv__seats"].isna().all()
-    assert {"calendar_odfv__weekday", "calendar_odfv__hour"} <= set(fast.columns)
+    assert list(fast.columns)[-2:] == ["calendar__hour", "calendar__weekday"]
     corrected_stats = fast.loc[fast["carrier_stats_fv__label_rate"] == 0.999, PREDICTION_TIME]
     warm = fast["weather_fv__temp"] > 95  # January: only the injected corrections are that warm
     assert len(corrected_stats) > 0
@@ -313,21 +313,37 @@ def test_calendar_fields_are_local_to_the_origin(flights):
     cfg, store, rows = flights
     one = rows.head(1).assign(**{PREDICTION_TIME: pd.Timestamp("2013-01-05T03:30Z")})
     out = historical_features(store, cfg.features.service, one, list(cfg.features.join_keys),
-                              engine="duckdb", cutoff=True)
+                              engine="duckdb", cutoff=True, request_time=cfg.features.request_time)
     # 03:30 UTC on Saturday 5 January is 22:30 on Friday in New York
-    assert out["calendar_odfv__hour"].iloc[0] == 22 and out["calendar_odfv__weekday"].iloc[0] == 4
+    assert out["calendar__hour"].iloc[0] == 22 and out["calendar__weekday"].iloc[0] == 4
 
 
 def test_specs_come_from_the_feast_definitions(flights):
     cfg, store, _ = flights
-    specs, odfvs = pit.service_views(store, cfg.features.service)
-    by_name = {s.name: s for s in specs}
+    by_name = {s.name: s for s in pit.service_views(store, cfg.features.service)}
     assert list(by_name) == ["weather_fv", "plane_fv", "carrier_stats_fv", "route_stats_fv"]
     assert by_name["weather_fv"].ttl == timedelta(hours=6) and by_name["plane_fv"].ttl is None
     assert by_name["plane_fv"].join_keys == (("tailnum", "tailnum"),)
     assert by_name["weather_fv"].created_timestamp_column == "created_timestamp"
     assert by_name["weather_fv"].path.endswith("features/weather/*.parquet")
-    assert [o.name for o, _ in odfvs] == ["calendar_odfv"]
+
+
+def test_feast_apply_of_the_feature_repo_leaves_data_only_in_the_registry(flights):
+    """The registry `feast apply` writes from feature_repo/ holds entities, sources, feature
+    views and services: no on-demand or stream view, no transformation, no pickled bytes
+    (read from the registry proto itself, before Feast deserialises anything)."""
+    from feast.protos.feast.core.Registry_pb2 import Registry
+
+    from pipelines.features.store import registry_code
+
+    cfg, store, _ = flights
+    proto = Registry.FromString(Path(store.config.registry.path).read_bytes())
+    assert registry_code(proto) == []
+    assert not proto.on_demand_feature_views and not proto.stream_feature_views
+    assert {v.spec.name for v in proto.feature_views} == {
+        "weather_fv", "plane_fv", "carrier_stats_fv", "route_stats_fv"}
+    assert {s.spec.name for s in proto.feature_services} >= {cfg.features.service}
+    assert store.list_on_demand_feature_views() == []
 
 
 def test_missing_source_files_fail_loudly(scratch):
@@ -335,3 +351,4 @@ def test_missing_source_files_fail_loudly(scratch):
     with pytest.raises(FileNotFoundError, match="gone: no source files"):
         pit.retrieve(entities, [_spec("gone", scratch / "nothing-here" / "*.parquet", "k", None)],
                      PREDICTION_TIME)
+
