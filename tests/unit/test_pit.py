@@ -352,3 +352,65 @@ def test_missing_source_files_fail_loudly(scratch):
         pit.retrieve(entities, [_spec("gone", scratch / "nothing-here" / "*.parquet", "k", None)],
                      PREDICTION_TIME)
 
+
+# -- lineage: a model is scored with the request-time spec it was trained with -----------------
+
+def test_a_model_is_scored_with_the_request_spec_it_was_trained_with(flights, tmp_path,
+                                                                     monkeypatch):
+    """Training records the request-time spec (in the feature-service hash and a version tag);
+    batch scoring computes the features by that spec, so a later change of params.yaml (here
+    the calendar's time zone) does not silently change an old model's inputs; a task payload
+    claiming another spec than the registry's is refused."""
+    import json
+    from datetime import date
+
+    from pipelines.core import locations, storage
+    from pipelines.core.settings import get_settings
+    from pipelines.core.specs import parse_request_spec, request_spec_json
+    from pipelines.features.store import feature_service_hash
+    from pipelines.model.registry import RegistryError
+    from pipelines.model.training import train_and_register
+    from pipelines.model.training_set import build_training_set
+    from pipelines.scoring import run
+    from pipelines.scoring.io import read_table
+
+    cfg, store, _ = flights
+    settings = get_settings()
+    # MLflow exports the tracking URI it is given: restored afterwards for later tests
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", settings.mlflow_tracking_uri)
+    est = cfg.training.estimator.model_copy(update={"params": {
+        **cfg.training.estimator.params, "n_estimators": 10}})
+    cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={"estimator": est})})
+    trained_with = cfg.features.request_time
+    assert trained_with["calendar"].timezone == "America/New_York"
+    ts = build_training_set(cfg, settings, date(2013, 1, 2), date(2013, 1, 6),
+                            str(tmp_path / "train.parquet"))
+    assert ts["request_features"] == request_spec_json(trained_with)
+    assert ts["feature_service_hash"] == feature_service_hash(store, cfg.features.service,
+                                                              trained_with)
+    trained = train_and_register(cfg, settings, ts, {"run_id": "pit-test"})
+    model = run.describe_version(settings, cfg.registry.model_name, trained["version"])
+    assert {"calendar__hour", "calendar__weekday"} <= set(model["numeric"])
+    assert parse_request_spec(model["request_features"]) == trained_with
+
+    # params.yaml changes later: the calendar in Berlin. A new model would hash differently...
+    berlin = {"calendar": trained_with["calendar"].model_copy(update={"timezone": "Europe/Berlin"})}
+    later = cfg.model_copy(update={"features": cfg.features.model_copy(update={
+        "request_time": berlin})})
+    assert feature_service_hash(store, cfg.features.service, berlin) != ts["feature_service_hash"]
+    # ... but the old model is still scored with New York hours
+    day = date(2013, 1, 7)
+    chunks = run.plan_interval(later, settings, day)
+    parts = [run.score_chunk(later, settings, day, c, model) for c in chunks]
+    scored = pd.concat([read_table(storage.join(locations.predictions(settings, day), p["file"]))
+                        .to_pandas() for p in parts], ignore_index=True)
+    assert len(scored) > 500
+    local = scored[PREDICTION_TIME].dt.tz_convert("America/New_York")
+    assert (scored["calendar__hour"] == local.dt.hour).all()
+    assert (scored["calendar__weekday"] == local.dt.weekday).all()
+    assert (scored["calendar__hour"] != scored[PREDICTION_TIME].dt.tz_convert(
+        "Europe/Berlin").dt.hour).all()
+
+    tampered = {**model, "request_features": json.dumps({})}
+    with pytest.raises(RegistryError, match="the run pinned request_features="):
+        run.score_chunk(later, settings, day, chunks[0], tampered)
