@@ -119,7 +119,7 @@ def batch_scoring():
     @task(outlets=[Asset(PREDICTIONS_ASSET)], trigger_rule="none_failed")
     def score(parts: list, chunks: list, model: dict, **context) -> dict:
         from pipelines.core.orchestration import interval_day
-        from pipelines.scoring import publish
+        from pipelines.scoring.publish import publish
 
         cfg, settings = _stage()
         day = interval_day(context)
