@@ -18,6 +18,7 @@ _EXPORTS = {
     "historical_features_table": "retrieval",
     "materialize": "online",
     "check_skew": "online",
+    "serving_features": "serving",
 }
 __all__ = sorted(_EXPORTS)
 

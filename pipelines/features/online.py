@@ -15,13 +15,12 @@ timestamps), and its online read does not apply TTLs. So, per interval:
 
 `check_skew` samples entities, reads them online and offline (the training path, as of the
 same time), computes the request-time features of sampled events as serving does (from the
-rows as JSON, `serving_features`) and as training does, and fails with a report naming
+rows as JSON, `pipelines.features.serving.serving_features`) and as training does, and fails with a report naming
 entity, feature and both values.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -33,6 +32,12 @@ from pipelines.core.dates import day_start
 from pipelines.core.settings import Settings
 from pipelines.data.events import PREDICTION_TIME, ROW_KEY
 from pipelines.features import request
+from pipelines.features.serving import (
+    as_requests,
+    online_features,
+    plain,
+    serving_features,
+)
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -77,23 +82,6 @@ def materialize(cfg: Config, settings: Settings, day: date) -> dict[str, Any]:
                                 cfg.orchestration.materialization_lateness_days)
 
 
-def online_features(store: "FeatureStore", refs: list[str], entity_rows: list[dict[str, Any]],
-                    as_of: datetime, ttls: dict[str, timedelta | None]) -> pd.DataFrame:
-    """Online values (`<view>__<feature>`) with each view's TTL applied at `as_of`."""
-    resp = store.get_online_features(features=refs, entity_rows=entity_rows,
-                                     full_feature_names=True).to_dict(include_event_timestamps=True)
-    out = {}
-    for ref in refs:
-        view, feature = ref.split(":")
-        col = f"{view}__{feature}"
-        values, ttl = resp[col], ttls.get(view)
-        if ttl:  # Feast's online read does not expire values: do it as the offline join does
-            oldest = (as_of - ttl).timestamp()
-            values = [v if ts >= oldest else None for v, ts in zip(values, resp[f"{col}__ts"])]
-        out[col] = values
-    return pd.DataFrame(out)
-
-
 def _same(a: Any, b: Any) -> bool:
     if pd.isna(a) and pd.isna(b):
         return True
@@ -118,55 +106,6 @@ def _sample_keys(con: Any, spec: Any, as_of: datetime, n: int, seed: int) -> lis
     return [rows[i] for i in sorted(pick)] + [tuple(UNKNOWN for _ in spec.join_keys)]
 
 
-def serving_features(store: "FeatureStore", service_name: str, request_time: request.Spec,
-                     entity_rows: list[dict[str, Any]], as_of: datetime) -> pd.DataFrame:
-    """The features an online model server gives a model, one row per request row.
-
-    `entity_rows`: the join keys and the request columns (`request.inputs(request_time)`) as
-    JSON-like values (ISO timestamps with an offset). Returns the service's online features
-    (each view's TTL applied at `as_of`) and the request-time features computed by
-    `request.compute` (the code training and batch scoring run), named as offline.
-    """
-    from pipelines.features import pit
-
-    n = len(entity_rows)
-    parts = [pd.DataFrame(index=pd.RangeIndex(n))]
-    for spec in pit.service_views(store, service_name):
-        keys = [ek for _, ek in spec.join_keys]
-        # a missing join key matches nothing (as offline); Feast cannot read one
-        known = [i for i, row in enumerate(entity_rows) if all(row.get(k) is not None
-                                                               for k in keys)]
-        refs = [f"{spec.name}:{f}" for f in spec.features]
-        values = pd.DataFrame({f"{spec.name}__{f}": [None] * n for f in spec.features},
-                              dtype=object)
-        if known:
-            found = online_features(store, refs, [{k: entity_rows[i][k] for k in keys}
-                                                  for i in known], as_of, {spec.name: spec.ttl})
-            for col in found.columns:
-                values.loc[known, col] = found[col].to_numpy(dtype=object)
-        parts.append(values)
-    if request_time:
-        parts.append(request.compute(request_time, request.serving_frame(entity_rows,
-                                                                         request_time)))
-    return pd.concat(parts, axis=1)
-
-
-def _plain(v: Any) -> Any:
-    """A JSON-like value: None for missing, ISO text for a timestamp, Python numbers."""
-    if v is None or (not isinstance(v, str) and pd.isna(v)):
-        return None
-    if isinstance(v, (pd.Timestamp, datetime)):
-        return v.isoformat()
-    return v.item() if hasattr(v, "item") else v
-
-
-def _requests(rows: pd.DataFrame) -> list[dict[str, Any]]:
-    """Entity rows as a serving request carries them: JSON values (floats exact), ISO
-    timestamps with their offset, null for a missing value."""
-    return json.loads(json.dumps([{c: _plain(v) for c, v in zip(rows.columns, r)}
-                                  for r in rows.itertuples(index=False)]))
-
-
 def _compare(online: pd.DataFrame, offline: pd.DataFrame, entities: list[dict[str, Any]],
              mismatches: list[dict[str, Any]]) -> int:
     """Append a mismatch per differing value (online[col][i] vs offline[col][i]); the count."""
@@ -176,7 +115,7 @@ def _compare(online: pd.DataFrame, offline: pd.DataFrame, entities: list[dict[st
             compared += 1
             if not _same(on, off):
                 mismatches.append({"entity": entities[i], "feature": col,
-                                   "online": _plain(on), "offline": _plain(off)})
+                                   "online": plain(on), "offline": plain(off)})
     return compared
 
 
@@ -252,7 +191,7 @@ def _request_skew(store: "FeatureStore", service_name: str, join_keys: list[str]
     rows = _entity_rows([rows], join_keys, "skew-request", needed)
     offline = historical_features(store, service_name, rows, join_keys, engine=engine,
                                   cutoff=cutoff, request_time=spec)
-    requests = _requests(rows.drop(columns=[ROW_KEY]))
+    requests = as_requests(rows.drop(columns=[ROW_KEY]))
     served = serving_features(store, service_name, spec, requests, as_of)
     outputs = list(request.columns(spec))
     compared = _compare(served[outputs], offline[outputs],

@@ -8,10 +8,11 @@ module, driven by a spec that is itself data (a calendar in a time zone, or an e
 pipelines.core.expressions).
 
 `compute` is the one implementation: training (`historical_features`, pandas), batch scoring
-(`historical_features_table`, Arrow) and online serving (`pipelines.features.online
+(`historical_features_table`, Arrow) and online serving (`pipelines.features.serving
 .serving_features`, JSON-like entity rows) all call it, and the online/offline skew check
-compares them. A model records the spec it was trained with
-(`pipelines.core.specs.request_spec_json`, in its lineage tags and its feature-service hash) and is scored with that spec, not with today's params.yaml.
+compares them. A model records the spec it was trained with (`pipelines.core.specs
+.request_spec_json`, in its lineage tags and its feature-service hash) and is scored with that
+spec, not with today's params.yaml.
 
 Output columns are `<name>__<field>` (like Feast's full feature names), appended in spec order.
 Pandas results are exactly the Arrow results converted with `to_pandas()` (an int64 feature

@@ -87,8 +87,8 @@ def historical_features_table(store: "FeatureStore", service_name: str, rows: "p
     The same rows, features, values and checks: `rows` with the service's feature columns and
     the request-time features appended, in the same order, one output row per input row; each
     feature's Arrow column is the one `historical_features` converts to pandas, and its dtype
-    is checked as that pandas column would be. With `engine="feast"` (whose retrieval is pandas anyway) it is
-    `historical_features` on `rows.to_pandas()`, converted to Arrow.
+    is checked as that pandas column would be. With `engine="feast"` (whose retrieval is pandas
+    anyway) it is `historical_features` on `rows.to_pandas()`, converted to Arrow.
     """
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -178,7 +178,7 @@ def _check_schema(columns, schema: dict[str, tuple[str, str, object]], dtype_of,
     bad = [f"{view}.{feature}: declared {declared}, got {dtype_of(col)}"
            for col, (view, feature, declared) in schema.items() if not ok(declared, col)]
     if bad:
-        raise TypeError("feature dtypes do not match the feature view schemas: " + "; ".join(bad))
+        raise TypeError("feature dtypes do not match their declared ones: " + "; ".join(bad))
 
 
 def _arrow_dtype_ok(declared: object, col: "pa.ChunkedArray") -> bool:

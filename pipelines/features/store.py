@@ -180,10 +180,10 @@ class RegistryCodeError(RuntimeError):
 def assert_data_only(store: "FeatureStore") -> None:
     """Refuse a registry that holds code, before Feast deserialises (and so runs) any of it.
 
-    Read from the raw registry proto. Feast re-reads a registry that changes while the store
-    is in use; this check is made when a store is opened (`get_store`, once per task).
+    Read from the registry proto the store loaded when it was opened (`get_store`, once per
+    task). Feast re-reads a registry file that changes while the store is in use: a write in
+    that window is not covered; write access to the registry stays the real control.
     """
-    store.registry.refresh(store.project)
     found = registry_code(store.registry.proto())
     if found:
         raise RegistryCodeError(

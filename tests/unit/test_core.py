@@ -199,7 +199,8 @@ def test_expression_derived_columns_reach_the_model_rows(cfg):
     ({"expr": "utc(born) - utc(time_hour)", "dtype": "float64"},
      r"gives Timedelta values .* use days_between\(\)"),
     ({"expr": "no_such_column * 2", "dtype": "float64"},
-     r"dataset\.events\.derived\.x = 'no_such_column \* 2' failed: .*no column \['no_such_column'\]"),
+     r"dataset\.events\.derived\.x = 'no_such_column \* 2' failed: "
+     r".*no column \['no_such_column'\]"),
     ({"expr": "arr_delay * 2", "dtype": "float64", "on_missing": "error"},
      r"dataset\.events\.derived\.x = 'arr_delay \* 2': 1 rows with a missing input .* rows \[2\]"),
 ])

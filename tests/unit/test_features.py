@@ -27,10 +27,10 @@ from pipelines.features.online import (
     SkewError,
     assert_no_skew,
     materialize_interval,
-    online_features,
     skew_report,
 )
 from pipelines.features.retrieval import check_retrieval, historical_features
+from pipelines.features.serving import online_features
 from pipelines.features.sources import compute_aggregate, known_at, write_table_sources
 
 REPO = Path(__file__).resolve().parents[2]
@@ -520,8 +520,8 @@ def test_request_features_are_the_same_offline_in_batch_scoring_and_serving(sens
     """Training's retrieval (pandas), batch scoring's (Arrow) and the serving function (entity
     keys + request fields as JSON) compute the same request-time features, with the same
     view features beside them; a non-time request column with missing values included."""
-    from pipelines.features.online import serving_features
     from pipelines.features.retrieval import historical_features_table
+    from pipelines.features.serving import serving_features
 
     store, _ = sensors
     spec = _spec(calendar=CALENDAR, reach=REACH, bucket=BUCKET)
