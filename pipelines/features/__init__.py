@@ -1,5 +1,5 @@
-"""Features: Feast source partitions, `feast apply`, point-in-time retrieval, materialisation
-of the online store and its skew check."""
+"""Features: Feast source partitions, `feast apply`, point-in-time retrieval, request-time
+features, materialisation of the online store, the serving path and its skew check."""
 
 from __future__ import annotations
 

@@ -353,6 +353,24 @@ def test_missing_source_files_fail_loudly(scratch):
                      PREDICTION_TIME)
 
 
+
+def test_check_skew_serves_sampled_events_with_the_configured_request_features(flights):
+    """The materialisation DAG's check on the project's own definitions: the views online vs
+    offline, and the request-time calendar of 200 sampled events of the day as serving
+    computes it (from the rows as JSON) vs the training retrieval."""
+    from datetime import date
+
+    from pipelines.core.settings import get_settings
+    from pipelines.features.online import check_skew, materialize
+
+    cfg, _, _ = flights
+    settings = get_settings()
+    done = materialize(cfg, settings, date(2013, 1, 6))
+    summary = check_skew(cfg, settings, done["as_of"])
+    n = cfg.features.skew_sample_entities
+    assert summary["request_rows"] == n and summary["compared"] > n * 2
+
+
 # -- lineage: a model is scored with the request-time spec it was trained with -----------------
 
 def test_a_model_is_scored_with_the_request_spec_it_was_trained_with(flights, tmp_path,
