@@ -65,6 +65,7 @@ class TrainingSet(TypedDict):
     feature_service: str
     feature_service_hash: str
     positive_rate: float
+    request_features: str  # the request-time feature spec (JSON) the set was built with
 
 
 class Trained(TypedDict):
@@ -129,6 +130,7 @@ class ModelPin(TypedDict):
     numeric: list[str]
     categorical: list[str]
     feature_service: str | None
+    request_features: str  # the version's request-time feature spec (JSON)
     policy: str  # scoring.backfill_model
     choice: str  # why this version
 

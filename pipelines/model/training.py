@@ -180,6 +180,7 @@ def train_and_register(cfg: Config, settings: Settings, training_set: TrainingSe
         "dvc_data_version": dvc_data_version(),
         "feature_service": training_set["feature_service"],
         "feature_service_hash": training_set["feature_service_hash"],
+        "request_features": training_set.get("request_features", "{}"),  # scoring uses it
         "git_commit": git_commit(),
         "params_sha256": params_hash(settings.params_path),
         "airflow_run_id": str(context.get("run_id", "cli")),

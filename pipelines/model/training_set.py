@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 def build_training_set(cfg: Config, settings: Settings, start: date, end: date,
                        out_uri: str) -> TrainingSet:
     """Labelled rows of [start, end) whose outcome was known by `end`, with PIT features."""
+    from pipelines.core.specs import request_spec_json
     from pipelines.features.retrieval import historical_features
     from pipelines.features.store import feature_service_hash, get_store
 
@@ -35,8 +36,9 @@ def build_training_set(cfg: Config, settings: Settings, start: date, end: date,
     if len(rows) > cfg.training.max_rows:  # keep the most recent rows
         rows = rows.iloc[-cfg.training.max_rows:]
     store = get_store(settings)
+    request_time = cfg.features.request_time
     df = historical_features(store, cfg.features.service, rows.reset_index(drop=True),
-                             list(cfg.features.join_keys))
+                             list(cfg.features.join_keys), request_time=request_time)
     data = io.BytesIO()
     df.to_parquet(data, index=False)
     storage.write_bytes(out_uri, data.getvalue())
@@ -47,7 +49,8 @@ def build_training_set(cfg: Config, settings: Settings, start: date, end: date,
         "start": start.isoformat(),
         "end": end.isoformat(),
         "feature_service": cfg.features.service,
-        "feature_service_hash": feature_service_hash(store, cfg.features.service),
+        "feature_service_hash": feature_service_hash(store, cfg.features.service, request_time),
+        "request_features": request_spec_json(request_time),
         "positive_rate": float(df[label].mean()),
     }
     log.info("training set: %d rows [%s, %s) -> %s", len(df), start, end, out_uri)

@@ -97,7 +97,8 @@ def plan_interval(cfg: Config, settings: Settings, day: date) -> list[Chunk]:
         return []
     if events[ROW_KEY].duplicated().any():
         raise ValueError(f"{int(events[ROW_KEY].duplicated().sum())} duplicate row keys on {day}")
-    keep = list(dict.fromkeys([*META, *cfg.features.join_keys, *model_passthrough(cfg)]))
+    keep = list(dict.fromkeys([*META, *cfg.features.join_keys, *model_passthrough(cfg),
+                               *cfg.features.request_inputs]))
     chunks = stage_chunks(settings, day, [events[keep]], cfg.scoring.chunk_rows)
     log.info("score: %s planned %d rows in %d chunks", day, len(events), len(chunks))
     return chunks
@@ -116,7 +117,7 @@ def load_scorer(settings: Settings, model: ModelPin | dict[str, Any]) -> OnnxSco
     from pipelines.model.registry import load_onnx
 
     pinned = describe_version(settings, model["model"], str(model["version"]))
-    for key in ("onnx_uri", "onnx_sha256", "numeric", "categorical"):
+    for key in ("onnx_uri", "onnx_sha256", "numeric", "categorical", "request_features"):
         if key in model and model[key] != pinned[key]:
             raise registry.RegistryError(
                 f"{model['model']} v{model['version']}: the run pinned {key}={model[key]!r} "
@@ -138,17 +139,24 @@ def score_chunk(cfg: Config, settings: Settings, day: date, chunk: Chunk,
     """Point-in-time features for one staged chunk, scored into a part file (idempotent).
 
     Arrow end to end: the chunk file, the retrieval (`historical_features_table`) and the model
-    inputs never go through pandas; the part is byte-identical to the pandas path's.
+    inputs never go through pandas; the part is byte-identical to the pandas path's. The
+    request-time features are computed by the spec the model was trained with (its
+    `request_features` tag, checked against the registry by `load_scorer`), not params.yaml's.
     """
+    from pipelines.core.specs import parse_request_spec
     from pipelines.features.retrieval import historical_features_table
     from pipelines.features.store import get_store
 
     t0 = time.perf_counter()
     rows = read_chunk(chunk)
     scorer = load_scorer(settings, model)
+    spec = model.get("request_features")  # a payload without it: the registry's
+    if spec is None:
+        spec = describe_version(settings, model["model"], str(model["version"]))["request_features"]
     feats = historical_features_table(get_store(settings),
                                       model.get("feature_service") or cfg.features.service,
-                                      rows, list(cfg.features.join_keys))
+                                      rows, list(cfg.features.join_keys),
+                                      request_time=parse_request_spec(spec))
     part = write_part(settings, day, chunk["chunk"], feats, model, scorer, cfg.scoring)
     part["seconds"] = round(time.perf_counter() - t0, 3)
     log.info("score: %s chunk %d -> %d rows in %s (%.2fs)", day, chunk["chunk"], part["rows"],

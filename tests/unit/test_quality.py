@@ -200,7 +200,11 @@ def _service_features(service: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def features() -> list[str]:
-    return _service_features(CFG.features.service)
+    from pipelines.features import request
+
+    # the service's columns, then the request-time features the retrieval appends after them
+    return [*_service_features(CFG.features.service),
+            *request.columns(CFG.features.request_time)]
 
 
 PLAUSIBLE = {"temp": (20, 60), "dewp": (5, 40), "humid": (30, 95), "wind_speed": (0, 25),
