@@ -21,8 +21,10 @@ import operator
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import numpy as np
-import pandas as pd
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # numpy and pandas are imported where an expression is evaluated: the
+    import pandas as pd  # config that declares expressions is read at DAG parse time
 
 DTYPES = {"float64": "float64", "int64": "Int64", "bool": "boolean", "string": "string"}
 MAX_LENGTH = 1000  # characters: deeper nesting than anyone writes by hand is refused
@@ -31,6 +33,8 @@ MAX_LENGTH = 1000  # characters: deeper nesting than anyone writes by hand is re
 def _timestamps(x: Any, naive_is_utc: bool) -> pd.Series:
     """Timestamps (tz-aware datetimes, or ISO text with an offset) as UTC; naive values are
     refused unless `naive_is_utc` (the expression said `utc(...)`)."""
+    import pandas as pd
+
     from pipelines.core.dates import parse_utc
 
     s = x if isinstance(x, pd.Series) else pd.Series([x])
@@ -44,19 +48,34 @@ def _timestamps(x: Any, naive_is_utc: bool) -> pd.Series:
 
 
 def _days_between(start: Any, end: Any) -> pd.Series:
+    import pandas as pd
+
     return (_timestamps(end, False) - _timestamps(start, False)) / pd.Timedelta(days=1)
 
 
 def _where(cond: Any, a: Any, b: Any) -> Any:
+    import numpy as np
+    import pandas as pd
+
     idx = next((v.index for v in (cond, a, b) if isinstance(v, pd.Series)), None)
     out = np.where(np.asarray(cond, dtype=bool), a, b)
     return pd.Series(out, index=idx) if idx is not None else out
 
 
+def _numpy(name: str) -> Callable[..., Any]:
+    def call(*args: Any) -> Any:
+        import numpy as np
+
+        return getattr(np, name)(*args)
+
+    return call
+
+
 FUNCTIONS: dict[str, tuple[int, Callable[..., Any]]] = {  # name -> (arguments, function)
-    "abs": (1, np.abs), "sqrt": (1, np.sqrt), "log": (1, np.log), "log1p": (1, np.log1p),
-    "exp": (1, np.exp), "floor": (1, np.floor), "ceil": (1, np.ceil), "round": (1, np.round),
-    "minimum": (2, np.minimum), "maximum": (2, np.maximum), "clip": (3, np.clip),
+    **{name: (1, _numpy(name)) for name in ("abs", "sqrt", "log", "log1p", "exp", "floor",
+                                            "ceil", "round")},
+    "minimum": (2, _numpy("minimum")), "maximum": (2, _numpy("maximum")),
+    "clip": (3, _numpy("clip")),
     "where": (3, _where),
     "utc": (1, lambda x: _timestamps(x, True)),  # timestamps; naive values declared UTC
     "days_between": (2, _days_between),  # (end - start) in days, both timezone-aware
@@ -124,6 +143,8 @@ class Expression:
 
     def evaluate(self, frame: pd.DataFrame) -> pd.Series:
         """The raw result on `frame` (a Series aligned with it; a constant is broadcast)."""
+        import pandas as pd
+
         missing = [n for n in self.names if n not in frame.columns]
         if missing:
             raise KeyError(f"no column {missing} (columns: {list(frame.columns)})")
@@ -133,6 +154,8 @@ class Expression:
         return out
 
     def _eval(self, node: ast.AST, frame: pd.DataFrame) -> Any:
+        import pandas as pd
+
         ev = lambda n: self._eval(n, frame)  # noqa: E731 - a local shorthand
         if isinstance(node, ast.Constant):
             return node.value
@@ -171,6 +194,8 @@ class Expression:
 
 
 def _bool(value: Any) -> Any:
+    import pandas as pd
+
     return value.astype(bool) if isinstance(value, pd.Series) else bool(value)
 
 
@@ -185,6 +210,9 @@ def check_fill(fill_value: Any, dtype: str, what: str) -> None:
 
 def cast(values: pd.Series, dtype: str, what: str) -> pd.Series:
     """`values` (missing already nulled) as `dtype`: float64, Int64, boolean or string."""
+    import numpy as np
+    import pandas as pd
+
     present = values.dropna()
     if dtype == "string":
         return values.astype("string")
@@ -219,6 +247,8 @@ def cast(values: pd.Series, dtype: str, what: str) -> pd.Series:
 
 def missing_mask(values: pd.Series) -> pd.Series:
     """Missing or (for numbers) not finite."""
+    import numpy as np
+
     mask = values.isna()
     if values.dtype.kind == "f":
         mask |= ~np.isfinite(values.to_numpy(dtype="float64", na_value=np.nan))
@@ -245,6 +275,8 @@ def derive(expr: Expression, frame: pd.DataFrame, dtype: str, on_missing: str,
            fill_value: Any, what: str) -> pd.Series:
     """The expression on `frame` as `dtype` with the declared missing-value behaviour; any
     failure is a ValueError naming `what` (the column) and the expression."""
+    import pandas as pd
+
     label = f"{what} = {expr.text!r}"
     try:
         raw = expr.evaluate(frame)
