@@ -26,7 +26,14 @@ from __future__ import annotations
 from airflow.sdk import Asset, Param, dag, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
-from pipelines.core.orchestration import PREDICTIONS_ASSET, default_args, schedule_span
+from pipelines.core.contracts import PREDICTIONS_ASSET
+from pipelines.core.orchestration import (
+    default_args,
+    interval_day,
+    schedule_span,
+    stage,
+)
+from pipelines.monitoring.alerts import MonitoringNotifier
 
 START, END = schedule_span()
 
@@ -37,7 +44,8 @@ START, END = schedule_span()
     end_date=END,
     catchup=True,
     max_active_runs=4,
-    default_args=default_args(),
+    default_args={**default_args(), "on_failure_callback": MonitoringNotifier("task_failure")},
+    on_failure_callback=MonitoringNotifier("dag_failure"),
     tags=["mlops", "scoring"],
     doc_md=__doc__,
     params={
@@ -52,93 +60,58 @@ START, END = schedule_span()
 def batch_scoring():
     @task
     def validate_batch(**context) -> dict:
-        from pipelines.core.orchestration import interval_day
         from pipelines.data.checks import validate_interval
 
-        cfg, settings = _stage()
-        results = validate_interval(cfg, settings, interval_day(context))
+        results = validate_interval(*stage(), interval_day(context))
         print(f"validate_batch: {[(r['table'], r['rows']) for r in results]} passed")
-        return {"rows": sum(r["rows"] for r in results)}
+        return {"rows": sum(r["rows"] or 0 for r in results)}
 
     @task
     def build_features(validated: dict, **context) -> int:
-        from pipelines.core.orchestration import interval_day
         from pipelines.features.sources import build_sources_for_interval
 
-        cfg, settings = _stage()
-        return len(build_sources_for_interval(cfg, settings, interval_day(context)))
+        return len(build_sources_for_interval(*stage(), interval_day(context)))
 
     @task
     def resolve_model(**context) -> dict:
-        from pipelines.core.orchestration import interval_day
         from pipelines.scoring.run import resolve_model as resolve
 
-        cfg, settings = _stage()
-        if policy := context["params"].get("backfill_model"):
-            cfg = cfg.model_copy(update={"scoring": cfg.scoring.model_copy(
-                update={"backfill_model": policy})})
-        model = resolve(cfg, settings, interval_day(context))
-        print(f"resolve_model: {model['model']} v{model['version']} sha256 "
-              f"{model['onnx_sha256'][:12]} ({model['policy']}: {model['choice']})")
-        return model
+        return resolve(*stage(), interval_day(context), context["params"].get("backfill_model"))
 
     @task
     def plan_chunks(model: dict, n_sources: int, **context) -> list[dict]:
-        from pipelines.core.orchestration import interval_day
         from pipelines.scoring.run import plan_interval
 
-        cfg, settings = _stage()
-        chunks = plan_interval(cfg, settings, interval_day(context))
-        print(f"plan_chunks: {sum(c['rows'] for c in chunks)} rows in {len(chunks)} chunks")
-        return chunks
+        return plan_interval(*stage(), interval_day(context))
 
     @task
     def score_chunk(chunk: dict, model: dict, **context) -> dict:
-        from pipelines.core.orchestration import interval_day
         from pipelines.scoring.run import score_chunk as score_one
 
-        cfg, settings = _stage()
-        part = score_one(cfg, settings, interval_day(context), chunk, model)
-        print(f"score_chunk: chunk {part['chunk']}: {part['rows']} rows -> {part['file']}")
-        return part
+        return score_one(*stage(), interval_day(context), chunk, model)
 
     @task
     def validate_predictions(parts: list, **context) -> dict:
-        from pipelines.core.orchestration import interval_day
-        from pipelines.data.checks import validate_predictions as validate
-        from pipelines.scoring.publish import part_uris
+        from pipelines.scoring.publish import validate_staged
 
-        cfg, settings = _stage()
-        day = interval_day(context)
-        report = validate(cfg, settings, day, part_uris(settings, day, list(parts)))
-        print(f"validate_predictions: staged parts of {day} passed the predictions suite")
-        return {k: v for k, v in report.items() if isinstance(v, (str, int, float, bool))}
+        return validate_staged(*stage(), interval_day(context), list(parts))
 
     # Publishes the partition (the task id is the stage's name: its success is the asset event).
     # none_failed: an empty interval maps zero score_chunk tasks and still gets its partition.
     @task(outlets=[Asset(PREDICTIONS_ASSET)], trigger_rule="none_failed")
     def score(parts: list, chunks: list, model: dict, **context) -> dict:
-        from pipelines.core.orchestration import interval_day
         from pipelines.scoring.publish import publish
 
-        cfg, settings = _stage()
         day = interval_day(context)
-        out = publish(cfg, settings, day, list(chunks), list(parts), model, context["run_id"])
+        out = publish(*stage(), day, list(chunks), list(parts), model, context["run_id"])
         context["outlet_events"][Asset(PREDICTIONS_ASSET)].extra = {
             "date": day.isoformat(), "model_version": model["version"], "rows": out["rows"]}
-        print(f"score: {out['rows']} rows published to {out['partition_uri']}")
         return out
 
     model = resolve_model()
     chunks = plan_chunks(model, build_features(validate_batch()))
     parts = score_chunk.partial(model=model).expand(chunk=chunks)
     validate_predictions(parts) >> score(parts, chunks, model)
-
-
-def _stage():
-    from pipelines.core.orchestration import stage
-
-    return stage()
 
 
 batch_scoring()

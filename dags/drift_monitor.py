@@ -15,16 +15,15 @@ and any failed task or run.
 
 from __future__ import annotations
 
-import os
-
 from airflow.sdk import Asset, Param, dag, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
-from pipelines.core.orchestration import RETRAIN_ASSET, default_args, schedule_span
+from pipelines.core.contracts import RETRAIN_ASSET
+from pipelines.core.orchestration import default_args, schedule_span, stage
+from pipelines.core.settings import get_settings
 from pipelines.monitoring.alerts import MonitoringNotifier
 
 START, END = schedule_span()
-POKE_SECONDS = int(os.environ.get("MLOPS_SENSOR_POKE_SECONDS", "60"))
 
 
 @dag(
@@ -45,45 +44,38 @@ POKE_SECONDS = int(os.environ.get("MLOPS_SENSOR_POKE_SECONDS", "60"))
     },
 )
 def drift_monitor():
-    @task.sensor(poke_interval=POKE_SECONDS, timeout=6 * 3600, mode="reschedule")
+    @task.sensor(poke_interval=get_settings().sensor_poke_seconds, timeout=6 * 3600,
+                 mode="reschedule")
     def wait_for_predictions(**context) -> bool:
         from pipelines.monitoring.checks import window_ready
 
-        cfg, settings = _stage()
-        return window_ready(cfg, settings, _day(context), START.date())
+        return window_ready(*stage(), _day(context), START.date())
 
     @task
     def check_drift(**context) -> dict:
+        from pipelines.core.contracts import DriftSummary, pick
         from pipelines.monitoring.checks import check_interval
 
-        cfg, settings = _stage()
-        verdict = check_interval(cfg, settings, _day(context), START.date(), context["run_id"])
-        print(f"check_drift: drift={verdict['drift']} share={verdict['drift_share']:.3f} "
-              f"reason={verdict['reason']} report={verdict.get('report_uri')}")
-        return {k: verdict[k] for k in ("date", "drift", "drift_share", "reason", "report_uri",
-                                        "prediction_psi", "model_version")}
+        verdict = check_interval(*stage(), _day(context), START.date(), context["run_id"])
+        return pick(verdict, DriftSummary)
 
     @task
     def check_quality(**context) -> dict:
+        from pipelines.core.contracts import QualitySummary, pick
         from pipelines.monitoring.checks import check_quality as run
 
-        cfg, settings = _stage()
-        quality = run(cfg, settings, _day(context), context["run_id"])
-        print(f"check_quality: outcomes of {quality['labelled_day']}: decay={quality['decay']} "
-              f"({quality['status']}: {quality['reason']}) window={quality['window']}")
-        return {k: quality[k] for k in ("date", "labelled_day", "decay", "status", "reason")}
+        return pick(run(*stage(), _day(context), context["run_id"]), QualitySummary)
 
     @task
     def decide(verdict: dict, quality: dict, **context) -> dict:
+        from pipelines.core.contracts import RetrainDecision, pick
         from pipelines.core.dates import to_date
         from pipelines.monitoring.alerts import notify_decision
         from pipelines.monitoring.decision import decide as run
 
-        cfg, settings = _stage()
-        decision = run(cfg, settings, to_date(verdict["date"]), context["run_id"])
-        print(f"decide: retrain={decision['retrain']} ({decision['reason']})")
+        decision = run(*stage(), to_date(verdict["date"]), context["run_id"])
         notify_decision(context, decision)
-        return {k: decision[k] for k in ("date", "retrain", "signal", "streak", "reason")}
+        return pick(decision, RetrainDecision)
 
     @task.short_circuit
     def retrain_requested(decision: dict) -> bool:
@@ -94,10 +86,8 @@ def drift_monitor():
         from pipelines.core.dates import to_date
         from pipelines.monitoring.decision import retrain_evidence
 
-        _, settings = _stage()
-        evidence = retrain_evidence(settings, to_date(decision["date"]))
+        evidence = retrain_evidence(stage()[1], to_date(decision["date"]))
         context["outlet_events"][Asset(RETRAIN_ASSET)].extra = evidence
-        print(f"request_retraining: evidence {evidence}")
         return evidence
 
     @task
@@ -105,22 +95,13 @@ def drift_monitor():
         from pipelines.core.dates import to_date
         from pipelines.monitoring.decision import plot
 
-        cfg, settings = _stage()
-        uri = plot(cfg, settings, to_date(decision["date"]))
-        print(f"plot_history: {uri}")
-        return uri
+        return plot(*stage(), to_date(decision["date"]))
 
     verdict, quality = check_drift(), check_quality()
     wait_for_predictions() >> [verdict, quality]
     decision = decide(verdict, quality)
     retrain_requested(decision) >> request_retraining(decision)
     plot_history(decision)
-
-
-def _stage():
-    from pipelines.core.orchestration import stage
-
-    return stage()
 
 
 def _day(context):

@@ -12,7 +12,13 @@ from __future__ import annotations
 from airflow.sdk import dag, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
-from pipelines.core.orchestration import default_args, schedule_span
+from pipelines.core.orchestration import (
+    default_args,
+    interval_day,
+    schedule_span,
+    stage,
+)
+from pipelines.monitoring.alerts import MonitoringNotifier
 
 START, END = schedule_span()
 
@@ -23,50 +29,38 @@ START, END = schedule_span()
     end_date=END,
     catchup=True,
     max_active_runs=1,
-    default_args=default_args(),
+    default_args={**default_args(), "on_failure_callback": MonitoringNotifier("task_failure")},
+    on_failure_callback=MonitoringNotifier("dag_failure"),
     tags=["mlops", "features"],
     doc_md=__doc__,
 )
 def feature_materialization():
     @task
     def validate_batch(**context) -> dict:
-        from pipelines.core.orchestration import interval_day
         from pipelines.data.checks import validate_interval
 
-        cfg, settings = _stage()
-        results = validate_interval(cfg, settings, interval_day(context))
-        return {"rows": sum(r["rows"] for r in results)}
+        results = validate_interval(*stage(), interval_day(context))
+        return {"rows": sum(r["rows"] or 0 for r in results)}
 
     @task
     def build_features(validated: dict, **context) -> int:
-        from pipelines.core.orchestration import interval_day
         from pipelines.features.sources import build_sources_for_interval
 
-        cfg, settings = _stage()
-        return len(build_sources_for_interval(cfg, settings, interval_day(context)))
+        return len(build_sources_for_interval(*stage(), interval_day(context)))
 
     @task
     def materialize(n_sources: int, **context) -> dict:
-        from pipelines.core.orchestration import interval_day
         from pipelines.features.online import materialize as run
 
-        cfg, settings = _stage()
-        return run(cfg, settings, interval_day(context))
+        return run(*stage(), interval_day(context))
 
     @task
     def check_skew(materialized: dict) -> dict:
         from pipelines.features.online import check_skew as run
 
-        cfg, settings = _stage()
-        return run(cfg, settings, materialized["as_of"])
+        return run(*stage(), materialized["as_of"])
 
     check_skew(materialize(build_features(validate_batch())))
-
-
-def _stage():
-    from pipelines.core.orchestration import stage
-
-    return stage()
 
 
 feature_materialization()

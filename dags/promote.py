@@ -10,26 +10,30 @@ from __future__ import annotations
 
 from airflow.sdk import Asset, Param, dag, task
 
+from pipelines.core.contracts import CHAMPION_ASSET, REGISTRY_POOL
 from pipelines.core.orchestration import (
-    CHAMPION_ASSET,
-    REGISTRY_POOL,
     default_args,
     schedule_span,
+    stage,
+    triggering_user,
 )
+from pipelines.monitoring.alerts import MonitoringNotifier
 
 
 @dag(
     schedule=None,
     start_date=schedule_span()[0],
     catchup=False,
-    default_args={**default_args(), "retries": 0},
+    default_args={**default_args(), "retries": 0,
+                  "on_failure_callback": MonitoringNotifier("task_failure")},
+    on_failure_callback=MonitoringNotifier("dag_failure"),
     tags=["mlops", "registry"],
     doc_md=__doc__,
     params={
         "version": Param("challenger", type="string", pattern=r"^(challenger|\d+)$",
                          description="The version to promote, or 'challenger' for the version "
                                      "holding that alias."),
-        "reason": Param("approved", type="string", minLength=3,
+        "reason": Param("approved", type="string", minLength=3, maxLength=500,
                         description="Who approved and why (recorded in the promotion history)."),
         "force": Param(False, type="boolean",
                        description="Promote even though its gates failed (recorded as forced)."),
@@ -38,13 +42,13 @@ from pipelines.core.orchestration import (
 def promote():
     @task(pool=REGISTRY_POOL, outlets=[Asset(CHAMPION_ASSET)])
     def promote_version(**context) -> dict:
-        from pipelines.core.orchestration import stage
         from pipelines.model.promotion import promote_approved
 
         cfg, settings = stage()
         p = context["params"]
         event = promote_approved(settings, cfg.registry.model_name, str(p["version"]),
-                                 context["run_id"], p["reason"], force=p["force"])
+                                 context["run_id"], p["reason"], force=p["force"],
+                                 user=triggering_user(context))
         context["outlet_events"][Asset(CHAMPION_ASSET)].extra = {"version": event["to_version"]}
         print(f"promote_version: champion {event.get('from_version')} -> {event['to_version']}")
         return event

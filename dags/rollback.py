@@ -9,38 +9,42 @@ from __future__ import annotations
 
 from airflow.sdk import Asset, Param, dag, task
 
+from pipelines.core.contracts import CHAMPION_ASSET, REGISTRY_POOL
 from pipelines.core.orchestration import (
-    CHAMPION_ASSET,
-    REGISTRY_POOL,
     default_args,
     schedule_span,
+    stage,
+    triggering_user,
 )
+from pipelines.monitoring.alerts import MonitoringNotifier
 
 
 @dag(
     schedule=None,
     start_date=schedule_span()[0],
     catchup=False,
-    default_args={**default_args(), "retries": 0},
+    default_args={**default_args(), "retries": 0,
+                  "on_failure_callback": MonitoringNotifier("task_failure")},
+    on_failure_callback=MonitoringNotifier("dag_failure"),
     tags=["mlops", "registry"],
     doc_md=__doc__,
     params={
         "target": Param("previous", type="string", pattern=r"^(previous|\d+)$",
                         description="Model version to make champion, or 'previous' for the "
                                     "version that held champion before the current one."),
-        "reason": Param("manual rollback", type="string", minLength=3,
+        "reason": Param("manual rollback", type="string", minLength=3, maxLength=500,
                         description="Why (recorded in the promotion history)."),
     },
 )
 def rollback():
     @task(pool=REGISTRY_POOL, outlets=[Asset(CHAMPION_ASSET)])
     def move_champion(**context) -> dict:
-        from pipelines.core.orchestration import stage
         from pipelines.model.registry import rollback as run
 
         cfg, settings = stage()
         p = context["params"]
-        event = run(settings, cfg.registry.model_name, str(p["target"]), context["run_id"], p["reason"])
+        event = run(settings, cfg.registry.model_name, str(p["target"]), context["run_id"],
+                    p["reason"], user=triggering_user(context))
         print(f"rollback: champion {event['from_version']} -> {event['to_version']}")
         return event
 

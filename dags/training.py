@@ -4,12 +4,13 @@
 Trains a challenger and decides whether it becomes the champion.
 
 validate the raw batches of the window (Great Expectations) → write the Feast feature sources →
-build a point-in-time training set (`get_historical_features`) → train, export ONNX and check
-parity, register in MLflow as `challenger` → evaluate the gates (floors, champion-vs-challenger
-paired bootstrap, per-slice non-regression, budgets, behaviour) → promote to `champion`
-(serialised through the `model_registry` pool). With `approval=manual` a passing model stays
-`challenger` until the `promote` DAG is triggered for it; `force_promote` overrides a failed
-gate and is recorded as a forced promotion.
+build a point-in-time training set → train, export ONNX and check parity, register in MLflow as
+`challenger` → evaluate the gates (floors, champion-vs-challenger paired bootstrap, per-slice
+non-regression, budgets, behaviour) → decide → (with `approval=manual`: **approve**, a
+human-in-the-loop task under the UI's *Required actions*; whoever answers is recorded) →
+promote to `champion` (serialised through the `model_registry` pool). `force_promote` overrides
+a failed gate and is recorded as a forced promotion. The `promote` DAG promotes any version by
+hand.
 
 Runs when triggered by hand (window in the form) and whenever `drift_monitor` requests a
 retraining (asset `mlops://drift/retrain-request`); the drift evidence is recorded in the run.
@@ -17,15 +18,19 @@ retraining (asset `mlops://drift/retrain-request`); the drift evidence is record
 
 from __future__ import annotations
 
+from datetime import timedelta
+
+from airflow.providers.standard.operators.hitl import HITLOperator
 from airflow.sdk import Asset, Param, dag, task
 
+from pipelines.core.contracts import CHAMPION_ASSET, REGISTRY_POOL, RETRAIN_ASSET
 from pipelines.core.orchestration import (
-    CHAMPION_ASSET,
-    REGISTRY_POOL,
-    RETRAIN_ASSET,
     default_args,
     schedule_span,
+    stage,
+    triggering_user,
 )
+from pipelines.model.promotion import APPROVE_OPTION, REJECT_OPTION
 from pipelines.monitoring.alerts import MonitoringNotifier
 
 
@@ -47,11 +52,12 @@ from pipelines.monitoring.alerts import MonitoringNotifier
         "force_promote": Param(False, type="boolean",
                                description="Promote even if a gate fails. Recorded as a forced "
                                            "promotion in the history."),
-        "approval": Param("auto", type="string", enum=["auto", "manual"],
+        "approval": Param(None, type=["null", "string"], enum=[None, "auto", "manual"],
                           description="auto: a model that passes the gates becomes champion. "
-                                      "manual: it stays challenger until someone triggers the "
-                                      "`promote` DAG for it."),
-        "reason": Param("manual training", type="string",
+                                      "manual: a person approves or rejects it first (the "
+                                      "`approve` task under Required actions). Empty: "
+                                      "params.yaml registry.approval."),
+        "reason": Param("manual training", type="string", minLength=3, maxLength=500,
                         description="Why this training runs (goes to the promotion history)."),
     },
 )
@@ -60,7 +66,7 @@ def training():
     def resolve_window(**context) -> dict:
         from pipelines.model.windows import training_window
 
-        cfg, _ = _stage()
+        cfg, _ = stage()
         events = [{"uri": e.asset.uri, "extra": dict(e.extra or {})}
                   for evs in (context.get("triggering_asset_events") or {}).values() for e in evs]
         return training_window(cfg, context["params"], events)
@@ -69,84 +75,79 @@ def training():
     def validate_raw(window: dict) -> dict:
         from pipelines.model.windows import validate_window
 
-        cfg, settings = _stage()
-        return validate_window(cfg, settings, window)
+        return validate_window(*stage(), window)
 
     @task
     def build_features(window: dict, validated: dict) -> int:
         from pipelines.model.windows import build_window_features
 
-        cfg, settings = _stage()
-        return build_window_features(cfg, settings, window)
+        return build_window_features(*stage(), window)
 
     @task
-    def build_training_set(window: dict, n_sources: int, **context) -> dict:
-        from pipelines.core import locations
-        from pipelines.core.dates import to_date
-        from pipelines.model.training_set import build_training_set as build
+    def build_training_set(window: dict, n_sources: int) -> dict:
+        from pipelines.model.training_set import build_validated_training_set
 
-        cfg, settings = _stage()
-        from pipelines.data.checks import validate_training_set
-
-        out = locations.training_set(settings, window["start"], window["end"])
-        ts = build(cfg, settings, to_date(window["start"]), to_date(window["end"]), out)
-        checked = validate_training_set(cfg, settings, ts)  # raises before anything trains on it
-        print(f"build_training_set: {ts['rows']} rows, positive rate {ts['positive_rate']:.3f}, "
-              f"validated ({checked.get('data_docs_uri')})")
-        return ts
+        return build_validated_training_set(*stage(), window)
 
     @task
     def train(training_set: dict, window: dict, **context) -> dict:
         from pipelines.model.training import train_and_register
 
-        cfg, settings = _stage()
         ctx = {"run_id": context["run_id"], "trigger": window["trigger"],
                "evidence": window.get("evidence")}
-        return train_and_register(cfg, settings, training_set, ctx)
+        return train_and_register(*stage(), training_set, ctx)
 
     @task
     def evaluate_gates(trained: dict) -> dict:
         from pipelines.model.evaluation import evaluate_challenger
 
-        cfg, settings = _stage()
-        return evaluate_challenger(cfg, settings, trained["version"])
+        return evaluate_challenger(*stage(), trained["version"])
 
-    @task.short_circuit(ignore_downstream_trigger_rules=False)
-    def decide_promotion(report: dict, window: dict, **context) -> bool:
-        from pipelines.model.promotion import (
-            FORCED,
-            PROMOTE,
-            REJECT,
-            decide,
-            record_decision,
-        )
+    @task.branch
+    def decide_promotion(report: dict, window: dict, **context) -> list[str]:
+        from pipelines.model.promotion import REJECT, conclude, summary
         from pipelines.monitoring.alerts import notify_gate_failure
 
-        cfg, settings = _stage()
         p = context["params"]
-        decision = decide(report, p["force_promote"], p["approval"])
-        record_decision(settings, cfg.registry.model_name, report, decision, context["run_id"],
-                        p["reason"] if window["trigger"] == "manual" else window["trigger"])
-        stays = f"v{report['champion_version']}" if report["champion_version"] else "none"
-        print(f"decide_promotion: v{report['version']} gates "
-              f"{'PASS' if report['passed'] else 'FAIL ' + str(report['failed'])} -> {decision}"
-              + ("" if decision in (PROMOTE, FORCED) else f"; champion stays {stays}"))
-        if decision == REJECT:
+        decided = conclude(*stage(), report, window, force=p["force_promote"],
+                           approval=p["approval"], reason=p["reason"], actor=context["run_id"],
+                           user=triggering_user(context))
+        print(f"decide_promotion: {summary(decided, report['failed'])}")
+        context["ti"].xcom_push(key="decision", value=decided)
+        if decided["decision"] == REJECT:
             notify_gate_failure(context, report)
-        return decision in (PROMOTE, FORCED)
+            return []
+        return ["approve"] if decided["needs_approval"] else ["promote"]
 
-    @task(pool=REGISTRY_POOL, outlets=[Asset(CHAMPION_ASSET)])
-    def promote(report: dict, window: dict, **context) -> dict:
-        from pipelines.model.registry import promote as do_promote
+    approve = HITLOperator(
+        task_id="approve",
+        subject="Promote {{ dag_run.dag_id }} model v{{ ti.xcom_pull('evaluate_gates')['version'] }}"
+                " to champion?",
+        body="Gates: **{{ 'PASS' if ti.xcom_pull('evaluate_gates')['passed'] else 'FAIL (forced)' }}**"
+             " {{ ti.xcom_pull('evaluate_gates')['failed'] }}; champion now: "
+             "v{{ ti.xcom_pull('evaluate_gates')['champion_version'] }}.\n\n"
+             "Gate report: `{{ ti.xcom_pull('evaluate_gates')['report_uri'] }}`",
+        options=[APPROVE_OPTION, REJECT_OPTION],
+        response_timeout=timedelta(days=7),
+    )
 
-        cfg, settings = _stage()
-        forced = not report["passed"]
-        event = do_promote(settings, cfg.registry.model_name, report["version"],
-                           actor=context["run_id"], reason=context["params"]["reason"]
-                           if window["trigger"] == "manual" else f"retraining: {window['trigger']}",
-                           gate_report_uri=report["report_uri"], forced=forced)
+    @task(pool=REGISTRY_POOL, outlets=[Asset(CHAMPION_ASSET)],
+          trigger_rule="none_failed_min_one_success")
+    def promote(**context) -> dict:
+        from airflow.exceptions import AirflowSkipException
+
+        from pipelines.model.promotion import promote_decided
+
+        ti = context["ti"]
+        decided = ti.xcom_pull(task_ids="decide_promotion", key="decision")
+        answer = ti.xcom_pull(task_ids="approve") if decided["needs_approval"] else None
+        event = promote_decided(*stage(), decided, actor=context["run_id"],
+                                user=triggering_user(context), approval=answer)
+        print(f"promote: {event['action']} v{event['to_version']} (by {event.get('user')})")
+        if event["action"] == "approval_rejected":
+            raise AirflowSkipException(f"approval rejected by {event.get('user')}")
         context["outlet_events"][Asset(CHAMPION_ASSET)].extra = {
-            "version": report["version"], "forced": forced}
+            "version": event["to_version"], "forced": event["action"] == "forced_promote"}
         return event
 
     window = resolve_window()
@@ -155,13 +156,10 @@ def training():
     ts = build_training_set(window, n_sources)
     trained = train(ts, window)
     report = evaluate_gates(trained)
-    decide_promotion(report, window) >> promote(report, window)
-
-
-def _stage():
-    from pipelines.core.orchestration import stage
-
-    return stage()
+    decided = decide_promotion(report, window)
+    promoted = promote()
+    decided >> approve >> promoted
+    decided >> promoted
 
 
 training()

@@ -1,26 +1,23 @@
 """Feast definitions for the NYC flights 2013 dataset: entities, sources, feature views, services.
 
-This module is configuration: it is the one place that names the dataset's features. Training,
-batch scoring and the online path all read features through the service `features.service` in
-params.yaml names (a model records the service it was trained with and is scored with it).
-Source files are written by `pipelines.features.store` under MLOPS_DATA_URI/features/<source>/; every
-row has `event_timestamp` (when the value holds) and `created_timestamp` (when it was known).
+This module is configuration: it is the one place that names the dataset's stored features.
+Training, batch scoring and the online path all read features through the service
+`features.service` in params.yaml names (a model records the service it was trained with and is
+scored with it). Source files are written by `pipelines.features.sources` under
+MLOPS_DATA_URI/features/<source>/; every row has `event_timestamp` (when the value holds) and
+`created_timestamp` (when it was known).
+
+Data only: no on-demand or stream feature views. Feast stores their Python functions in the
+registry and runs them in every process that reads it, so whoever can write the registry would
+run code in every training and scoring task (`pipelines.features.store.get_store` refuses such
+a registry). Features computed at request time (the calendar of the prediction time) are
+declared in params.yaml `features.request_time` and computed by pipelines.features.request.
 """
 
 from datetime import timedelta
 
-import pandas as pd
-from feast import (
-    Entity,
-    FeatureService,
-    FeatureView,
-    Field,
-    FileSource,
-    RequestSource,
-    ValueType,
-)
-from feast.on_demand_feature_view import on_demand_feature_view
-from feast.types import Float64, Int64, UnixTimestamp
+from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
+from feast.types import Float64, Int64
 
 from pipelines.core.settings import get_settings
 
@@ -99,40 +96,19 @@ route_stats_fv = FeatureView(
     description="Late-arrival share on the route over the last 14 days of landed flights",
 )
 
-# The prediction time of the entity row (Feast's `event_timestamp`): offline it is the entity
-# dataframe's column, online the caller passes it with the entity keys.
-prediction_request = RequestSource(
-    name="prediction_request",
-    schema=[Field(name="event_timestamp", dtype=UnixTimestamp)],
-)
-
-
-@on_demand_feature_view(
-    sources=[prediction_request],
-    schema=[Field(name="hour", dtype=Int64), Field(name="weekday", dtype=Int64),
-            Field(name="month", dtype=Int64)],
-    mode="pandas",
-    description="Calendar fields of the prediction time, local to the origin airports",
-)
-def calendar_odfv(inputs: pd.DataFrame) -> pd.DataFrame:
-    # the UDF travels pickled in the registry: it names its time zone (the origins') itself
-    local = pd.to_datetime(inputs["event_timestamp"], utc=True).dt.tz_convert("America/New_York")
-    return pd.DataFrame({"hour": local.dt.hour.astype("int64"),
-                         "weekday": local.dt.weekday.astype("int64"),
-                         "month": local.dt.month.astype("int64")}, index=inputs.index)
-
-
 delay_model_v1 = FeatureService(
     name="delay_model_v1",
     features=[weather_fv, plane_fv, carrier_stats_fv, route_stats_fv],
     description="Features of the late-arrival model, version 1",
 )
 
-# v2 = v1 + the weekday and hour of the prediction time. Month is left out: a 60-day training
-# window sees one or two months, so it would extrapolate and trip the drift monitor every month.
+# v2: the stored features of v1; its models also take the weekday and hour of the prediction
+# time in New York, computed at request time (params.yaml features.request_time.calendar) and
+# recorded with each model. Month is left out: a 60-day training window sees one or two months,
+# so it would extrapolate and trip the drift monitor every month.
 delay_model_v2 = FeatureService(
     name="delay_model_v2",
-    features=[weather_fv, plane_fv, carrier_stats_fv, route_stats_fv,
-              calendar_odfv[["weekday", "hour"]]],
-    description="Features of the late-arrival model, version 2: v1 + calendar of the prediction time",
+    features=[weather_fv, plane_fv, carrier_stats_fv, route_stats_fv],
+    description="Stored features of the late-arrival model, version 2 (request-time calendar "
+                "features: params.yaml features.request_time)",
 )

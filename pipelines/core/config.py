@@ -11,6 +11,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from pipelines.core.specs import DerivedColumn, RequestFeature, check_request_names
+
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -33,11 +35,6 @@ class SourceConfig(_Frozen):
 class PassthroughFeatures(_Frozen):
     numeric: tuple[str, ...] = ()
     categorical: tuple[str, ...] = ()
-
-
-class DerivedColumn(_Frozen):
-    concat: tuple[str, ...]
-    sep: str = "-"
 
 
 class EventsConfig(_Frozen):
@@ -92,11 +89,24 @@ class FeaturesConfig(_Frozen):
     repo: str
     service: str
     join_keys: tuple[str, ...]
+    # Features computed at request time from the entity row (`<name>__<field>` columns), by
+    # pipelines.features.request, the same code offline, in batch scoring and online.
+    request_time: dict[str, RequestFeature] = Field(default_factory=dict)
     source_lookback_days: int = 4
     retrieval: Literal["duckdb", "feast"] = "duckdb"  # point-in-time join engine
     created_timestamp_cutoff: bool = True  # rows see only feature values created by their time
     skew_sample_entities: int = Field(200, gt=0)  # per feature view, online vs offline
     skew_seed: int = 0
+
+    @field_validator("request_time")
+    @classmethod
+    def _names(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return check_request_names(v)
+
+    @property
+    def request_inputs(self) -> tuple[str, ...]:
+        """The request columns the request-time features read (the entity rows carry them)."""
+        return tuple(dict.fromkeys(c for f in self.request_time.values() for c in f.inputs))
 
 
 class EstimatorConfig(_Frozen):
@@ -121,6 +131,9 @@ class TrainingConfig(_Frozen):
 class RegistryConfig(_Frozen):
     model_name: str
     onnx_parity_tolerance: float = 1e-5
+    # auto: a model that passes its gates becomes champion; manual: a person approves each
+    # promotion first (the training DAG's `approve` task). The trigger form can override it.
+    approval: Literal["auto", "manual"] = "auto"
 
 
 class CompareGate(_Frozen):

@@ -1,6 +1,7 @@
-"""What the DAG files share: defaults, assets, and the per-task stage context.
+"""What the DAG files share: schedule span, default args and the per-task stage context.
 
-Imported by DAG files at parse time, so it stays light: only the standard library and yaml.
+Imported by DAG files at parse time, so it stays light: config (yaml + pydantic, which Airflow
+has already loaded) and settings; nothing heavy. The configuration is read once per process.
 """
 
 from __future__ import annotations
@@ -10,21 +11,21 @@ from datetime import date, datetime, timedelta, timezone
 from functools import lru_cache
 from typing import Any
 
-import yaml
-
-from pipelines.core.settings import get_settings
-
-# Assets linking the DAGs (URIs are names, not locations).
-CHAMPION_ASSET = "mlops://registry/champion"
-PREDICTIONS_ASSET = "mlops://store/predictions"
-RETRAIN_ASSET = "mlops://drift/retrain-request"
-REGISTRY_POOL = "model_registry"
+from pipelines.core.config import Config, load_config
+from pipelines.core.settings import Settings, get_settings
 
 
-@lru_cache(maxsize=1)
-def _orchestration() -> dict[str, Any]:
-    with open(get_settings().params_path, encoding="utf-8") as fh:
-        return yaml.safe_load(fh).get("orchestration", {})
+@lru_cache(maxsize=4)
+def _config(path: str, version: tuple[int, int]) -> Config:  # noqa: ARG001 - the cache key
+    return load_config(path)
+
+
+def config() -> Config:
+    """params.yaml (MLOPS_PARAMS), loaded and validated once per process (again only if the
+    file changes)."""
+    path = get_settings().params_path
+    stat = os.stat(path)
+    return _config(path, (stat.st_mtime_ns, stat.st_size))
 
 
 def _utc(text: str | None) -> datetime | None:
@@ -32,31 +33,33 @@ def _utc(text: str | None) -> datetime | None:
 
 
 def schedule_span() -> tuple[datetime, datetime | None]:
-    """[start, end] of the scheduled DAGs: params.yaml, overridable by MLOPS_SCHEDULE_START/END."""
-    o = _orchestration()
-    start = os.environ.get("MLOPS_SCHEDULE_START") or o["start_date"]
-    end = os.environ.get("MLOPS_SCHEDULE_END") or o.get("end_date")
-    return _utc(start), _utc(end)  # type: ignore[return-value]
+    """[start, end] of the scheduled DAGs: params.yaml `orchestration`, overridable by
+    MLOPS_SCHEDULE_START / MLOPS_SCHEDULE_END."""
+    o, s = config().orchestration, get_settings()
+    return _utc(s.schedule_start or o.start_date), _utc(s.schedule_end or o.end_date)  # type: ignore[return-value]
 
 
 def default_args() -> dict[str, Any]:
-    o = _orchestration()
-    return {"owner": o.get("owner", "mlops"), "retries": int(o.get("retries", 1)),
-            "retry_delay": timedelta(seconds=int(o.get("retry_delay_s", 30)))}
+    o = config().orchestration
+    return {"owner": o.owner, "retries": o.retries,
+            "retry_delay": timedelta(seconds=o.retry_delay_s)}
 
 
-def stage() -> tuple[Any, Any]:
+def stage() -> tuple[Config, Settings]:
     """(config, settings) for a task body; limits math threads on small workers."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     os.environ.setdefault("MKL_NUM_THREADS", "1")
-    from pipelines.core.config import load_config
-
-    settings = get_settings()
-    return load_config(settings.params_path), settings
+    return config(), get_settings()
 
 
 def interval_day(context: dict[str, Any]) -> date:
     """The day a daily run covers: its data interval start (UTC)."""
     start = context.get("data_interval_start") or context["logical_date"]
     return start.astimezone(timezone.utc).date()
+
+
+def triggering_user(context: dict[str, Any]) -> str | None:
+    """The person who triggered the run (None for a scheduled or asset-triggered run)."""
+    run = context.get("dag_run")
+    return getattr(run, "triggering_user_name", None) or None

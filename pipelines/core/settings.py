@@ -20,7 +20,7 @@ Redis and an object store. The scale path (workers that share no disk):
 How long a stage waits for the MLflow tracking server before it fails with the real cause
 (MLflow's own defaults are 7 retries with backoff and a 120 s timeout: about 4 minutes):
 
-    MLFLOW_HTTP_REQUEST_TIMEOUT=20           seconds per request (project default)
+    MLFLOW_HTTP_REQUEST_TIMEOUT=10           seconds per request (project default)
     MLFLOW_HTTP_REQUEST_MAX_RETRIES=2        retries after the first try (project default)
     MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR=1     seconds, doubled per retry (project default)
 """
@@ -49,9 +49,18 @@ class Settings:
     params_path: str
     feature_repo: str
     # MLflow HTTP client bounds (MLflow reads them from the environment: see mlflow_env)
-    mlflow_timeout_s: int = 20
+    mlflow_timeout_s: int = 10
     mlflow_max_retries: int = 2
     mlflow_backoff_factor: int = 1
+    expectations_dir: str = str(REPO_ROOT / "expectations")  # MLOPS_EXPECTATIONS_DIR
+    metrics_db: str = ""  # MLOPS_METRICS_DB: a SQLite path / URL or a Postgres URL ('': default)
+    lock_url: str = ""  # MLOPS_LOCK_URL: Postgres for alias-move locks ('': the metrics DB if PG)
+    alert_webhook_url: str = ""  # MLOPS_ALERT_WEBHOOK_URL (else the Airflow connection)
+    schedule_start: str = ""  # MLOPS_SCHEDULE_START / _END override orchestration's span
+    schedule_end: str = ""
+    sensor_poke_seconds: int = 60  # MLOPS_SENSOR_POKE_SECONDS
+    s3_endpoint: str = ""  # AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL ('': AWS itself)
+    mlflow_ui_url: str = ""  # MLFLOW_UI_URL: where the UI links to MLflow
 
     def mlflow_env(self) -> dict[str, str]:
         """The MLflow client settings every process of the project runs with."""
@@ -115,7 +124,16 @@ def get_settings() -> Settings:
         mlflow_artifacts_uri=_env("MLOPS_MLFLOW_ARTIFACTS_URI", artifacts_default),
         params_path=_env("MLOPS_PARAMS", str(REPO_ROOT / "params.yaml")),
         feature_repo=_env("MLOPS_FEATURE_REPO", str(REPO_ROOT / "feature_repo")),
-        mlflow_timeout_s=_int_env("MLFLOW_HTTP_REQUEST_TIMEOUT", 20),
+        mlflow_timeout_s=_int_env("MLFLOW_HTTP_REQUEST_TIMEOUT", 10),
         mlflow_max_retries=_int_env("MLFLOW_HTTP_REQUEST_MAX_RETRIES", 2),
         mlflow_backoff_factor=_int_env("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", 1),
+        expectations_dir=_env("MLOPS_EXPECTATIONS_DIR", str(REPO_ROOT / "expectations")),
+        metrics_db=_env("MLOPS_METRICS_DB", ""),
+        lock_url=_env("MLOPS_LOCK_URL", ""),
+        alert_webhook_url=_env("MLOPS_ALERT_WEBHOOK_URL", ""),
+        schedule_start=_env("MLOPS_SCHEDULE_START", ""),
+        schedule_end=_env("MLOPS_SCHEDULE_END", ""),
+        sensor_poke_seconds=_int_env("MLOPS_SENSOR_POKE_SECONDS", 60),
+        s3_endpoint=_env("AWS_ENDPOINT_URL_S3", "") or _env("AWS_ENDPOINT_URL", ""),
+        mlflow_ui_url=_env("MLFLOW_UI_URL", ""),
     )

@@ -39,11 +39,9 @@ def _pkg_path(uri: str) -> str:
 
 def s3_endpoint() -> str | None:
     """The S3 endpoint URL from the environment (None: AWS itself)."""
-    for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
-        value = os.environ.get(name, "").strip()
-        if value:
-            return value
-    return None
+    from pipelines.core.settings import get_settings
+
+    return get_settings().s3_endpoint or None
 
 
 def storage_options(protocol: str) -> dict[str, Any]:
@@ -139,8 +137,30 @@ def read_json_if_exists(uri: str) -> Any:
         return None
 
 
+def _finite(obj: Any) -> Any:
+    """`obj` with every NaN or infinite number as None: JSON has no NaN, and a bare `NaN` in a
+    report breaks every strict reader downstream."""
+    import math
+    import numbers
+
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, bool):
+        return obj
+    if isinstance(obj, numbers.Integral):
+        return int(obj)  # numpy integers too
+    if isinstance(obj, numbers.Real):
+        value = float(obj)
+        return value if math.isfinite(value) else None
+    return obj
+
+
 def write_json(uri: str, obj: Any) -> str:
-    return write_bytes(uri, json.dumps(obj, indent=2, sort_keys=True, default=str).encode("utf-8"))
+    """Write a JSON document atomically (non-finite numbers become null)."""
+    text = json.dumps(_finite(obj), indent=2, sort_keys=True, default=str, allow_nan=False)
+    return write_bytes(uri, text.encode("utf-8"))
 
 
 def write_parquet(df: "pd.DataFrame", uri: str) -> str:

@@ -6,12 +6,16 @@ Where the reports go (all under the reports URI, local or object store):
     validation/<table>/date=D.json | .md     JSON report and expectations report per batch
     validation/training_set/<start>_<end>.json | .md,  validation/predictions/date=D.json | .md
     data_docs/<name>/<partition>/index.html  GX Data Docs site per batch or output
+
+A raw batch that fails is moved out of the landing zone to its own folder under the data URI,
+`quarantine/<table>/<partition>/<UTC stamp>/` (`locations.quarantine`), with `_validation.json`
+and `_validation.md` beside it; quarantining the same batch again adds a folder, never replaces.
 """
 
 from __future__ import annotations
 
 import os
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from pipelines.core import locations, storage
@@ -32,32 +36,43 @@ def _uris(settings: Settings, name: str, partition: str) -> dict[str, str]:
             "docs_uri": locations.data_docs(settings, name, partition)}
 
 
+def _stamp() -> str:
+    """When a quarantine happens (UTC, to the microsecond): it names a folder, not data, so it
+    is the wall clock, not the run's logical date; a re-run of the same day gets a new one."""
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+
+
 def validate_day(cfg: Config, settings: Settings, day: date,
                  tables: list[str] | None = None) -> list[dict[str, Any]]:
     """Validate `day`'s batch of each daily table; raises DataValidationError on a bad one.
 
-    Every table is validated (and each bad batch quarantined) before the error is raised, so
-    one run names every bad batch of the day.
+    Every table is checked (each bad batch quarantined, each absent one noted) before the error
+    is raised, so one run names every problem of the day, absent batches included.
     """
     from pipelines.data.validation import DataValidationError, validate_batch
 
-    results, errors = [], []
-    for table in tables or cfg.dataset.daily_tables:
+    tables = tables or cfg.dataset.daily_tables
+    results, errors = [], {}
+    for table in tables:
         source = cfg.dataset.sources[table]
         uri = locations.batch(settings.landing_uri, table, day)
         if not storage.exists(uri):
-            raise FileNotFoundError(f"{uri}: no {table} batch has landed for {day}")
+            errors[table] = f"{uri}: no {table} batch has landed for {day}"
+            continue
         try:
             results.append(validate_batch(
                 table=table, batch_uri=uri, suite_dir=SUITES,
                 interval_start=day_start(day), interval_end=day_start(day + timedelta(days=1)),
                 timestamp_column=source.timestamp, max_file_mb=cfg.validation.max_file_mb,
-                quarantine_uri=settings.quarantine_uri,
+                quarantine_to=locations.quarantine(settings, table, locations.partition(day),
+                                                   _stamp()),
                 **_uris(settings, table, locations.partition(day))))
         except DataValidationError as exc:
-            errors.append(str(exc))
+            errors[table] = str(exc)
     if errors:
-        raise DataValidationError("\n\n".join(errors))
+        raise DataValidationError(
+            f"{day}: {len(errors)} of {len(tables)} tables failed validation "
+            f"({', '.join(errors)}):\n\n" + "\n\n".join(errors.values()))
     return results
 
 
@@ -71,8 +86,10 @@ def validate_snapshots(cfg: Config, settings: Settings) -> list[dict[str, Any]]:
         results.append(validate_batch(
             table=table, batch_uri=locations.batch(settings.landing_uri, table, None), suite_dir=SUITES,
             interval_start=None, interval_end=None, timestamp_column=None,
-            max_file_mb=cfg.validation.max_file_mb, quarantine_uri=settings.quarantine_uri,
-            **_uris(settings, table, "snapshot")))
+            max_file_mb=cfg.validation.max_file_mb,
+            quarantine_to=locations.quarantine(settings, table, locations.partition(None),
+                                               _stamp()),
+            **_uris(settings, table, locations.partition(None))))
     return results
 
 

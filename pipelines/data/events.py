@@ -16,6 +16,8 @@ import pandas as pd
 from pipelines.core import locations, storage
 from pipelines.core.config import Config
 from pipelines.core.dates import date_range, parse_utc
+from pipelines.core.expressions import apply_missing, derive
+from pipelines.core.specs import DerivedColumn
 
 ROW_KEY = "row_key"
 PREDICTION_TIME = "event_timestamp"  # Feast's name for the as-of time of an entity row
@@ -52,7 +54,7 @@ def prepare_events(cfg: Config, raw: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=[ROW_KEY, PREDICTION_TIME, label.name])
     df = raw.copy()
     for name, spec in ev.derived.items():
-        df[name] = df[list(spec.concat)].astype(str).agg(spec.sep.join, axis=1)
+        df[name] = derive_column(df, name, spec)
     df["event_time"] = parse_utc(df[ev.timestamp], f"{ev.table}.{ev.timestamp}")
     df[PREDICTION_TIME] = df["event_time"] - ev.prediction_lead
     df[ROW_KEY] = row_keys(df, ev.key)
@@ -63,10 +65,35 @@ def prepare_events(cfg: Config, raw: pd.DataFrame) -> pd.DataFrame:
     keep = [ROW_KEY, PREDICTION_TIME, "event_time", "label_available_at", label.name]
     keep += [k for k in cfg.features.join_keys if k not in keep]
     keep += [c for c in model_passthrough(cfg) if c not in keep]
+    keep += [c for c in cfg.features.request_inputs if c not in keep]
+    absent = [c for c in keep if c not in df.columns]
+    if absent:
+        raise ValueError(f"{ev.table}: no column {absent} (join keys, passthrough features and "
+                         f"request-time inputs must be event columns or derived ones)")
     out = df[keep].copy()
     for col in cfg.features.join_keys:
         out[col] = out[col].astype("string")
     return out.sort_values([PREDICTION_TIME, ROW_KEY], kind="stable").reset_index(drop=True)
+
+
+def derive_column(df: pd.DataFrame, name: str, spec: DerivedColumn) -> pd.Series:
+    """One `dataset.events.derived` column of the event rows `df`.
+
+    `concat`: the columns' text joined by `sep`, missing (not the text "nan") where any of them
+    is missing; `expr`: the expression as its declared dtype. Either way `on_missing` decides
+    what a row with a missing input becomes; a failure names the column and its definition.
+    """
+    what = f"dataset.events.derived.{name}"
+    if spec.concat is None:
+        return derive(spec.expression, df, spec.dtype, spec.on_missing, spec.fill_value, what)
+    absent = [c for c in spec.concat if c not in df.columns]
+    if absent:
+        raise ValueError(f"{what} = concat {list(spec.concat)}: no column {absent}")
+    parts = df[list(spec.concat)]
+    missing = parts.isna().any(axis=1)
+    text = parts.astype(str).agg(spec.sep.join, axis=1) if len(df) else pd.Series(dtype=object)
+    return apply_missing(text, missing, "string", spec.on_missing, spec.fill_value,
+                         f"{what} = concat {list(spec.concat)}")
 
 
 def model_passthrough(cfg: Config) -> list[str]:

@@ -1,8 +1,8 @@
-"""The parts of validation that know about rules: suites, GX runs, timestamp checks, drafts.
+"""The parts of validation that know about rules: suites, GX runs and check records.
 
 Every check ends up as one flat "check record" (a small JSON-able dict), whether it came from a
-Great Expectations expectation (built-in, or the timestamp expectations defined here) or from
-the input hardening (a file that is not a readable table):
+Great Expectations expectation (built-in, or the timestamp expectations of
+`pipelines.data.timestamps`) or from the input hardening (a file that is not a readable table):
 
     {"check": "expect_...", "column": "distance", "on_failure": "fail" | "warn", "success": bool,
      "observed": "...", "unexpected_count": int | None, "examples": ["..."], "error": str | None}
@@ -14,29 +14,18 @@ import hashlib
 import json
 import math
 import tempfile
-from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import Any
 
 import pandas as pd
-from great_expectations.execution_engine import PandasExecutionEngine
-from great_expectations.expectations.expectation import ColumnMapExpectation
-from great_expectations.expectations.metrics.map_metric_provider import (
-    ColumnMapMetricProvider,
-    column_condition_partial,
-)
-from great_expectations.render import LegacyRendererType, RenderedStringTemplateContent
-from great_expectations.render.renderer.renderer import renderer
 
+import pipelines.data.timestamps  # noqa: F401  (registers the timestamp expectations with GX)
 from pipelines.core import storage
 
+NOT_NULL = "expect_column_values_to_not_be_null"
+TYPE_LIST = "expect_column_values_to_be_in_type_list"
 POLICIES = ("fail", "warn")
 SEVERITY = {"fail": "critical", "warn": "warning"}  # meta.on_failure -> GX failure severity
 MAX_EXAMPLES = 5
-MAX_LEVELS = 20  # draft_suite: string columns with at most this many distinct values get a value set
-STRING_TYPES = ["object", "StringDtype", "str"]
-NUMERIC_TYPES = ["int64", "float64"]  # an integer column with a missing value reads as float64
-# an explicit zone designator right after the time part ("...T10:00:00Z", "...10:00+05:30")
-_TZ_SUFFIX = r"\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?\s*(?:Z|[+-]\d{2}(?::?\d{2})?)$"
 
 
 def load_suite(suite_dir: str, table: str) -> tuple[dict, str]:
@@ -105,6 +94,7 @@ def run_gx(df: pd.DataFrame, suite: dict, docs_uri: str | None = None, asset: st
     for rec in records:  # GX's own words for a missing column vary by expectation
         if rec["error"] and rec["kwargs"].get("column") not in (None, *df.columns):
             rec["error"] = f"column {rec['kwargs']['column']!r} is not in the batch"
+    _explain_text_columns(df, suite, records)
     return sorted(records, key=lambda r: (r["column"] != "(table)", r["column"], r["check"])), page
 
 
@@ -147,8 +137,7 @@ def _record(r: dict) -> dict:
     if "observed_value" in res:
         observed = res["observed_value"]
     elif "unexpected_count" in res:
-        observed = (f"{res['unexpected_count']} of {res.get('element_count')} values unexpected "
-                    f"({res.get('unexpected_percent') or 0:.2f}%)")
+        observed = _counts(cfg.get("type"), kwargs, res)
     else:
         observed = "not evaluated" if errors else None
     return {"check": cfg.get("type"), "column": column, "kwargs": kwargs,
@@ -158,109 +147,56 @@ def _record(r: dict) -> dict:
             "error": "; ".join(errors) or None}
 
 
-def as_utc(value: datetime | str) -> pd.Timestamp:
-    ts = pd.Timestamp(value)
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+def _counts(check: str | None, kwargs: dict, res: dict) -> str:
+    """How many values broke a column-map rule, each share over the count it is a share of:
+    a null-share rule counts nulls among all values; any other rule checks only the non-null
+    values (GX's `unexpected_percent`), so the nulls are stated apart."""
+    bad, total = res["unexpected_count"] or 0, res.get("element_count") or 0
+    mostly = kwargs.get("mostly", 1)
+    if check == NOT_NULL:
+        text = f"{bad} of {total} values are null ({100 * bad / (total or 1):.2f}%)"
+        return text + (f"; at most {100 * (1 - mostly):.2f}% may be (mostly={mostly})"
+                       if mostly < 1 else "")
+    missing = res.get("missing_count") or 0
+    checked = total - missing
+    text = (f"{bad} of {checked} {'non-null ' if missing else ''}values unexpected "
+            f"({100 * bad / (checked or 1):.2f}%)")
+    text += f"; at least {100 * mostly:.2f}% must pass (mostly={mostly})" if mostly < 1 else ""
+    return text + (f"; {missing} of {total} values are null" if missing else "")
 
 
-def _timestamps(values: pd.Series) -> tuple[pd.Series, pd.Series]:
-    """(has an explicit zone, the UTC timestamp or NaT) for text or datetime values."""
-    if pd.api.types.is_datetime64_any_dtype(values):
-        aware = getattr(values.dtype, "tz", None) is not None
-        parsed = values.dt.tz_convert("UTC") if aware else values.dt.tz_localize("UTC")
-        return pd.Series(aware, index=values.index), parsed
-    text = values.astype("string").str.strip()
-    aware = text.str.contains(_TZ_SUFFIX, regex=True).fillna(False).astype(bool)
-    return aware, pd.to_datetime(text, utc=True, errors="coerce", format="ISO8601")
+def _numeric_types(type_list: list[str]) -> bool:
+    return bool(type_list) and all(t.lower().startswith(("int", "uint", "float"))
+                                   for t in type_list)
 
 
-# Timestamp sanity as real GX expectations (so Data Docs show them): custom column-map
-# expectations, added to a suite at run time because the interval is the run's (timestamp_checks).
-class ColumnValuesTimezoneAware(ColumnMapMetricProvider):
-    condition_metric_name = "column_values.timezone_aware_timestamp"
-
-    @column_condition_partial(engine=PandasExecutionEngine)
-    def _pandas(cls, column: pd.Series, **kwargs: Any) -> pd.Series:
-        aware, parsed = _timestamps(column)
-        return aware & parsed.notna()
-
-
-class ColumnValuesNotBefore(ColumnMapMetricProvider):
-    condition_metric_name = "column_values.timestamp_not_before"
-    condition_value_keys = ("min_value",)
-
-    @column_condition_partial(engine=PandasExecutionEngine)
-    def _pandas(cls, column: pd.Series, min_value: str, **kwargs: Any) -> pd.Series:
-        return ~(_timestamps(column)[1] < as_utc(min_value))
-
-
-class ColumnValuesBefore(ColumnMapMetricProvider):
-    condition_metric_name = "column_values.timestamp_before"
-    condition_value_keys = ("max_value",)
-
-    @column_condition_partial(engine=PandasExecutionEngine)
-    def _pandas(cls, column: pd.Series, max_value: str, **kwargs: Any) -> pd.Series:
-        return ~(_timestamps(column)[1] >= as_utc(max_value))
-
-
-class _Sentence:
-    """The Data Docs sentence of a timestamp expectation (GX's fallback prints raw kwargs)."""
-
-    sentence: ClassVar[str] = ""
-
-    @classmethod
-    @renderer(renderer_type=LegacyRendererType.PRESCRIPTIVE)
-    def _prescriptive_renderer(cls, configuration: Any = None, result: Any = None,
-                               runtime_configuration: dict | None = None, **kwargs: Any) -> list:
-        config = configuration or getattr(result, "expectation_config", None)
-        params = {k: v for k, v in (config.kwargs if config else {}).items() if k != "batch_id"}
-        return [RenderedStringTemplateContent(
-            content_block_type="string_template",
-            string_template={"template": "$column values must be " + cls.sentence,
-                             "params": params,
-                             "styling": (runtime_configuration or {}).get("styling")})]
-
-
-class ExpectColumnValuesToBeTimezoneAwareUtcTimestamps(_Sentence, ColumnMapExpectation):
-    """Each value is a timestamp with an explicit zone: ISO text ending in Z or +hh:mm (naive
-    text such as '2013-01-01 10:00' fails), or a timezone-aware datetime."""
-
-    sentence: ClassVar[str] = ("timestamps with an explicit time zone (ISO text ending in Z "
-                               "or +hh:mm, or timezone-aware datetimes).")
-    map_metric = "column_values.timezone_aware_timestamp"
-
-
-class ExpectColumnValuesToNotBeBeforeIntervalStart(_Sentence, ColumnMapExpectation):
-    """Each timestamp is at or after min_value (the data interval start, ISO)."""
-
-    sentence: ClassVar[str] = "at or after the data interval start $min_value."
-    min_value: str
-    map_metric = "column_values.timestamp_not_before"
-    success_keys = ("min_value", "mostly")
-
-
-class ExpectColumnValuesToBeBeforeIntervalEnd(_Sentence, ColumnMapExpectation):
-    """Each timestamp is before max_value (the data interval end, ISO): not in the future."""
-
-    sentence: ClassVar[str] = "before the data interval end $max_value (not in its future)."
-    max_value: str
-    map_metric = "column_values.timestamp_before"
-    success_keys = ("max_value", "mostly")
-
-
-def timestamp_checks(columns: list[str], column: str, start: datetime | str | None,
-                     end: datetime | str | None) -> list[dict]:
-    """Suite entries: `column` holds timezone-aware timestamps inside [start, end) (a naive
-    start/end counts as UTC). None if the column is absent: the column-set check reports that."""
-    if column not in columns:
-        return []
-    exps = [_exp("expect_column_values_to_be_timezone_aware_utc_timestamps", column=column)]
-    if start is not None and end is not None:
-        exps += [_exp("expect_column_values_to_not_be_before_interval_start", column=column,
-                      min_value=as_utc(start).isoformat()),
-                 _exp("expect_column_values_to_be_before_interval_end", column=column,
-                      max_value=as_utc(end).isoformat())]
-    return exps
+def _explain_text_columns(df: pd.DataFrame, suite: dict, records: list[dict]) -> None:
+    """A column the suite types as numbers but that was read as text: GX lists the first values
+    (valid numbers, as text) as unexpected and cannot compare it with numeric bounds. Name the
+    cells that are not numbers instead, in the type check and in the checks it broke."""
+    for exp in suite.get("expectations", []):
+        col, types = exp["kwargs"].get("column"), exp["kwargs"].get("type_list") or []
+        if (exp["type"] != TYPE_LIST or col not in df.columns or not _numeric_types(types)
+                or pd.api.types.is_numeric_dtype(df[col])):
+            continue
+        values = df[col]
+        bad = values[values.notna() & pd.to_numeric(values, errors="coerce").isna()]
+        if bad.empty:
+            continue
+        examples = [_example(v, i) for i, v in bad.head(MAX_EXAMPLES).items()]
+        nulls = int(values.isna().sum())
+        for rec in records:
+            if rec["kwargs"].get("column") != col:
+                continue
+            if rec["check"] == TYPE_LIST and not rec["success"]:
+                rec.update(examples=examples, unexpected_count=len(bad), observed=(
+                    f"read as text, not {'/'.join(types)}: {len(bad)} of {values.notna().sum()} "
+                    f"non-null values {'is' if len(bad) == 1 else 'are'} not "
+                    f"{'a number' if len(bad) == 1 else 'numbers'}"
+                    + (f"; {nulls} of {len(values)} values are null" if nulls else "")))
+            elif rec["error"]:
+                rec["error"] = ("the column is text because of values that are "
+                                f"not numbers ({', '.join(examples)})")
 
 
 def input_failure(check: str, message: str) -> dict:
@@ -281,48 +217,6 @@ def describe(rec: dict) -> str:
     return text
 
 
-def _exp(type_: str, on_failure: str = "fail", **kwargs: Any) -> dict:
+def expectation(type_: str, on_failure: str = "fail", **kwargs: Any) -> dict:
+    """One suite entry: its GX type, kwargs and policy."""
     return {"type": type_, "kwargs": kwargs, "meta": {"on_failure": on_failure}}
-
-
-def _looks_like_timestamps(values: pd.Series) -> bool:
-    sample = values.astype(str).head(200)
-    return bool(pd.to_datetime(sample, errors="coerce", format="ISO8601", utc=True).notna().all())
-
-
-def profile_suite(df: pd.DataFrame, table: str) -> dict:
-    """A draft suite from one table's data: a starting point for a human to review, not a verdict."""
-    exps = [_exp("expect_table_columns_to_match_set", column_set=list(df.columns), exact_match=True),
-            _exp("expect_table_row_count_to_be_between", min_value=1)]
-    for col in df.columns:
-        s, non_null = df[col], df[col].dropna()
-        if non_null.empty:
-            continue
-        if len(non_null) == len(s):
-            exps.append(_exp("expect_column_values_to_not_be_null", column=col))
-        if pd.api.types.is_bool_dtype(s):
-            exps.append(_exp("expect_column_values_to_be_in_type_list", column=col, type_list=["bool"]))
-        elif pd.api.types.is_numeric_dtype(s):
-            types = list(dict.fromkeys([s.dtype.name, *NUMERIC_TYPES]))
-            exps.append(_exp("expect_column_values_to_be_in_type_list", column=col, type_list=types))
-            lo, hi = float(non_null.min()), float(non_null.max())
-            margin = 0.1 * (hi - lo) or 0.1 * abs(hi) or 1.0
-            low, high = (max(0.0, lo - margin) if lo >= 0 else lo - margin), hi + margin
-            digits = 0 if pd.api.types.is_integer_dtype(s) else 6  # round outwards
-            low = math.floor(low * 10**digits) / 10**digits
-            high = math.ceil(high * 10**digits) / 10**digits
-            if not digits:
-                low, high = int(low), int(high)
-            exps.append(_exp("expect_column_values_to_be_between", column=col,
-                             min_value=low, max_value=high))
-        elif non_null.map(type).eq(str).all():
-            exps.append(_exp("expect_column_values_to_be_in_type_list", column=col,
-                             type_list=STRING_TYPES))
-            levels = non_null.unique()
-            if len(levels) <= min(MAX_LEVELS, len(non_null) / 2) and not _looks_like_timestamps(non_null):
-                exps.append(_exp("expect_column_values_to_be_in_set", column=col,
-                                 value_set=sorted(levels)))
-    meta = {"drafted_at": datetime.now(UTC).isoformat(), "drafted_from_rows": len(df),
-            "review": "Drafted by pipelines.data.validation.draft_suite: tighten or loosen the bounds, and "
-                      "set meta.on_failure to 'warn' where a violation should not stop the pipeline."}
-    return {"name": table, "expectations": exps, "meta": meta}

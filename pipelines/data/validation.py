@@ -2,21 +2,20 @@
 they are published.
 
 A batch is one file, `<landing>/<table>/date=YYYY-MM-DD/<table>.csv` (or `.../snapshot/...`).
-`validate_batch` hardens the input (size, encoding, declared format, CSV syntax), runs the
-table's Great Expectations suite (`expectations/<table>.json`, dataset-specific configuration)
-plus the run's timestamp checks (custom GX expectations: timezone-aware, inside the interval),
-writes a JSON report, an expectations report (Markdown) and GX Data Docs, and on a
-"fail"-policy failure moves the batch folder to quarantine and raises
-`DataValidationError`. "warn"-policy failures are logged and reported only. `validate_frame` does
-the same for an in-memory output (training set, predictions) without moving anything. The code
-knows nothing about flights: every rule lives in the suite files.
+`validate_batch` hardens the input (`pipelines.data.batch_files`: a file, size, encoding,
+declared format, CSV syntax), runs the table's Great Expectations suite
+(`expectations/<table>.json`, dataset-specific configuration) plus the run's timestamp checks
+(`pipelines.data.timestamps`: timezone-aware, inside the interval), writes a JSON report, an
+expectations report (Markdown) and GX Data Docs, and on a "fail"-policy failure moves the batch
+folder to a new quarantine folder and raises `DataValidationError`. "warn"-policy failures are
+logged and reported only. `validate_frame` does the same for an in-memory output (training set,
+predictions) without moving anything. The code knows nothing about flights: every rule lives in
+the suite files.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import logging
 import os
 from datetime import UTC, datetime
@@ -24,88 +23,23 @@ from datetime import UTC, datetime
 import pandas as pd
 
 from pipelines.core import storage
-from pipelines.data import data_docs, rules
+from pipelines.data import data_docs, drafting, rules, timestamps
+from pipelines.data.batch_files import (
+    DataValidationError,
+    batch_file,
+    checked_bytes,
+    parse,
+    read_batch,
+)
 
 log = logging.getLogger(__name__)
 
-_MB = 1024 * 1024
-_PARQUET = (".parquet", ".pq")
-_MAGIC = {b"PAR1": "Parquet", b"\x1f\x8b": "gzip", b"PK\x03\x04": "zip"}
 _FORMAT = 2  # report layout version: 2 added the expectations report and Data Docs
 _CACHE_KEYS = ("format", "table", "sha256", "suite_sha256", "interval", "timestamp_column")
 
 
-class DataValidationError(Exception):
-    """A batch failed validation; the message names the file, columns, rules and example values."""
-
-
-def _checked_bytes(uri: str, max_file_mb: float) -> bytes:
-    try:
-        n_bytes = storage.size(uri)
-    except FileNotFoundError:
-        raise DataValidationError(f"{uri}: file not found") from None
-    if n_bytes > max_file_mb * _MB:
-        raise DataValidationError(
-            f"{uri} is {n_bytes / _MB:.3f} MB, above the limit of {max_file_mb} MB for one batch "
-            "file (validation.max_file_mb); split the batch or raise the limit")
-    data = storage.read_bytes(uri)
-    if not data.strip():
-        raise DataValidationError(f"{uri} is empty ({len(data)} bytes): expected a header row and "
-                                  "data rows")
-    return data
-
-
-def _parse(uri: str, data: bytes) -> pd.DataFrame:
-    declared = "Parquet" if uri.lower().endswith(_PARQUET) else "CSV"
-    actual = next((kind for magic, kind in _MAGIC.items() if data.startswith(magic)), "CSV")
-    if actual != declared:  # e.g. a Parquet or zip file named .csv, a CSV named .parquet
-        raise DataValidationError(
-            f"{uri} is not the declared format: its name says {declared} but its first bytes "
-            f"{data[:4]!r} are " + (f"those of a {actual} file" if actual != "CSV" else
-                                    "not the PAR1 magic of a Parquet file"))
-    if declared == "Parquet":
-        try:
-            return pd.read_parquet(io.BytesIO(data))
-        except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
-            raise DataValidationError(f"{uri} is not a readable Parquet file: {exc}") from None
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise DataValidationError(
-            f"{uri} is not valid UTF-8: byte 0x{data[exc.start]:02x} at byte offset {exc.start} "
-            f"(line {line}) cannot be decoded; re-export the file as UTF-8") from None
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-    record_start = 1
-    try:  # a strict pass first: pandas would silently pad short rows with NaN
-        header = next(reader)
-        for row in reader:
-            if row and len(row) != len(header):
-                raise DataValidationError(
-                    f"{uri} is not a well-formed CSV: the record at line {record_start + 1} has "
-                    f"{len(row)} fields but the header has {len(header)}")
-            record_start = reader.line_num
-        return pd.read_csv(io.StringIO(text), low_memory=False)
-    except csv.Error as exc:
-        raise DataValidationError(
-            f"{uri} is not a well-formed CSV: {exc} in the record starting at line "
-            f"{record_start + 1} (look for an unclosed or stray quote)") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise DataValidationError(f"{uri} is not a well-formed CSV: {exc}") from None
-
-
-def read_batch(uri: str, max_file_mb: float) -> pd.DataFrame:
-    """Read one batch file (CSV, or Parquet by extension) after size, encoding and syntax checks."""
-    return _parse(uri, _checked_bytes(uri, max_file_mb))
-
-
-def _batch_file(table: str, batch_uri: str) -> str:
-    fs, path = storage.resolve(batch_uri)
-    return storage.join(batch_uri, f"{table}.csv") if fs.isdir(path) else batch_uri
-
-
 def _iso(value: datetime | str | None) -> str | None:
-    return None if value is None else rules.as_utc(value).isoformat()
+    return None if value is None else timestamps.as_utc(value).isoformat()
 
 
 def _stem(uri: str) -> str:
@@ -147,7 +81,8 @@ def _run_checks(df: pd.DataFrame, suite: dict, report: dict, docs_uri: str, part
     """The suite, plus this run's timestamp checks, through GX (building this run's Data Docs)."""
     report["rows"] = len(df)
     if report["timestamp_column"]:
-        extra = rules.timestamp_checks(list(df.columns), report["timestamp_column"], *interval)
+        extra = timestamps.timestamp_checks(list(df.columns), report["timestamp_column"],
+                                            *interval)
         suite = {**suite, "expectations": [*suite.get("expectations", []), *extra]}
     checks, report["data_docs_uri"] = rules.run_gx(df, suite, docs_uri, asset=report["table"],
                                                    run_name=partition)
@@ -175,18 +110,30 @@ def _write(report: dict, report_uri: str) -> None:
              report["expectations_report_uri"], report["data_docs_uri"] or "none")
 
 
-def _quarantine(report: dict, quarantine_uri: str | None) -> str:
-    """Move the batch folder to quarantine (with the reports beside it); says where it went."""
-    file_uri, table = report["batch_uri"], report["table"]
+def _landing_partition(file_uri: str, table: str) -> str | None:
+    """The partition folder holding the batch in the landing layout `<...>/<table>/<partition>/
+    <file>` (the folder is the batch: it moves whole), or None for a file elsewhere."""
     folder = file_uri.rsplit("/", 1)[0]
-    # the landing layout <...>/<table>/<partition>/<file>: the partition folder is the batch
-    partitioned = folder.rsplit("/", 2)[-2:-1] == [table]
-    if not quarantine_uri or not storage.exists(file_uri):
-        return "the batch was left in place (no quarantine configured)"
-    dest = storage.join(quarantine_uri, table,
-                        os.path.basename(folder) if partitioned else "unpartitioned")
-    storage.remove(dest, recursive=True)  # an older quarantined copy of the same batch
-    if partitioned:
+    return folder if folder.rsplit("/", 2)[-2:-1] == [table] else None
+
+
+def _quarantine(report: dict, quarantine_to: str | None) -> str:
+    """Move the failed batch to its own quarantine folder, its reports beside it; says where.
+
+    Nothing is ever overwritten: each quarantine of a batch gets a new folder (the caller stamps
+    it, `locations.quarantine`), so a copy quarantined earlier stays where it is.
+    """
+    file_uri = report["batch_uri"]
+    if not quarantine_to:
+        return "the batch was left in place (no quarantine folder given)"
+    if not storage.exists(file_uri):
+        return f"nothing was moved to quarantine ({file_uri} does not exist)"
+    dest, n = quarantine_to, 1
+    while storage.exists(dest):  # the same stamp twice (a clock step back): keep both
+        n += 1
+        dest = f"{quarantine_to}-{n}"
+    folder = _landing_partition(file_uri, report["table"])
+    if folder:
         storage.move(folder, dest)
     else:  # never move a folder that is not a batch partition: only the file goes
         storage.move(file_uri, storage.join(dest, os.path.basename(file_uri)))
@@ -224,28 +171,30 @@ def validate_batch(
     interval_end: datetime | None = None,
     timestamp_column: str | None = None,
     max_file_mb: float = 200.0,
-    quarantine_uri: str | None = None,
+    quarantine_to: str | None = None,
     docs_uri: str | None = None,
 ) -> dict:
     """Validate one batch against `<suite_dir>/<table>.json`; returns a small XCom-able summary.
 
-    Raises DataValidationError (after quarantining the batch folder) on any "fail"-policy
-    failure. Writes the JSON report, the expectations report (`.md` beside it) and GX Data Docs
-    (to docs_uri; default: a folder beside the report). A batch whose bytes already have a
-    passing report at report_uri (same suite and interval) is not validated again.
+    Raises DataValidationError on any "fail"-policy failure, after moving the batch (its
+    partition folder) to `quarantine_to`: a folder of its own per quarantine, named by the
+    caller (`locations.quarantine`), so earlier quarantined copies are kept. Writes the JSON
+    report, the expectations report (`.md` beside it) and GX Data Docs (to docs_uri; default: a
+    folder beside the report). A batch whose bytes already have a passing report at report_uri
+    (same suite and interval) is not validated again.
     """
-    file_uri = _batch_file(table, batch_uri)
+    file_uri = batch_file(table, batch_uri)
     interval = (interval_start, interval_end)
     report, suite = _new_report(table, file_uri, suite_dir, report_uri, timestamp_column, interval)
     try:
-        data = _checked_bytes(file_uri, max_file_mb)
+        data = checked_bytes(file_uri, max_file_mb)
         report["sha256"] = hashlib.sha256(data).hexdigest()
         cached = _cached_report(report_uri, report)
         if cached is not None:
             log.info("%s: unchanged since its passing report %s; not validated again", file_uri,
                      report_uri)
             return _xcom(cached, report_uri, cached=True)
-        df = _parse(file_uri, data)
+        df = parse(file_uri, data)
     except DataValidationError as exc:
         checks = [rules.input_failure("readable_batch_file", str(exc))]
     else:
@@ -253,7 +202,7 @@ def validate_batch(
                              _partition(file_uri), interval)
     _conclude(report, checks)
     if not report["success"]:
-        where = _quarantine(report, quarantine_uri)
+        where = _quarantine(report, quarantine_to)
         _write(report, report_uri)
         _raise(report, report_uri, where)
     _write(report, report_uri)
@@ -296,7 +245,14 @@ def validate_frame(
 
 
 def draft_suite(data_uri: str, table: str, out_path: str) -> dict:
-    """Profile a table (CSV or Parquet) and write a draft suite JSON for a human to review."""
-    suite = rules.profile_suite(read_batch(data_uri, max_file_mb=float("inf")), table)
+    """Profile a table and write a draft suite JSON for a human to review.
+
+    `data_uri` is one file (CSV or Parquet) or a glob of batch files, e.g.
+    `landing/<table>/date=*/<table>.csv`: with batches, how much of a column may be missing is
+    learnt batch by batch (see `drafting.NULL_MARGIN`).
+    """
+    labels = drafting.batch_labels(drafting.batch_uris(data_uri))
+    suite = drafting.profile_suite(
+        {label: read_batch(uri, max_file_mb=float("inf")) for uri, label in labels.items()}, table)
     storage.write_json(out_path, suite)
     return suite

@@ -1,5 +1,5 @@
-"""Features: Feast source partitions, `feast apply`, point-in-time retrieval, materialisation
-of the online store and its skew check."""
+"""Features: Feast source partitions, `feast apply`, point-in-time retrieval, request-time
+features, materialisation of the online store, the serving path and its skew check."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ _EXPORTS = {
     "historical_features_table": "retrieval",
     "materialize": "online",
     "check_skew": "online",
+    "serving_features": "serving",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -14,7 +14,9 @@ timestamps), and its online read does not apply TTLs. So, per interval:
 - reads apply each view's TTL at the as-of time, as the offline join does.
 
 `check_skew` samples entities, reads them online and offline (the training path, as of the
-same time) and fails with a report naming entity, feature and both values.
+same time), computes the request-time features of sampled events as serving does (from the
+rows as JSON, `pipelines.features.serving.serving_features`) and as training does, and fails with a report naming
+entity, feature and both values.
 """
 
 from __future__ import annotations
@@ -29,6 +31,13 @@ from pipelines.core.config import Config
 from pipelines.core.dates import day_start
 from pipelines.core.settings import Settings
 from pipelines.data.events import PREDICTION_TIME, ROW_KEY
+from pipelines.features import request
+from pipelines.features.serving import (
+    as_requests,
+    online_features,
+    plain,
+    serving_features,
+)
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -73,23 +82,6 @@ def materialize(cfg: Config, settings: Settings, day: date) -> dict[str, Any]:
                                 cfg.orchestration.materialization_lateness_days)
 
 
-def online_features(store: "FeatureStore", refs: list[str], entity_rows: list[dict[str, Any]],
-                    as_of: datetime, ttls: dict[str, timedelta | None]) -> pd.DataFrame:
-    """Online values (`<view>__<feature>`) with each view's TTL applied at `as_of`."""
-    resp = store.get_online_features(features=refs, entity_rows=entity_rows,
-                                     full_feature_names=True).to_dict(include_event_timestamps=True)
-    out = {}
-    for ref in refs:
-        view, feature = ref.split(":")
-        col = f"{view}__{feature}"
-        values, ttl = resp[col], ttls.get(view)
-        if ttl:  # Feast's online read does not expire values: do it as the offline join does
-            oldest = (as_of - ttl).timestamp()
-            values = [v if ts >= oldest else None for v, ts in zip(values, resp[f"{col}__ts"])]
-        out[col] = values
-    return pd.DataFrame(out)
-
-
 def _same(a: Any, b: Any) -> bool:
     if pd.isna(a) and pd.isna(b):
         return True
@@ -114,13 +106,32 @@ def _sample_keys(con: Any, spec: Any, as_of: datetime, n: int, seed: int) -> lis
     return [rows[i] for i in sorted(pick)] + [tuple(UNKNOWN for _ in spec.join_keys)]
 
 
+def _compare(online: pd.DataFrame, offline: pd.DataFrame, entities: list[dict[str, Any]],
+             mismatches: list[dict[str, Any]]) -> int:
+    """Append a mismatch per differing value (online[col][i] vs offline[col][i]); the count."""
+    compared = 0
+    for col in online.columns:
+        for i, (on, off) in enumerate(zip(online[col], offline[col])):
+            compared += 1
+            if not _same(on, off):
+                mismatches.append({"entity": entities[i], "feature": col,
+                                   "online": plain(on), "offline": plain(off)})
+    return compared
+
+
 def skew_report(store: "FeatureStore", service_name: str, join_keys: list[str], as_of: datetime,
-                n: int, seed: int, engine: str = "duckdb", cutoff: bool = True) -> dict[str, Any]:
-    """Online vs offline (the training path) for sampled entities of every view of the service."""
+                n: int, seed: int, engine: str = "duckdb", cutoff: bool = True,
+                request_time: request.Spec | None = None,
+                request_rows: pd.DataFrame | None = None) -> dict[str, Any]:
+    """Online vs offline (the training path) for sampled entities of every view of the service,
+    and for the request-time features on `request_rows` (entity rows holding the request
+    columns, e.g. sampled events; None: every hour of the day before `as_of`, when the
+    prediction time is the only request column): the serving path (`serving_features` on the
+    rows as JSON) against the offline retrieval of the same rows."""
     from pipelines.features import pit
     from pipelines.features.retrieval import historical_features
 
-    specs, odfvs = pit.service_views(store, service_name)
+    specs = pit.service_views(store, service_name)
     con = pit.connect()
     frames, checks = [], []  # checks: (refs, key columns, entity rows) per view
     for spec in specs:
@@ -128,33 +139,64 @@ def skew_report(store: "FeatureStore", service_name: str, join_keys: list[str], 
         cols = [ek for _, ek in spec.join_keys]
         frames.append(pd.DataFrame(keys, columns=cols).assign(**{PREDICTION_TIME: as_of}))
         checks.append(([f"{spec.name}:{f}" for f in spec.features], cols, frames[-1][cols]))
-    hours = [as_of - timedelta(hours=h) for h in range(24)]  # on-demand views: every hour of a day
-    for odfv, features in odfvs:
-        frames.append(pd.DataFrame({PREDICTION_TIME: hours}))
-        checks.append(([f"{odfv.projection.name_to_use()}:{f}" for f in features],
-                       [PREDICTION_TIME], frames[-1][[PREDICTION_TIME]]))
-    rows = pd.concat(frames, ignore_index=True).reindex(columns=[PREDICTION_TIME, *join_keys])
-    rows[PREDICTION_TIME] = pd.to_datetime(rows[PREDICTION_TIME], utc=True)
-    rows[join_keys] = rows[join_keys].astype("string")
-    rows.insert(0, ROW_KEY, [f"skew-{i}" for i in range(len(rows))])
+    rows = _entity_rows(frames, join_keys, "skew")
     offline = historical_features(store, service_name, rows, join_keys, engine=engine,
                                   cutoff=cutoff)
     ttls = {s.name: s.ttl for s in specs}
-    mismatches, compared, first = [], 0, 0
+    mismatches: list[dict[str, Any]] = []
+    compared, first = 0, 0
     for refs, cols, entities in checks:
-        entity_rows = [{c: (v.to_pydatetime() if isinstance(v, pd.Timestamp) else v)
-                        for c, v in zip(cols, row)} for row in entities.itertuples(index=False)]
+        entity_rows = [dict(zip(cols, row)) for row in entities.itertuples(index=False)]
         online = online_features(store, refs, entity_rows, as_of, ttls)
-        for col in online.columns:
-            for i, (on, off) in enumerate(zip(online[col], offline[col].iloc[first:first + len(online)])):
-                compared += 1
-                if not _same(on, off):
-                    mismatches.append({"entity": entity_rows[i], "feature": col,
-                                       "online": None if pd.isna(on) else on,
-                                       "offline": None if pd.isna(off) else off})
+        compared += _compare(online, offline.iloc[first:first + len(online)].reset_index(
+            drop=True), entity_rows, mismatches)
         first += len(online)
-    return {"as_of": as_of.isoformat(), "compared": compared, "entities": len(rows),
-            "mismatches": mismatches}
+    report = {"as_of": as_of.isoformat(), "compared": compared, "entities": len(rows),
+              "mismatches": mismatches}
+    if request_time:
+        report.update(_request_skew(store, service_name, join_keys, as_of, engine, cutoff,
+                                    request_time, request_rows, mismatches))
+        report["compared"] += report.pop("request_compared")
+    return report
+
+
+def _entity_rows(frames: list[pd.DataFrame], join_keys: list[str], prefix: str,
+                 extra: list[str] = ()) -> pd.DataFrame:
+    """Entity rows for the offline retrieval: row keys, UTC prediction times, string keys."""
+    cols = list(dict.fromkeys([PREDICTION_TIME, *join_keys, *extra]))
+    rows = pd.concat(frames, ignore_index=True).reindex(columns=cols)
+    rows[PREDICTION_TIME] = pd.to_datetime(rows[PREDICTION_TIME], utc=True)
+    rows[join_keys] = rows[join_keys].astype("string")
+    rows.insert(0, ROW_KEY, [f"{prefix}-{i}" for i in range(len(rows))])
+    return rows
+
+
+def _request_skew(store: "FeatureStore", service_name: str, join_keys: list[str],
+                  as_of: datetime, engine: str, cutoff: bool, spec: request.Spec,
+                  rows: pd.DataFrame | None, mismatches: list[dict[str, Any]]
+                  ) -> dict[str, Any]:
+    """The request-time part of the skew report (see `skew_report`)."""
+    from pipelines.features.retrieval import historical_features
+
+    needed = request.inputs(spec)
+    if rows is None and set(needed) <= {PREDICTION_TIME}:
+        rows = pd.DataFrame({PREDICTION_TIME: [as_of - timedelta(hours=h) for h in range(24)]})
+    if rows is None or rows.empty:
+        log.warning("skew check: no entity rows carrying %s: request-time features %s not "
+                    "compared", needed, list(spec))
+        return {"request_rows": 0, "request_compared": 0}
+    absent = [c for c in needed if c not in rows.columns]
+    if absent:
+        raise ValueError(f"skew check: the request rows lack the request columns {absent}")
+    rows = _entity_rows([rows], join_keys, "skew-request", needed)
+    offline = historical_features(store, service_name, rows, join_keys, engine=engine,
+                                  cutoff=cutoff, request_time=spec)
+    requests = as_requests(rows.drop(columns=[ROW_KEY]))
+    served = serving_features(store, service_name, spec, requests, as_of)
+    outputs = list(request.columns(spec))
+    compared = _compare(served[outputs], offline[outputs],
+                        [{c: r[c] for c in needed} for r in requests], mismatches)
+    return {"request_rows": len(rows), "request_compared": compared}
 
 
 def assert_no_skew(report: dict[str, Any]) -> dict[str, Any]:
@@ -169,14 +211,32 @@ def assert_no_skew(report: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in report.items() if k != "mismatches"}
 
 
+def request_sample(cfg: Config, settings: Settings, as_of: datetime) -> pd.DataFrame:
+    """Up to `features.skew_sample_entities` events of the day before `as_of` (seeded): the
+    entity rows, with their request columns, the skew check serves."""
+    from pipelines.data.events import load_events
+
+    f = cfg.features
+    day = (as_of - timedelta(microseconds=1)).date()
+    events = load_events(cfg, settings.landing_uri, day, day + timedelta(days=1))
+    if events.empty:
+        return events
+    events = events.sample(min(len(events), f.skew_sample_entities), random_state=f.skew_seed)
+    cols = list(dict.fromkeys([PREDICTION_TIME, *f.join_keys, *f.request_inputs]))
+    return events[cols].sort_values(PREDICTION_TIME, kind="stable").reset_index(drop=True)
+
+
 def check_skew(cfg: Config, settings: Settings, as_of: str) -> dict[str, Any]:
-    """Fail (SkewError) if any sampled online feature differs from offline as of `as_of`."""
+    """Fail (SkewError) if any sampled online feature, or a request-time feature as serving
+    computes it, differs from offline as of `as_of`."""
     from pipelines.features.store import get_store
 
     f = cfg.features
-    report = skew_report(get_store(settings), f.service, list(f.join_keys),
-                         _utc(datetime.fromisoformat(as_of)), f.skew_sample_entities, f.skew_seed,
-                         f.retrieval, f.created_timestamp_cutoff)
+    at = _utc(datetime.fromisoformat(as_of))
+    report = skew_report(get_store(settings), f.service, list(f.join_keys), at,
+                         f.skew_sample_entities, f.skew_seed, f.retrieval,
+                         f.created_timestamp_cutoff, f.request_time,
+                         request_sample(cfg, settings, at) if f.request_time else None)
     summary = assert_no_skew(report)
     log.info("skew check: %d feature values of %d entities agree as of %s", report["compared"],
              report["entities"], as_of)

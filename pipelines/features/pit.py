@@ -31,7 +31,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import duckdb
@@ -75,22 +75,19 @@ def view_spec(fv: "FeatureView", repo_path: str = ".", features: list[str] | Non
         field_mapping=tuple((src.field_mapping or {}).items()))
 
 
-def service_views(store: "FeatureStore", service_name: str) -> tuple[list[ViewSpec], list[Any]]:
-    """(specs of the service's feature views, its on-demand view projections), in service order."""
-    from feast.on_demand_feature_view import OnDemandFeatureView
+def service_views(store: "FeatureStore", service_name: str) -> list[ViewSpec]:
+    """The join specs of the service's feature views, in service order.
 
+    A service holds feature views only: request-time features are computed from the entity
+    rows by pipelines.features.request, never by code stored in the Feast registry.
+    """
     service = store.get_feature_service(service_name)
-    odfv_names = {v.name for v in store.list_on_demand_feature_views()}
-    specs, odfvs = [], []
+    specs = []
     for proj in service.feature_view_projections:
-        if proj.name in odfv_names:
-            odfv: OnDemandFeatureView = store.get_on_demand_feature_view(proj.name)
-            odfvs.append((odfv, [f.name for f in proj.features]))
-            continue
         fv = store.get_feature_view(proj.name)
         specs.append(view_spec(fv, str(store.repo_path), [f.name for f in proj.features],
                                proj.name_alias or fv.name, proj.join_key_map or None))
-    return specs, odfvs
+    return specs
 
 
 def _q(name: str) -> str:

@@ -1,4 +1,5 @@
-"""Point-in-time retrieval of a feature service for entity rows (pandas or Arrow).
+"""Point-in-time retrieval of a feature service for entity rows (pandas or Arrow), with the
+request-time features (pipelines.features.request) computed from the same rows.
 
 The fast path is `pipelines.features.pit` (DuckDB ASOF joins proven equal to Feast's
 `get_historical_features`, which stays available: `features.retrieval: feast`), with the checks
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from pipelines.data.events import PREDICTION_TIME, ROW_KEY
+from pipelines.features import request
 from pipelines.features.store import service_schema
 
 if TYPE_CHECKING:
@@ -23,14 +25,17 @@ if TYPE_CHECKING:
 
 def historical_features(store: "FeatureStore", service_name: str, rows: pd.DataFrame,
                         join_keys: list[str], *, engine: str | None = None,
-                        cutoff: bool | None = None) -> pd.DataFrame:
+                        cutoff: bool | None = None,
+                        request_time: request.Spec | None = None) -> pd.DataFrame:
     """Point-in-time features for each row, as of its prediction time.
 
-    Returns `rows` with the service's features (`<view>__<feature>`) appended, in the same
-    order, one output row per input row; raises if the retrieval dropped or duplicated any, or
-    if a feature's dtype does not match its view's schema. `engine` ("duckdb": pipelines.features.pit,
-    "feast": get_historical_features) and `cutoff` (created-timestamp cutoff) default to
-    `features.retrieval` and `features.created_timestamp_cutoff` in params.yaml.
+    Returns `rows` with the service's features (`<view>__<feature>`) appended, then the
+    request-time features of `request_time` (`<name>__<field>`, computed from the rows' own
+    columns; None: none), in the same order, one output row per input row; raises if the
+    retrieval dropped or duplicated any, or if a feature's dtype does not match its declared
+    one. `engine` ("duckdb": pipelines.features.pit, "feast": get_historical_features) and
+    `cutoff` (created-timestamp cutoff) default to `features.retrieval` and
+    `features.created_timestamp_cutoff` in params.yaml.
     """
     if engine is None or cutoff is None:
         from pipelines.core.config import load_config
@@ -50,49 +55,40 @@ def historical_features(store: "FeatureStore", service_name: str, rows: pd.DataF
         feats = _feast_features(store, service_name, entity_df, cutoff)
     else:
         raise ValueError(f"unknown retrieval engine {engine!r} (duckdb | feast)")
-    out = pd.concat([rows, feats], axis=1)
-    check_retrieval(out, rows, service_schema(store, service_name))
+    spec = request_time or {}
+    _no_clash(list(rows.columns) + list(feats.columns), spec)
+    out = pd.concat([rows, feats, request.compute(spec, rows)] if spec else [rows, feats], axis=1)
+    check_retrieval(out, rows, {**service_schema(store, service_name), **request.schema(spec)})
     return out
+
+
+def _no_clash(columns: list[str], spec: request.Spec) -> None:
+    clash = [c for c in request.columns(spec) if c in columns]
+    if clash:
+        raise ValueError(f"request-time features {clash} would replace columns of the same "
+                         "name (entity rows or feature views); rename them")
 
 
 def _fast_features(store: "FeatureStore", service_name: str, entity_df: pd.DataFrame,
                    cutoff: bool) -> pd.DataFrame:
-    import pyarrow as pa
-
     from pipelines.features import pit
 
-    specs, odfvs = pit.service_views(store, service_name)
-    table = pit.retrieve(entity_df, specs, PREDICTION_TIME, cutoff=cutoff)
-    if odfvs:  # on-demand views: Feast's own transformation, on the same inputs Feast gives it
-        table = _on_demand(table, pa.Table.from_pandas(entity_df, preserve_index=False), odfvs)
-    return table.to_pandas()
-
-
-def _on_demand(table: "pa.Table", base: "pa.Table", odfvs: list) -> "pa.Table":
-    """`table` (the views' features) with the on-demand views' features appended, computed by
-    Feast's own transformation on the entity columns (`base`) and the views' features."""
-    for name in table.column_names:
-        base = base.append_column(name, table[name])
-    for odfv, features in odfvs:
-        done = odfv.transform_arrow(base, full_feature_names=True)
-        wanted = {f"{odfv.projection.name_to_use()}__{f}" for f in features}
-        for col in done.column_names:  # in the transformation's order, as Feast does
-            if col in wanted:
-                table = table.append_column(col, done[col])
-    return table
+    specs = pit.service_views(store, service_name)
+    return pit.retrieve(entity_df, specs, PREDICTION_TIME, cutoff=cutoff).to_pandas()
 
 
 def historical_features_table(store: "FeatureStore", service_name: str, rows: "pa.Table",
                               join_keys: list[str], *, engine: str | None = None,
-                              cutoff: bool | None = None) -> "pa.Table":
+                              cutoff: bool | None = None,
+                              request_time: request.Spec | None = None) -> "pa.Table":
     """`historical_features` for entity rows held as an Arrow table, returning an Arrow table
     (batch scoring's path: no pandas round trip of the chunk; training keeps the pandas one).
 
-    The same rows, features, values and checks: `rows` with the service's feature columns
-    appended, in the same order, one output row per input row; each feature's Arrow column is
-    the one `historical_features` converts to pandas, and its dtype is checked as that pandas
-    column would be. With `engine="feast"` (whose retrieval is pandas anyway) it is
-    `historical_features` on `rows.to_pandas()`, converted to Arrow.
+    The same rows, features, values and checks: `rows` with the service's feature columns and
+    the request-time features appended, in the same order, one output row per input row; each
+    feature's Arrow column is the one `historical_features` converts to pandas, and its dtype
+    is checked as that pandas column would be. With `engine="feast"` (whose retrieval is pandas
+    anyway) it is `historical_features` on `rows.to_pandas()`, converted to Arrow.
     """
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -107,7 +103,7 @@ def historical_features_table(store: "FeatureStore", service_name: str, rows: "p
         cutoff = fcfg.created_timestamp_cutoff if cutoff is None else cutoff
     if engine == "feast":
         out = historical_features(store, service_name, rows.to_pandas(), join_keys,
-                                  engine=engine, cutoff=cutoff)
+                                  engine=engine, cutoff=cutoff, request_time=request_time)
         return pa.Table.from_pandas(out, preserve_index=False)
     if engine != "duckdb":
         raise ValueError(f"unknown retrieval engine {engine!r} (duckdb | feast)")
@@ -117,14 +113,16 @@ def historical_features_table(store: "FeatureStore", service_name: str, rows: "p
     if pc.count_distinct(rows[ROW_KEY], mode="all").as_py() != rows.num_rows:
         raise ValueError(f"duplicate {ROW_KEY} values in the entity rows")
     entity = rows.select([ROW_KEY, PREDICTION_TIME, *join_keys])
-    specs, odfvs = pit.service_views(store, service_name)
-    feats = pit.retrieve_table(entity, specs, PREDICTION_TIME, cutoff=cutoff)
-    if odfvs:
-        feats = _on_demand(feats, entity, odfvs)
+    feats = pit.retrieve_table(entity, pit.service_views(store, service_name), PREDICTION_TIME,
+                               cutoff=cutoff)
+    spec = request_time or {}
+    _no_clash(rows.column_names + feats.column_names, spec)
     out = rows
-    for name in feats.column_names:
-        out = out.append_column(name, feats[name])
-    check_retrieval_table(out, rows, service_schema(store, service_name))
+    for table in (feats, request.compute(spec, rows)) if spec else (feats,):
+        for name in table.column_names:
+            out = out.append_column(name, table[name])
+    check_retrieval_table(out, rows, {**service_schema(store, service_name),
+                                      **request.schema(spec)})
     return out
 
 
@@ -180,7 +178,7 @@ def _check_schema(columns, schema: dict[str, tuple[str, str, object]], dtype_of,
     bad = [f"{view}.{feature}: declared {declared}, got {dtype_of(col)}"
            for col, (view, feature, declared) in schema.items() if not ok(declared, col)]
     if bad:
-        raise TypeError("feature dtypes do not match the feature view schemas: " + "; ".join(bad))
+        raise TypeError("feature dtypes do not match their declared ones: " + "; ".join(bad))
 
 
 def _arrow_dtype_ok(declared: object, col: "pa.ChunkedArray") -> bool:

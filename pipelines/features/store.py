@@ -12,7 +12,7 @@ import logging
 import os
 import subprocess
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pipelines.core import locations, storage
 from pipelines.core.settings import Settings
@@ -81,7 +81,9 @@ def get_store(settings: Settings) -> "FeatureStore":
     from feast import FeatureStore
 
     os.environ.update(feast_env(settings))
-    return FeatureStore(repo_path=settings.feature_repo, fs_yaml_file=Path(feast_yaml(settings)))
+    store = FeatureStore(repo_path=settings.feature_repo, fs_yaml_file=Path(feast_yaml(settings)))
+    assert_data_only(store)
+    return store
 
 
 def apply_definitions(settings: Settings) -> None:
@@ -101,25 +103,94 @@ def _without_meta(obj: object) -> object:
     return [_without_meta(v) for v in obj] if isinstance(obj, list) else obj
 
 
-def feature_service_hash(store: "FeatureStore", service_name: str) -> str:
-    """Hash of the service's and its views' specs, without registry (apply) timestamps."""
+def feature_service_hash(store: "FeatureStore", service_name: str,
+                         request_time: dict[str, Any]) -> str:
+    """Hash of what a model's features are: the service's and its views' specs (without
+    registry apply timestamps) and the request-time spec it is trained and scored with."""
     import json
 
     from google.protobuf.json_format import MessageToDict
 
+    from pipelines.core.specs import request_spec_json
+
     service = store.get_feature_service(service_name)
     specs = [MessageToDict(service.to_proto().spec)]
-    odfvs = {v.name: v for v in store.list_on_demand_feature_views()}
     for projection in sorted(service.feature_view_projections, key=lambda p: p.name):
-        fv = odfvs.get(projection.name) or store.get_feature_view(projection.name)
-        spec = fv.to_proto().spec
-        if projection.name in odfvs:  # pickled UDF bytes differ per apply; its source does not
-            spec.ClearField("feature_transformation")
-            spec.ClearField("user_defined_function")
-            specs.append({"udf": fv.feature_transformation.udf_string})
-        specs.append(MessageToDict(spec))
+        specs.append(MessageToDict(store.get_feature_view(projection.name).to_proto().spec))
+    specs.append({"request_time": json.loads(request_spec_json(request_time))})
     text = json.dumps(_without_meta(specs), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def registry_code(proto: Any) -> list[str]:
+    """What in a Feast registry proto carries code Feast would run when reading it: on-demand
+    and stream feature views (their UDFs are exec'd, or dill-loaded, by every reader), any
+    transformation or user-defined function, also inside the version history's snapshots, and
+    any other bytes (a pickle). Empty: the registry holds data only."""
+    from google.protobuf.message import Message
+
+    found: list[str] = []
+
+    def walk(msg: Message, path: str) -> None:
+        kind = msg.DESCRIPTOR.name
+        if kind in CODE_MESSAGES:
+            found.append(f"{kind} at {path}")
+        for fd, value in msg.ListFields():
+            where = f"{path}.{fd.name}"
+            if kind == "FeatureViewVersionRecord" and fd.name == "feature_view_proto":
+                snapshot = _snapshot(msg)  # a serialised view: judged by what it holds
+                if snapshot is None:
+                    found.append(f"a {msg.feature_view_type} snapshot of "
+                                 f"{msg.feature_view_name!r} at {where}")
+                else:
+                    walk(snapshot, f"{where}[{msg.feature_view_name} v{msg.version_number}]")
+                continue
+            if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
+                items = list(value.values())  # a map: its values (keys are text)
+            else:
+                items = list(value) if fd.is_repeated else [value]
+            for item in items:
+                if isinstance(item, Message):
+                    walk(item, where)
+                elif isinstance(item, bytes) and item:
+                    found.append(f"{len(item)} bytes at {where}")
+
+    walk(proto, "registry")
+    return found
+
+
+def _snapshot(record: Any) -> Any:
+    """A version-history record's serialised plain feature view (None: any other kind)."""
+    from feast.protos.feast.core.FeatureView_pb2 import FeatureView
+
+    if record.feature_view_type != "feature_view":
+        return None
+    return FeatureView.FromString(record.feature_view_proto)
+
+
+# protobuf messages that hold code (user-defined functions, transformations, views made of them)
+CODE_MESSAGES = {"UserDefinedFunction", "UserDefinedFunctionV2", "FeatureTransformationV2",
+                 "SubstraitTransformationV2", "OnDemandFeatureView", "StreamFeatureView"}
+
+
+class RegistryCodeError(RuntimeError):
+    """The Feast registry holds code; refusing to read it (the message names what)."""
+
+
+def assert_data_only(store: "FeatureStore") -> None:
+    """Refuse a registry that holds code, before Feast deserialises (and so runs) any of it.
+
+    Read from the registry proto the store loaded when it was opened (`get_store`, once per
+    task). Feast re-reads a registry file that changes while the store is in use: a write in
+    that window is not covered; write access to the registry stays the real control.
+    """
+    found = registry_code(store.registry.proto())
+    if found:
+        raise RegistryCodeError(
+            f"the Feast registry {store.config.registry.path} holds code that every reader "
+            f"would run: {'; '.join(found[:10])}. This project keeps code out of the registry "
+            "(request-time features are computed by pipelines.features.request); remove these "
+            "objects (`feast apply` of feature_repo/ or `feast teardown`) before using it")
 
 
 def service_schema(store: "FeatureStore", service_name: str) -> dict[str, tuple[str, str, object]]:

@@ -33,40 +33,68 @@ METRICS = {
     "calibration_error": calibration_error,
 }
 LOWER_IS_BETTER = {"brier", "calibration_error"}
+NEEDS_BOTH_CLASSES = {"roc_auc", "pr_auc"}
 
 
-def compute_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+def _defined(value: float | None) -> bool:
+    return value is not None and bool(np.isfinite(value))
+
+
+def compute_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float | None]:
+    """Every metric of METRICS; one that is undefined here (one class: no ROC or PR AUC) is
+    None, never NaN."""
+    import warnings
+
     y = np.asarray(y, dtype=int)
     p = np.asarray(p, dtype=float)
-    out = {name: float(fn(y, p)) for name, fn in METRICS.items()}
-    out["positive_rate"] = float(y.mean())
+    out: dict[str, float | None] = {}
+    for name, fn in METRICS.items():
+        if name in NEEDS_BOTH_CLASSES and len(np.unique(y)) < 2:
+            out[name] = None
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            value = float(fn(y, p)) if len(y) else float("nan")
+        out[name] = value if np.isfinite(value) else None
+    out["positive_rate"] = float(y.mean()) if len(y) else None
     out["n"] = int(len(y))
     return out
 
 
 def paired_bootstrap(y: np.ndarray, p_new: np.ndarray, p_old: np.ndarray, metric: str,
-                     n_bootstrap: int, confidence: float, seed: int) -> dict[str, float]:
-    """CI of metric(new) - metric(old), resampling the same rows for both models."""
+                     n_bootstrap: int, confidence: float, seed: int) -> dict[str, Any]:
+    """CI of metric(new) - metric(old), resampling the same rows for both models.
+
+    Resamples in which the metric is undefined (one class) are skipped and counted; when the
+    metric is undefined on the whole set, or no resample is usable, the interval is None and
+    `undefined` says why: the comparison gate then rejects, it never passes by default.
+    """
     fn = METRICS[metric]
     y, p_new, p_old = np.asarray(y, int), np.asarray(p_new, float), np.asarray(p_old, float)
+    out: dict[str, Any] = {"metric": metric, "observed": None, "ci_low": None, "ci_high": None,
+                           "n_bootstrap": 0, "skipped": 0, "undefined": None}
+    if metric in NEEDS_BOTH_CLASSES and len(np.unique(y)) < 2:
+        out["undefined"] = (f"{metric} is undefined: the evaluation set has one class only "
+                            f"({len(y)} rows, all {int(y[0]) if len(y) else '-'})")
+        return out
     rng = np.random.default_rng(seed)
     diffs = []
     for _ in range(n_bootstrap):
         idx = rng.integers(0, len(y), len(y))
-        if y[idx].min() == y[idx].max():
-            continue  # a resample with one class has no AUC
+        if metric in NEEDS_BOTH_CLASSES and y[idx].min() == y[idx].max():
+            out["skipped"] += 1  # a resample with one class has no AUC
+            continue
         diffs.append(fn(y[idx], p_new[idx]) - fn(y[idx], p_old[idx]))
-    arr = np.asarray(diffs)
     sign = -1.0 if metric in LOWER_IS_BETTER else 1.0  # report "improvement" as positive
-    arr = sign * arr
+    out["observed"] = float(sign * (fn(y, p_new) - fn(y, p_old)))
+    if not diffs:
+        out["undefined"] = f"no bootstrap resample had both classes ({out['skipped']} skipped)"
+        return out
+    arr = sign * np.asarray(diffs)
     alpha = (1.0 - confidence) / 2.0
-    return {
-        "metric": metric,
-        "observed": float(sign * (fn(y, p_new) - fn(y, p_old))),
-        "ci_low": float(np.quantile(arr, alpha)),
-        "ci_high": float(np.quantile(arr, 1.0 - alpha)),
-        "n_bootstrap": int(len(arr)),
-    }
+    out.update(ci_low=float(np.quantile(arr, alpha)), ci_high=float(np.quantile(arr, 1.0 - alpha)),
+               n_bootstrap=int(len(arr)))
+    return out
 
 
 def slice_checks(cfg: SliceGate, y: np.ndarray, p_new: np.ndarray, p_old: np.ndarray,
@@ -113,7 +141,7 @@ def behaviour_results(predict: Any, frame: Any, checks: tuple[BehaviourCheck, ..
     out = []
     for check in checks:
         if check.column not in frame.columns:
-            out.append({"gate": f"behaviour:{check.name}", "passed": False, "value": float("nan"),
+            out.append({"gate": f"behaviour:{check.name}", "passed": False, "value": None,
                         "threshold": check.tolerance,
                         "detail": f"column {check.column!r} is not a model input"})
             continue
@@ -149,6 +177,10 @@ def evaluate(cfg: GatesConfig, y: np.ndarray, p_challenger: np.ndarray,
     checks: list[dict[str, Any]] = []
     for name, floor in cfg.floors.items():
         value = metrics[name]
+        if not _defined(value):
+            checks.append({"gate": f"floor:{name}", "passed": False, "value": None,
+                           "threshold": floor, "detail": _undefined(name, y)})
+            continue
         ok = value <= floor if name in LOWER_IS_BETTER else value >= floor
         checks.append({"gate": f"floor:{name}", "passed": bool(ok), "value": value,
                        "threshold": floor})
@@ -160,11 +192,15 @@ def evaluate(cfg: GatesConfig, y: np.ndarray, p_challenger: np.ndarray,
         comparison = paired_bootstrap(y, p_challenger, p_champion, c.metric, c.n_bootstrap,
                                       c.confidence, c.seed)
         comparison["champion_metrics"] = compute_metrics(y, p_champion)
-        checks.append({"gate": f"beats_champion:{c.metric}",
-                       "passed": bool(comparison["ci_low"] > c.margin),
-                       "value": comparison["ci_low"], "threshold": c.margin,
-                       "detail": f"{c.confidence:.0%} CI of improvement "
-                                 f"[{comparison['ci_low']:.4f}, {comparison['ci_high']:.4f}]"})
+        if comparison["undefined"]:
+            checks.append({"gate": f"beats_champion:{c.metric}", "passed": False, "value": None,
+                           "threshold": c.margin, "detail": comparison["undefined"]})
+        else:
+            checks.append({"gate": f"beats_champion:{c.metric}",
+                           "passed": bool(comparison["ci_low"] > c.margin),
+                           "value": comparison["ci_low"], "threshold": c.margin,
+                           "detail": f"{c.confidence:.0%} CI of improvement "
+                                     f"[{comparison['ci_low']:.4f}, {comparison['ci_high']:.4f}]"})
         checks += slice_checks(cfg.slices, y, p_challenger, p_champion, slices or {})
     if serving is not None:
         checks += budget_checks(cfg.budgets, serving)
@@ -180,6 +216,20 @@ def evaluate(cfg: GatesConfig, y: np.ndarray, p_challenger: np.ndarray,
     }
 
 
+def _undefined(metric: str, y: np.ndarray) -> str:
+    y = np.asarray(y, int)
+    if len(y) == 0:
+        return f"{metric} is undefined: the evaluation set is empty"
+    if len(np.unique(y)) < 2:
+        return (f"{metric} is undefined: the evaluation set has one class only "
+                f"({len(y)} rows, all {int(y[0])})")
+    return f"{metric} is undefined on the evaluation set"
+
+
+def _num(value: float | None) -> str:
+    return "undefined" if value is None else f"{value:.5g}"
+
+
 def render_markdown(report: dict[str, Any], version: str | None = None) -> str:
     lines = [f"# Gate report{f' for version {version}' if version else ''}", "",
              f"**Verdict: {'PASS' if report['passed'] else 'FAIL'}**"]
@@ -187,8 +237,8 @@ def render_markdown(report: dict[str, Any], version: str | None = None) -> str:
         lines += ["", "Failed: " + ", ".join(report["failed"])]
     lines += ["", "| gate | passed | value | threshold | detail |", "|---|---|---|---|---|"]
     for c in report["checks"]:
-        lines.append(f"| {c['gate']} | {'yes' if c['passed'] else 'NO'} | {c['value']:.5g} "
-                     f"| {c['threshold']:.5g} | {c.get('detail', '')} |")
+        lines.append(f"| {c['gate']} | {'yes' if c['passed'] else 'NO'} | {_num(c['value'])} "
+                     f"| {_num(c['threshold'])} | {c.get('detail', '')} |")
     if not report["has_champion"]:
         lines += ["", "No champion yet: no comparison or slice gates; floors, ONNX parity, "
                       "budgets and behavioural checks apply."]

@@ -13,11 +13,14 @@ from pipelines.core import storage
 from pipelines.core.settings import Settings
 
 
-def lock_url() -> str | None:
+def lock_url(settings: Settings | None = None) -> str | None:
     """Postgres URL for locks across machines: $MLOPS_LOCK_URL, else $MLOPS_METRICS_DB if that
     is Postgres; None: a file lock in the local state folder."""
-    for name in ("MLOPS_LOCK_URL", "MLOPS_METRICS_DB"):
-        url = os.environ.get(name, "").strip()
+    if settings is None:
+        from pipelines.core.settings import get_settings
+
+        settings = get_settings()
+    for url in (settings.lock_url, settings.metrics_db):
         if url.startswith(("postgresql://", "postgresql+psycopg2://", "postgres://")):
             return url
     return None
@@ -59,7 +62,7 @@ def alias_lock(settings: Settings) -> Iterator[None]:
     """
     from filelock import FileLock
 
-    url = lock_url()
+    url = lock_url(settings)
     if url:
         with pg_advisory_lock(url, "mlops:registry-aliases"):
             yield

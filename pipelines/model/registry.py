@@ -326,7 +326,8 @@ def describe(name: str, mv: "ModelVersion") -> dict[str, Any]:
             "onnx_sha256": tags["onnx_sha256"], "onnx_uri": tags["onnx_uri"],
             "numeric": tags["numeric_inputs"].split(","),
             "categorical": [x for x in tags["categorical_inputs"].split(",") if x],
-            "feature_service": tags.get("feature_service")}
+            "feature_service": tags.get("feature_service"),
+            "request_features": tags.get("request_features", "{}")}
 
 
 def load_onnx(settings: Settings, onnx_uri: str, expected_sha256: str) -> bytes:

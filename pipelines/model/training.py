@@ -18,6 +18,7 @@ import pandas as pd
 
 from pipelines.core import storage
 from pipelines.core.config import Config, params_hash
+from pipelines.core.contracts import Trained, TrainingSet
 from pipelines.core.settings import REPO_ROOT, Settings
 from pipelines.data.events import PREDICTION_TIME, ROW_KEY
 from pipelines.model import gates, onnx_model, registry
@@ -84,13 +85,47 @@ def dvc_data_version() -> str:
 def package_versions() -> dict[str, str]:
     from importlib.metadata import version
 
-    names = ["scikit-learn", "skl2onnx", "onnxruntime", "feast", "mlflow", "pandas", "numpy"]
+    names = ["scikit-learn", "skl2onnx", "onnxruntime", "onnx", "skops", "feast", "mlflow",
+             "pandas", "numpy"]
     return {n: version(n) for n in names}
+
+
+class TrainingDataError(ValueError):
+    """The training data cannot train a classifier (raised before anything is fitted)."""
+
+
+def check_classes(cfg: Config, train_df: pd.DataFrame, source: str = "the training split") -> None:
+    """Both classes of the label must be present, or no classifier can be fitted."""
+    label = cfg.dataset.label.name
+    counts = train_df[label].value_counts(dropna=True)
+    if len(train_df) == 0:
+        raise TrainingDataError(f"{source} has no labelled rows: nothing to train on")
+    if len(counts) < 2:
+        only = counts.index[0] if len(counts) else "missing"
+        raise TrainingDataError(
+            f"{source} has one class only: all {len(train_df)} rows have {label}={only} "
+            f"(dataset.label.expr {cfg.dataset.label.expr!r}); a classifier needs both classes: "
+            f"widen the training window (training.window_days or the trigger form's dates) or "
+            f"check the label definition")
+
+
+def read_verified(training_set: TrainingSet) -> pd.DataFrame:
+    """The training set's rows, if its bytes are still those that were validated (sha256)."""
+    import hashlib
+
+    data = storage.read_bytes(training_set["uri"])
+    got = hashlib.sha256(data).hexdigest()
+    if got != training_set["sha256"]:
+        raise TrainingDataError(
+            f"{training_set['uri']} changed after it was written and validated: sha256 {got}, "
+            f"expected {training_set['sha256']}; rebuild the training set")
+    return pd.read_parquet(io.BytesIO(data))
 
 
 def fit(cfg: Config, train_df: pd.DataFrame) -> tuple[Any, list[str], list[str]]:
     from pipelines.model.onnx_model import to_native_frame
 
+    check_classes(cfg, train_df)
     numeric, categorical = model_columns(cfg, train_df)
     pipe = make_pipeline(cfg, numeric, categorical)
     y = train_df[cfg.dataset.label.name].astype(int).to_numpy()
@@ -115,8 +150,8 @@ def _parquet_bytes(df: pd.DataFrame) -> bytes:
     return buf.getvalue()
 
 
-def train_and_register(cfg: Config, settings: Settings, training_set: dict[str, Any],
-                       context: dict[str, Any]) -> dict[str, Any]:
+def train_and_register(cfg: Config, settings: Settings, training_set: TrainingSet,
+                       context: dict[str, Any]) -> Trained:
     """Fit on the training set, export and check ONNX, log and register; returns ids."""
     import mlflow
     import onnx
@@ -125,8 +160,9 @@ def train_and_register(cfg: Config, settings: Settings, training_set: dict[str, 
 
     c = registry.client(settings)
     registry.ensure_experiment(settings, cfg.registry.model_name)
-    df = storage.read_parquet(training_set["uri"])
+    df = read_verified(training_set)
     train_df, eval_df = split(df, cfg.training.eval_fraction)
+    check_classes(cfg, train_df, f"the training split of {training_set['uri']}")
     pipe, numeric, categorical = fit(cfg, train_df)
     label = cfg.dataset.label.name
     x_eval = onnx_model.to_native_frame(eval_df, numeric, categorical)
@@ -144,6 +180,7 @@ def train_and_register(cfg: Config, settings: Settings, training_set: dict[str, 
         "dvc_data_version": dvc_data_version(),
         "feature_service": training_set["feature_service"],
         "feature_service_hash": training_set["feature_service_hash"],
+        "request_features": training_set.get("request_features", "{}"),  # scoring uses it
         "git_commit": git_commit(),
         "params_sha256": params_hash(settings.params_path),
         "airflow_run_id": str(context.get("run_id", "cli")),
@@ -158,20 +195,28 @@ def train_and_register(cfg: Config, settings: Settings, training_set: dict[str, 
                            **{f"est.{k}": v for k, v in cfg.training.estimator.params.items()},
                            "train_rows": len(train_df), "eval_rows": len(eval_df),
                            "window_start": training_set["start"], "window_end": training_set["end"]})
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None})
         mlflow.log_metrics({"onnx_max_abs_diff": parity["max_abs_diff"],
                             "onnx_mean_abs_diff": parity["mean_abs_diff"]})
         signature = infer_signature(x_eval.head(5), p_native[:5])
         trusted = get_untrusted_types(data=dumps(pipe))
+        # requirements stated, not inferred, and no input example (MLflow validates one by
+        # serving it): both would load the pickled model, which pickle-off refuses; the
+        # signature records the inputs
+        versions = package_versions()
         mlflow.sklearn.log_model(pipe, name="sklearn_model", signature=signature,
-                                 input_example=x_eval.head(3), skops_trusted_types=trusted)
+                                 skops_trusted_types=trusted,
+                                 pip_requirements=[f"scikit-learn=={versions['scikit-learn']}",
+                                                   f"skops=={versions['skops']}"])
         _log_bytes(mlflow, onnx_bytes, ONNX_PATH)
         _log_bytes(mlflow, _parquet_bytes(eval_df), "evaluation/eval_set.parquet")
         ref = train_df.sample(min(len(train_df), 20000), random_state=cfg.training.random_state)
         _log_bytes(mlflow, _parquet_bytes(ref), "reference/reference.parquet")
         mlflow.log_dict(parity, "evaluation/onnx_parity.json")
         info = mlflow.onnx.log_model(onnx.load_from_string(onnx_bytes), name="onnx_model",
-                                     signature=signature)
+                                     signature=signature,
+                                     pip_requirements=[f"onnxruntime=={versions['onnxruntime']}",
+                                                       f"onnx=={versions['onnx']}"])
         run_id = run.info.run_id
     registry.ensure_registered_model(c, cfg.registry.model_name)
     # model_id: a tracking *server* rejects a `models:/` source without it (SQLite accepts it).
@@ -186,7 +231,7 @@ def train_and_register(cfg: Config, settings: Settings, training_set: dict[str, 
     registry.record(settings, {"action": "register", "model": cfg.registry.model_name,
                                "to_version": str(mv.version), "actor": lineage["airflow_run_id"],
                                "reason": "new challenger", "run_id": run_id})
-    log.info("train: version %s run %s roc_auc=%.4f onnx max|diff|=%.2e (%s)", mv.version, run_id,
+    log.info("train: version %s run %s roc_auc=%s onnx max|diff|=%.2e (%s)", mv.version, run_id,
              metrics["roc_auc"], parity["max_abs_diff"], "ok" if parity["passed"] else "FAIL")
     return {"run_id": run_id, "version": str(mv.version), "onnx_sha256": sha,
             "metrics": metrics, "parity": parity}

@@ -7,12 +7,12 @@ from __future__ import annotations
 import io
 import logging
 from datetime import date
-from typing import Any
 
 import pandas as pd
 
-from pipelines.core import storage
+from pipelines.core import locations, storage
 from pipelines.core.config import Config
+from pipelines.core.contracts import TrainingSet, Window
 from pipelines.core.dates import day_start
 from pipelines.core.settings import Settings
 from pipelines.data.events import load_events
@@ -21,8 +21,9 @@ log = logging.getLogger(__name__)
 
 
 def build_training_set(cfg: Config, settings: Settings, start: date, end: date,
-                       out_uri: str) -> dict[str, Any]:
+                       out_uri: str) -> TrainingSet:
     """Labelled rows of [start, end) whose outcome was known by `end`, with PIT features."""
+    from pipelines.core.specs import request_spec_json
     from pipelines.features.retrieval import historical_features
     from pipelines.features.store import feature_service_hash, get_store
 
@@ -35,8 +36,9 @@ def build_training_set(cfg: Config, settings: Settings, start: date, end: date,
     if len(rows) > cfg.training.max_rows:  # keep the most recent rows
         rows = rows.iloc[-cfg.training.max_rows:]
     store = get_store(settings)
+    request_time = cfg.features.request_time
     df = historical_features(store, cfg.features.service, rows.reset_index(drop=True),
-                             list(cfg.features.join_keys))
+                             list(cfg.features.join_keys), request_time=request_time)
     data = io.BytesIO()
     df.to_parquet(data, index=False)
     storage.write_bytes(out_uri, data.getvalue())
@@ -47,7 +49,8 @@ def build_training_set(cfg: Config, settings: Settings, start: date, end: date,
         "start": start.isoformat(),
         "end": end.isoformat(),
         "feature_service": cfg.features.service,
-        "feature_service_hash": feature_service_hash(store, cfg.features.service),
+        "feature_service_hash": feature_service_hash(store, cfg.features.service, request_time),
+        "request_features": request_spec_json(request_time),
         "positive_rate": float(df[label].mean()),
     }
     log.info("training set: %d rows [%s, %s) -> %s", len(df), start, end, out_uri)
@@ -58,3 +61,17 @@ def storage_sha256(uri: str) -> str:
     import hashlib
 
     return hashlib.sha256(storage.read_bytes(uri)).hexdigest()
+
+
+def build_validated_training_set(cfg: Config, settings: Settings, window: Window) -> TrainingSet:
+    """The window's training set, written to its location and validated (the training-set
+    suite) before anything trains on it: the one sequence the DAG and the CLI run."""
+    from pipelines.core.dates import to_date
+    from pipelines.data.checks import validate_training_set
+
+    out = locations.training_set(settings, window["start"], window["end"])
+    ts = build_training_set(cfg, settings, to_date(window["start"]), to_date(window["end"]), out)
+    checked = validate_training_set(cfg, settings, ts)  # raises before anything trains on it
+    log.info("training set: %d rows, positive rate %.3f, validated (%s)", ts["rows"],
+             ts["positive_rate"], checked.get("data_docs_uri"))
+    return ts

@@ -153,3 +153,15 @@ def publish(cfg: Config, settings: Settings, day: date, chunks: list[dict[str, A
              input_rows, model["model"], version, base)
     return {"partition_uri": base, "rows": stats["rows"], "model_version": version,
             "files": len(files)}
+
+
+def validate_staged(cfg: Config, settings: Settings, day: date,
+                    parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The staged parts of a run against the `predictions` suite, before anything publishes
+    them (raises DataValidationError: the manifest is then never written)."""
+    from pipelines.data.checks import validate_predictions
+
+    report = validate_predictions(cfg, settings, day, part_uris(settings, day, parts))
+    log.info("predictions of %s: staged parts passed the predictions suite (%s)", day,
+             report.get("report_uri"))
+    return {k: v for k, v in report.items() if isinstance(v, (str, int, float, bool))}

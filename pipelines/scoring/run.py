@@ -24,6 +24,7 @@ from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from pipelines.core.config import Config
+from pipelines.core.contracts import Chunk, ModelPin, Part, Published
 from pipelines.core.dates import day_start
 from pipelines.core.settings import Settings
 from pipelines.data.events import ROW_KEY, load_events, model_passthrough
@@ -56,13 +57,18 @@ def describe_version(settings: Settings, name: str, version: str) -> dict[str, A
     return registry.describe(name, registry.client(settings).get_model_version(name, str(version)))
 
 
-def resolve_model(cfg: Config, settings: Settings, day: date) -> dict[str, Any]:
-    """The version that scores `day`, chosen by `scoring.backfill_model` and recorded.
+def resolve_model(cfg: Config, settings: Settings, day: date,
+                  policy: str | None = None) -> ModelPin:
+    """The version that scores `day`, chosen by `scoring.backfill_model` (or `policy`, the
+    trigger form's override) and recorded.
 
     `current`: the champion alias now. `champion_at_interval`: the version that was champion at
     the end of the interval according to the promotion history.
     """
-    name, policy = cfg.registry.model_name, cfg.scoring.backfill_model
+    name, policy = cfg.registry.model_name, policy or cfg.scoring.backfill_model
+    if policy not in ("current", "champion_at_interval"):
+        raise ValueError(f"backfill model policy {policy!r}: expected current or "
+                         f"champion_at_interval")
     if policy == "current":
         model = registry.resolve_champion(settings, name)
         choice = "champion alias when the run started"
@@ -77,20 +83,22 @@ def resolve_model(cfg: Config, settings: Settings, day: date) -> dict[str, Any]:
                 f"champion")
         model = describe_version(settings, name, move["to_version"])
         choice = f"{move['action']} to v{move['to_version']} at {move['at']}"
-    log.info("score: %s pinned %s v%s (%s: %s)", day, name, model["version"], policy, choice)
-    return {**model, "policy": policy, "choice": choice}
+    log.info("score: %s pinned %s v%s sha256 %s (%s: %s)", day, name, model["version"],
+             model["onnx_sha256"][:12], policy, choice)
+    return {**model, "policy": policy, "choice": choice}  # type: ignore[typeddict-item]
 
 
 # -- plan: the interval's entity rows as chunk files --------------------------------------------
 
-def plan_interval(cfg: Config, settings: Settings, day: date) -> list[dict[str, Any]]:
+def plan_interval(cfg: Config, settings: Settings, day: date) -> list[Chunk]:
     """Stage every event of [day, day+1) as chunks; one mapped score task per chunk."""
     events = load_events(cfg, settings.landing_uri, day, day + timedelta(days=1))
     if events.empty:
         return []
     if events[ROW_KEY].duplicated().any():
         raise ValueError(f"{int(events[ROW_KEY].duplicated().sum())} duplicate row keys on {day}")
-    keep = list(dict.fromkeys([*META, *cfg.features.join_keys, *model_passthrough(cfg)]))
+    keep = list(dict.fromkeys([*META, *cfg.features.join_keys, *model_passthrough(cfg),
+                               *cfg.features.request_inputs]))
     chunks = stage_chunks(settings, day, [events[keep]], cfg.scoring.chunk_rows)
     log.info("score: %s planned %d rows in %d chunks", day, len(events), len(chunks))
     return chunks
@@ -98,7 +106,7 @@ def plan_interval(cfg: Config, settings: Settings, day: date) -> list[dict[str, 
 
 # -- score: one chunk -> one part file -----------------------------------------------------------
 
-def load_scorer(settings: Settings, model: dict[str, Any]) -> OnnxScorer:
+def load_scorer(settings: Settings, model: ModelPin | dict[str, Any]) -> OnnxScorer:
     """An onnxruntime session for the pinned version.
 
     The ONNX location, its sha256 and the inputs are read again from the registry by name and
@@ -109,7 +117,7 @@ def load_scorer(settings: Settings, model: dict[str, Any]) -> OnnxScorer:
     from pipelines.model.registry import load_onnx
 
     pinned = describe_version(settings, model["model"], str(model["version"]))
-    for key in ("onnx_uri", "onnx_sha256", "numeric", "categorical"):
+    for key in ("onnx_uri", "onnx_sha256", "numeric", "categorical", "request_features"):
         if key in model and model[key] != pinned[key]:
             raise registry.RegistryError(
                 f"{model['model']} v{model['version']}: the run pinned {key}={model[key]!r} "
@@ -118,7 +126,7 @@ def load_scorer(settings: Settings, model: dict[str, Any]) -> OnnxScorer:
     return OnnxScorer(data, pinned["numeric"], pinned["categorical"])
 
 
-def read_chunk(chunk: dict[str, Any]) -> pa.Table:
+def read_chunk(chunk: Chunk) -> pa.Table:
     """A staged chunk's entity rows as Arrow, checked against the plan's row count."""
     rows = read_table(chunk["uri"])
     if rows.num_rows != chunk["rows"]:
@@ -126,22 +134,29 @@ def read_chunk(chunk: dict[str, Any]) -> pa.Table:
     return rows
 
 
-def score_chunk(cfg: Config, settings: Settings, day: date, chunk: dict[str, Any],
-                model: dict[str, Any]) -> dict[str, Any]:
+def score_chunk(cfg: Config, settings: Settings, day: date, chunk: Chunk,
+                model: ModelPin) -> Part:
     """Point-in-time features for one staged chunk, scored into a part file (idempotent).
 
     Arrow end to end: the chunk file, the retrieval (`historical_features_table`) and the model
-    inputs never go through pandas; the part is byte-identical to the pandas path's.
+    inputs never go through pandas; the part is byte-identical to the pandas path's. The
+    request-time features are computed by the spec the model was trained with (its
+    `request_features` tag, checked against the registry by `load_scorer`), not params.yaml's.
     """
+    from pipelines.core.specs import parse_request_spec
     from pipelines.features.retrieval import historical_features_table
     from pipelines.features.store import get_store
 
     t0 = time.perf_counter()
     rows = read_chunk(chunk)
     scorer = load_scorer(settings, model)
+    spec = model.get("request_features")  # a payload without it: the registry's
+    if spec is None:
+        spec = describe_version(settings, model["model"], str(model["version"]))["request_features"]
     feats = historical_features_table(get_store(settings),
                                       model.get("feature_service") or cfg.features.service,
-                                      rows, list(cfg.features.join_keys))
+                                      rows, list(cfg.features.join_keys),
+                                      request_time=parse_request_spec(spec))
     part = write_part(settings, day, chunk["chunk"], feats, model, scorer, cfg.scoring)
     part["seconds"] = round(time.perf_counter() - t0, 3)
     log.info("score: %s chunk %d -> %d rows in %s (%.2fs)", day, chunk["chunk"], part["rows"],
@@ -149,10 +164,29 @@ def score_chunk(cfg: Config, settings: Settings, day: date, chunk: dict[str, Any
     return part
 
 
-def score_interval(cfg: Config, settings: Settings, day: date, model: dict[str, Any] | None,
-                   run_id: str) -> dict[str, Any]:
+def score_interval(cfg: Config, settings: Settings, day: date, model: ModelPin | None,
+                   run_id: str) -> Published:
     """Plan, score and publish one interval in this process (the CLI's path; Airflow maps it)."""
     model = model or resolve_model(cfg, settings, day)
     chunks = plan_interval(cfg, settings, day)
     parts = [score_chunk(cfg, settings, day, c, model) for c in chunks]
+    return publish(cfg, settings, day, chunks, parts, model, run_id)
+
+
+def score_day(cfg: Config, settings: Settings, day: date, run_id: str,
+              policy: str | None = None) -> Published:
+    """The whole `batch_scoring` DAG for one interval, in this process (the CLI's front door):
+    pin the model -> validate the raw batches it reads -> write its feature sources -> plan ->
+    score every chunk -> validate the staged predictions -> publish."""
+    from pipelines.data.checks import validate_interval
+    from pipelines.features.sources import build_sources_for_interval
+    from pipelines.scoring.publish import validate_staged
+
+    model = resolve_model(cfg, settings, day, policy)  # first: the registry answers fast
+    validate_interval(cfg, settings, day)
+    build_sources_for_interval(cfg, settings, day)
+    chunks = plan_interval(cfg, settings, day)
+    parts = [score_chunk(cfg, settings, day, c, model) for c in chunks]
+    if parts:
+        validate_staged(cfg, settings, day, parts)
     return publish(cfg, settings, day, chunks, parts, model, run_id)

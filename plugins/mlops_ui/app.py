@@ -3,8 +3,9 @@
 Every route depends on Airflow's own authentication: `requires_access_view(WEBSITE)` resolves the
 user from the `_token` JWT cookie the UI sets at login (or a Bearer token) through the configured
 auth manager, answers 401 without credentials and 403 for an invalid token or a user without
-access to the UI. Report files are served read-only from the reports and data folders only
-(`files.resolve`); HTML reports are sandboxed so their scripts cannot call the Airflow API.
+access to the UI. Report files are served read-only from the reports tree and the partition
+manifests only (`files.resolve`), every one with a sandboxing Content-Security-Policy; a type
+the browser should not show is sent as an attachment.
 """
 
 from __future__ import annotations
@@ -19,8 +20,6 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 
 from mlops_ui import data, files, page, trends
 from pipelines.core.settings import get_settings
-
-SANDBOX = "sandbox allow-scripts allow-popups allow-popups-to-escape-sandbox allow-downloads"
 
 
 def _day(text: str | None, name: str) -> date | None:
@@ -39,7 +38,8 @@ def summary(days: int, partition: date | None) -> dict[str, Any]:
     name = cfg.registry.model_name
     parts = data.partitions(settings)
     chosen = partition.isoformat() if partition else (parts[0] if parts else None)
-    return {"model": name, "models": data.models(settings, name),
+    models, registry_error = data.models_or_error(settings, name)
+    return {"model": name, "models": models, "registry_error": registry_error,
             "history": data.promotion_history(settings, name),
             "trend": trends.trend(trends.source_for(settings), days),
             "partitions": parts, "selected": chosen,
@@ -60,7 +60,8 @@ def create_app() -> FastAPI:
         s = summary(days, _day(partition, "partition"))
         if partition and s["lineage"] is None:
             raise HTTPException(404, f"no published prediction partition for {partition}")
-        html = page.model_page(model=s["model"], models=s["models"], history=s["history"],
+        html = page.model_page(model=s["model"], models=s["models"],
+                               registry_error=s["registry_error"], history=s["history"],
                                trend=s["trend"], partitions=s["partitions"], lineage=s["lineage"],
                                selected=s["selected"], days=days, href=href)
         return HTMLResponse(html, headers={"Cache-Control": "no-store"})
@@ -87,15 +88,13 @@ def create_app() -> FastAPI:
     @app.get("/files/{root}/{path:path}")
     def serve(root: str, path: str) -> FileResponse:
         try:
-            target, content_type = files.resolve(get_settings(), root, path)
+            served = files.resolve(get_settings(), root, path)
         except files.FileDenied as exc:
             raise HTTPException(403, f"not served: {exc}") from None
         except FileNotFoundError:
             raise HTTPException(404, "no such report") from None
-        headers = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"}
-        if content_type.startswith("text/html"):
-            headers["Content-Security-Policy"] = SANDBOX
-        return FileResponse(target, media_type=content_type, headers=headers)
+        return FileResponse(served.path, media_type=served.content_type, headers=served.headers,
+                            filename=served.path.name if served.attachment else None)
 
     return app
 

@@ -2,8 +2,10 @@
 the lineage of a prediction partition and the validation reports of a day.
 
 Read from the MLflow registry (`pipelines.model.registry`), the promotion history, partition manifests
-(`pipelines.scoring.run.read_manifest`) and the report folders. Report locations stay URIs here;
-the page turns them into links (`files.href`). No Airflow, no HTML.
+(`pipelines.scoring.io.read_manifest`) and the reports, each where `pipelines.core.locations` puts
+it. Report locations stay URIs here; the page turns them into links (`files.href`). A registry
+that cannot be asked is said so ("could not ask the registry: ..."), never shown as an empty
+one. No Airflow, no HTML.
 """
 
 from __future__ import annotations
@@ -80,8 +82,16 @@ def registry_exists(settings: Settings) -> bool:
     return not uri.startswith("sqlite:///") or os.path.exists(uri[len("sqlite:///"):])
 
 
+def unavailable(exc: registry.RegistryUnavailable) -> str:
+    """What the page says when the registry could not be asked: the cause, credentials removed."""
+    cause = exc.__cause__ or exc
+    return f"could not ask the registry: {registry.safe_uri(f'{type(cause).__name__}: {cause}')[:600]}"
+
+
 def models(settings: Settings, name: str) -> dict[str, dict[str, Any] | None]:
-    """The versions holding champion, challenger and previous_champion (None where unset)."""
+    """The versions holding champion, challenger and previous_champion (None where unset).
+
+    Raises RegistryUnavailable when the registry cannot be asked (an outage is not "none")."""
     if not registry_exists(settings):
         return dict.fromkeys(ROLES)
     c = registry.client(settings)
@@ -92,15 +102,13 @@ def models(settings: Settings, name: str) -> dict[str, dict[str, Any] | None]:
     return out
 
 
-def gate_summary(report_uri: str | None) -> dict[str, Any] | None:
-    """Verdict, failed gates and the champion comparison of a gate report JSON."""
-    if not report_uri or not storage.exists(report_uri):
-        return None
-    report = storage.read_json(report_uri)
-    comparison = report.get("comparison") or {}
-    return {"passed": report.get("passed"), "failed": report.get("failed", []),
-            "champion_version": report.get("champion_version"),
-            "ci": [comparison.get("ci_low"), comparison.get("ci_high")] if comparison else None}
+def models_or_error(settings: Settings, name: str) -> tuple[dict[str, dict[str, Any] | None] | None,
+                                                           str | None]:
+    """`models`, or None and why the registry could not be asked."""
+    try:
+        return models(settings, name), None
+    except registry.RegistryUnavailable as exc:
+        return None, unavailable(exc)
 
 
 def promotion_history(settings: Settings, name: str, limit: int = 50) -> list[dict[str, Any]]:
@@ -118,7 +126,8 @@ def promotion_history(settings: Settings, name: str, limit: int = 50) -> list[di
         fallback = None if own or version is None else gate_report_uri(settings, name, str(version))
         out.append({
             "at": e.get("at"), "action": e.get("action"), "from_version": e.get("from_version"),
-            "to_version": version, "actor": e.get("actor"), "reason": e.get("reason"),
+            "to_version": version, "actor": e.get("actor"), "user": e.get("user"),
+            "reason": e.get("reason"),
             "failed_gates": e.get("failed_gates") or [], "moves_champion": e.get("action") in MOVES,
             "gate_report": own or fallback, "gate_report_of_version": bool(fallback),
             "history_uri": e.get("history_uri"), "run_id": e.get("run_id"),
@@ -126,14 +135,20 @@ def promotion_history(settings: Settings, name: str, limit: int = 50) -> list[di
     return out
 
 
+def _partition_day(entry: str) -> date | None:
+    """The day of a partition folder name (`locations.partition`), else None."""
+    try:
+        day = date.fromisoformat(entry[-10:])
+    except ValueError:
+        return None
+    return day if locations.partition(day) == entry else None
+
+
 def partitions(settings: Settings) -> list[str]:
     """Days with a published prediction partition (a manifest), newest first."""
-    days = []
-    for entry in storage.listdir(settings.predictions_uri):
-        if entry.startswith("date=") and storage.exists(
-                storage.join(settings.predictions_uri, entry, "_manifest.json")):
-            days.append(entry[len("date="):])
-    return sorted(days, reverse=True)
+    days = [d for d in map(_partition_day, storage.listdir(settings.predictions_uri)) if d]
+    return sorted((d.isoformat() for d in days if storage.exists(locations.manifest(settings, d))),
+                  reverse=True)
 
 
 def _read_manifest(settings: Settings, day: date) -> dict[str, Any] | None:
@@ -146,21 +161,24 @@ def lineage(settings: Settings, day: date) -> dict[str, Any] | None:
     """data version -> feature service -> training run -> model version -> ONNX -> partition.
 
     Each step carries what the manifest says and what the registry says; `ok` is False where
-    they disagree (the partition was not scored by what the registry holds for that version).
+    they disagree (the partition was not scored by what the registry holds for that version),
+    None where nothing was compared: `registry_error` says when the registry could not be asked,
+    and `consistent` is then None (unknown), not False.
     """
     manifest = _read_manifest(settings, day)
     if manifest is None:
         return None
     name, version = manifest["model"], str(manifest["model_version"])
-    c = registry.client(settings)
+    registry_error = None
     try:
-        mv = describe_version(c, settings, name, version)
-    except Exception as exc:  # noqa: BLE001 - a deleted version is shown, not a crash
-        mv = {"version": version, "run_id": None, "tags": {}, "params": {}, "metrics": {},
-              "error": f"{type(exc).__name__}: {exc}"}
+        mv = describe_version(registry.client(settings), settings, name, version)
+    except registry.RegistryNotFound as exc:  # a deleted version: a mismatch, shown
+        mv = {"version": version, "run_id": None, "tags": {}, "error": str(exc)}
+    except registry.RegistryUnavailable as exc:  # nothing known: no step can be compared
+        registry_error = unavailable(exc)
+        mv = {"version": version, "run_id": None, "tags": {}}
     tags = mv["tags"]
     data_version = manifest.get("data_version") or {}
-    partition = storage.join(settings.predictions_uri, f"date={day.isoformat()}")
     steps = [
         {"step": "data version", "value": tags.get("dvc_data_version"),
          "detail": {"training data sha256": tags.get("training_data_sha256"),
@@ -176,19 +194,20 @@ def lineage(settings: Settings, day: date) -> dict[str, Any] | None:
         {"step": "model version", "value": f"{name} v{version}", "model": name, "version": version,
          "detail": {"gate verdict": tags.get("gate_verdict"), "policy": manifest.get("backfill_model"),
                     "chosen as": manifest.get("model_choice")},
-         "ok": None if "error" not in mv else False},
+         "ok": False if "error" in mv else None},
         {"step": "ONNX sha256", "value": manifest.get("onnx_sha256"),
          "detail": {"registry": tags.get("onnx_sha256")},
          "ok": _same(manifest.get("onnx_sha256"), tags.get("onnx_sha256"))},
-        {"step": "partition", "value": f"date={day.isoformat()}",
-         "uri": storage.join(partition, "_manifest.json"),
+        {"step": "partition", "value": locations.partition(day),
+         "uri": locations.manifest(settings, day),
          "detail": {"rows": manifest.get("output_rows"), "input rows": manifest.get("input_rows"),
                     "files": len(manifest.get("files", [])), "airflow run": manifest.get("airflow_run_id"),
                     "input data (dvc)": data_version.get("dvc"),
                     "input sha256": data_version.get("input_sha256")}, "ok": None},
     ]
+    consistent = None if registry_error else all(s["ok"] is not False for s in steps)
     return {"date": day.isoformat(), "model": name, "version": version, "steps": steps,
-            "consistent": all(s["ok"] is not False for s in steps), "manifest": manifest}
+            "consistent": consistent, "registry_error": registry_error, "manifest": manifest}
 
 
 def _same(a: Any, b: Any) -> bool | None:
@@ -196,30 +215,30 @@ def _same(a: Any, b: Any) -> bool | None:
 
 
 def validation_reports(settings: Settings, days: list[date]) -> list[dict[str, Any]]:
-    """Validation reports of every table for the given days, plus the snapshot tables."""
-    base = storage.join(settings.reports_uri, "validation")
-    wanted = {f"date={d.isoformat()}.json" for d in days} | {"snapshot.json"}
+    """Validation reports of the given days: every table of params.yaml (a reference table's
+    snapshot) and the predictions, each where `locations.validation_report` puts it."""
+    from pipelines.data.checks import PREDICTIONS  # suite name of the predictions check
+
+    sources = config(settings).dataset.sources
+    wanted = [(t, locations.partition(None)) for t, s in sources.items() if not s.timestamp]
+    wanted += [(t, locations.partition(d)) for d in days
+               for t in [*(t for t, s in sources.items() if s.timestamp), PREDICTIONS]]
     rows = []
-    for table in storage.listdir(base):
-        for entry in storage.listdir(storage.join(base, table)):
-            if entry not in wanted:
-                continue
-            uri = storage.join(base, table, entry)
-            try:
-                report = storage.read_json(uri)
-            except (OSError, ValueError):
-                continue
-            docs = report.get("data_docs_uri")
-            site = storage.join(settings.reports_uri, "data_docs", table, entry[:-len(".json")],
-                                "index.html")
-            rows.append({"table": table, "partition": entry[:-len(".json")],
-                         "success": report.get("success"), "rows": report.get("rows"),
-                         "checks": report.get("n_checks"),
-                         "failures": len(report.get("failures") or []),
-                         "warnings": len(report.get("warnings") or []),
-                         "report_uri": uri, "expectations_report_uri": report.get("expectations_report_uri"),
-                         "data_docs_uri": docs,
-                         "data_docs_site": site if storage.exists(site) else None})
+    for table, part in wanted:
+        uri = locations.validation_report(settings, table, part)
+        try:
+            report = storage.read_json(uri)
+        except (OSError, ValueError):
+            continue  # not validated (or being replaced): nothing to list
+        site = storage.join(locations.data_docs(settings, table, part), "index.html")  # GX's site
+        rows.append({"table": table, "partition": part,
+                     "success": report.get("success"), "rows": report.get("rows"),
+                     "checks": report.get("n_checks"),
+                     "failures": len(report.get("failures") or []),
+                     "warnings": len(report.get("warnings") or []),
+                     "report_uri": uri, "expectations_report_uri": report.get("expectations_report_uri"),
+                     "data_docs_uri": report.get("data_docs_uri"),
+                     "data_docs_site": site if storage.exists(site) else None})
     return sorted(rows, key=lambda r: (r["partition"], r["table"]))
 
 

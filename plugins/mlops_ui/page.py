@@ -33,7 +33,7 @@ th{background:#f3f4f6}.badge{display:inline-block;border-radius:10px;padding:1px
 .step b{display:block;font-size:13px;margin-bottom:4px}.arrow{align-self:center;font-size:20px;color:#6b7280}
 .bad{border-color:#dc2626;background:#fef2f2}.charts{display:grid;grid-template-columns:repeat(auto-fit,minmax(360px,1fr));gap:12px;margin-bottom:8px}
 .charts svg{background:#fff;border:1px solid #e5e7eb;border-radius:6px;height:auto}
-form{display:inline}
+form{display:inline}.alert{display:block;padding:8px 12px;border-radius:6px;overflow-wrap:anywhere}
 """
 
 
@@ -102,6 +102,14 @@ def model_card(role: str, m: dict[str, Any] | None, champion: dict[str, Any] | N
             f'<table>{"".join(rows)}</table><p>{links}</p></div>')
 
 
+def _by(event: dict[str, Any]) -> str:
+    """Who: the person (when known) and the run that did it."""
+    user, actor = event.get("user"), event.get("actor")
+    if user:
+        return f'{_e(user)}<br><span class="muted">{_e(actor)}</span>'
+    return _e(actor)
+
+
 def history_table(events: list[dict[str, Any]], href: Href) -> str:
     if not events:
         return '<p class="muted">No promotion history yet.</p>'
@@ -120,7 +128,7 @@ def history_table(events: list[dict[str, Any]], href: Href) -> str:
         strong = ' style="font-weight:600"' if e.get("moves_champion") else ""
         rows.append(f'<tr class="event" data-action="{_e(e["action"])}"{strong}><td class="mono">'
                     f'{_e((e.get("at") or "")[:19])}</td><td>{_e(e["action"])}</td><td>{move}</td>'
-                    f'<td>{_e(e.get("reason"))}{failed}</td><td class="mono">{_e(e.get("actor"))}</td>'
+                    f'<td>{_e(e.get("reason"))}{failed}</td><td class="mono">{_by(e)}</td>'
                     f'<td>{_link(href(_md(report)) or href(report), label) if report else "—"}</td></tr>')
     return ("<table><tr><th>when (UTC)</th><th>action</th><th>version</th><th>reason</th>"
             f"<th>by</th><th>gate report</th></tr>{''.join(rows)}</table>")
@@ -199,17 +207,29 @@ def lineage_section(lin: dict[str, Any] | None, parts: list[str], selected: str 
         boxes.append(f'<div class="step{" bad" if s["ok"] is False else ""}" data-step="{_e(s["step"])}">'
                      f'<b>{_e(s["step"])}{check}</b><div class="mono" title="{_e(value)}">'
                      f'{_link(target, shown, value)}</div>{detail}</div>')
-    state = ('<span class="badge pass">manifest and registry agree</span>' if lin["consistent"]
-             else '<span class="badge fail">manifest and registry disagree</span>')
+    if lin.get("registry_error"):  # nothing was compared: neither agree nor disagree
+        state = f'<span class="alert fail registry-error">{_e(lin["registry_error"])}</span>'
+    elif lin["consistent"]:
+        state = '<span class="badge pass">manifest and registry agree</span>'
+    else:
+        state = '<span class="badge fail">manifest and registry disagree</span>'
     return (f'{form}<p>Partition {_e(lin["date"])} scored by {_e(lin["model"])} v{_e(lin["version"])} '
             f'{state}</p><div class="chain">{"<span class=arrow>→</span>".join(boxes)}</div>')
 
 
-def model_page(*, model: str, models: dict[str, Any], history: list[dict[str, Any]],
-               trend: dict[str, Any], partitions: list[str], lineage: dict[str, Any] | None,
-               selected: str | None, days: int, href: Href) -> str:
+def model_cards(models: dict[str, Any] | None, registry_error: str | None, href: Href) -> str:
+    """The champion, challenger and previous champion; or, plainly, why they are not known."""
+    if models is None:
+        return f'<p class="alert fail registry-error">{_e(registry_error or "could not ask the registry")}</p>'
     champion = models.get("champion")
-    cards = "".join(model_card(role, models.get(role), champion, href) for role in ROLE_TITLES)
+    return "".join(model_card(role, models.get(role), champion, href) for role in ROLE_TITLES)
+
+
+def model_page(*, model: str, models: dict[str, Any] | None, history: list[dict[str, Any]],
+               trend: dict[str, Any], partitions: list[str], lineage: dict[str, Any] | None,
+               selected: str | None, days: int, href: Href, registry_error: str | None = None) -> str:
+    """The whole model page; `models` is None when the registry could not be asked."""
+    cards = model_cards(models, registry_error, href)
     period = f"{trend['start']} .. {trend['end']}" if trend["start"] else "no checks yet"
     days_form = (f'<form method="get" action="{_e(urls.page("/"))}"><label>last <input name="days" '
                  f'type="number" min="1" max="366" value="{days}" style="width:4em"> days</label>'

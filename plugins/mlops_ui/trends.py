@@ -1,7 +1,7 @@
 """Drift and live-quality points of the last N days, for the model page's plots.
 
-The page asks a `TrendSource`. Today's source reads the JSON files `drift_monitor` writes under
-`<registry>/drift/` (verdicts, quality, decisions); a source backed by the metrics history table
+The page asks a `TrendSource`. Today's source reads the JSON records `drift_monitor` writes
+(verdicts, quality, decisions: `locations.monitoring_record`); a source backed by the metrics history table
 (`pipelines.monitoring.history`) only has to return the same point dicts, and `source_for` is the one
 place that chooses. "The last N days" ends at the latest checked interval, not at the wall clock:
 a backfilled or replayed span is shown as it was monitored.
@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import date, timedelta
 from typing import Any, Protocol
 
-from pipelines.core import storage
+from pipelines.core import locations, storage
 from pipelines.core.settings import Settings
 
 QUALITY_METRICS = ("roc_auc", "pr_auc", "calibration_error")
@@ -33,19 +33,22 @@ class TrendSource(Protocol):
 
 
 class VerdictFiles:
-    """Reads `<registry>/drift/{verdicts,quality,decisions}/<date>.json`."""
+    """Reads the monitoring records of each day (`locations.monitoring_record`)."""
 
     def __init__(self, settings: Settings) -> None:
-        self.base = storage.join(settings.registry_uri, "drift")
+        self.settings = settings
 
     def _days(self, kind: str) -> list[date]:
+        """Days with a record of `kind`: the names in its folder that are its records."""
+        folder = locations.monitoring_record(self.settings, kind, date.min).rsplit("/", 1)[0]
         out = []
-        for name in storage.listdir(storage.join(self.base, kind)):
-            if name.endswith(".json"):
-                try:
-                    out.append(date.fromisoformat(name[:-5]))
-                except ValueError:
-                    continue
+        for name in storage.listdir(folder):
+            try:
+                day = date.fromisoformat(name.rsplit(".", 1)[0])
+            except ValueError:
+                continue
+            if locations.monitoring_record(self.settings, kind, day).rsplit("/", 1)[1] == name:
+                out.append(day)
         return sorted(out)
 
     def _read(self, kind: str, start: date, end: date) -> list[dict[str, Any]]:
@@ -53,7 +56,7 @@ class VerdictFiles:
         for day in self._days(kind):
             if start <= day <= end:
                 try:
-                    out.append(storage.read_json(storage.join(self.base, kind, f"{day.isoformat()}.json")))
+                    out.append(storage.read_json(locations.monitoring_record(self.settings, kind, day)))
                 except (OSError, ValueError):
                     continue  # a file being replaced: skip it this time
         return out

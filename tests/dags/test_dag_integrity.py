@@ -63,7 +63,7 @@ def test_dag_ids_match_file_names_and_are_documented(dagbag) -> None:
 
 def test_assets_link_the_dags(dagbag) -> None:
     """drift_monitor emits the retraining request; training is scheduled on it."""
-    from pipelines.core.orchestration import PREDICTIONS_ASSET, RETRAIN_ASSET
+    from pipelines.core.contracts import PREDICTIONS_ASSET, RETRAIN_ASSET
 
     emit = dagbag.dags["drift_monitor"].get_task("request_retraining")
     assert [a.uri for a in emit.outlets] == [RETRAIN_ASSET]
@@ -81,3 +81,67 @@ def test_daily_dags_catch_up_over_the_configured_span(dagbag) -> None:
         dag = dagbag.dags[dag_id]
         assert dag.catchup is True
         assert dag.start_date == start and dag.end_date == end
+
+
+_NO_LOOKUPS = """
+import json, sys
+from airflow.dag_processing.dagbag import DagBag
+bag = DagBag(dag_folder=sys.argv[1])
+print(json.dumps({"dags": sorted(bag.dag_ids), "errors": {k: str(v)[-400:] for k, v in bag.import_errors.items()}}))
+"""
+
+
+def _parse_without_lookups(folder: Path, tmp_path: Path) -> dict:
+    """Parse `folder` in a process whose only secrets backend refuses every lookup and whose
+    metadata database does not exist."""
+    import os
+
+    env = {**os.environ,
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent),
+                                          os.environ.get("PYTHONPATH", "")]),
+           "AIRFLOW__SECRETS__BACKEND": "forbidden_lookups.ForbiddenLookups",
+           "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{tmp_path}/missing/none.db",
+           "LOOKUP_LOG": str(tmp_path / "lookups.log")}
+    out = subprocess.run([sys.executable, "-c", _NO_LOOKUPS, str(folder)], capture_output=True,
+                         text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    parsed = json.loads(out.stdout.strip().splitlines()[-1])
+    log = tmp_path / "lookups.log"
+    parsed["lookups"] = log.read_text().splitlines() if log.exists() else []
+    return parsed
+
+
+def test_parsing_the_dags_makes_no_variable_or_connection_lookups(tmp_path) -> None:
+    parsed = _parse_without_lookups(DAGS, tmp_path)
+    assert parsed["errors"] == {} and parsed["lookups"] == []
+    assert set(parsed["dags"]) == {"training", "batch_scoring", "feature_materialization",
+                                   "drift_monitor", "rollback", "promote"}
+
+
+def test_the_lookup_check_catches_a_variable_read_at_parse_time(tmp_path) -> None:
+    folder = tmp_path / "dags"
+    folder.mkdir()
+    (folder / "reads_a_variable.py").write_text(
+        "from datetime import datetime\n"
+        "from airflow.sdk import Variable, dag\n"
+        "THRESHOLD = Variable.get('threshold', default=None)\n"
+        "@dag(schedule=None, start_date=datetime(2024, 1, 1))\n"
+        "def reads_a_variable():\n    pass\n"
+        "reads_a_variable()\n")
+    parsed = _parse_without_lookups(folder, tmp_path)
+    assert parsed["lookups"] == ["variable threshold"]
+
+
+def test_every_task_and_run_failure_alerts(dagbag) -> None:
+    """The README's promise: alerts for every failed task and run, in every DAG."""
+    from pipelines.monitoring.alerts import MonitoringNotifier
+
+    for dag_id, dag in dagbag.dags.items():
+        callbacks = dag.on_failure_callback if isinstance(dag.on_failure_callback, list) else [
+            dag.on_failure_callback]
+        assert any(isinstance(c, MonitoringNotifier) for c in callbacks), f"{dag_id}: no run alert"
+        for task in dag.tasks:
+            task_callbacks = task.on_failure_callback or []
+            task_callbacks = task_callbacks if isinstance(task_callbacks, list) else [task_callbacks]
+            assert any(isinstance(c, MonitoringNotifier) for c in task_callbacks), \
+                f"{dag_id}.{task.task_id}: no alert when it fails"

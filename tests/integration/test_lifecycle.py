@@ -36,7 +36,8 @@ def lifecycle(tmp_path_factory):
     raw["training"]["estimator"]["params"]["n_estimators"] = 40
     raw["gates"]["compare"]["n_bootstrap"] = 100
     raw["gates"]["floors"] = {"roc_auc": 0.55, "pr_auc": 0.2}  # two weeks of January data
-    raw["drift"]["window_days"] = 3
+    raw["gates"]["budgets"] = {"max_single_row_p99_ms": 1000.0, "min_batch_rows_per_s": 100.0}
+    raw["drift"].update({"window_days": 3, "consecutive": 1})
     params = tmp / "params.yaml"
     params.write_text(yaml.safe_dump(raw))
     # Its own state: earlier tests in the session may have registered models of their own.
@@ -86,7 +87,7 @@ def test_lifecycle_train_score_drift_retrain(lifecycle):
 
     from pipelines import scoring
     from pipelines.core import locations, storage
-    from pipelines.core.orchestration import RETRAIN_ASSET
+    from pipelines.core.contracts import RETRAIN_ASSET
     from pipelines.model import registry
 
     cfg, settings = lifecycle
@@ -126,8 +127,8 @@ def test_lifecycle_train_score_drift_retrain(lifecycle):
     with create_session() as session:
         session.get(DagModel, "training").is_paused = False
     _run("drift_monitor", logical_date=_utc("2013-06-04"))
-    verdict = storage.read_json(storage.join(settings.registry_uri, "drift", "verdicts",
-                                             "2013-06-03.json"))
+    verdict = storage.read_json(locations.monitoring_record(settings, "verdicts",
+                                                            date(2013, 6, 3)))
     assert verdict["drift"] is True, verdict["reason"]
     assert storage.exists(verdict["report_uri"])
     with create_session() as session:
@@ -146,15 +147,40 @@ def test_lifecycle_train_score_drift_retrain(lifecycle):
     run = c.get_run(v2.run_id)
     assert json.loads(run.data.tags["trigger_evidence"])["date"] == "2013-06-03"
     assert run.data.tags["trigger"] == "drift on 2013-06-03"
-    report = storage.read_json(storage.join(settings.reports_uri, "gates", f"{name}-v2.json"))
+    report = storage.read_json(locations.gate_report(settings, name, "2"))
     assert report["has_champion"] and report["champion_version"] == "1"
-    now = registry.resolve_champion(settings, name)["version"]
-    assert now == ("2" if report["passed"] else "1"), report["failed"]
+    # on this slice the model of the drifted week does not beat the January model with
+    # confidence, and loses on JFK flights: rejected, the champion stays (deterministic: same
+    # data, seeds and gates every run; no timing budget can tip it, see the fixture)
+    assert report["failed"] == ["beats_champion:roc_auc", "slice:origin=JFK"], report["failed"]
+    assert registry.resolve_champion(settings, name)["version"] == "1"
     actions = [(e["action"], e.get("to_version")) for e in registry.history(settings)]
-    assert actions[:3] == [("register", "1"), ("promote", "1"), ("register", "2")]
-    assert (("promote", "2") in actions) == report["passed"]
+    assert actions == [("register", "1"), ("promote", "1"), ("register", "2"), ("rejected", "2")]
 
     # 5. a re-run of the drift check for the same day does not request a second retraining
     _run("drift_monitor", logical_date=_utc("2013-06-04"))
     with create_session() as session:
         assert session.query(AssetEvent).filter(AssetEvent.asset_id == asset.id).count() == 1
+
+
+def test_promote_and_rollback_dags(lifecycle):
+    """By hand: the promote DAG refuses a version whose gates failed unless forced; the rollback
+    DAG moves the champion back; both record who did it and why."""
+    from pipelines.model import registry
+
+    cfg, settings = lifecycle
+    name = cfg.registry.model_name
+    assert registry.client(settings).get_model_version(name, "2").tags["gate_verdict"] == "fail"
+    refused = _dag("promote").test(run_conf={"version": "2", "reason": "try without force"})
+    assert str(refused.state) == "failed"
+    assert registry.resolve_champion(settings, name)["version"] == "1"
+    _run("promote", run_conf={"version": "2", "reason": "accepted risk", "force": True})
+    assert registry.resolve_champion(settings, name)["version"] == "2"
+    _run("rollback", run_conf={"target": "previous", "reason": "incident drill"})
+    assert registry.resolve_champion(settings, name)["version"] == "1"
+    moves = [e for e in registry.history(settings)
+             if e["action"] in ("promote", "forced_promote", "rollback")]
+    assert [(m["action"], m["to_version"], m["user"], m["reason"]) for m in moves] == [
+        ("promote", "1", "dag_test", "manual training"),
+        ("forced_promote", "2", "dag_test", "accepted risk"),
+        ("rollback", "1", "dag_test", "incident drill")]

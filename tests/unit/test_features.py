@@ -7,11 +7,13 @@ Parquet, SQLite online store); the sources are written the way `pipelines.featur
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from dataclasses import replace
 from datetime import date, timedelta
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -25,10 +27,10 @@ from pipelines.features.online import (
     SkewError,
     assert_no_skew,
     materialize_interval,
-    online_features,
     skew_report,
 )
 from pipelines.features.retrieval import check_retrieval, historical_features
+from pipelines.features.serving import online_features
 from pipelines.features.sources import compute_aggregate, known_at, write_table_sources
 
 REPO = Path(__file__).resolve().parents[2]
@@ -487,3 +489,218 @@ def test_arrow_retrieval_check_judges_dtypes_as_the_pandas_check():
     with pytest.raises(ValueError, match="feature retrieval returned"):
         check_retrieval_table(pa.table({ROW_KEY: ["b", "a"], "plane_fv__engines": [1, 2],
                                         "plane_fv__year": [1.0, 2.0]}), rows, _schema())
+
+
+# -- request-time features: one function offline, in batch scoring and online -----------------
+
+def _spec(**features):
+    from pipelines.core.specs import parse_request_spec
+
+    return parse_request_spec(json.dumps(features))
+
+
+CALENDAR = {"kind": "calendar", "input": PREDICTION_TIME, "timezone": "Europe/Berlin",
+            "fields": ["hour", "weekday"]}
+# a request column other than the prediction time, with missing values
+REACH = {"kind": "expression", "inputs": ["distance"], "expr": "log1p(distance)",
+         "dtype": "float64"}
+BUCKET = {"kind": "expression", "inputs": ["distance"], "expr": "floor(distance / 2)",
+          "dtype": "int64", "field": "half", "on_missing": "fill", "fill_value": -1}
+
+
+def _request_rows() -> pd.DataFrame:
+    at = [_at(0, 11), _at(1, 0), _at(1, 12), _at(2, 11), _at(2, 23), _at(5), _at(1, 12), _at(3)]
+    return pd.DataFrame({ROW_KEY: [f"r{i}" for i in range(len(at))], PREDICTION_TIME: at,
+                         "sensor_id": pd.array(["s1", "s2", "s1", "s1", "s3", "s1", None, "s9"],
+                                               dtype="string"),
+                         "distance": [1.0, 2.0, None, 4.0, 5.0, 6.0, 7.0, 8.0]})
+
+
+def test_request_features_are_the_same_offline_in_batch_scoring_and_serving(sensors):
+    """Training's retrieval (pandas), batch scoring's (Arrow) and the serving function (entity
+    keys + request fields as JSON) compute the same request-time features, with the same
+    view features beside them; a non-time request column with missing values included."""
+    from pipelines.features.retrieval import historical_features_table
+    from pipelines.features.serving import serving_features
+
+    store, _ = sensors
+    spec = _spec(calendar=CALENDAR, reach=REACH, bucket=BUCKET)
+    rows = _request_rows()
+    train = historical_features(store, "sensors_v1", rows, ["sensor_id"], engine="duckdb",
+                                cutoff=True, request_time=spec)
+    added = ["calendar__hour", "calendar__weekday", "reach__value", "bucket__half"]
+    assert list(train.columns)[-4:] == added
+    # 2024-03-01 is a Friday; 11:00 UTC is 12:00 in Berlin (CET)
+    assert train.loc[0, ["calendar__hour", "calendar__weekday"]].tolist() == [12, 4]
+    assert _nullable(train["reach__value"])[:3] == [pytest.approx(np.log1p(1.0)),
+                                                    pytest.approx(np.log1p(2.0)), None]
+    assert train["bucket__half"].tolist() == [0, 1, -1, 2, 2, 3, 3, 4]
+    for engine in ("duckdb", "feast"):
+        batch = historical_features_table(store, "sensors_v1", _arrow_rows(rows), ["sensor_id"],
+                                          engine=engine, cutoff=True, request_time=spec)
+        pd.testing.assert_frame_equal(batch.to_pandas(), train)
+
+    for day in range(3):
+        materialize_interval(store, D0 + timedelta(days=day), lateness_days=1)
+    requests = [{"sensor_id": r.sensor_id if pd.notna(r.sensor_id) else None,
+                 PREDICTION_TIME: r.event_timestamp.isoformat(),
+                 "distance": None if pd.isna(r.distance) else r.distance}
+                for r in rows.itertuples(index=False)]
+    served = serving_features(store, "sensors_v1", spec, json.loads(json.dumps(requests)),
+                              as_of=_at(3))
+    for col in added:
+        assert _nullable(served[col]) == _nullable(train[col]), col
+    # the view features come from the online store (as of the request): s1's latest reading
+    assert served["reading_fv__value"].tolist()[:1] == [3.0]
+    assert served.loc[6, "reading_fv__value"] is None  # a missing key matches nothing
+
+
+DST = [  # zone, UTC instant, local hour, weekday (Monday = 0)
+    ("America/New_York", "2024-03-10T06:30:00Z", 1, 6),  # EST
+    ("America/New_York", "2024-03-10T07:30:00Z", 3, 6),  # EDT: 02:30 does not exist
+    ("America/New_York", "2024-11-03T05:30:00Z", 1, 6),  # EDT: the first 01:30
+    ("America/New_York", "2024-11-03T06:30:00Z", 1, 6),  # EST: the second 01:30
+    ("America/New_York", "2024-11-03T07:30:00Z", 2, 6),
+    ("America/New_York", "2013-01-05T03:30:00Z", 22, 4),  # Saturday in UTC, Friday there
+    ("Europe/Berlin", "2024-03-31T00:30:00Z", 1, 6),  # CET
+    ("Europe/Berlin", "2024-03-31T01:30:00Z", 3, 6),  # CEST
+    ("Europe/Berlin", "2024-10-27T00:30:00Z", 2, 6),  # CEST: the first 02:30
+    ("Europe/Berlin", "2024-10-27T01:30:00Z", 2, 6),  # CET: the second 02:30
+    ("Europe/Berlin", "2024-10-27T02:30:00Z", 3, 6),
+]
+
+
+@pytest.mark.parametrize("zone", ["America/New_York", "Europe/Berlin"])
+def test_calendar_hours_follow_daylight_saving_time(zone):
+    import pyarrow as pa
+
+    from pipelines.features import request
+
+    cases = [c for c in DST if c[0] == zone]
+    spec = _spec(cal={**CALENDAR, "timezone": zone})
+    utc = pd.to_datetime([c[1] for c in cases], utc=True)
+    want = {"cal__hour": [c[2] for c in cases], "cal__weekday": [c[3] for c in cases]}
+    frame = pd.DataFrame({PREDICTION_TIME: utc})
+    for got in (request.compute(spec, frame),  # training
+                request.compute(spec, pa.table({PREDICTION_TIME: pa.array(utc)})).to_pandas(),
+                # serving: the same instants written with the zone's own offsets
+                request.compute(spec, request.serving_frame(
+                    [{PREDICTION_TIME: t.tz_convert(zone).isoformat()} for t in utc], spec))):
+        assert {c: got[c].tolist() for c in want} == want
+
+
+@pytest.mark.parametrize("value", ["2024-03-10 01:30:00", pd.Timestamp("2024-03-10 01:30")])
+def test_naive_request_times_are_refused_not_read_as_utc(value):
+    from pipelines.features import request
+
+    spec = _spec(cal=CALENDAR)
+    with pytest.raises(ValueError, match="refusing to assume UTC"):
+        request.compute(spec, pd.DataFrame({PREDICTION_TIME: [value]}))
+    with pytest.raises(ValueError, match=r"request-time feature 'cal' reads \['event_timestamp'\]"):
+        request.compute(spec, pd.DataFrame({"other": [1]}))
+    with pytest.raises(ValueError, match=r"lack the request columns \['event_timestamp'\]"):
+        request.serving_frame([{"sensor_id": "s1"}], spec)
+
+
+def test_skew_check_covers_request_features_with_any_request_column(sensors, monkeypatch):
+    """The skew check serves sampled entity rows (keys + request columns as JSON) through the
+    serving function and compares the request-time features with the offline retrieval; a
+    request column other than the prediction time is covered, and a serving path that reads
+    a request column differently is caught, naming feature, entity and both values."""
+    from pipelines.features import request
+
+    store, _ = sensors
+    for day in range(3):
+        report = materialize_interval(store, D0 + timedelta(days=day), lateness_days=1)
+    as_of = pd.Timestamp(report["as_of"]).to_pydatetime()
+    spec = _spec(calendar=CALENDAR, reach=REACH, bucket=BUCKET)
+    sample = _request_rows().drop(columns=[ROW_KEY])
+    result = skew_report(store, "sensors_v1", ["sensor_id"], as_of, n=50, seed=0,
+                         request_time=spec, request_rows=sample)
+    assert result["mismatches"] == []
+    assert result["request_rows"] == 8 and result["compared"] == 13 + 8 * 4
+    assert_no_skew(result)
+    # the prediction time as the only request column: every hour of the day before as_of
+    hours = skew_report(store, "sensors_v1", ["sensor_id"], as_of, n=50, seed=0,
+                        request_time=_spec(calendar=CALENDAR))
+    assert hours["request_rows"] == 24 and hours["compared"] == 13 + 24 * 2
+
+    real = request.serving_frame
+
+    def misreads_distance(rows, spec):  # a server that takes the distance in other units
+        frame = real(rows, spec)
+        return frame.assign(distance=frame["distance"] * 1000)
+
+    monkeypatch.setattr(request, "serving_frame", misreads_distance)
+    skewed = skew_report(store, "sensors_v1", ["sensor_id"], as_of, n=50, seed=0,
+                         request_time=spec, request_rows=sample)
+    with pytest.raises(SkewError) as err:
+        assert_no_skew(skewed)
+    msg = str(err.value)
+    assert "14 of 45 feature values differ" in msg  # reach and bucket of the 7 known distances
+    assert ("reach__value for {'event_timestamp': '2024-03-01T11:00:00+00:00', 'distance': 1.0}: "
+            f"online={float(np.log1p(1000.0))!r} offline={float(np.log1p(1.0))!r}") in msg
+
+
+# -- the Feast registry holds data only ---------------------------------------------------------
+
+PLANTED = '''
+from feast import Field, RequestSource
+from feast.on_demand_feature_view import on_demand_feature_view
+from feast.types import Float64
+
+request = RequestSource(name="planted_request", schema=[Field(name="x", dtype=Float64)])
+
+
+# the default value runs whenever the function's source is executed: in every reader
+@on_demand_feature_view(sources=[request], schema=[Field(name="y", dtype=Float64)],
+                        mode="pandas")
+def planted(inputs, _=__import__("pathlib").Path("MARKER").write_text("ran")):
+    return inputs.rename(columns={"x": "y"})
+'''
+
+
+def test_a_registry_holding_code_is_refused_before_feast_runs_it(tmp_path, monkeypatch):
+    """Anyone who can write the registry could add an on-demand view: Feast runs its function
+    in every process that lists views. The project refuses such a registry when it opens the
+    store (`get_store`), before Feast deserialises anything."""
+    import importlib.util
+
+    from feast import FeatureStore
+
+    from pipelines.features.store import (
+        RegistryCodeError,
+        assert_data_only,
+        get_store,
+        registry_code,
+    )
+
+    store = _repo(tmp_path / "repo")
+    assert_data_only(store)  # views, entities, sources and services: data only
+    marker = tmp_path / "udf-ran"
+    module = tmp_path / "planted.py"
+    module.write_text(PLANTED.replace("MARKER", str(marker)))
+    spec = importlib.util.spec_from_file_location("planted_udf", module)
+    planted = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(planted)
+    store.apply([planted.request, planted.planted])
+    marker.unlink()  # written when this test defined it: only readers matter here
+
+    reader = FeatureStore(repo_path=str(tmp_path / "repo"))
+    with pytest.raises(RegistryCodeError, match="OnDemandFeatureView at registry"
+                                                ".on_demand_feature_views"):
+        assert_data_only(reader)
+    assert not marker.exists()
+    found = registry_code(reader.registry.proto())
+    assert any("bytes at registry.on_demand_feature_views" in f for f in found)
+    # the project's own entry point refuses the same registry
+    for name, value in {"FEAST_REGISTRY_PATH": str(tmp_path / "repo" / "registry.db"),
+                        "FEAST_ONLINE_PATH": str(tmp_path / "online.db"),
+                        "FEAST_ONLINE_STORE": "sqlite"}.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(RegistryCodeError, match="planted"):
+        get_store(get_settings())
+    assert not marker.exists()
+    # what the refusal prevents: any Feast reader runs the planted function
+    reader.list_on_demand_feature_views()
+    assert marker.read_text() == "ran"

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 from pipelines.core.config import CompareGate, GatesConfig
-from pipelines.model.gates import calibration_error, evaluate, paired_bootstrap
+from pipelines.model.gates import (
+    calibration_error,
+    evaluate,
+    paired_bootstrap,
+    render_markdown,
+)
 
 PARITY_OK = {"passed": True, "max_abs_diff": 1e-7, "tolerance": 1e-5}
 PARITY_BAD = {"passed": False, "max_abs_diff": 3e-3, "tolerance": 1e-5}
@@ -129,3 +136,40 @@ def test_budgets_and_behaviour_checks():
     ))
     assert [r["passed"] for r in results] == [True, False, True, False]
     assert "not a model input" in results[3]["detail"]
+
+
+# -- undefined metrics: a verdict, never a crash or a default pass -------------------------------
+
+def test_one_class_evaluation_set_without_champion_is_rejected_with_the_reason():
+    y = np.zeros(500, dtype=int)
+    p = np.random.default_rng(0).random(500)
+    report = evaluate(CFG, y, p, None, PARITY_OK)
+    assert not report["passed"] and report["failed"] == ["floor:roc_auc"]
+    check = report["checks"][0]
+    assert check["value"] is None and "one class" in check["detail"]
+    assert report["metrics"]["roc_auc"] is None and report["metrics"]["pr_auc"] is None
+    text = json.dumps(report, allow_nan=False)  # no bare NaN can reach the report JSON
+    assert "NaN" not in text
+
+
+def test_one_class_evaluation_set_with_champion_is_rejected_not_an_index_error():
+    y = np.ones(400, dtype=int)
+    rng = np.random.default_rng(1)
+    report = evaluate(CFG, y, rng.random(400), rng.random(400), PARITY_OK)
+    assert not report["passed"]
+    assert set(report["failed"]) == {"floor:roc_auc", "beats_champion:roc_auc"}
+    compare = next(c for c in report["checks"] if c["gate"] == "beats_champion:roc_auc")
+    assert compare["value"] is None and "one class" in compare["detail"]
+    json.dumps(report, allow_nan=False)
+    assert "undefined" in render_markdown(report, "7")
+
+
+def test_bootstrap_with_no_usable_resample_gives_no_interval_and_rejects():
+    y = np.array([0] * 1999 + [1])  # one positive: seed 52's three resamples all miss it
+    p_new, p_old = np.random.default_rng(0).random(2000), np.random.default_rng(1).random(2000)
+    out = paired_bootstrap(y, p_new, p_old, "roc_auc", 3, 0.95, seed=52)
+    assert out["n_bootstrap"] == 0 and out["skipped"] == 3
+    assert out["ci_low"] is None and "no bootstrap resample" in out["undefined"]
+    cfg = GatesConfig(floors={}, compare=CompareGate(n_bootstrap=3, seed=52))
+    report = evaluate(cfg, y, p_new, p_old, PARITY_OK)
+    assert report["failed"] == ["beats_champion:roc_auc"]

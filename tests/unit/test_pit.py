@@ -286,16 +286,16 @@ def test_fast_path_equals_feast_on_real_flights(flights, cutoff):
     from pipelines.features.retrieval import historical_features
 
     cfg, store, rows = flights
-    keys = list(cfg.features.join_keys)
+    keys, spec = list(cfg.features.join_keys), cfg.features.request_time
     feast = historical_features(store, cfg.features.service, rows, keys, engine="feast",
-                                cutoff=cutoff)
+                                cutoff=cutoff, request_time=spec)
     fast = historical_features(store, cfg.features.service, rows, keys, engine="duckdb",
-                               cutoff=cutoff)
+                               cutoff=cutoff, request_time=spec)
     pd.testing.assert_frame_equal(feast, fast)
     assert len(fast) == len(rows) and (fast[ROW_KEY] == rows[ROW_KEY]).all()
     assert fast["weather_fv__temp"].notna().mean() > 0.95  # the join found real values
     assert fast.loc[fast["tailnum"] == "NOPLANE", "plane_fv__seats"].isna().all()
-    assert {"calendar_odfv__weekday", "calendar_odfv__hour"} <= set(fast.columns)
+    assert list(fast.columns)[-2:] == ["calendar__hour", "calendar__weekday"]
     corrected_stats = fast.loc[fast["carrier_stats_fv__label_rate"] == 0.999, PREDICTION_TIME]
     warm = fast["weather_fv__temp"] > 95  # January: only the injected corrections are that warm
     assert len(corrected_stats) > 0
@@ -313,21 +313,37 @@ def test_calendar_fields_are_local_to_the_origin(flights):
     cfg, store, rows = flights
     one = rows.head(1).assign(**{PREDICTION_TIME: pd.Timestamp("2013-01-05T03:30Z")})
     out = historical_features(store, cfg.features.service, one, list(cfg.features.join_keys),
-                              engine="duckdb", cutoff=True)
+                              engine="duckdb", cutoff=True, request_time=cfg.features.request_time)
     # 03:30 UTC on Saturday 5 January is 22:30 on Friday in New York
-    assert out["calendar_odfv__hour"].iloc[0] == 22 and out["calendar_odfv__weekday"].iloc[0] == 4
+    assert out["calendar__hour"].iloc[0] == 22 and out["calendar__weekday"].iloc[0] == 4
 
 
 def test_specs_come_from_the_feast_definitions(flights):
     cfg, store, _ = flights
-    specs, odfvs = pit.service_views(store, cfg.features.service)
-    by_name = {s.name: s for s in specs}
+    by_name = {s.name: s for s in pit.service_views(store, cfg.features.service)}
     assert list(by_name) == ["weather_fv", "plane_fv", "carrier_stats_fv", "route_stats_fv"]
     assert by_name["weather_fv"].ttl == timedelta(hours=6) and by_name["plane_fv"].ttl is None
     assert by_name["plane_fv"].join_keys == (("tailnum", "tailnum"),)
     assert by_name["weather_fv"].created_timestamp_column == "created_timestamp"
     assert by_name["weather_fv"].path.endswith("features/weather/*.parquet")
-    assert [o.name for o, _ in odfvs] == ["calendar_odfv"]
+
+
+def test_feast_apply_of_the_feature_repo_leaves_data_only_in_the_registry(flights):
+    """The registry `feast apply` writes from feature_repo/ holds entities, sources, feature
+    views and services: no on-demand or stream view, no transformation, no pickled bytes
+    (read from the registry proto itself, before Feast deserialises anything)."""
+    from feast.protos.feast.core.Registry_pb2 import Registry
+
+    from pipelines.features.store import registry_code
+
+    cfg, store, _ = flights
+    proto = Registry.FromString(Path(store.config.registry.path).read_bytes())
+    assert registry_code(proto) == []
+    assert not proto.on_demand_feature_views and not proto.stream_feature_views
+    assert {v.spec.name for v in proto.feature_views} == {
+        "weather_fv", "plane_fv", "carrier_stats_fv", "route_stats_fv"}
+    assert {s.spec.name for s in proto.feature_services} >= {cfg.features.service}
+    assert store.list_on_demand_feature_views() == []
 
 
 def test_missing_source_files_fail_loudly(scratch):
@@ -335,3 +351,84 @@ def test_missing_source_files_fail_loudly(scratch):
     with pytest.raises(FileNotFoundError, match="gone: no source files"):
         pit.retrieve(entities, [_spec("gone", scratch / "nothing-here" / "*.parquet", "k", None)],
                      PREDICTION_TIME)
+
+
+
+def test_check_skew_serves_sampled_events_with_the_configured_request_features(flights):
+    """The materialisation DAG's check on the project's own definitions: the views online vs
+    offline, and the request-time calendar of 200 sampled events of the day as serving
+    computes it (from the rows as JSON) vs the training retrieval."""
+    from datetime import date
+
+    from pipelines.core.settings import get_settings
+    from pipelines.features.online import check_skew, materialize
+
+    cfg, _, _ = flights
+    settings = get_settings()
+    done = materialize(cfg, settings, date(2013, 1, 6))
+    summary = check_skew(cfg, settings, done["as_of"])
+    n = cfg.features.skew_sample_entities
+    assert summary["request_rows"] == n and summary["compared"] > n * 2
+
+
+# -- lineage: a model is scored with the request-time spec it was trained with -----------------
+
+def test_a_model_is_scored_with_the_request_spec_it_was_trained_with(flights, tmp_path,
+                                                                     monkeypatch):
+    """Training records the request-time spec (in the feature-service hash and a version tag);
+    batch scoring computes the features by that spec, so a later change of params.yaml (here
+    the calendar's time zone) does not silently change an old model's inputs; a task payload
+    claiming another spec than the registry's is refused."""
+    import json
+    from datetime import date
+
+    from pipelines.core import locations, storage
+    from pipelines.core.settings import get_settings
+    from pipelines.core.specs import parse_request_spec, request_spec_json
+    from pipelines.features.store import feature_service_hash
+    from pipelines.model.registry import RegistryError
+    from pipelines.model.training import train_and_register
+    from pipelines.model.training_set import build_training_set
+    from pipelines.scoring import run
+    from pipelines.scoring.io import read_table
+
+    cfg, store, _ = flights
+    settings = get_settings()
+    # MLflow exports the tracking URI it is given: restored afterwards for later tests
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", settings.mlflow_tracking_uri)
+    est = cfg.training.estimator.model_copy(update={"params": {
+        **cfg.training.estimator.params, "n_estimators": 10}})
+    cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={"estimator": est})})
+    trained_with = cfg.features.request_time
+    assert trained_with["calendar"].timezone == "America/New_York"
+    ts = build_training_set(cfg, settings, date(2013, 1, 2), date(2013, 1, 6),
+                            str(tmp_path / "train.parquet"))
+    assert ts["request_features"] == request_spec_json(trained_with)
+    assert ts["feature_service_hash"] == feature_service_hash(store, cfg.features.service,
+                                                              trained_with)
+    trained = train_and_register(cfg, settings, ts, {"run_id": "pit-test"})
+    model = run.describe_version(settings, cfg.registry.model_name, trained["version"])
+    assert {"calendar__hour", "calendar__weekday"} <= set(model["numeric"])
+    assert parse_request_spec(model["request_features"]) == trained_with
+
+    # params.yaml changes later: the calendar in Berlin. A new model would hash differently...
+    berlin = {"calendar": trained_with["calendar"].model_copy(update={"timezone": "Europe/Berlin"})}
+    later = cfg.model_copy(update={"features": cfg.features.model_copy(update={
+        "request_time": berlin})})
+    assert feature_service_hash(store, cfg.features.service, berlin) != ts["feature_service_hash"]
+    # ... but the old model is still scored with New York hours
+    day = date(2013, 1, 7)
+    chunks = run.plan_interval(later, settings, day)
+    parts = [run.score_chunk(later, settings, day, c, model) for c in chunks]
+    scored = pd.concat([read_table(storage.join(locations.predictions(settings, day), p["file"]))
+                        .to_pandas() for p in parts], ignore_index=True)
+    assert len(scored) > 500
+    local = scored[PREDICTION_TIME].dt.tz_convert("America/New_York")
+    assert (scored["calendar__hour"] == local.dt.hour).all()
+    assert (scored["calendar__weekday"] == local.dt.weekday).all()
+    assert (scored["calendar__hour"] != scored[PREDICTION_TIME].dt.tz_convert(
+        "Europe/Berlin").dt.hour).all()
+
+    tampered = {**model, "request_features": json.dumps({})}
+    with pytest.raises(RegistryError, match="the run pinned request_features="):
+        run.score_chunk(later, settings, day, chunks[0], tampered)

@@ -110,7 +110,8 @@ def test_a_bad_batch_stops_the_day_before_any_feature_is_written(settings, raw) 
     reports = _snapshot(Path(settings.reports_uri))
     assert {k: reports[k] for k in earlier["reports"]} == earlier["reports"]
     assert not weather_d2.exists() and flights_d2.exists()
-    assert Path(settings.quarantine_uri, "weather", f"date={D2}", "weather.csv").exists()
+    (quarantined,) = _quarantined(settings, "weather", D2)
+    assert (quarantined / "weather.csv").exists()
     report = json.loads(Path(settings.reports_uri, "validation", "weather", f"date={D2}.json")
                         .read_text())
     assert Path(report["data_docs_uri"]).is_file()
@@ -122,6 +123,33 @@ def test_a_bad_batch_stops_the_day_before_any_feature_is_written(settings, raw) 
     assert Path(settings.features_uri, "weather", f"date={D2}.parquet").exists()
 
 
+def _quarantined(settings: Settings, table: str, day: date) -> list[Path]:
+    """The quarantine folders of one batch, oldest first (one per quarantine, by time)."""
+    return sorted(Path(settings.quarantine_uri, table, f"date={day}").iterdir())
+
+
+def test_quarantining_a_batch_again_keeps_the_earlier_copy(settings, raw) -> None:
+    _land(settings, "flights", D1, _day(raw["flights"], D1))
+    first = _day(raw["weather"], D1).assign(humid=180.0)
+    second = _day(raw["weather"], D1).assign(visib=-3.0)
+    texts = []
+    for bad in (first, second):  # the batch is re-delivered, still bad
+        path = _land(settings, "weather", D1, bad)
+        with pytest.raises(DataValidationError) as info:
+            validate_interval(CFG, settings, D1)
+        texts.append(str(info.value))
+        assert not path.exists()
+    copies = _quarantined(settings, "weather", D1)
+    assert len(copies) == 2 and copies[0].name < copies[1].name  # UTC stamps sort by time
+    for copy, bad, text in zip(copies, (first, second), texts):
+        assert (copy / "weather.csv").read_bytes() == bad.to_csv(index=False).encode()
+        assert json.loads((copy / "_validation.json").read_text())["quarantined_to"] == str(copy)
+        assert f"the batch was moved to {copy}" in text
+    for copy, column in zip(copies, ("humid", "visib")):  # each copy with its own report
+        assert f"| {column} | expect_column_values_to_be_between |" in (
+            copy / "_validation.md").read_text()
+
+
 def test_every_bad_table_of_the_day_is_named_in_one_error(settings, raw) -> None:
     flights = _day(raw["flights"], D1).drop(columns="dep_delay")
     weather = _day(raw["weather"], D1).rename(columns={"temp": "temperature"})
@@ -131,6 +159,28 @@ def test_every_bad_table_of_the_day_is_named_in_one_error(settings, raw) -> None
     for path, text in zip(paths, ["missing column 'dep_delay'", "unexpected column 'temperature'"]):
         assert str(path) in str(info.value) and text in str(info.value)
         assert not path.exists()
+
+
+def test_a_missing_batch_does_not_stop_the_other_tables_being_checked(settings, raw) -> None:
+    """flights comes first in dataset.daily_tables: its absence is reported together with the
+    bad weather batch (validated and quarantined all the same), in one error."""
+    assert CFG.dataset.daily_tables[0] == "flights"
+    weather = _land(settings, "weather", D1, _day(raw["weather"], D1).assign(humid=180.0))
+    with pytest.raises(DataValidationError) as info:
+        validate_interval(CFG, settings, D1)
+    message = str(info.value)
+    assert message.startswith(f"{D1}: 2 of 2 tables failed validation (flights, weather)")
+    assert f"{locations.batch(settings.landing_uri, 'flights', D1)}: no flights batch has " \
+           f"landed for {D1}" in message
+    assert str(weather) in message and "column humid" in message
+    assert not weather.exists() and len(_quarantined(settings, "weather", D1)) == 1
+
+    _land(settings, "weather", D1, _day(raw["weather"], D1))  # a good weather batch, no flights
+    with pytest.raises(DataValidationError) as info:
+        validate_interval(CFG, settings, D1)
+    assert str(info.value).startswith(f"{D1}: 1 of 2 tables failed validation (flights)")
+    report = locations.validation_report(settings, "weather", f"date={D1}")
+    assert storage.read_json(report)["success"]  # the present table was validated
 
 
 # --- derived outputs -------------------------------------------------------------------------
@@ -150,7 +200,11 @@ def _service_features(service: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def features() -> list[str]:
-    return _service_features(CFG.features.service)
+    from pipelines.features import request
+
+    # the service's columns, then the request-time features the retrieval appends after them
+    return [*_service_features(CFG.features.service),
+            *request.columns(CFG.features.request_time)]
 
 
 PLAUSIBLE = {"temp": (20, 60), "dewp": (5, 40), "humid": (30, 95), "wind_speed": (0, 25),

@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 import yaml
+from support import register_onnx
 
 from pipelines import scoring
 from pipelines.core import locations, storage
@@ -30,37 +30,12 @@ from pipelines.model import registry
 from pipelines.scoring.inputs import META, add_counts, prepare_inputs
 from pipelines.scoring.io import read_table
 from pipelines.scoring.parts import output_schema, stage_chunks, write_part
-from pipelines.scoring.publish import validate_parts
+from pipelines.scoring.publish import publish, validate_parts
 from pipelines.scoring.run import champion_at, describe_version, load_scorer, read_chunk
 
 REPO = Path(__file__).resolve().parents[2]
 DAY, DAYS = date(2013, 1, 10), [date(2013, 1, 10), date(2013, 1, 11), date(2013, 1, 12)]
 EMPTY_DAY = date(2013, 1, 20)  # not in the landing zone
-
-
-def _register(settings, cfg, pipe, numeric, categorical) -> str:
-    """Log the ONNX export as the tracking module does and register it as a new version."""
-    import mlflow
-
-    from pipelines.model.onnx_model import export, sha256
-    from pipelines.model.training import ONNX_PATH
-
-    onnx_bytes = export(pipe, numeric, categorical)
-    c = registry.client(settings)
-    registry.ensure_experiment(settings, cfg.registry.model_name)
-    with mlflow.start_run() as run, tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.onnx"
-        path.write_bytes(onnx_bytes)
-        mlflow.log_artifact(str(path), os.path.dirname(ONNX_PATH))
-    registry.ensure_registered_model(c, cfg.registry.model_name)
-    mv = c.create_model_version(cfg.registry.model_name, f"runs:/{run.info.run_id}/onnx",
-                                run_id=run.info.run_id, tags={
-                                    "onnx_sha256": sha256(onnx_bytes),
-                                    "onnx_uri": f"runs:/{run.info.run_id}/{ONNX_PATH}",
-                                    "numeric_inputs": ",".join(numeric),
-                                    "categorical_inputs": ",".join(categorical),
-                                    "feature_service": cfg.features.service})
-    return str(mv.version)
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +76,7 @@ def env(tmp_path_factory):
             small = cfg.model_copy(update={"training": cfg.training.model_copy(
                 update={"estimator": est})})
             pipe, numeric, categorical = fit(small, train)
-            versions.append(_register(settings, cfg, pipe, numeric, categorical))
+            versions.append(register_onnx(settings, cfg, pipe, numeric, categorical))
         registry.promote(settings, cfg.registry.model_name, versions[0], "test", "first", None)
         yield {"cfg": cfg, "settings": settings, "versions": versions, "train": train}
 
@@ -600,3 +575,85 @@ def test_the_arrow_chunk_path_publishes_what_the_pandas_path_did(env, tmp_path, 
         locations.predictions(old, day), p["file"]), ["probability"])["probability"].to_numpy()
         for p in before])
     assert np.array_equal(probs, old_probs) and len(probs) == manifest["output_rows"]
+
+
+# -- integrity on the scoring path: the ONNX file, the pinned payload, the staged parts ---------
+
+def _onnx_file(env, version: str) -> Path:
+    run_id = registry.describe("delay_model", registry.client(env["settings"]).get_model_version(
+        "delay_model", version))["run_id"]
+    (path,) = Path(env["settings"].state_uri).rglob(f"{run_id}/artifacts/onnx/model.onnx")
+    return path
+
+
+def test_scoring_refuses_a_tampered_onnx_file_and_publishes_nothing(env, tmp_path):
+    cfg, settings, day = env["cfg"], env["settings"], date(2013, 1, 11)
+    path = _onnx_file(env, env["versions"][0])
+    original = path.read_bytes()
+    before = scoring.read_manifest(settings, day)
+    try:
+        path.write_bytes(original.replace(b"TreeEnsemble", b"TreeEnsemblf", 1))
+        with pytest.raises(registry.RegistryError, match="sha256 .* does not match"):
+            scoring.score_interval(cfg, settings, day, None, "tampered")
+    finally:
+        path.write_bytes(original)
+    assert scoring.read_manifest(settings, day) == before  # the earlier partition (or none)
+    import mlflow.sklearn
+    from mlflow.exceptions import MlflowException
+    from sklearn.linear_model import LogisticRegression
+
+    pickled = str(tmp_path / "pickled")  # and this scoring process unpickles nothing
+    mlflow.sklearn.save_model(LogisticRegression().fit([[0.0], [1.0]], [0, 1]), pickled,
+                              serialization_format="cloudpickle", pip_requirements=[])
+    assert os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] == "false"
+    with pytest.raises(MlflowException, match="disallowed"):
+        mlflow.sklearn.load_model(pickled)
+
+
+@pytest.mark.parametrize("field", ["onnx_sha256", "onnx_uri", "numeric"])
+def test_a_pinned_payload_that_disagrees_with_the_registry_is_refused(env, field):
+    """The task payload (XCom) is not trusted: location, hash and inputs come from the
+    registry by name and version."""
+    cfg, settings = env["cfg"], env["settings"]
+    model = dict(scoring.resolve_model(cfg, settings, DAY))
+    model[field] = {"onnx_sha256": "0" * 64, "onnx_uri": "file:///tmp/evil.onnx",
+                    "numeric": ["only_this"]}[field]
+    chunk = scoring.plan_interval(cfg, settings, DAY)[0]
+    with pytest.raises(registry.RegistryError, match=f"pinned {field}=.*registry holds"):
+        scoring.score_chunk(cfg, settings, DAY, chunk, model)
+
+
+@pytest.mark.parametrize("fault", ["part deleted", "part rewritten", "other version",
+                                   "chunk missing", "other policy"])
+def test_publish_refuses_staged_parts_it_cannot_trust(env, fault):
+    """What `publish` checks before the commit point, each alone: the previously published
+    partition stays exactly as it was."""
+    cfg, settings, day = env["cfg"], env["settings"], date(2013, 1, 12)
+    scoring.score_interval(cfg, settings, day, None, "published")
+    published = scoring.read_manifest(settings, day)
+    files = _partition_files(settings, day)
+    model = scoring.resolve_model(cfg, settings, day)
+    chunks = scoring.plan_interval(cfg, settings, day)
+    parts = [scoring.score_chunk(cfg, settings, day, c, model) for c in chunks]
+    staged = Path(locations.predictions(settings, day)) / parts[0]["file"]
+    expect = {"part deleted": (FileNotFoundError, "is gone"),
+              "part rewritten": (ValueError, "does not hold the bytes"),
+              "other version": (ValueError, "scored by v9"),
+              "chunk missing": (ValueError, "parts for chunks"),
+              "other policy": (ValueError, "scored under missing_features")}[fault]
+    if fault == "part deleted":
+        parts[0] = {**parts[0], "file": "part-gone.parquet"}
+    elif fault == "part rewritten":
+        parts[0] = {**parts[0], "sha256": "f" * 64}
+    elif fault == "other version":
+        parts[0] = {**parts[0], "model_version": "9"}
+    elif fault == "chunk missing":
+        parts = parts[1:]
+    else:
+        parts[0] = {**parts[0], "missing_features": {**parts[0]["missing_features"],
+                                                     "policy": "reject"}}
+    assert staged.exists()
+    with pytest.raises(expect[0], match=expect[1]):
+        publish(cfg, settings, day, chunks, parts, model, "untrusted")
+    assert scoring.read_manifest(settings, day) == published
+    assert {n: b for n, b in _partition_files(settings, day).items() if n in files} == files

@@ -21,7 +21,11 @@ sys.path.insert(0, str(REPO / "plugins"))  # Airflow puts the plugins folder on 
 
 from mlops_ui import charts, data, files, links, page, trends, urls
 
+from pipelines.core import locations
+
 NAME = "delay_model"
+EVIL_SVG = (b'<svg xmlns="http://www.w3.org/2000/svg"><script>fetch("/api/v2/variables")</script>'
+            b'<circle r="4"/></svg>')
 SHA = {"1": "a" * 64, "2": "b" * 64, "3": "c" * 64}
 METRICS = {"1": 0.70, "2": 0.72, "3": 0.69}
 
@@ -88,7 +92,8 @@ def state(tmp_path_factory):
         runs["2"] = _register(c, settings, exp, "2")
         registry.promote(settings, NAME, "2", "manual__t2", "retraining: drift on 2013-06-03",
                          _gate_report(settings, "2", True, "1"))
-        registry.rollback(settings, NAME, "previous", "manual__rb", "bad <b>night</b>")
+        registry.rollback(settings, NAME, "previous", "manual__rb", "bad <b>night</b>",
+                          user="ops-oncall")
         registry.promote(settings, NAME, "2", "manual__t3", "re-promoted after the fix",
                          _gate_report(settings, "2", True, "1"))
         runs["3"] = _register(c, settings, exp, "3")
@@ -138,6 +143,19 @@ def state(tmp_path_factory):
                                   "expectations_report_uri": vuri[:-5] + ".md"})
         storage.write_bytes(vuri[:-5] + ".md", b"# flights 2013-06-05\n")
         storage.write_bytes(storage.join(settings.data_uri, "landing", "flights.csv"), b"a,b\n")
+        # what suppliers put in the landing zone and what the quarantine keeps of it: report-like
+        # suffixes, never served
+        landed = locations.batch(settings.landing_uri, "flights", date(2013, 6, 5)).rsplit("/", 1)[0]
+        quarantined = locations.quarantine(settings, "flights", "date=2013-06-05", "20130605T010000Z")
+        for folder in (landed, quarantined):
+            storage.write_bytes(storage.join(folder, "logo.svg"), EVIL_SVG)
+            storage.write_bytes(storage.join(folder, "report.html"), b"<script>steal()</script>")
+            storage.write_json(storage.join(folder, "report.json"), {"supplier": "secret"})
+        # a report tree file with a script, and one of a type the browser should not show
+        storage.write_bytes(storage.join(settings.reports_uri, "drift", "date=2013-06-01", "plot.svg"),
+                            EVIL_SVG)
+        storage.write_bytes(storage.join(settings.reports_uri, "drift", "date=2013-06-01", "raw.bin"),
+                            b"\x00\x01binary")
         yield settings, runs
 
 
@@ -179,6 +197,8 @@ def test_promotion_history_newest_first_with_gate_reports_and_reasons(state):
     assert (repromote["from_version"], repromote["to_version"]) == ("1", "2")
     # a rollback has no gate report of its own: the page shows the version's
     assert rollback["gate_report"].endswith("-v1.json") and rollback["gate_report_of_version"]
+    assert (rollback["user"], rollback["actor"]) == ("ops-oncall", "manual__rb")  # who, and which run
+    assert repromote["user"] is None
     assert len(data.promotion_history(settings, NAME, limit=3)) == 3
     assert data.promotion_history(settings, "other_model") == []
 
@@ -227,6 +247,42 @@ def test_validation_reports_of_a_day(state):
     assert data.validation_reports(settings, [date(2013, 6, 4)]) == []
 
 
+@pytest.fixture
+def unreachable(state, monkeypatch):
+    """The state's settings with a registry that refuses connections (a closed loopback port),
+    MLflow's HTTP retries off so the refusal is answered at once."""
+    import socket
+
+    settings, _ = state
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    uri = f"http://127.0.0.1:{port}"
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # for the app, which reads the environment
+    return dataclass_replace(settings, mlflow_tracking_uri=uri, mlflow_max_retries=0), uri
+
+
+def test_models_say_when_the_registry_cannot_be_asked(unreachable):
+    from pipelines.model import registry
+
+    settings, uri = unreachable
+    with pytest.raises(registry.RegistryUnavailable):
+        data.models(settings, NAME)  # never "no champion"
+    models, error = data.models_or_error(settings, NAME)
+    assert models is None
+    assert error.startswith("could not ask the registry: ") and uri in error, error
+
+
+def test_lineage_says_when_the_registry_cannot_be_asked(unreachable):
+    settings, _ = unreachable
+    lin = data.lineage(settings, date(2013, 6, 5))
+    assert lin["registry_error"].startswith("could not ask the registry: ")
+    assert lin["consistent"] is None  # unknown, not "manifest and registry disagree"
+    assert [s["ok"] for s in lin["steps"]] == [None] * 6
+    assert {s["step"]: s["value"] for s in lin["steps"]}["ONNX sha256"] == SHA["2"]  # the manifest's
+
+
 # -- trends ----------------------------------------------------------------------------------------
 
 def test_trend_covers_the_last_n_days_ending_at_the_latest_check(state):
@@ -266,12 +322,37 @@ def dataclass_replace(settings, **changes):
 
 def test_files_resolve_serves_reports_and_manifests(state):
     settings, _ = state
-    path, ctype = files.resolve(settings, "reports", f"gates/{NAME}-v2.md")
-    assert path.read_text().startswith("# Gate report") and ctype.startswith("text/plain")
-    _, ctype = files.resolve(settings, "data", "predictions/date=2013-06-05/_manifest.json")
-    assert ctype == "application/json"
-    _, ctype = files.resolve(settings, "reports", "drift/date=2013-06-01/evidently.html")
-    assert ctype.startswith("text/html")
+    served = files.resolve(settings, "reports", f"gates/{NAME}-v2.md")
+    assert served.path.read_text().startswith("# Gate report")
+    assert served.content_type.startswith("text/plain") and not served.attachment
+    served = files.resolve(settings, "manifests", "2013-06-05.json")
+    assert served.content_type == "application/json"
+    assert str(served.path) == locations.manifest(settings, date(2013, 6, 5))
+    served = files.resolve(settings, "reports", "drift/date=2013-06-01/evidently.html")
+    assert served.content_type.startswith("text/html")
+
+
+@pytest.mark.parametrize("rel", ["report.json", "logo.svg", "report.html"])
+@pytest.mark.parametrize("zone", ["landing", "quarantine"])
+def test_files_of_the_landing_zone_and_quarantine_are_never_served(state, zone, rel):
+    """Not through any root or spelling, not even when the reports tree is configured to
+    contain the data root; and no link is made to them."""
+    settings, _ = state
+    folder = (locations.batch(settings.landing_uri, "flights", date(2013, 6, 5)).rsplit("/", 1)[0]
+              if zone == "landing" else
+              locations.quarantine(settings, "flights", "date=2013-06-05", "20130605T010000Z"))
+    uri = f"{folder}/{rel}"
+    assert Path(uri).is_file()
+    from_data = os.path.relpath(uri, settings.data_uri)
+    for root, path in (("data", from_data), ("reports", f"../data/{from_data}"),
+                       ("manifests", from_data)):
+        with pytest.raises(files.FileDenied):
+            files.resolve(settings, root, path)
+    assert files.href(settings, uri) is None and files.href(settings, "file://" + uri) is None
+    wide = dataclass_replace(settings, reports_uri=settings.state_uri)  # reports contain data/
+    with pytest.raises(files.FileDenied):
+        files.resolve(wide, "reports", os.path.relpath(uri, settings.state_uri))
+    assert files.href(wide, uri) is None
 
 
 @pytest.mark.parametrize("root, rel", [
@@ -280,9 +361,17 @@ def test_files_resolve_serves_reports_and_manifests(state):
     ("reports", "/etc/passwd"),                       # absolute
     ("reports", "..\\..\\etc\\passwd"),               # backslashes
     ("reports", "gates/%00.md\x00"),                  # NUL
+    ("reports", "%2e%2e/data/landing/flights.csv"),   # still encoded: refused, never decoded
+    ("reports", f"gates//{NAME}-v2.md"),              # not in normal form: refused, not repaired
+    ("reports", f"gates/./{NAME}-v2.md"),
+    ("reports", f"./gates/{NAME}-v2.md"),
+    ("reports", f"gates/{NAME}-v2.md/"),
     ("reports", ".hidden/x.json"),                    # hidden / in-progress writes
-    ("data", "landing/flights.csv"),                  # raw data is not a report
-    ("data", "predictions/date=2013-06-07/part-0.parquet"),
+    ("data", "landing/flights.csv"),                  # the data root is not served
+    ("data", "predictions/date=2013-06-05/_manifest.json"),
+    ("manifests", "date=2013-06-05/_manifest.json"),  # a manifest is named by its day only
+    ("manifests", "../2013-06-05.json"),
+    ("manifests", "2013-13-45.json"),
     ("airflow", "airflow.cfg"),                       # not a served root
     ("reports", ""),
 ])
@@ -292,15 +381,20 @@ def test_files_resolve_refuses(state, root, rel):
         files.resolve(settings, root, rel)
 
 
-def test_files_resolve_refuses_a_symlink_out_of_the_root(state, tmp_path):
+@pytest.mark.parametrize("outside", ["tmp", "landing"])
+def test_files_resolve_refuses_a_symlink_out_of_the_root(state, tmp_path, outside):
     settings, _ = state
     secret = tmp_path / "secret.json"
     secret.write_text("{}")
+    if outside == "landing":
+        secret = Path(locations.batch(settings.landing_uri, "flights", date(2013, 6, 5))
+                      ).parent / "report.json"
     link = Path(settings.reports_uri) / "gates" / "escape.json"
     link.symlink_to(secret)
     try:
         with pytest.raises(files.FileDenied):
             files.resolve(settings, "reports", "gates/escape.json")
+        assert files.href(settings, str(link)) is None
     finally:
         link.unlink()
 
@@ -309,6 +403,8 @@ def test_files_resolve_missing_file(state):
     settings, _ = state
     with pytest.raises(FileNotFoundError):
         files.resolve(settings, "reports", "gates/nothing.md")
+    with pytest.raises(FileNotFoundError):
+        files.resolve(settings, "manifests", "2013-06-07.json")  # parts, but no manifest
 
 
 def test_files_href(state):
@@ -316,16 +412,40 @@ def test_files_href(state):
     uri = f"{settings.reports_uri}/drift/date=2013-06-01/evidently.html"
     assert files.href(settings, uri) == "/mlops/files/reports/drift/date=2013-06-01/evidently.html"
     assert files.href(settings, "file://" + uri) == files.href(settings, uri)
-    assert files.href(settings, f"{settings.data_uri}/registry/x.json") == "/mlops/files/data/registry/x.json"
+    assert files.href(settings, locations.manifest(settings, date(2013, 6, 5))) == \
+        "/mlops/files/manifests/2013-06-05.json"
+    assert files.href(settings, f"{settings.registry_uri}/history/x.json") is None  # data root
     assert files.href(settings, "/etc/passwd") is None
-    assert files.href(settings, "s3://bucket/reports/x.html") is None
     assert files.href(settings, None) is None
+
+
+@pytest.mark.parametrize("uri", [
+    "{reports}/gates/../../data/landing/flights/date=2013-06-05/report.json",  # traversal
+    "{reports}/gates/../gates/" + NAME + "-v2.md",                      # inside, not normalised
+    "{reports}/./gates/" + NAME + "-v2.md",
+    "{reports}//gates/" + NAME + "-v2.md",
+    "{reports}/%2e%2e/data/landing/flights/date=2013-06-05/report.json",  # encoded
+    "{reports}/gates/%2E%2E/%2E%2E/data/landing/flights.csv",
+    "{reports}/gates/" + NAME + "-v2.md\x00.png",
+    "file://localhost{reports}/gates/" + NAME + "-v2.md",               # a host
+    "file:{reports}/gates/" + NAME + "-v2.md",
+    "s3://bucket{reports}/gates/" + NAME + "-v2.md",                   # other schemes
+    "http://127.0.0.1:8080{reports}/gates/" + NAME + "-v2.md",
+    "gates/" + NAME + "-v2.md",                                         # relative
+    "{predictions}/date=2013-06-05/../date=2013-06-05/_manifest.json",
+    "{predictions}/date=2013-06-07/part-0.parquet",                     # data, not a manifest
+])
+def test_files_href_refuses_uris_not_normalised_or_outside_the_served_trees(state, uri):
+    settings, _ = state
+    assert files.href(settings, uri.format(reports=settings.reports_uri,
+                                           predictions=settings.predictions_uri)) is None
 
 
 # -- extra links ---------------------------------------------------------------------------------
 
-def _links(settings, task_id, value, related=None, day=None, dag_id="training"):
-    return links.links_for(settings, links.TaskOutput(dag_id, task_id, value, related or {}, day), NAME)
+def _links(settings, task_id, value, upstream=(), day=None, dag_id="training", monitoring=False):
+    return links.links_for(settings, links.TaskOutput(dag_id, task_id, value, tuple(upstream), day,
+                                                      monitoring), NAME)
 
 
 def test_links_of_train_point_at_mlflow(state, monkeypatch):
@@ -337,46 +457,59 @@ def test_links_of_train_point_at_mlflow(state, monkeypatch):
                    links.MODEL_PAGE: "/mlops/#models"}
 
 
+def _gates(settings):
+    return {"passed": True, "failed": [], "version": "2", "champion_version": "1",
+            "report_uri": locations.gate_report(settings, NAME, "2")}
+
+
 def test_links_of_gates_and_decision_point_at_the_gate_report(state):
     settings, _ = state
-    xcom = {"passed": True, "failed": [], "version": "2", "champion_version": "1",
-            "report_uri": f"{settings.reports_uri}/gates/{NAME}-v2.json"}
-    got = _links(settings, "evaluate_gates", xcom)
+    got = _links(settings, "evaluate_gates", _gates(settings))
     assert got[links.GATE_REPORT] == f"/mlops/files/reports/gates/{NAME}-v2.md"
     assert links.MLFLOW_VERSION in got and links.MLFLOW_RUN not in got
-    # decide_promotion returns a bool: its links come from the gates it decided on
-    assert _links(settings, "decide_promotion", True, {"evaluate_gates": xcom}) == got
+    # a task that returns a bool links to what its upstream tasks produced
+    window = {"start": "2013-01-01", "end": "2013-01-15", "trigger": "manual"}
+    assert _links(settings, "decide_promotion", True,
+                  [{"evaluate_gates": _gates(settings), "resolve_window": window}]) == got
 
 
 def test_links_of_a_promotion_event(state):
     settings, _ = state
     event = {"action": "promote", "model": NAME, "from_version": "1", "to_version": "2",
              "actor": "manual__2013-01-15T00:00:00+00:00", "reason": "r",
-             "gate_report": f"{settings.reports_uri}/gates/{NAME}-v2.json"}
+             "gate_report": locations.gate_report(settings, NAME, "2")}
     got = _links(settings, "promote", event)
     assert got[links.GATE_REPORT].endswith("-v2.md") and got[links.MLFLOW_VERSION].endswith("/versions/2")
     assert links.MLFLOW_RUN not in got  # an Airflow run id is not an MLflow run
 
 
+def _verdict(settings):
+    return {"date": "2013-06-03", "drift": True, "model_version": "1",
+            "report_uri": locations.drift_report(settings, date(2013, 6, 3), "evidently.html")}
+
+
 def test_links_of_drift_tasks(state):
     settings, _ = state
-    html = f"{settings.reports_uri}/drift/date=2013-06-03/evidently.html"
-    verdict = {"date": "2013-06-03", "drift": True, "report_uri": html, "model_version": "1"}
-    got = _links(settings, "check_drift", verdict, dag_id="drift_monitor")
+    got = _links(settings, "check_drift", _verdict(settings), monitoring=True)
     assert got[links.EVIDENTLY] == "/mlops/files/reports/drift/date=2013-06-03/evidently.html"
     assert got[links.MODEL_PAGE] == "/mlops/#trends"
-    assert _links(settings, "decide", {"retrain": True}, {"check_drift": verdict},
-                  dag_id="drift_monitor")[links.EVIDENTLY] == got[links.EVIDENTLY]
-    plot = _links(settings, "plot_history", f"{settings.reports_uri}/drift/date=2013-06-03/history.png")
+    decision = {"date": "2013-06-03", "retrain": True, "signal": True, "streak": 2, "reason": "r"}
+    assert _links(settings, "decide", decision, [{"check_drift": _verdict(settings),
+                                                   "check_quality": {"decay": False}}],
+                  monitoring=True) == got
+    # two levels up: the short circuit after `decide` links to the check it decided on
+    assert _links(settings, "retrain_requested", True,
+                  [{"decide": decision}, {"check_drift": _verdict(settings)}], monitoring=True) == got
+    plot = _links(settings, "plot_history", locations.drift_report(settings, date(2013, 6, 3), "history.png"))
     assert plot[links.DRIFT_PLOT].endswith("/history.png")
 
 
 def test_links_of_score_point_at_manifest_lineage_and_the_scoring_run(state):
     settings, runs = state
-    out = {"partition_uri": f"{settings.predictions_uri}/date=2013-06-05", "rows": 900,
+    out = {"partition_uri": locations.predictions(settings, date(2013, 6, 5)), "rows": 900,
            "model_version": "2", "files": 1}
     got = _links(settings, "score", out, dag_id="batch_scoring")
-    assert got[links.MANIFEST] == "/mlops/files/data/predictions/date=2013-06-05/_manifest.json"
+    assert got[links.MANIFEST] == "/mlops/files/manifests/2013-06-05.json"
     assert got[links.LINEAGE] == "/mlops/?partition=2013-06-05#lineage"
     assert got[links.MLFLOW_RUN].endswith(f"/#/runs/{runs['2']}")  # from the manifest
     assert got[links.MLFLOW_VERSION].endswith(f"/models/{NAME}/versions/2")
@@ -386,26 +519,29 @@ def test_links_of_validation_tasks(state):
     settings, _ = state
     day = _links(settings, "validate_batch", {"rows": 900}, day=date(2013, 6, 5), dag_id="batch_scoring")
     assert day == {links.DATA_DOCS: "/mlops/validation?day=2013-06-05"}
-    window = _links(settings, "validate_raw", {"batches": 3}, {"resolve_window": {
-        "start": "2013-01-01", "end": "2013-01-15", "trigger": "manual"}})
+    window = _links(settings, "validate_raw", {"batches": 3}, [{"resolve_window": {
+        "start": "2013-01-01", "end": "2013-01-15", "trigger": "manual"}}])
     assert window == {links.DATA_DOCS: "/mlops/validation?start=2013-01-01&end=2013-01-15"}
-    vuri = f"{settings.reports_uri}/validation/flights/date=2013-06-05.json"
+    vuri = locations.validation_report(settings, "flights", "date=2013-06-05")
     direct = _links(settings, "validate_batch", {"rows": 1, "report_uri": vuri}, day=date(2013, 6, 5))
     assert direct[links.DATA_DOCS].endswith("/validations/flights/run/validation-flights.html")
 
 
-def test_links_of_the_training_set_and_other_reports(state):
+@pytest.mark.parametrize("task_id", ["build_training_set", "assemble_rows"])  # by contract, not id
+def test_links_of_the_training_set_and_other_reports(state, task_id):
     from pipelines.core import storage
 
     settings, _ = state
-    ts = {"uri": f"{settings.data_uri}/training_sets/2013-06-05_2013-06-06.parquet",
+    ts = {"uri": locations.training_set(settings, "2013-06-05", "2013-06-06"),
           "start": "2013-06-05", "end": "2013-06-06", "rows": 10}
-    assert _links(settings, "build_training_set", ts) == {}  # not validated: no link
-    vuri = storage.join(settings.reports_uri, "validation", "training_set", "2013-06-05_2013-06-06.json")
+    assert _links(settings, task_id, ts) == {}  # not validated: no link
+    vuri = locations.validation_report(settings, "training_set", "2013-06-05_2013-06-06")
     storage.write_json(vuri, {"data_docs_uri": None})
     try:
-        assert _links(settings, "build_training_set", ts) == {
+        assert _links(settings, task_id, ts) == {
             links.DATA_DOCS: "/mlops/files/reports/validation/training_set/2013-06-05_2013-06-06.md"}
+        # a window whose set is not where locations puts it is not a training set
+        assert _links(settings, task_id, {**ts, "uri": f"{settings.landing_uri}/x.parquet"}) == {}
     finally:
         storage.remove(vuri)
     skew = storage.join(settings.reports_uri, "skew", "date=2013-06-05.json")
@@ -415,6 +551,52 @@ def test_links_of_the_training_set_and_other_reports(state):
     assert _links(settings, "check_skew", {"report_uri": skew + ".gone"}) == {}
 
 
+FILE_LINKS = (links.GATE_REPORT, links.EVIDENTLY, links.DRIFT_PLOT, links.DATA_DOCS, links.MANIFEST,
+              links.LINEAGE, links.REPORT)
+
+
+@pytest.mark.parametrize("value", [
+    {"version": "2", "report_uri": "{reports}/gates/../gates/" + NAME + "-v2.json"},
+    {"report_uri": "{reports}/../data/landing/flights/date=2013-06-05/report.json"},
+    {"report_uri": "{reports}/./drift/date=2013-06-01/evidently.html"},
+    {"report_uri": "{reports}//drift/date=2013-06-01/evidently.html"},
+    {"report_uri": "{reports}/%2e%2e/data/landing/flights/date=2013-06-05/report.json"},
+    {"report_uri": "file://{landing}/flights/date=2013-06-05/report.json"},
+    {"report_uri": "file://localhost{reports}/drift/date=2013-06-01/evidently.html"},
+    {"report_uri": "s3://bucket{reports}/drift/date=2013-06-01/evidently.html"},
+    {"data_docs_uri": "{landing}/flights/date=2013-06-05/report.html"},
+    {"partition_uri": "{predictions}/../predictions/date=2013-06-05"},
+    {"partition_uri": "{landing}/flights/date=2013-06-05"},
+    {"partition_uri": "{predictions}/date=2013-06-05/"},
+    "{reports}/drift/date=2013-06-03/../../../data/landing/flights/date=2013-06-05/logo.svg",
+    "{reports}/drift/date=2013-06-01/../date=2013-06-01/evidently.html",
+])
+def test_links_refuse_xcom_uris_outside_the_roots_or_not_normalised(state, value):
+    """The files exist, so a link that normalised or followed them would be made."""
+    settings, _ = state
+    fill = {"reports": settings.reports_uri, "landing": settings.landing_uri,
+            "predictions": settings.predictions_uri}
+    value = ({k: v.format(**fill) for k, v in value.items()} if isinstance(value, dict)
+             else value.format(**fill))
+    got = links.links_for(settings, links.TaskOutput("training", "check_skew", value), NAME)
+    assert not set(got) & set(FILE_LINKS), got
+    assert not any("/files/" in url for url in got.values()), got
+
+
+def test_links_refuse_a_validation_report_pointing_into_the_landing_zone(state):
+    from pipelines.core import storage
+
+    settings, _ = state
+    vuri = locations.validation_report(settings, "weather", "date=2013-06-05")
+    landed = locations.batch(settings.landing_uri, "flights", date(2013, 6, 5)).rsplit("/", 1)[0]
+    storage.write_json(vuri, {"data_docs_uri": f"{landed}/report.html"})
+    try:
+        got = links.links_for(settings, links.TaskOutput("training", "check", {"report_uri": vuri}), NAME)
+        assert not any("landing" in url for url in got.values()), got
+    finally:
+        storage.remove(vuri)
+
+
 @pytest.mark.parametrize("task_id, value", [
     ("build_features", 12), ("resolve_window", {"start": "2013-01-01", "end": "2013-01-15"}),
     ("check_quality_x", None), ("train", {"run_id": "manual__2013", "version": "latest"}),
@@ -422,6 +604,83 @@ def test_links_of_the_training_set_and_other_reports(state):
 def test_links_do_not_apply(state, task_id, value):
     settings, _ = state
     assert _links(settings, task_id, value) == {}
+
+
+@pytest.fixture(scope="module")
+def served_dags():
+    """The project's DAGs as the API server holds them: parsed, serialized and read back."""
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    bag = DagBag(dag_folder=str(REPO / "dags"))
+    assert bag.import_errors == {}
+    return {i: DagSerialization.from_dict(DagSerialization.to_dict(d)) for i, d in bag.dags.items()}
+
+
+def test_links_follow_the_edges_of_the_project_dags(state, served_dags):
+    """Which upstream values a task links to is read from its DAG, not from a table of ids."""
+    from mlops_ui import task_outputs
+
+    settings, runs = state
+    window = {"start": "2013-01-01", "end": "2013-01-15", "trigger": "manual"}
+    decision = {"date": "2013-06-03", "retrain": True, "signal": True, "streak": 2, "reason": "r"}
+    values = {"resolve_window": window, "validate_raw": {"batches": 3, "rows": 9, "absent": []},
+              "build_features": 4, "evaluate_gates": _gates(settings), "decide_promotion": True,
+              "wait_for_predictions": True, "check_drift": _verdict(settings),
+              "check_quality": {"date": "2013-06-03", "decay": False}, "decide": decision,
+              "resolve_model": {"model": NAME, "version": "2", "run_id": runs["2"]},
+              "plan_chunks": [{"chunk": 0, "rows": 9}]}
+
+    def got(dag_id, task_id, own=None):
+        op = served_dags[dag_id].get_task(task_id)
+        output = task_outputs.task_output(op, values.get(task_id, own), values, None)
+        return links.links_for(settings, output, NAME)
+
+    gate = _links(settings, "evaluate_gates", _gates(settings))
+    assert got("training", "decide_promotion") == gate
+    evidently = got("drift_monitor", "check_drift")
+    assert evidently[links.EVIDENTLY].endswith("/date=2013-06-03/evidently.html")
+    assert got("drift_monitor", "decide") == evidently
+    assert got("drift_monitor", "retrain_requested", True) == evidently
+    assert got("drift_monitor", "check_quality") == {links.MODEL_PAGE: "/mlops/#trends"}  # by tag
+    assert got("training", "validate_raw") == {
+        links.DATA_DOCS: "/mlops/validation?start=2013-01-01&end=2013-01-15"}
+    assert got("batch_scoring", "score_chunk", {"chunk": 0, "rows": 9})[links.MLFLOW_RUN].endswith(runs["2"])
+    assert got("training", "build_features") == {}
+    levels = task_outputs.upstream_levels(served_dags["drift_monitor"].get_task("retrain_requested"))
+    assert levels == [["decide"], ["check_drift", "check_quality"], ["wait_for_predictions"]]
+
+
+def test_links_of_a_dag_with_other_task_ids(state):
+    """A DAG wired like drift_monitor under other names gets the same links."""
+    from airflow.sdk import DAG, task
+    from airflow.serialization.serialized_objects import DagSerialization
+    from mlops_ui import task_outputs
+
+    settings, _ = state
+    with DAG("renamed", schedule=None, tags=["mlops", "monitoring"]) as dag:
+        @task
+        def measure() -> dict:
+            return {}
+
+        @task
+        def weigh(m: dict) -> dict:
+            return m
+
+        @task.short_circuit
+        def act(w: dict) -> bool:
+            return True
+
+        act(weigh(measure()))
+    served = DagSerialization.from_dict(DagSerialization.to_dict(dag))
+    values = {"measure": _verdict(settings), "weigh": {"retrain": True}}
+    output = task_outputs.task_output(served.get_task("act"), True, values, None)
+    assert output.monitoring and output.upstream == ({"weigh": values["weigh"]},
+                                                     {"measure": values["measure"]})
+    assert links.links_for(settings, output, NAME) == {
+        links.EVIDENTLY: "/mlops/files/reports/drift/date=2013-06-03/evidently.html",
+        links.MLFLOW_VERSION: f"http://127.0.0.1:5000/#/models/{NAME}/versions/1",
+        links.MODEL_PAGE: "/mlops/#trends"}
 
 
 def test_global_links_are_one_per_name():
@@ -456,6 +715,7 @@ def test_model_page_renders_everything_and_escapes(state):
     assert 'data-role="challenger" data-version="3"' in html
     assert html.count('class="event"') == 8 and "re-promoted after the fix" in html
     assert "bad &lt;b&gt;night&lt;/b&gt;" in html and "<b>night</b>" not in html
+    assert 'ops-oncall<br><span class="muted">manual__rb</span>' in html  # who moved it
     assert f'href="/mlops/files/reports/gates/{NAME}-v2.md"' in html
     assert html.count("<svg") == 3 and "manifest and registry agree" in html
     assert 'data-step="ONNX sha256"' in html
@@ -527,6 +787,146 @@ def test_app_serves_authorised_requests(client):
         assert c.get("/mlops/validation").status_code == 400
     finally:
         app.dependency_overrides.clear()
+
+
+@pytest.fixture
+def authorised(client):
+    """The app's client as an authorised user (Airflow's auth dependency answered)."""
+    c, app = client
+    app.dependency_overrides[app.state.auth_dependency] = lambda: None
+    try:
+        yield c
+    finally:
+        app.dependency_overrides.clear()
+
+
+def _policy(response) -> dict[str, list[str]]:
+    """The Content-Security-Policy of a response: directive -> its values."""
+    out = {}
+    for part in response.headers["content-security-policy"].split(";"):
+        if part.strip():
+            name, *values = part.split()
+            out[name] = values
+    return out
+
+
+def test_a_stored_svg_with_a_script_is_served_with_scripts_forbidden(authorised):
+    r = authorised.get("/mlops/files/reports/drift/date=2013-06-01/plot.svg")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/svg+xml"
+    assert r.content == EVIL_SVG
+    assert r.headers["x-content-type-options"] == "nosniff"
+    policy = _policy(r)
+    assert policy["sandbox"] == []  # sandboxed with no allowance: no scripts, an opaque origin
+    assert policy.get("script-src", policy.get("default-src")) == ["'none'"]
+
+
+@pytest.mark.parametrize("path, html", [
+    (f"reports/gates/{NAME}-v2.md", False), (f"reports/gates/{NAME}-v2.json", False),
+    ("manifests/2013-06-05.json", False), ("reports/drift/date=2013-06-01/evidently.html", True),
+    ("reports/drift/date=2013-06-01/raw.bin", False),
+])
+def test_every_served_file_is_sandboxed(authorised, path, html):
+    r = authorised.get(f"/mlops/files/{path}")
+    assert r.status_code == 200, (path, r.status_code)
+    assert r.headers["x-content-type-options"] == "nosniff"
+    policy = _policy(r)
+    assert "sandbox" in policy and "allow-same-origin" not in policy["sandbox"]
+    if html:  # a report's own scripts run, in an opaque origin that can reach nothing
+        assert policy["sandbox"][0] == "allow-scripts" and policy["connect-src"] == ["'none'"]
+        assert policy["form-action"] == ["'none'"]
+    else:
+        assert policy["sandbox"] == [] and policy["default-src"] == ["'none'"]
+
+
+def test_unknown_types_are_sent_as_attachments(authorised):
+    r = authorised.get("/mlops/files/reports/drift/date=2013-06-01/raw.bin")
+    assert r.status_code == 200 and r.content == b"\x00\x01binary"
+    assert r.headers["content-type"] == "application/octet-stream"
+    assert r.headers["content-disposition"] == 'attachment; filename="raw.bin"'
+    shown = authorised.get(f"/mlops/files/reports/gates/{NAME}-v2.md")
+    assert "content-disposition" not in shown.headers  # a report is shown, not downloaded
+
+
+def test_manifests_are_served_by_day(authorised):
+    r = authorised.get("/mlops/files/manifests/2013-06-05.json")
+    assert r.status_code == 200 and r.json()["model_version"] == "2"
+    assert authorised.get("/mlops/files/manifests/2013-06-07.json").status_code == 404
+
+
+@pytest.mark.parametrize("path", [
+    "data/landing/flights/date=2013-06-05/logo.svg",
+    "data/landing/flights/date=2013-06-05/report.json",
+    "data/quarantine/flights/date=2013-06-05/20130605T010000Z/report.html",
+    "data/quarantine/flights/date=2013-06-05/20130605T010000Z/report.json",
+    "reports/%2e%2e/data/landing/flights/date=2013-06-05/logo.svg",
+    "reports/gates/%2e%2e/%2e%2e/data/quarantine/flights/date=2013-06-05/20130605T010000Z/report.json",
+    "reports/%252e%252e/data/landing/flights/date=2013-06-05/report.json",
+    "reports/..%2Fdata%2Flanding%2Fflights%2Fdate=2013-06-05%2Freport.json",
+    "reports/gates/.%2E/.%2E/data/landing/flights/date=2013-06-05/report.json",
+    "manifests/..%2F..%2Flanding%2Fflights%2Fdate=2013-06-05%2Freport.json",
+])
+def test_supplier_files_and_traversals_are_not_served(authorised, path):
+    r = authorised.get(f"/mlops/files/{path}")
+    assert r.status_code in (403, 404), (path, r.status_code)
+    assert "secret" not in r.text and "<script" not in r.text
+    assert authorised.get(f"/mlops/files/reports/gates/{NAME}-v2.md").status_code == 200
+
+
+def test_a_symlink_to_the_landing_zone_is_not_served(state, authorised):
+    settings, _ = state
+    landed = Path(locations.batch(settings.landing_uri, "flights", date(2013, 6, 5))).parent
+    link = Path(settings.reports_uri) / "drift" / "date=2013-06-01" / "linked.svg"
+    link.symlink_to(landed / "logo.svg")
+    try:
+        r = authorised.get("/mlops/files/reports/drift/date=2013-06-01/linked.svg")
+        assert r.status_code == 403 and b"<script" not in r.content
+    finally:
+        link.unlink()
+
+
+def test_model_page_says_when_the_registry_cannot_be_asked(authorised, unreachable):
+    _, uri = unreachable
+    r = authorised.get("/mlops/?days=10&partition=2013-06-05")
+    assert r.status_code == 200
+    assert "could not ask the registry: " in r.text and uri in r.text
+    assert 'data-role="champion"' not in r.text  # no card that says "none"
+    assert "manifest and registry" not in r.text  # neither agree nor disagree: unknown
+    assert "re-promoted after the fix" in r.text  # the history does not need the registry
+    s = authorised.get("/mlops/api/summary?partition=2013-06-05").json()
+    assert s["models"] is None and s["registry_error"].startswith("could not ask the registry: ")
+    assert s["lineage"]["registry_error"].startswith("could not ask the registry: ")
+
+
+def test_the_plugin_builds_no_storage_path_itself():
+    """Every storage layout comes from pipelines.core.locations: in the plugin, storage.join only
+    appends below a place a locations function returned, no Settings root is read but the served
+    trees and supplier zones (files.py) and the predictions root listed for partitions (data.py),
+    and no layout name is spelled out."""
+    import ast
+    import re
+
+    layout = re.compile(r"_manifest|date=|snapshot|(^|/)(gates|drift|validation|data_docs|history|"
+                        r"landing|quarantine|predictions|registry|reports|training_sets)/")
+    roots = {"files.py": {"reports_uri", "landing_uri", "quarantine_uri"},
+             "data.py": {"predictions_uri", "mlflow_tracking_uri"}}
+    problems = []
+    for path in sorted((REPO / "plugins" / "mlops_ui").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        docs = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Expr)}  # docstrings
+        for node in ast.walk(tree):
+            where = f"{path.name}:{getattr(node, 'lineno', '?')}"
+            if isinstance(node, ast.Call) and ast.unparse(node.func) == "storage.join":
+                first = node.args[0] if node.args else None
+                if not (isinstance(first, ast.Call) and ast.unparse(first.func).startswith("locations.")):
+                    problems.append(f"{where}: {ast.unparse(node)}")
+            elif isinstance(node, ast.Attribute) and node.attr.endswith("_uri") \
+                    and ast.unparse(node.value) in ("settings", "self.settings") \
+                    and node.attr not in roots.get(path.name, set()):
+                problems.append(f"{where}: {ast.unparse(node)}")
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str) \
+                    and id(node) not in docs and layout.search(node.value):
+                problems.append(f"{where}: {node.value!r}")
+    assert problems == [], "\n".join(problems)
 
 
 def test_airflow_loads_the_plugin_once_and_lightly(tmp_path):

@@ -10,6 +10,7 @@ import html
 import io
 import json
 import logging
+import math
 import re
 import shutil
 from datetime import UTC, datetime, timedelta
@@ -18,12 +19,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipelines.core import storage
-from pipelines.core.settings import REPO_ROOT
+from pipelines.core import locations, storage
+from pipelines.core.settings import REPO_ROOT, Settings
+from pipelines.data.batch_files import read_batch
 from pipelines.data.validation import (
     DataValidationError,
     draft_suite,
-    read_batch,
     validate_batch,
 )
 
@@ -53,7 +54,21 @@ class Lake:
 
     def __init__(self, root: Path):
         self.root = root
-        self.landing, self.quarantine = root / "landing", root / "quarantine"
+        self.settings = Settings(state_uri=str(root), data_uri=str(root), reports_uri=str(root),
+                                 mlflow_tracking_uri="unused", mlflow_artifacts_uri="unused",
+                                 params_path="unused", feature_repo="unused")
+        self.landing = Path(self.settings.landing_uri)
+        self.quarantine = Path(self.settings.quarantine_uri)
+
+    def quarantine_to(self, table: str, partition: str) -> str:
+        """A new quarantine folder for one batch, stamped as pipelines.data.checks does."""
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+        return locations.quarantine(self.settings, table, partition, stamp)
+
+    def quarantined(self, day: str, table: str = "flights") -> Path:
+        """The batch's only quarantine folder."""
+        (folder,) = (self.quarantine / table / f"date={day}").iterdir()
+        return folder
 
     def batch(self, day: str, table: str = "flights") -> Path:
         return self.landing / table / f"date={day}" / f"{table}.csv"
@@ -75,7 +90,7 @@ class Lake:
         start = datetime.fromisoformat(day).replace(tzinfo=UTC)
         args = {"interval_start": start, "interval_end": start + timedelta(days=1),
                 "timestamp_column": "time_hour", "max_file_mb": 200.0,
-                "quarantine_uri": str(self.quarantine)}
+                "quarantine_to": self.quarantine_to(table, f"date={day}")}
         args.update(kw)
         batch = args.pop("batch_uri", str(self.batch(day, table)))
         report = args.pop("report_uri", str(self.report(day, table)))
@@ -180,6 +195,12 @@ def _parquet_bytes(df: pd.DataFrame) -> bytes:
     return buf.getvalue()
 
 
+def _repeated_header(df: pd.DataFrame) -> bytes:
+    """Two exports concatenated: the header comes again as line 152 (after 150 data rows)."""
+    lines = _csv(df).decode().splitlines(keepends=True)
+    return "".join([*lines[:151], lines[0], *lines[151:]]).encode()
+
+
 def _non_utf8(df: pd.DataFrame) -> bytes:
     data = _csv(df)
     return data.replace(b"N14228", b"N1422\xe9", 1)  # latin-1 e-acute
@@ -197,10 +218,10 @@ CASES = {
                             "'1,400' at row 1"], {}),
     "nan_in_required_column": (_set("origin", [3, 4], None),
                                ["column origin: expect_column_values_to_not_be_null",
-                                "2 of 300 values unexpected"], {}),
+                                "2 of 300 values are null (0.67%)"], {}),
     "nan_in_required_numeric_column": (_set("distance", [3, 4], None),
                                        ["column distance: expect_column_values_to_not_be_null",
-                                        "2 of 300 values unexpected", "None at row 4"], {}),
+                                        "2 of 300 values are null", "None at row 4"], {}),
     "plus_inf_in_numeric_column": (_set("distance", [5], "inf"),
                                    ["column distance: expect_column_values_to_be_between",
                                     "1 of 300 values unexpected", "inf at row 6"], {}),
@@ -226,6 +247,7 @@ CASES = {
                            ["column distance: expect_column_values_to_be_between",
                             "-100 at row 3"], {}),
     "broken_quote": (_broken_quote, ["not a well-formed CSV", "starting at line 5", "quote"], {}),
+    "repeated_header_row": (_repeated_header, ["line 152 repeats the header row"], {}),
     "non_utf8_bytes": (_non_utf8, ["not valid UTF-8", "byte 0xe9 at byte offset", "(line 2)"], {}),
     "file_above_size_limit": (lambda df: _csv(df), ["MB, above the limit of 0.01 MB"],
                               {"max_file_mb": 0.01}),
@@ -233,8 +255,8 @@ CASES = {
                                                  "those of a Parquet file"], {}),
 }
 # the file cannot be read as a table: GX does not run, so these have no Data Docs page
-UNREADABLE = {"empty_file", "broken_quote", "non_utf8_bytes", "file_above_size_limit",
-              "parquet_bytes_named_csv"}
+UNREADABLE = {"empty_file", "broken_quote", "repeated_header_row", "non_utf8_bytes",
+              "file_above_size_limit", "parquet_bytes_named_csv"}
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -254,13 +276,14 @@ def test_bad_batch_is_quarantined_with_a_clear_message(lake: Lake, flights, vali
     report = json.loads(lake.report(DAY).read_text())
     assert report["failures"] and f"report: {lake.report(DAY)}".lower() in message.lower()
     assert f"expectations report: {report['expectations_report_uri']}" in message
-    if case in UNREADABLE:
+    if case in UNREADABLE:  # one clear line, not a cascade of column failures
+        assert len(report["failures"]) == 1 and report["failures"][0]["column"] == "(file)"
         assert report["data_docs_uri"] is None and "Data Docs: none (GX did not run" in message
     else:  # the GX Data Docs page of this run shows the failure
         assert f"Data Docs: {report['data_docs_uri']}" in message
         assert "Status: Failed" in _text(Path(report["data_docs_uri"]))
     assert "# flights: FAILED" in Path(report["expectations_report_uri"]).read_text()
-    quarantined = lake.quarantine / "flights" / f"date={DAY}"
+    quarantined = lake.quarantined(DAY)
     assert (quarantined / "flights.csv").exists()
     assert json.loads((quarantined / "_validation.json").read_text())["success"] is False
     assert (quarantined / "_validation.md").read_text().startswith("# flights: FAILED")
@@ -283,8 +306,79 @@ def test_bad_parquet_batch_is_quarantined(lake: Lake, flights, case, data, expec
     with pytest.raises(DataValidationError) as info:
         lake.validate(DAY, batch_uri=str(path))
     assert str(path) in str(info.value) and all(t in str(info.value) for t in expected)
-    assert (lake.quarantine / "flights" / f"date={DAY}" / "flights.parquet").exists()
+    assert (lake.quarantined(DAY) / "flights.parquet").exists()
     assert not path.exists()
+
+
+@pytest.mark.parametrize("given", ["file", "partition_folder"])
+def test_a_directory_in_place_of_the_batch_file_is_named_as_such(lake: Lake, flights,
+                                                                  given: str) -> None:
+    """A Spark-style output folder landed where the batch file belongs: the message says what
+    was found there and what was expected, and the batch is quarantined (not left in place)."""
+    folder = lake.batch(DAY)  # landing/flights/date=D/flights.csv, but a directory
+    folder.mkdir(parents=True)
+    (folder / "part-00000.csv").write_bytes(_csv(flights[DAY]))
+    (folder / "_SUCCESS").write_bytes(b"")
+    batch = folder if given == "file" else folder.parent
+    with pytest.raises(DataValidationError) as info:
+        lake.validate(DAY, batch_uri=str(batch))
+    message = str(info.value)
+    assert f"{folder} is a directory (holding _SUCCESS, part-00000.csv)" in message
+    assert "expected a batch file (CSV or Parquet)" in message
+    assert "flights.csv/flights.csv" not in message and "not found" not in message
+    assert "no quarantine configured" not in message and "the batch was moved to" in message
+    assert not folder.parent.exists()
+    assert len(list(lake.quarantine.rglob("part-00000.csv"))) == 1
+
+
+def test_a_batch_that_is_not_there_is_not_said_to_lack_a_quarantine(lake: Lake) -> None:
+    with pytest.raises(DataValidationError) as info:
+        lake.validate(DAY)
+    message = str(info.value)
+    assert f"{lake.batch(DAY)}: file not found" in message
+    assert f"nothing was moved to quarantine ({lake.batch(DAY)} does not exist)" in message
+    assert not lake.quarantine.exists()
+
+
+def _failures(lake: Lake, df: pd.DataFrame) -> tuple[str, dict[tuple[str, str], dict]]:
+    """Validate df as DAY's batch: the error message and the failed checks by (column, check)."""
+    lake.write(DAY, _csv(df))
+    with pytest.raises(DataValidationError) as info:
+        lake.validate(DAY)
+    report = json.loads(lake.report(DAY).read_text())
+    return str(info.value), {(f["column"], f["check"]): f for f in report["failures"]}
+
+
+def test_a_text_cell_in_a_numeric_column_is_the_example_shown(lake: Lake, flights) -> None:
+    """One stray text cell makes the whole column text: the examples are that cell (not the
+    valid numbers GX lists first), and the counts share one denominator."""
+    df = flights[DAY].copy()
+    df["dep_delay"] = df["dep_delay"].astype(object)
+    df.loc[[3, 4], "dep_delay"] = None  # two cancelled flights
+    df.loc[200, "dep_delay"] = "12 min"
+    message, failed = _failures(lake, df)
+    types = failed[("dep_delay", "expect_column_values_to_be_in_type_list")]
+    assert types["examples"] == ["'12 min' at row 201"]
+    assert types["observed"] == ("read as text, not int64/float64: 1 of 298 non-null values is "
+                                 "not a number; 2 of 300 values are null")
+    between = failed[("dep_delay", "expect_column_values_to_be_between")]
+    assert between["observed"] == "not evaluated" and between["error"] == (
+        "the column is text because of values that are not numbers ('12 min' at row 201)")
+    assert "'12 min' at row 201" in message and "'-4.0' at row" not in message
+    assert set(failed) == {("dep_delay", "expect_column_values_to_be_in_type_list"),
+                           ("dep_delay", "expect_column_values_to_be_between")}
+
+
+def test_counts_use_one_denominator(lake: Lake, flights) -> None:
+    df = flights[DAY].copy()
+    df.loc[[3, 4], "dep_delay"] = None
+    df.loc[10, "dep_delay"] = 5000
+    df.loc[[7, 8, 9], "origin"] = None
+    _, failed = _failures(lake, df)
+    assert failed[("dep_delay", "expect_column_values_to_be_between")]["observed"] == (
+        "1 of 298 non-null values unexpected (0.34%); 2 of 300 values are null")
+    assert failed[("origin", "expect_column_values_to_not_be_null")]["observed"] == (
+        "3 of 300 values are null (1.00%)")
 
 
 def test_unseen_carrier_warns_and_passes(lake: Lake, flights, caplog) -> None:
@@ -349,9 +443,38 @@ def test_real_weather_day_and_planes_snapshot_pass(lake: Lake, table, where, row
         path.parent.mkdir(parents=True)
         path.write_bytes((DATA / "planes.csv").read_bytes())
         out = validate_batch("planes", str(path.parent), SUITES, str(lake.root / "planes.json"),
-                             quarantine_uri=str(lake.quarantine))
+                             quarantine_to=lake.quarantine_to("planes", "snapshot"))
         assert out["warnings"] == []
     assert out["success"] and out["rows"] == rows
+
+
+@pytest.fixture(scope="module")
+def weather_day() -> pd.DataFrame:
+    return _day_slice(pd.read_csv(DATA / "weather.csv", nrows=200), DAY, rows=100)
+
+
+@pytest.mark.parametrize("table,column,mostly", [("flights", "arr_delay", 0.1524),
+                                                 ("flights", "dep_delay", 0.1524),
+                                                 ("weather", "temp", 0.4928),
+                                                 ("weather", "precip", 0.4928)])
+def test_a_column_emptied_in_a_batch_fails_its_null_share_bound(lake: Lake, flights, weather_day,
+                                                                table, column, mostly) -> None:
+    df = (flights[DAY] if table == "flights" else weather_day).copy()
+    n = len(df)
+    df[column] = None  # e.g. a broken export: every flight of the day loses its label
+    lake.write(DAY, _csv(df), table=table)
+    with pytest.raises(DataValidationError) as info:
+        lake.validate(DAY, table=table)
+    expected = (f"column {column}: expect_column_values_to_not_be_null failed; observed: "
+                f"{n} of {n} values are null (100.00%); at most {100 * (1 - mostly):.2f}% may be "
+                f"(mostly={mostly})")
+    assert expected in str(info.value)
+    assert not lake.batch(DAY, table).exists()
+
+    df = (flights[DAY] if table == "flights" else weather_day).copy()
+    df.loc[: int(n * (1 - mostly)) - 1, column] = None  # as many missing as the bound allows
+    lake.write(DAY, _csv(df), table=table)
+    assert lake.validate(DAY, table=table)["success"]
 
 
 def test_draft_suite_passes_on_its_data_and_fails_on_an_empty_file(lake: Lake, flights) -> None:
@@ -365,9 +488,13 @@ def test_draft_suite_passes_on_its_data_and_fails_on_an_empty_file(lake: Lake, f
     assert by_rule[("expect_table_columns_to_match_set", None)] == {
         "column_set": list(data.columns), "exact_match": True}
     assert by_rule[("expect_table_row_count_to_be_between", None)] == {"min_value": 1}
-    not_null = {col for rule, col in by_rule if rule == "expect_column_values_to_not_be_null"}
-    assert not_null == set(data.columns) - {"dep_time", "dep_delay", "arr_time", "arr_delay",
-                                            "air_time"}
+    not_null = {col: kw.get("mostly", 1) for (rule, col), kw in by_rule.items()
+                if rule == "expect_column_values_to_not_be_null"}
+    assert set(not_null) == set(data.columns)  # every column has a null-share bound
+    present = data.notna().mean()  # one file is one batch: half its non-null share, rounded down
+    assert not_null == {c: 1 if present[c] == 1 else math.floor(present[c] * 5000) / 10_000
+                        for c in data.columns}
+    assert not_null["arr_delay"] < 0.5 and not_null["carrier"] == 1
     assert by_rule[("expect_column_values_to_be_in_set", "origin")]["value_set"] == [
         "EWR", "JFK", "LGA"]
     assert ("expect_column_values_to_be_in_set", "time_hour") not in by_rule
@@ -388,15 +515,70 @@ def test_draft_suite_passes_on_its_data_and_fails_on_an_empty_file(lake: Lake, f
     assert out["success"] and out["rows"] == ROWS
 
 
+def test_drafted_null_bounds_are_learnt_per_batch_and_fail_an_emptied_column() -> None:
+    """Small in-memory batches: the bound comes from the worst batch, not the pooled share."""
+    from pipelines.data.drafting import profile_suite
+    from pipelines.data.rules import run_gx
+
+    def batch(n_null: int, gap: bool = False) -> pd.DataFrame:
+        return pd.DataFrame({"key": list("abcdefghij"),
+                             "delay": [None] * n_null + [5.0] * (10 - n_null),
+                             "gust": [None] * 10 if gap else [1.0] * 10})
+    batches = {"date=1": batch(0), "date=2": batch(4, gap=True), "date=3": batch(1)}
+    suite = profile_suite(batches, "t")
+    bounds = {e["kwargs"]["column"]: e for e in suite["expectations"]
+              if e["type"] == "expect_column_values_to_not_be_null"}
+    assert bounds["key"]["kwargs"] == {"column": "key"}  # never null: required
+    assert bounds["delay"]["kwargs"] == {"column": "delay", "mostly": 0.3}  # 0.5 x 60% (date=2)
+    assert "worst 40.00% (date=2)" in bounds["delay"]["meta"]["notes"]
+    assert "gust" not in bounds  # empty in one batch: no bound can fail without failing it ...
+    assert "No null-share bound" in suite["meta"]["review"] and "gust" in suite["meta"]["review"]
+    assert suite["meta"]["drafted_from_batches"] == 3
+
+    def failed(df: pd.DataFrame) -> set[str]:
+        return {c["column"] for c in run_gx(df, suite)[0] if not c["success"]}
+    assert all(not failed(b) for b in batches.values())  # ... and its own batches pass
+    assert not failed(batch(7))  # 30% present: just enough (mostly=0.3) ...
+    assert failed(batch(8)) == {"delay"}  # ... 20%: not enough
+    assert failed(batch(10)) == {"delay"}  # an emptied column fails
+
+
+def test_draft_suite_from_a_glob_of_batches(lake: Lake, flights) -> None:
+    worse = flights[OTHER_DAY].copy()
+    worse.loc[:149, "arr_delay"] = None  # half the day without delays
+    lake.write(DAY, _csv(flights[DAY]))
+    lake.write(OTHER_DAY, _csv(worse))
+    out = lake.root / "drafts" / "flights.json"
+    suite = draft_suite(str(lake.landing / "flights" / "date=*" / "flights.csv"), "flights",
+                        str(out))
+    (bound,) = [e for e in suite["expectations"] if e["kwargs"].get("column") == "arr_delay"
+                and e["type"] == "expect_column_values_to_not_be_null"]
+    assert bound["kwargs"]["mostly"] == 0.25
+    assert f"(date={OTHER_DAY}/flights.csv)" in bound["meta"]["notes"]
+    assert suite["meta"]["drafted_from_batches"] == 2 and suite["meta"]["drafted_from_rows"] == 600
+    with pytest.raises(FileNotFoundError, match="no file matches"):
+        draft_suite(str(lake.landing / "nothing" / "date=*" / "x.csv"), "x", str(out))
+
+
 def test_read_batch_reads_a_clean_csv(lake: Lake, flights) -> None:
     path = lake.write(DAY, _csv(flights[DAY]))
     df = read_batch(str(path), max_file_mb=1)
     assert df.shape == (ROWS, 19) and df["distance"].dtype == "int64"
 
 
+@pytest.mark.parametrize("bom", ["", "\ufeff"])
+def test_a_repeated_header_is_found_even_with_a_byte_order_mark(tmp_path: Path, bom: str) -> None:
+    """Two UTF-8 exports concatenated: the second may start with its own byte-order mark."""
+    path = tmp_path / "t.csv"
+    path.write_text(f"{bom}a,b\n1,2\n{bom}a,b\n3,4\n", encoding="utf-8")
+    with pytest.raises(DataValidationError, match="line 3 repeats the header row"):
+        read_batch(str(path), max_file_mb=1)
+
+
 def test_timestamp_checks_need_an_explicit_zone_after_the_time() -> None:
-    """The timestamp checks are GX expectations (pipelines.data.rules) added at run time."""
-    from pipelines.data.rules import run_gx, timestamp_checks
+    """The timestamp checks are GX expectations (pipelines.data.timestamps) added at run time."""
+    from pipelines.data.rules import run_gx
+    from pipelines.data.timestamps import timestamp_checks
 
     values = ["2013-01-01T10:00:00Z", "2013-01-01T05:00:00-05:00", "2013-01-01",
               "2013-01-01 10:00:00", "not a time", None]

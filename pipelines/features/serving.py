@@ -1,0 +1,88 @@
+"""What an online model server calls: for entity rows (join keys and request columns, as a
+request carries them), the feature service's values from the online store and the request-time
+features, computed by `pipelines.features.request.compute`, the code training and batch scoring
+run. The server takes the request-time spec of the model it serves from the model version
+(`parse_request_spec(registry.describe(...)["request_features"])`), not from params.yaml.
+
+`pipelines.features.online.check_skew` calls `serving_features` on sampled events (as JSON) and
+compares the result with the offline retrieval.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from pipelines.features import request
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+
+
+def online_features(store: "FeatureStore", refs: list[str], entity_rows: list[dict[str, Any]],
+                    as_of: datetime, ttls: dict[str, timedelta | None]) -> pd.DataFrame:
+    """Online values (`<view>__<feature>`) with each view's TTL applied at `as_of`."""
+    resp = store.get_online_features(features=refs, entity_rows=entity_rows,
+                                     full_feature_names=True).to_dict(include_event_timestamps=True)
+    out = {}
+    for ref in refs:
+        view, feature = ref.split(":")
+        col = f"{view}__{feature}"
+        values, ttl = resp[col], ttls.get(view)
+        if ttl:  # Feast's online read does not expire values: do it as the offline join does
+            oldest = (as_of - ttl).timestamp()
+            values = [v if ts >= oldest else None for v, ts in zip(values, resp[f"{col}__ts"])]
+        out[col] = values
+    return pd.DataFrame(out)
+
+
+def serving_features(store: "FeatureStore", service_name: str, request_time: request.Spec,
+                     entity_rows: list[dict[str, Any]], as_of: datetime) -> pd.DataFrame:
+    """The features an online model server gives a model, one row per request row.
+
+    `entity_rows`: the join keys and the request columns (`request.inputs(request_time)`) as
+    JSON-like values (ISO timestamps with an offset). Returns the service's online features
+    (each view's TTL applied at `as_of`) and the request-time features computed by
+    `request.compute` (the code training and batch scoring run), named as offline.
+    """
+    from pipelines.features import pit
+
+    n = len(entity_rows)
+    parts = [pd.DataFrame(index=pd.RangeIndex(n))]
+    for spec in pit.service_views(store, service_name):
+        keys = [ek for _, ek in spec.join_keys]
+        # a missing join key matches nothing (as offline); Feast cannot read one
+        known = [i for i, row in enumerate(entity_rows) if all(row.get(k) is not None
+                                                               for k in keys)]
+        refs = [f"{spec.name}:{f}" for f in spec.features]
+        values = pd.DataFrame({f"{spec.name}__{f}": [None] * n for f in spec.features},
+                              dtype=object)
+        if known:
+            found = online_features(store, refs, [{k: entity_rows[i][k] for k in keys}
+                                                  for i in known], as_of, {spec.name: spec.ttl})
+            for col in found.columns:
+                values.loc[known, col] = found[col].to_numpy(dtype=object)
+        parts.append(values)
+    if request_time:
+        parts.append(request.compute(request_time, request.serving_frame(entity_rows,
+                                                                         request_time)))
+    return pd.concat(parts, axis=1)
+
+
+def plain(v: Any) -> Any:
+    """A JSON-like value: None for missing, ISO text for a timestamp, Python numbers."""
+    if v is None or (not isinstance(v, str) and pd.isna(v)):
+        return None
+    if isinstance(v, (pd.Timestamp, datetime)):
+        return v.isoformat()
+    return v.item() if hasattr(v, "item") else v
+
+
+def as_requests(rows: pd.DataFrame) -> list[dict[str, Any]]:
+    """Entity rows as a serving request carries them: JSON values (floats exact), ISO
+    timestamps with their offset, null for a missing value."""
+    return json.loads(json.dumps([{c: plain(v) for c, v in zip(rows.columns, r)}
+                                  for r in rows.itertuples(index=False)]))
