@@ -443,6 +443,16 @@ def test_metrics_history_upsert_is_idempotent(store):
     assert storage.read_bytes(png)[:4] == b"\x89PNG"  # an empty history still plots
 
 
+def test_history_plots_days_without_a_prediction_psi(store):
+    """An insufficient-data day records a prediction threshold but no PSI: the plot still draws."""
+    day = date(2013, 6, 1)
+    for k, value in enumerate([None, 0.3, None]):
+        metrics_store.record(store, day + timedelta(days=k), "drift",
+                             [("_prediction", "psi", value), ("_prediction", "threshold", 0.8)])
+    png = metrics_store.plot_history(store, day + timedelta(days=2), 30, str(Path(store.reports_uri) / "p.png"))
+    assert storage.read_bytes(png)[:4] == b"\x89PNG"
+
+
 # --------------------------------------------------------------------------- alerts
 
 
