@@ -205,7 +205,6 @@ class QualityConfig(_Frozen):
     """Live quality once outcomes are known, pooled over a trailing window of labelled days."""
     window_days: int = Field(7, gt=0)
     min_labels: int = Field(500, gt=0)  # fewer labelled rows: no quality verdict
-    calibration_bins: int = Field(10, ge=2)
     # decay: baseline (the model's evaluation metrics) - live > max_drop, live - baseline > max_rise
     max_drop: dict[str, float] = Field(default_factory=lambda: {"roc_auc": 0.05})
     max_rise: dict[str, float] = Field(default_factory=lambda: {"calibration_error": 0.05})

