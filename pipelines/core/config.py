@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _Frozen(BaseModel):
@@ -178,6 +178,10 @@ class FeatureRule(_Frozen):
 class DriftConfig(_Frozen):
     method: str = "evidently+psi"
     window_days: int = Field(7, gt=0)
+    # Below either minimum the check says "insufficient data", never drift: PSI of a few rows,
+    # or of fewer days than the thresholds were measured on, is noise (params.yaml has numbers).
+    min_rows: int = Field(500, gt=0)  # rows in the window (and in the reference)
+    min_days: int | None = Field(None, gt=0)  # scored days in the window; None: window_days
     psi_threshold: float = Field(0.2, gt=0)  # default per-feature threshold
     weight: float = Field(1.0, ge=0)  # default per-feature weight
     # glob pattern on the feature name -> override; the first matching pattern wins
@@ -189,6 +193,18 @@ class DriftConfig(_Frozen):
     consecutive: int = Field(1, ge=1)
     cooldown_days: int = Field(7, ge=0)
     false_positive_bound: float = Field(0.05, ge=0, le=1)  # asserted by the tests on stable windows
+
+    @model_validator(mode="after")
+    def _days(self) -> DriftConfig:
+        if self.min_days is not None and self.min_days > self.window_days:
+            raise ValueError(f"drift.min_days {self.min_days} > window_days {self.window_days}: "
+                             "no window could ever be judged")
+        return self
+
+    @property
+    def required_days(self) -> int:
+        """Scored days a window needs for a drift verdict."""
+        return self.window_days if self.min_days is None else self.min_days
 
     def rule(self, feature: str) -> tuple[float, float]:
         """(PSI threshold, weight) of a feature: the first matching override, else the default."""

@@ -52,16 +52,19 @@ def check_interval(cfg: Config, settings: Settings, day: date, first_day: date |
     manifest = read_manifest(settings, day)
     if manifest is None:
         raise FileNotFoundError(f"no published prediction partition for {day}: run batch_scoring")
-    days = [d for d in window_days(cfg, day, first_day) if read_manifest(settings, d) is not None]
+    manifests = {d: read_manifest(settings, d) for d in window_days(cfg, day, first_day)}
+    days = [d for d, m in manifests.items() if m is not None]
     current = pd.concat([read_partition(settings, d) for d in days], ignore_index=True)
     version = str(manifest["model_version"])
     if PROBABILITY in current.columns and "model_version" in current.columns:
         # predictions of other versions are not comparable with this version's reference
         other = current["model_version"].astype(str) != version
         current[PROBABILITY] = current[PROBABILITY].where(~other)
+    version_days = sum(str(manifests[d]["model_version"]) == version for d in days)
     reference, meta = model_reference(settings, manifest)
     verdict = check_drift(reference, current, meta["numeric"], meta["categorical"], PROBABILITY,
-                          cfg.drift, locations.drift_report(settings, day, "evidently.html"))
+                          cfg.drift, locations.drift_report(settings, day, "evidently.html"),
+                          days=len(days), prediction_days=version_days)
     verdict.update({"date": day.isoformat(), "model": manifest["model"], "model_version": version,
                     "window_start": days[-1].isoformat(), "window_days": [d.isoformat() for d in days]})
     storage.write_json(locations.monitoring_record(settings, "verdicts", day), verdict)

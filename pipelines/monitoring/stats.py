@@ -1,5 +1,8 @@
-"""Pure drift statistics: PSI (numeric, categorical) and the KS statistic (quality metrics are
-in `pipelines.model.metrics`, shared with the gates).
+"""Pure drift statistics: PSI (numeric, categorical), the KS statistic, and the drifted rule.
+
+The verdict and the Evidently report both compute a column's PSI with `column_psi` and judge it
+with `is_drifted`, so the two cannot disagree on a column. Quality metrics (ROC AUC, calibration,
+Brier) are in `pipelines.model.metrics`, shared with the gates.
 
 PSI = sum_i (p_cur_i - p_ref_i) * ln(p_cur_i / p_ref_i) over bins. Numeric bins are quantiles of
 the reference (ties collapse), missing values are a bin of their own, and empty bins are floored
@@ -8,10 +11,12 @@ at `EPS` so a bin present on one side only gives a large but finite contribution
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from pandas.api import types as ptypes
 
 EPS = 1e-4
 _MISSING = "__missing__"
@@ -77,7 +82,7 @@ def ks_statistic(reference: np.ndarray, current: np.ndarray) -> float:
     ref, cur = np.sort(ref[~np.isnan(ref)]), np.sort(cur[~np.isnan(cur)])
     if ref.size == 0 or cur.size == 0:
         return float("nan")
-    values = np.concatenate([ref, cur])
+    values = np.unique(np.concatenate([ref, cur]))  # the gap only changes at a value: ties once
     gap = (np.searchsorted(ref, values, side="right") / ref.size
            - np.searchsorted(cur, values, side="right") / cur.size)
     return float(np.abs(gap).max())
@@ -89,3 +94,26 @@ def new_levels(reference: Any, current: Any, limit: int = 10) -> list[str]:
     cur = pd.Series(np.asarray(current, dtype=object).ravel()).dropna().astype(str)
     return sorted(set(cur.unique()) - ref)[:limit]
 
+
+def column_psi(reference: pd.Series, current: pd.Series, kind: str) -> float:
+    """PSI of one column as the drift verdict computes it.
+
+    kind: `numeric` (reference quantile bins, missing values a bin of their own), `categorical`
+    (levels, missing a level), or `prediction` (the rows without a prediction are left out:
+    another model version scored them; numeric or not by dtype).
+    """
+    if kind == "prediction":
+        reference, current = reference.dropna(), current.dropna()
+        if not (ptypes.is_numeric_dtype(reference) and ptypes.is_numeric_dtype(current)):
+            return psi_categorical(reference.astype(str), current.astype(str))
+        kind = "numeric"
+    if kind == "numeric":
+        return psi(reference, current)
+    if kind == "categorical":
+        return psi_categorical(reference, current)
+    raise ValueError(f"unknown column kind {kind!r}: numeric, categorical or prediction")
+
+
+def is_drifted(value: float | None, threshold: float) -> bool:
+    """A column drifts when its PSI exceeds its threshold (an undefined PSI never drifts)."""
+    return value is not None and math.isfinite(value) and value > threshold

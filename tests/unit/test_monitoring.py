@@ -120,6 +120,11 @@ def winter(flights) -> Model:
     return Model(flights, [1, 2])
 
 
+def _consecutive(cfg: Config, k: int) -> Config:
+    """`cfg` with `drift.consecutive` = k (tests that follow one night need k = 1)."""
+    return cfg.model_copy(update={"drift": cfg.drift.model_copy(update={"consecutive": k})})
+
+
 def _week(flights: pd.DataFrame, last: str, days: int = 7) -> pd.DataFrame:
     end = pd.Timestamp(last)
     return flights[(flights["event_day"] > end - pd.Timedelta(days=days)) & (flights["event_day"] <= end)]
@@ -256,8 +261,16 @@ def _score_days(s: Settings, flights: pd.DataFrame, model: Model, first: date, l
 
 
 def test_june_through_the_store_drifts_and_requests_one_retraining(cfg, store, winter, flights, caplog):
+    """One night through the store (hysteresis on real verdicts: the season tests above)."""
     first, last = date(2013, 6, 1), date(2013, 6, 7)
     _score_days(store, flights, winter, first, last)
+    # the first night has one scored day of the seven the thresholds were set for: no verdict
+    early = monitoring.check_interval(cfg, store, first, first, "run-0")
+    assert early["status"] == "insufficient data" and early["drift"] is False, early["reason"]
+    assert "1 scored day(s) in the window < 7" in early["reason"] and early["report_uri"] is None
+    nothing = monitoring.decide(cfg, store, first, "run-0")
+    assert nothing["signal"] is False and nothing["reason"] == "no drift or decay (drift: insufficient data)"
+    cfg = _consecutive(cfg, 1)
     verdict = monitoring.check_interval(cfg, store, last, first, "run-1")
     assert verdict["drift"] is True and verdict["window_start"] == first.isoformat()
     assert verdict["n_current_total"] == len(_week(flights, last.isoformat()))
@@ -327,7 +340,8 @@ def test_quality_without_outcomes_or_predictions_gives_a_verdict(cfg, store, win
 
 
 @pytest.mark.parametrize("mutate, status, expect", [
-    (lambda df: df.iloc[0:0], "empty interval", "empty interval"),
+    (lambda df: df.iloc[0:0], "insufficient data", "insufficient data: 0 rows in the window < drift.min_rows"),
+    (lambda df: df.head(10), "insufficient data", "insufficient data: 70 rows in the window < drift.min_rows"),
     (lambda df: df.assign(weather_fv__humid=np.nan), "schema drift",
      "weather_fv__humid (all null in current)"),
     (lambda df: df.drop(columns=["weather_fv__pressure"]), "schema drift",
@@ -336,7 +350,7 @@ def test_quality_without_outcomes_or_predictions_gives_a_verdict(cfg, store, win
      "weather_fv__temp (dtype changed: float64 -> object (numbers stored as strings))"),
     (lambda df: df.assign(carrier=np.where(np.arange(len(df)) % 3 == 0, "ZZ", df["carrier"])), "ok",
      "new categories: carrier ['ZZ']"),
-], ids=["empty", "all-null", "missing-column", "type-change", "new-categories"])
+], ids=["empty", "ten-rows-a-day", "all-null", "missing-column", "type-change", "new-categories"])
 def test_bad_partitions_give_verdicts(cfg, store, winter, flights, mutate, status, expect):
     """A week inside the training season whose every partition went bad in the same way."""
     first, last = date(2013, 2, 17), date(2013, 2, 23)
@@ -346,9 +360,11 @@ def test_bad_partitions_give_verdicts(cfg, store, winter, flights, mutate, statu
         storage.write_parquet(mutate(storage.read_parquet(part)), part)
     verdict = monitoring.check_interval(cfg, store, last, first)
     assert verdict["status"] == status and expect in verdict["reason"], verdict["reason"]
-    assert verdict["drift"] is (status != "empty interval")
+    assert verdict["drift"] is (status != "insufficient data")
     assert "feature drift" not in verdict["reason"] or verdict["drifted"] == ["carrier"]
-    assert monitoring.decide(cfg, store, last)["signal"] is verdict["drift"]
+    # even without hysteresis, too little data (an empty interval too) never requests a retraining
+    decision = monitoring.decide(_consecutive(cfg, 1), store, last)
+    assert decision["signal"] is decision["retrain"] is verdict["drift"]
 
 
 # --------------------------------------------------------------------------- the decision
@@ -424,6 +440,21 @@ def test_unemitted_trigger_is_requested_again(cfg, store):
     assert monitoring.decide(cfg, store, day)["retrain"] is True  # not emitted yet
     monitoring.retrain_evidence(store, day)
     assert monitoring.decide(cfg, store, day)["retrain"] is False
+
+
+def test_insufficient_data_is_no_signal_and_breaks_a_streak(cfg, store):
+    """Issue 16.3: a day without a verdict neither counts towards a streak nor continues one."""
+    k3, d = _consecutive(cfg, 3), date(2013, 6, 1)
+    for k in range(5):
+        _mark(store, d + timedelta(days=k), drift=k != 2)
+    state = locations.monitoring_state(store)
+    storage.write_json(storage.join(state, "verdicts", f"{d + timedelta(days=2)}.json"),
+                       {"drift": False, "status": "insufficient data", "model_version": "1",
+                        "reason": "insufficient data: 0 rows in the window < drift.min_rows 500"})
+    gap = monitoring.decide(k3, store, d + timedelta(days=2))
+    assert gap["signal"] is False and "drift: insufficient data" in gap["reason"]
+    assert _run_days(k3, store, d, 5) == []  # 2 + 2 signalled days around the gap, not 5
+    assert monitoring.decide(k3, store, d + timedelta(days=4))["reason"] == "signal for 2 of 3 intervals"
 
 
 # --------------------------------------------------------------------------- history
