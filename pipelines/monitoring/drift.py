@@ -6,7 +6,8 @@ data", never drift (a PSI of a few rows is noise). Then it samples both sides
 (`drift.sample_rows`, fixed seed, sizes recorded), checks the schema, computes per-feature PSI
 (plus the KS statistic for numerics) against each feature's threshold and weight from config,
 the weighted share of drifted features and the prediction PSI, runs the Evidently report on the
-healthy columns, saves its HTML and returns a JSON-serialisable verdict. Bad monitoring input (missing / all-null / retyped
+healthy columns with the same PSI and thresholds (`pipelines.monitoring.report`), saves its HTML
+and returns a JSON-serialisable verdict. Bad monitoring input (missing / all-null / retyped
 columns, new categories) gives a verdict, never an exception.
 """
 
@@ -19,8 +20,8 @@ import numpy as np
 import pandas as pd
 from pandas.api import types as ptypes
 
-from pipelines.core import storage
 from pipelines.core.config import DriftConfig
+from pipelines.monitoring.report import evidently_report
 from pipelines.monitoring.stats import column_psi, is_drifted, ks_statistic, new_levels
 
 __all__ = ["INSUFFICIENT", "check_drift", "schema_issues"]
@@ -127,56 +128,6 @@ def _prediction_psi(ref: pd.DataFrame, cur: pd.DataFrame, column: str | None, cf
     return _num(column_psi(ref[column], cur[column], "prediction")), n, None
 
 
-def _run_evidently(
-    ref: pd.DataFrame, cur: pd.DataFrame, numeric: list[str], categorical: list[str],
-    report_uri: str | None,
-) -> tuple[dict[str, Any], str | None]:
-    """Evidently's DataDriftPreset on the healthy columns; errors are recorded, not raised.
-
-    Evidently applies its own per-column tests and dataset share (its defaults): the report is
-    evidence for a person; the verdict is ours.
-    """
-    columns = [*numeric, *categorical]
-    if not columns:
-        return {"error": "no healthy columns to compare"}, None
-    try:
-        from evidently import DataDefinition, Dataset, Report
-        from evidently.presets import DataDriftPreset
-
-        def _frame(df: pd.DataFrame) -> pd.DataFrame:
-            out = df[columns].copy()
-            for col in numeric:
-                out[col] = out[col].to_numpy(dtype="float64", na_value=np.nan)
-            for col in categorical:
-                out[col] = out[col].astype(object)
-            return out
-
-        definition = DataDefinition(numerical_columns=numeric, categorical_columns=categorical)
-        snapshot = Report([DataDriftPreset(columns=columns)]).run(
-            Dataset.from_pandas(_frame(cur), data_definition=definition),
-            Dataset.from_pandas(_frame(ref), data_definition=definition),
-        )
-        result: dict[str, Any] = {"columns": {}}
-        for metric in snapshot.dict()["metrics"]:
-            config, value = metric.get("config", {}), metric.get("value")
-            if config.get("type", "").endswith("DriftedColumnsCount"):
-                result["drifted_columns"] = int(value["count"])
-                result["drift_share"] = _num(value["share"])
-            elif config.get("type", "").endswith("ValueDrift"):
-                result["columns"][config["column"]] = {
-                    "method": config.get("method"),
-                    "threshold": _num(config.get("threshold")),
-                    "value": _num(value),
-                }
-        written = None
-        if report_uri:
-            html = snapshot.get_html_str(as_iframe=False)
-            written = storage.write_bytes(report_uri, html.encode("utf-8"))
-        return result, written
-    except Exception as exc:  # noqa: BLE001 - a broken report must not hide the verdict
-        return {"error": f"{type(exc).__name__}: {exc}"}, None
-
-
 def _reason(features: dict[str, Any], share: float, cfg: DriftConfig, issues: list[dict[str, str]],
             pred_psi: float | None, pred_note: str | None,
             new_categories: dict[str, list[str]]) -> tuple[bool, bool, str]:
@@ -267,5 +218,11 @@ def check_drift(
         status="schema drift" if issues else "ok",
     )
     if report:
-        verdict["evidently"], verdict["report_uri"] = _run_evidently(ref, cur, num_ok, cat_ok, report_uri)
+        columns = {c: ("numeric" if c in num_ok else "categorical", s["threshold"])
+                   for c, s in features.items()}
+        if pred_psi is not None:
+            columns[str(prediction_column)] = ("prediction", cfg.prediction_psi_threshold)
+            drifted = drifted + [str(prediction_column)] * is_drifted(pred_psi, cfg.prediction_psi_threshold)
+        verdict["evidently"], verdict["report_uri"] = evidently_report(
+            ref, cur, columns, drifted, seen_drift, report_uri)
     return verdict

@@ -213,6 +213,35 @@ def test_label_statistics_need_corroboration(cfg, winter, flights):
     assert two["drift"] is True and two["drift_share"] == pytest.approx(1 / 16)
 
 
+@pytest.mark.parametrize("window", ["june", "february", "one-half-weight-feature"])
+def test_the_report_a_person_reads_agrees_with_the_verdict(cfg, winter, flights, tmp_path, window):
+    """Issue 15: Evidently tests each column with the verdict's PSI at the verdict's threshold,
+    so its per-column decisions, its dataset line and the HTML say what the verdict says: on a
+    drifting week, a stable week, and a week where only a half-weight feature drifts (drifted
+    unweighted, 1 of 19 columns would pass drift_share 0.05; weighted, 0.5 of 16 does not)."""
+    frame = {"june": _week(flights, "2013-06-07"), "february": _week(flights, "2013-02-20"),
+             "one-half-weight-feature": _week(flights, "2013-02-20").assign(
+                 carrier_stats_fv__label_rate=0.9)}[window]
+    uri = str(tmp_path / "evidently.html")
+    verdict = _check(cfg, winter, frame, report=True, report_uri=uri)
+    report = verdict["evidently"]
+    assert "error" not in report, report
+    judged = {c: (f["psi"], f["drifted"]) for c, f in verdict["features"].items()}
+    judged["probability"] = (verdict["prediction_psi"],
+                             verdict["prediction_psi"] > cfg.drift.prediction_psi_threshold)
+    assert {c: (r["value"], r["drifted"]) for c, r in report["columns"].items()} == judged
+    assert all(r["method"] == "project_psi" for r in report["columns"].values())
+    assert {c: r["threshold"] for c, r in report["columns"].items() if c in verdict["features"]} == {
+        c: f["threshold"] for c, f in verdict["features"].items()}
+    assert report["dataset_drift"] is verdict["drift"] is {"june": True}.get(window, False)
+    assert report["drifted"] == sorted(c for c, (_, drifted) in judged.items() if drifted)
+    if window == "one-half-weight-feature":
+        assert report["drifted"] == ["carrier_stats_fv__label_rate"]
+    html = Path(uri).read_text(encoding="utf-8")
+    assert ("Dataset Drift is detected" in html) is verdict["drift"]
+    assert ("Dataset Drift is NOT detected" in html) is not verdict["drift"]
+
+
 # --------------------------------------------------------------------------- the store
 
 
