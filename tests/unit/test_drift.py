@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -261,20 +260,19 @@ def test_unseen_category(reference, stable, cfg):
     assert "error" not in verdict["evidently"]
 
 
-# --------------------------------------------------------------------------- speed
+# --------------------------------------------------------------------------- large input
 
 
-def test_fifty_thousand_rows_fifteen_columns_is_fast(cfg):
+def test_fifty_thousand_rows_fifteen_columns(cfg):
+    """The sampled path on a large interval (its speed is measured by bench/bench_drift.py)."""
     flights = pd.read_csv(DATA / "flights.csv.zip")
     numeric = ["dep_time", "sched_dep_time", "dep_delay", "arr_time", "sched_arr_time", "arr_delay",
                "air_time", "distance", "hour", "minute", "flight"]
     categorical = ["carrier", "origin", "dest"]
     flights["score"] = 1 / (1 + np.exp(-(flights["dep_delay"].fillna(0) - 10) / 10))
     reference, current = flights[flights["month"] <= 6], flights[flights["month"] >= 7]
-    start = time.perf_counter()
     verdict = _check(reference, current, cfg, prediction="score", numeric=numeric, categorical=categorical)
-    elapsed = time.perf_counter() - start
     assert verdict["n_reference"] == verdict["n_current"] == cfg.sample_rows
     assert len(verdict["features"]) == 14 and verdict["prediction_psi"] is not None
     assert "error" not in verdict["evidently"]
-    assert elapsed < 20, f"drift check took {elapsed:.1f}s"
+    assert set(verdict["evidently"]["columns"]) == {*numeric, *categorical, "score"}
