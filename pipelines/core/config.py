@@ -190,9 +190,8 @@ class DriftConfig(_Frozen):
     prediction_psi_threshold: float = Field(0.2, gt=0)
     sample_rows: int = Field(50_000, gt=0)
     seed: int = 0
-    consecutive: int = Field(1, ge=1)
+    consecutive: int = Field(3, ge=1)  # hysteresis: signalled intervals in a row to retrain
     cooldown_days: int = Field(7, ge=0)
-    false_positive_bound: float = Field(0.05, ge=0, le=1)  # asserted by the tests on stable windows
 
     @model_validator(mode="after")
     def _days(self) -> DriftConfig:
