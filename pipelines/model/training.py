@@ -158,7 +158,7 @@ def train_and_register(cfg: Config, settings: Settings, training_set: dict[str, 
                            **{f"est.{k}": v for k, v in cfg.training.estimator.params.items()},
                            "train_rows": len(train_df), "eval_rows": len(eval_df),
                            "window_start": training_set["start"], "window_end": training_set["end"]})
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None})  # None: undefined
         mlflow.log_metrics({"onnx_max_abs_diff": parity["max_abs_diff"],
                             "onnx_mean_abs_diff": parity["mean_abs_diff"]})
         signature = infer_signature(x_eval.head(5), p_native[:5])

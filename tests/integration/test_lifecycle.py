@@ -37,6 +37,7 @@ def lifecycle(tmp_path_factory):
     raw["gates"]["compare"]["n_bootstrap"] = 100
     raw["gates"]["floors"] = {"roc_auc": 0.55, "pr_auc": 0.2}  # two weeks of January data
     raw["drift"]["window_days"] = 3
+    raw["drift"]["consecutive"] = 1  # one drift check in this slice: it must request the retraining
     params = tmp / "params.yaml"
     params.write_text(yaml.safe_dump(raw))
     # Its own state: earlier tests in the session may have registered models of their own.
