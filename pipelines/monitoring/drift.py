@@ -102,14 +102,15 @@ def _feature_stats(ref: pd.Series, cur: pd.Series, is_numeric: bool, cfg: DriftC
     return stats
 
 
-def _too_little(cfg: DriftConfig, n_reference: int, n_current: int, days: int | None) -> str | None:
+def _too_little(cfg: DriftConfig, n_reference: int, n_current: int, days: int | None,
+                what: str = "rows") -> str | None:
     """Why there is not enough data for a verdict, or None."""
     if n_current < cfg.min_rows:
-        return f"{n_current} rows in the window < drift.min_rows {cfg.min_rows}"
+        return f"{n_current} {what} in the window < drift.min_rows {cfg.min_rows}"
     if days is not None and days < cfg.required_days:
         return f"{days} scored day(s) in the window < {cfg.required_days} (drift.min_days)"
     if n_reference < cfg.min_rows:
-        return f"{n_reference} reference rows < drift.min_rows {cfg.min_rows}"
+        return f"{n_reference} reference {what} < drift.min_rows {cfg.min_rows}"
     return None
 
 
@@ -122,9 +123,9 @@ def _prediction_psi(ref: pd.DataFrame, cur: pd.DataFrame, column: str | None, cf
     n = int(cur[column].notna().sum())
     if n == 0 or not ref[column].notna().any():
         return None, n, "no predictions of this model version in the window"
-    short = _too_little(cfg, int(ref[column].notna().sum()), n, days)
+    short = _too_little(cfg, int(ref[column].notna().sum()), n, days, what="predictions")
     if short:
-        return None, n, f"prediction PSI not judged: {short.replace('rows', 'predictions', 1)}"
+        return None, n, f"prediction PSI not judged: {short}"
     return _num(column_psi(ref[column], cur[column], "prediction")), n, None
 
 
@@ -220,9 +221,11 @@ def check_drift(
     if report:
         columns = {c: ("numeric" if c in num_ok else "categorical", s["threshold"])
                    for c, s in features.items()}
+        over = list(drifted)
         if pred_psi is not None:
             columns[str(prediction_column)] = ("prediction", cfg.prediction_psi_threshold)
-            drifted = drifted + [str(prediction_column)] * is_drifted(pred_psi, cfg.prediction_psi_threshold)
+            if is_drifted(pred_psi, cfg.prediction_psi_threshold):
+                over.append(str(prediction_column))
         verdict["evidently"], verdict["report_uri"] = evidently_report(
-            ref, cur, columns, drifted, seen_drift, report_uri)
+            ref, cur, columns, over, seen_drift, report_uri)
     return verdict
