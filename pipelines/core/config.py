@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pipelines.core.specs import DerivedColumn, RequestFeature, check_request_names
 
@@ -191,6 +191,10 @@ class FeatureRule(_Frozen):
 class DriftConfig(_Frozen):
     method: str = "evidently+psi"
     window_days: int = Field(7, gt=0)
+    # Below either minimum the check says "insufficient data", never drift: PSI of a few rows,
+    # or of fewer days than the thresholds were measured on, is noise (params.yaml has numbers).
+    min_rows: int = Field(500, gt=0)  # rows in the window (and in the reference)
+    min_days: int | None = Field(None, gt=0)  # scored days in the window; None: window_days
     psi_threshold: float = Field(0.2, gt=0)  # default per-feature threshold
     weight: float = Field(1.0, ge=0)  # default per-feature weight
     # glob pattern on the feature name -> override; the first matching pattern wins
@@ -199,9 +203,20 @@ class DriftConfig(_Frozen):
     prediction_psi_threshold: float = Field(0.2, gt=0)
     sample_rows: int = Field(50_000, gt=0)
     seed: int = 0
-    consecutive: int = Field(1, ge=1)
+    consecutive: int = Field(3, ge=1)  # hysteresis: signalled intervals in a row to retrain
     cooldown_days: int = Field(7, ge=0)
-    false_positive_bound: float = Field(0.05, ge=0, le=1)  # asserted by the tests on stable windows
+
+    @model_validator(mode="after")
+    def _days(self) -> DriftConfig:
+        if self.min_days is not None and self.min_days > self.window_days:
+            raise ValueError(f"drift.min_days {self.min_days} > window_days {self.window_days}: "
+                             "no window could ever be judged")
+        return self
+
+    @property
+    def required_days(self) -> int:
+        """Scored days a window needs for a drift verdict."""
+        return self.window_days if self.min_days is None else self.min_days
 
     def rule(self, feature: str) -> tuple[float, float]:
         """(PSI threshold, weight) of a feature: the first matching override, else the default."""
@@ -218,7 +233,6 @@ class QualityConfig(_Frozen):
     """Live quality once outcomes are known, pooled over a trailing window of labelled days."""
     window_days: int = Field(7, gt=0)
     min_labels: int = Field(500, gt=0)  # fewer labelled rows: no quality verdict
-    calibration_bins: int = Field(10, ge=2)
     # decay: baseline (the model's evaluation metrics) - live > max_drop, live - baseline > max_rise
     max_drop: dict[str, float] = Field(default_factory=lambda: {"roc_auc": 0.05})
     max_rise: dict[str, float] = Field(default_factory=lambda: {"calibration_error": 0.05})

@@ -19,9 +19,7 @@ from __future__ import annotations
 import ast
 import operator
 from dataclasses import dataclass, field
-from typing import Any, Callable
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:  # numpy and pandas are imported where an expression is evaluated: the
     import pandas as pd  # config that declares expressions is read at DAG parse time

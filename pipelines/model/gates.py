@@ -9,56 +9,15 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 
 from pipelines.core.config import BehaviourCheck, Budgets, GatesConfig, SliceGate
+from pipelines.model.metrics import LOWER_IS_BETTER, METRICS, compute_metrics
 
-
-def calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
-    """Expected calibration error over equal-width probability bins."""
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    idx = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
-    total = 0.0
-    for b in range(bins):
-        mask = idx == b
-        if mask.any():
-            total += mask.mean() * abs(y[mask].mean() - p[mask].mean())
-    return float(total)
-
-
-METRICS = {
-    "roc_auc": roc_auc_score,
-    "pr_auc": average_precision_score,
-    "brier": brier_score_loss,
-    "calibration_error": calibration_error,
-}
-LOWER_IS_BETTER = {"brier", "calibration_error"}
-NEEDS_BOTH_CLASSES = {"roc_auc", "pr_auc"}
+NEEDS_BOTH_CLASSES = {"roc_auc", "pr_auc"}  # undefined with one class (metrics returns None)
 
 
 def _defined(value: float | None) -> bool:
     return value is not None and bool(np.isfinite(value))
-
-
-def compute_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float | None]:
-    """Every metric of METRICS; one that is undefined here (one class: no ROC or PR AUC) is
-    None, never NaN."""
-    import warnings
-
-    y = np.asarray(y, dtype=int)
-    p = np.asarray(p, dtype=float)
-    out: dict[str, float | None] = {}
-    for name, fn in METRICS.items():
-        if name in NEEDS_BOTH_CLASSES and len(np.unique(y)) < 2:
-            out[name] = None
-            continue
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            value = float(fn(y, p)) if len(y) else float("nan")
-        out[name] = value if np.isfinite(value) else None
-    out["positive_rate"] = float(y.mean()) if len(y) else None
-    out["n"] = int(len(y))
-    return out
 
 
 def paired_bootstrap(y: np.ndarray, p_new: np.ndarray, p_old: np.ndarray, metric: str,

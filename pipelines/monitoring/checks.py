@@ -24,10 +24,10 @@ from pipelines.core.config import Config
 from pipelines.core.dates import day_start
 from pipelines.core.settings import Settings
 from pipelines.data.events import ROW_KEY, load_events
+from pipelines.model.metrics import compute_metrics
 from pipelines.monitoring import history as metrics_store
 from pipelines.monitoring.drift import check_drift
 from pipelines.monitoring.reference import model_reference
-from pipelines.monitoring.stats import quality_metrics
 from pipelines.scoring.io import read_manifest
 from pipelines.scoring.parts import PROBABILITY
 from pipelines.scoring.table import read_partition
@@ -52,16 +52,19 @@ def check_interval(cfg: Config, settings: Settings, day: date, first_day: date |
     manifest = read_manifest(settings, day)
     if manifest is None:
         raise FileNotFoundError(f"no published prediction partition for {day}: run batch_scoring")
-    days = [d for d in window_days(cfg, day, first_day) if read_manifest(settings, d) is not None]
+    manifests = {d: read_manifest(settings, d) for d in window_days(cfg, day, first_day)}
+    days = [d for d, m in manifests.items() if m is not None]
     current = pd.concat([read_partition(settings, d) for d in days], ignore_index=True)
     version = str(manifest["model_version"])
     if PROBABILITY in current.columns and "model_version" in current.columns:
         # predictions of other versions are not comparable with this version's reference
         other = current["model_version"].astype(str) != version
         current[PROBABILITY] = current[PROBABILITY].where(~other)
+    version_days = sum(str(manifests[d]["model_version"]) == version for d in days)
     reference, meta = model_reference(settings, manifest)
     verdict = check_drift(reference, current, meta["numeric"], meta["categorical"], PROBABILITY,
-                          cfg.drift, locations.drift_report(settings, day, "evidently.html"))
+                          cfg.drift, locations.drift_report(settings, day, "evidently.html"),
+                          days=len(days), prediction_days=version_days)
     verdict.update({"date": day.isoformat(), "model": manifest["model"], "model_version": version,
                     "window_start": days[-1].isoformat(), "window_days": [d.isoformat() for d in days]})
     storage.write_json(locations.monitoring_record(settings, "verdicts", day), verdict)
@@ -119,8 +122,8 @@ def check_quality(cfg: Config, settings: Settings, day: date, run_id: str | None
         rows = pd.concat(frames, ignore_index=True)
         today = rows[rows["day"] == target.isoformat()]
         result.update(model_version=version, baseline=meta.get("baseline", {}),
-                      daily=quality_metrics(today[label], today[PROBABILITY], q.calibration_bins),
-                      window=quality_metrics(rows[label], rows[PROBABILITY], q.calibration_bins),
+                      daily=compute_metrics(today[label], today[PROBABILITY]),
+                      window=compute_metrics(rows[label], rows[PROBABILITY]),
                       window_start=days[-1].isoformat(),
                       scored_rows=int(manifest.get("output_rows", 0)))
         _judge(result, q)

@@ -1,6 +1,8 @@
 """The retraining decision: drift or decay for `drift.consecutive` intervals in a row, outside
 the cooldown, and at most one retraining per episode (a run of signalled intervals of one model
-version). Every decision is a JSON file under `registry/drift/` and rows in the metrics history.
+version). A check without a verdict ("insufficient data", "insufficient labels", not run yet)
+is no signal: it neither counts towards nor continues a streak. Every decision is a JSON file
+under `registry/drift/` and rows in the metrics history.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ def _signal(settings: Settings, day: date) -> tuple[bool, str | None, dict[str, 
     quality = _record(settings, "quality", day) or {}
     drift, decay = bool(verdict.get("drift")), bool(quality.get("decay"))
     version = verdict.get("model_version") or quality.get("model_version")
-    summary = {"drift": drift, "decay": decay, "drift_reason": verdict.get("reason"),
+    summary = {"drift": drift, "decay": decay, "drift_status": verdict.get("status"),
+               "drift_reason": verdict.get("reason"),
                "quality_reason": quality.get("reason"), "report_uri": verdict.get("report_uri"),
                "drift_share": verdict.get("drift_share"), "prediction_psi": verdict.get("prediction_psi"),
                "model": verdict.get("model"), "model_version": version,
@@ -69,7 +72,10 @@ def decide(cfg: Config, settings: Settings, day: date, run_id: str | None = None
     retrain = (signalled and streak >= cfg.drift.consecutive and not nearby and not in_episode
                and not already)
     if not signalled:
-        reason = "no drift or decay"
+        unjudged = [f"{what}: {status}" for what, status in (
+            ("drift", summary["drift_status"]), ("quality", summary["quality"]["status"]))
+            if status not in (None, "ok")]
+        reason = "no drift or decay" + (f" ({'; '.join(unjudged)})" if unjudged else "")
     elif already:
         reason = "retraining already requested for this interval"
     elif in_episode:

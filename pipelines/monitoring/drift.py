@@ -1,11 +1,14 @@
 """Drift check of one monitoring interval against the reference (training) data.
 
-`check_drift` samples both sides (`drift.sample_rows`, fixed seed, sizes recorded), checks the
-schema, computes per-feature PSI (plus the KS statistic for numerics) against each feature's
-threshold and weight from config, the weighted share of drifted features and the prediction
-PSI, runs an Evidently `DataDriftPreset` report on the healthy columns, saves its HTML and
-returns a JSON-serialisable verdict. Bad monitoring input (empty interval, missing / all-null /
-retyped columns, new categories) gives a verdict, never an exception.
+`check_drift` first asks whether there is enough to judge: fewer than `drift.min_rows` rows
+(an empty interval included) or fewer scored days than `drift.required_days` is "insufficient
+data", never drift (a PSI of a few rows is noise). Then it samples both sides
+(`drift.sample_rows`, fixed seed, sizes recorded), checks the schema, computes per-feature PSI
+(plus the KS statistic for numerics) against each feature's threshold and weight from config,
+the weighted share of drifted features and the prediction PSI, runs the Evidently report on the
+healthy columns with the same PSI and thresholds (`pipelines.monitoring.report`), saves its HTML
+and returns a JSON-serialisable verdict. Bad monitoring input (missing / all-null / retyped
+columns, new categories) gives a verdict, never an exception.
 """
 
 from __future__ import annotations
@@ -17,11 +20,12 @@ import numpy as np
 import pandas as pd
 from pandas.api import types as ptypes
 
-from pipelines.core import storage
 from pipelines.core.config import DriftConfig
-from pipelines.monitoring.stats import ks_statistic, new_levels, psi, psi_categorical
+from pipelines.monitoring.report import evidently_report
+from pipelines.monitoring.stats import column_psi, is_drifted, ks_statistic, new_levels
 
-__all__ = ["check_drift", "schema_issues"]
+__all__ = ["INSUFFICIENT", "check_drift", "schema_issues"]
+INSUFFICIENT = "insufficient data"
 
 
 def _num(value: Any) -> float | None:
@@ -89,81 +93,46 @@ def schema_issues(
 
 def _feature_stats(ref: pd.Series, cur: pd.Series, is_numeric: bool, cfg: DriftConfig) -> dict[str, Any]:
     threshold, weight = cfg.rule(str(ref.name))
-    if is_numeric:
-        value, ks, unseen = psi(ref, cur), ks_statistic(ref, cur), []
-    else:
-        value, ks, unseen = psi_categorical(ref, cur), None, new_levels(ref, cur)
-    stats = {"psi": _num(value), "ks": _num(ks), "threshold": threshold, "weight": weight,
-             "drifted": bool(value > threshold)}
+    value = column_psi(ref, cur, "numeric" if is_numeric else "categorical")
+    stats = {"psi": _num(value), "ks": _num(ks_statistic(ref, cur)) if is_numeric else None,
+             "threshold": threshold, "weight": weight, "drifted": is_drifted(value, threshold)}
+    unseen = [] if is_numeric else new_levels(ref, cur)
     if unseen:
         stats["new_levels"] = unseen
     return stats
 
 
-def _prediction_psi(ref: pd.DataFrame, cur: pd.DataFrame, column: str | None) -> tuple[float | None, int]:
-    """PSI of the predictions on the rows that have one (rows scored by another model: NaN)."""
+def _too_little(cfg: DriftConfig, n_reference: int, n_current: int, days: int | None,
+                what: str = "rows") -> str | None:
+    """Why there is not enough data for a verdict, or None."""
+    if n_current < cfg.min_rows:
+        return f"{n_current} {what} in the window < drift.min_rows {cfg.min_rows}"
+    if days is not None and days < cfg.required_days:
+        return f"{days} scored day(s) in the window < {cfg.required_days} (drift.min_days)"
+    if n_reference < cfg.min_rows:
+        return f"{n_reference} reference {what} < drift.min_rows {cfg.min_rows}"
+    return None
+
+
+def _prediction_psi(ref: pd.DataFrame, cur: pd.DataFrame, column: str | None, cfg: DriftConfig,
+                    days: int | None) -> tuple[float | None, int, str | None]:
+    """(PSI, rows, why not judged) of the predictions on the rows that have one (rows scored by
+    another model version: NaN); None below the same minimums as the features."""
     if not column or column not in ref.columns or column not in cur.columns:
-        return None, 0
-    r, c = ref[column].dropna(), cur[column].dropna()
-    if r.empty or c.empty:
-        return None, len(c)
-    if ptypes.is_numeric_dtype(r) and ptypes.is_numeric_dtype(c):
-        return _num(psi(r, c)), len(c)
-    return _num(psi_categorical(r.astype(str), c.astype(str))), len(c)
-
-
-def _run_evidently(
-    ref: pd.DataFrame, cur: pd.DataFrame, numeric: list[str], categorical: list[str],
-    report_uri: str | None,
-) -> tuple[dict[str, Any], str | None]:
-    """Evidently's DataDriftPreset on the healthy columns; errors are recorded, not raised.
-
-    Evidently applies its own per-column tests and dataset share (its defaults): the report is
-    evidence for a person; the verdict is ours.
-    """
-    columns = [*numeric, *categorical]
-    if not columns:
-        return {"error": "no healthy columns to compare"}, None
-    try:
-        from evidently import DataDefinition, Dataset, Report
-        from evidently.presets import DataDriftPreset
-
-        def _frame(df: pd.DataFrame) -> pd.DataFrame:
-            out = df[columns].copy()
-            for col in numeric:
-                out[col] = out[col].to_numpy(dtype="float64", na_value=np.nan)
-            for col in categorical:
-                out[col] = out[col].astype(object)
-            return out
-
-        definition = DataDefinition(numerical_columns=numeric, categorical_columns=categorical)
-        snapshot = Report([DataDriftPreset(columns=columns)]).run(
-            Dataset.from_pandas(_frame(cur), data_definition=definition),
-            Dataset.from_pandas(_frame(ref), data_definition=definition),
-        )
-        result: dict[str, Any] = {"columns": {}}
-        for metric in snapshot.dict()["metrics"]:
-            config, value = metric.get("config", {}), metric.get("value")
-            if config.get("type", "").endswith("DriftedColumnsCount"):
-                result["drifted_columns"] = int(value["count"])
-                result["drift_share"] = _num(value["share"])
-            elif config.get("type", "").endswith("ValueDrift"):
-                result["columns"][config["column"]] = {
-                    "method": config.get("method"),
-                    "threshold": _num(config.get("threshold")),
-                    "value": _num(value),
-                }
-        written = None
-        if report_uri:
-            html = snapshot.get_html_str(as_iframe=False)
-            written = storage.write_bytes(report_uri, html.encode("utf-8"))
-        return result, written
-    except Exception as exc:  # noqa: BLE001 - a broken report must not hide the verdict
-        return {"error": f"{type(exc).__name__}: {exc}"}, None
+        return None, 0, None
+    n = int(cur[column].notna().sum())
+    if n == 0 or not ref[column].notna().any():
+        return None, n, "no predictions of this model version in the window"
+    short = _too_little(cfg, int(ref[column].notna().sum()), n, days, what="predictions")
+    if short:
+        return None, n, f"prediction PSI not judged: {short}"
+    return _num(column_psi(ref[column], cur[column], "prediction")), n, None
 
 
 def _reason(features: dict[str, Any], share: float, cfg: DriftConfig, issues: list[dict[str, str]],
-            pred_psi: float | None, new_categories: dict[str, list[str]]) -> tuple[bool, str]:
+            pred_psi: float | None, pred_note: str | None,
+            new_categories: dict[str, list[str]]) -> tuple[bool, bool, str]:
+    """(drift, drift Evidently can see: features or prediction, reason)."""
     drifted = [f"{c} (PSI {s['psi']:.2f} > {s['threshold']:g}, weight {s['weight']:g})"
                for c, s in features.items() if s["drifted"]]
     reasons = []
@@ -173,17 +142,19 @@ def _reason(features: dict[str, Any], share: float, cfg: DriftConfig, issues: li
     if feature_drift:
         reasons.append(f"feature drift: weighted share {share:.3f} >= {cfg.drift_share:g}: "
                        + ", ".join(drifted))
-    prediction_drift = pred_psi is not None and pred_psi > cfg.prediction_psi_threshold
+    prediction_drift = is_drifted(pred_psi, cfg.prediction_psi_threshold)
     if prediction_drift:
         reasons.append(f"prediction drift: PSI {pred_psi:.3f} > {cfg.prediction_psi_threshold:g}")
     if new_categories:
         reasons.append("new categories: " + ", ".join(f"{c} {v}" for c, v in new_categories.items()))
+    if pred_note:
+        reasons.append(pred_note)
     drift = bool(issues) or feature_drift or prediction_drift
     if not drift:
         reasons.insert(0, f"no drift: weighted share {share:.3f} < {cfg.drift_share:g}"
                        + (f" ({', '.join(drifted)})" if drifted else "")
                        + (f", prediction PSI {pred_psi:.3f}" if pred_psi is not None else ""))
-    return drift, "; ".join(reasons)
+    return drift, feature_drift or prediction_drift, "; ".join(reasons)
 
 
 def check_drift(
@@ -196,9 +167,13 @@ def check_drift(
     report_uri: str | None,
     *,
     report: bool = True,
+    days: int | None = None,
+    prediction_days: int | None = None,
 ) -> dict[str, Any]:
     """Compare `current` against `reference` and return a JSON-serialisable drift verdict.
 
+    `days`: scored days in the current window, `prediction_days`: those scored by the model
+    version the predictions are compared with (None: not a windowed check, rows only).
     `report=False` skips the Evidently report (the verdict does not depend on it).
     """
     numeric, categorical = list(numeric), list(categorical)
@@ -206,18 +181,17 @@ def check_drift(
         "drift": False, "status": "ok", "reason": "", "drift_share": 0.0, "drifted": [],
         "features": {}, "prediction_psi": None, "n_prediction": 0,
         "n_reference": 0, "n_current": 0,
-        "n_reference_total": len(reference), "n_current_total": len(current),
+        "n_reference_total": len(reference), "n_current_total": len(current), "days": days,
         "sample_rows": cfg.sample_rows, "seed": cfg.seed,
         "schema_issues": [], "new_categories": {}, "report_uri": None, "evidently": None,
         "method": cfg.method,
         "thresholds": {"psi_default": cfg.psi_threshold, "drift_share": cfg.drift_share,
-                       "prediction_psi": cfg.prediction_psi_threshold},
+                       "prediction_psi": cfg.prediction_psi_threshold,
+                       "min_rows": cfg.min_rows, "min_days": cfg.required_days},
     }
-    if len(current) == 0:
-        verdict.update(status="empty interval", reason="empty interval: no rows to check")
-        return verdict
-    if len(reference) == 0:
-        verdict.update(status="empty reference", reason="empty reference: nothing to compare against")
+    short = _too_little(cfg, len(reference), len(current), days)
+    if short:
+        verdict.update(status=INSUFFICIENT, reason=f"{INSUFFICIENT}: {short}; no drift verdict")
         return verdict
 
     issues = schema_issues(reference, current, numeric, categorical)
@@ -234,16 +208,24 @@ def check_drift(
                 if col in num_ok or col in cat_ok}
     total = sum(s["weight"] for s in features.values())
     share = sum(s["weight"] for s in features.values() if s["drifted"]) / total if total else 0.0
-    pred_psi, n_pred = _prediction_psi(ref, cur, prediction_column)
+    pred_psi, n_pred, pred_note = _prediction_psi(ref, cur, prediction_column, cfg, prediction_days)
     new_categories = {c: s["new_levels"] for c, s in features.items() if s.get("new_levels")}
-    drift, reason = _reason(features, share, cfg, issues, pred_psi, new_categories)
+    drift, seen_drift, reason = _reason(features, share, cfg, issues, pred_psi, pred_note, new_categories)
+    drifted = [c for c, s in features.items() if s["drifted"]]
     verdict.update(
-        drift=drift, reason=reason, features=features, drift_share=float(share),
-        drifted=[c for c, s in features.items() if s["drifted"]],
+        drift=drift, reason=reason, features=features, drift_share=float(share), drifted=drifted,
         prediction_psi=pred_psi, n_prediction=n_pred, n_reference=len(ref),
         n_current=len(cur), schema_issues=issues, new_categories=new_categories,
         status="schema drift" if issues else "ok",
     )
     if report:
-        verdict["evidently"], verdict["report_uri"] = _run_evidently(ref, cur, num_ok, cat_ok, report_uri)
+        columns = {c: ("numeric" if c in num_ok else "categorical", s["threshold"])
+                   for c, s in features.items()}
+        over = list(drifted)
+        if pred_psi is not None:
+            columns[str(prediction_column)] = ("prediction", cfg.prediction_psi_threshold)
+            if is_drifted(pred_psi, cfg.prediction_psi_threshold):
+                over.append(str(prediction_column))
+        verdict["evidently"], verdict["report_uri"] = evidently_report(
+            ref, cur, columns, over, seen_drift, report_uri)
     return verdict

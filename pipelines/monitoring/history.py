@@ -225,7 +225,8 @@ def plot_history(settings: Settings, end: date, days: int, out_uri: str) -> str:
                  **({"label": f} if f in top else {"color": "0.8", "linewidth": 0.7}))
     pred, pred_t = series("_prediction", "psi"), series("_prediction", "threshold")
     if pred is not None and pred_t is not None and len(pred):
-        ax1.plot(pred.index, (pred / pred_t).clip(lower=1e-3), "k--", label="prediction")
+        pred_ratio = (pred / pred_t).dropna()  # days without a prediction PSI have a threshold
+        ax1.plot(pred_ratio.index, pred_ratio.clip(lower=1e-3), "k--", label="prediction")
     ax1.axhline(1.0, color="red", linewidth=1)
     ax1.set_yscale("log")
     ax1.set_ylabel("PSI / threshold")

@@ -1,4 +1,8 @@
-"""Pure monitoring statistics: PSI (numeric, categorical), the KS statistic, live quality.
+"""Pure drift statistics: PSI (numeric, categorical), the KS statistic, and the drifted rule.
+
+The verdict and the Evidently report both compute a column's PSI with `column_psi` and judge it
+with `is_drifted`, so the two cannot disagree on a column. Quality metrics (ROC AUC, calibration,
+Brier) are in `pipelines.model.metrics`, shared with the gates.
 
 PSI = sum_i (p_cur_i - p_ref_i) * ln(p_cur_i / p_ref_i) over bins. Numeric bins are quantiles of
 the reference (ties collapse), missing values are a bin of their own, and empty bins are floored
@@ -7,10 +11,12 @@ at `EPS` so a bin present on one side only gives a large but finite contribution
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from pandas.api import types as ptypes
 
 EPS = 1e-4
 _MISSING = "__missing__"
@@ -76,7 +82,7 @@ def ks_statistic(reference: np.ndarray, current: np.ndarray) -> float:
     ref, cur = np.sort(ref[~np.isnan(ref)]), np.sort(cur[~np.isnan(cur)])
     if ref.size == 0 or cur.size == 0:
         return float("nan")
-    values = np.concatenate([ref, cur])
+    values = np.unique(np.concatenate([ref, cur]))  # the gap only changes at a value: ties once
     gap = (np.searchsorted(ref, values, side="right") / ref.size
            - np.searchsorted(cur, values, side="right") / cur.size)
     return float(np.abs(gap).max())
@@ -89,35 +95,25 @@ def new_levels(reference: Any, current: Any, limit: int = 10) -> list[str]:
     return sorted(set(cur.unique()) - ref)[:limit]
 
 
-# --------------------------------------------------------------------------- live quality
+def column_psi(reference: pd.Series, current: pd.Series, kind: str) -> float:
+    """PSI of one column as the drift verdict computes it.
 
-
-def calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
-    """Expected calibration error over equal-width probability bins (row-weighted)."""
-    y, p = np.asarray(y, dtype="float64"), np.asarray(p, dtype="float64")
-    idx = np.clip(np.digitize(p, np.linspace(0.0, 1.0, bins + 1)[1:-1]), 0, bins - 1)
-    count = np.bincount(idx, minlength=bins)
-    gap = np.abs(np.bincount(idx, weights=y, minlength=bins) - np.bincount(idx, weights=p, minlength=bins))
-    return float(gap.sum() / max(count.sum(), 1))
-
-
-def quality_metrics(y: Any, p: Any, bins: int = 10) -> dict[str, float | int | None]:
-    """ROC AUC, PR AUC, calibration error, Brier, positive rate and n of labelled predictions.
-
-    A metric that is undefined on these rows (AUC with one class, anything with no rows) is None.
+    kind: `numeric` (reference quantile bins, missing values a bin of their own), `categorical`
+    (levels, missing a level), or `prediction` (the rows without a prediction are left out:
+    another model version scored them; numeric or not by dtype).
     """
-    from sklearn.metrics import average_precision_score, roc_auc_score
+    if kind == "prediction":
+        reference, current = reference.dropna(), current.dropna()
+        if not (ptypes.is_numeric_dtype(reference) and ptypes.is_numeric_dtype(current)):
+            return psi_categorical(reference.astype(str), current.astype(str))
+        kind = "numeric"
+    if kind == "numeric":
+        return psi(reference, current)
+    if kind == "categorical":
+        return psi_categorical(reference, current)
+    raise ValueError(f"unknown column kind {kind!r}: numeric, categorical or prediction")
 
-    y, p = np.asarray(y, dtype="float64"), np.asarray(p, dtype="float64")
-    n = int(y.size)
-    out: dict[str, float | int | None] = {"n": n, "positive_rate": None, "mean_prediction": None,
-                                          "roc_auc": None, "pr_auc": None,
-                                          "calibration_error": None, "brier": None}
-    if n == 0:
-        return out
-    out.update(positive_rate=float(y.mean()), mean_prediction=float(p.mean()),
-               calibration_error=calibration_error(y, p, bins),
-               brier=float(np.mean((p - y) ** 2)))
-    if 0 < y.sum() < n:
-        out.update(roc_auc=float(roc_auc_score(y, p)), pr_auc=float(average_precision_score(y, p)))
-    return out
+
+def is_drifted(value: float | None, threshold: float) -> bool:
+    """A column drifts when its PSI exceeds its threshold (an undefined PSI never drifts)."""
+    return value is not None and math.isfinite(value) and value > threshold

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,7 @@ import pytest
 
 from pipelines.core.config import DriftConfig, FeatureRule, load_config
 from pipelines.monitoring.drift import check_drift
-from pipelines.monitoring.stats import psi, psi_categorical
+from pipelines.monitoring.stats import ks_statistic, psi, psi_categorical
 
 NUMERIC = ["temp", "dewp", "humid", "wind_speed", "precip", "pressure", "visib"]
 CATEGORICAL = ["origin"]
@@ -43,9 +42,9 @@ def stable(reference: pd.DataFrame) -> pd.DataFrame:
 
 
 def _check(reference, current, cfg, report_uri=None, prediction=None, numeric=NUMERIC,
-           categorical=CATEGORICAL, report=True):
+           categorical=CATEGORICAL, report=True, **window):
     verdict = check_drift(reference, current, numeric, categorical, prediction, cfg, report_uri,
-                          report=report)
+                          report=report, **window)
     json.dumps(verdict, allow_nan=False)  # the verdict is strict JSON
     return verdict
 
@@ -83,6 +82,16 @@ def test_psi_nan_bin_and_ties():
     assert np.isnan(psi(ref, np.array([])))
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_ks_statistic_is_scipys_with_ties_and_missing_values(seed):
+    from scipy.stats import ks_2samp
+
+    rng = np.random.default_rng(seed)
+    a, b = rng.integers(0, 20, 3_000).astype(float), rng.integers(2, 25, 2_000).astype(float)
+    a[:100] = np.nan
+    assert ks_statistic(a, b) == pytest.approx(ks_2samp(a[~np.isnan(a)], b).statistic, abs=1e-12)
+
+
 def test_psi_categorical_unseen_level_counts():
     ref = ["EWR", "JFK", "LGA"] * 100
     assert psi_categorical(ref, ref + ["XXX"] * 150) > 0.2
@@ -102,10 +111,12 @@ def test_july_drifts_and_writes_html(reference, weather, cfg, tmp_path):
     assert verdict["n_reference"] == len(reference) and verdict["n_current"] == len(july)
     assert verdict["schema_issues"] == []
     assert "error" not in verdict["evidently"]
-    assert verdict["evidently"]["drift_share"] > 0.3
+    # the report tests every column with the verdict's PSI at the verdict's thresholds
+    assert set(verdict["evidently"]["drifted"]) == set(verdict["drifted"])
+    assert verdict["evidently"]["dataset_drift"] is True
     assert verdict["report_uri"] == uri
     html = Path(uri).read_text(encoding="utf-8")
-    assert "html" in html.lower() and len(html) > 1000
+    assert "PSI (project" in html and "Dataset Drift is detected" in html
 
 
 def test_resampled_reference_does_not_drift(reference, stable, cfg):
@@ -114,16 +125,15 @@ def test_resampled_reference_does_not_drift(reference, stable, cfg):
     assert verdict["drift_share"] == 0.0
     assert all(f["psi"] < 0.05 for f in verdict["features"].values())
     assert verdict["report_uri"] is None and "error" not in verdict["evidently"]
+    assert verdict["evidently"]["drifted"] == [] and verdict["evidently"]["dataset_drift"] is False
 
 
-def test_false_positive_rate_on_stable_windows(reference, cfg):
-    alarms = 0
-    for seed in range(40):
-        window = reference.sample(n=1_000, replace=True, random_state=1_000 + seed)
-        verdict = _check(reference, window, cfg, report=False)
-        assert verdict["evidently"] is None  # the statistical verdict does not need the report
-        alarms += verdict["drift"]
-    assert alarms / 40 <= cfg.false_positive_bound
+def test_no_false_alarm_on_resampled_windows(reference, cfg):
+    """1,000-row resamples of the reference period: none drifts (measured: 0 of 200 seeds)."""
+    verdicts = [_check(reference, reference.sample(n=1_000, replace=True, random_state=1_000 + seed),
+                       cfg, report=False) for seed in range(40)]
+    assert all(v["evidently"] is None for v in verdicts)  # the verdict does not need the report
+    assert [v["reason"] for v in verdicts if v["drift"]] == []
 
 
 def test_single_shifted_feature_is_marked(reference, stable):
@@ -186,12 +196,37 @@ def test_sampling_is_recorded_and_deterministic(reference, stable):
 # --------------------------------------------------------------------------- bad input
 
 
-def test_empty_interval(reference, cfg):
-    verdict = _check(reference, reference.iloc[0:0], cfg)
-    assert verdict["drift"] is False and verdict["status"] == "empty interval"
-    assert verdict["reason"].startswith("empty interval") and verdict["n_current"] == 0
-    empty_ref = _check(reference.iloc[0:0], reference, cfg)
-    assert empty_ref["drift"] is False and empty_ref["status"] == "empty reference"
+@pytest.mark.parametrize("rows", [0, 1, 499], ids=["empty", "one-row", "just-below"])
+def test_too_few_rows_is_insufficient_data_never_drift(reference, weather, cfg, rows):
+    """Issue 14.5: one row gave PSI 5.8-9.2 on most features and a retraining request. Below
+    drift.min_rows (an empty interval included) the check has no verdict, even on July data."""
+    july = weather[weather["month"] == 7][NUMERIC + CATEGORICAL]
+    for current, ref in ((july.head(rows), reference), (reference, reference.head(rows))):
+        verdict = _check(ref, current, cfg)
+        assert verdict["status"] == "insufficient data" and verdict["drift"] is False
+        assert verdict["reason"].startswith("insufficient data: ") and "drift.min_rows 500" in verdict["reason"]
+        assert verdict["features"] == {} and verdict["evidently"] is None
+    judged = _check(reference, july.head(cfg.min_rows), cfg, report=False)
+    assert judged["status"] == "ok" and judged["drift"] is True
+
+
+def test_too_few_days_is_insufficient_data(reference, weather, cfg):
+    """Thresholds hold for full windows: a window with fewer scored days than drift.min_days
+    (default: window_days) has no verdict; the predictions need as many days of their version."""
+    july = weather[weather["month"] == 7][NUMERIC + CATEGORICAL]
+    assert cfg.min_days is None and cfg.required_days == cfg.window_days == 7
+    short = _check(reference, july, cfg, days=6)
+    assert short["status"] == "insufficient data" and short["drift"] is False
+    assert "6 scored day(s) in the window < 7" in short["reason"]
+    assert _check(reference, july, cfg, days=7, report=False)["drift"] is True
+    score = lambda df: 1 / (1 + np.exp(-(df["temp"] - 35) / 5))  # noqa: E731
+    ref, cur = reference.assign(p=score(reference)), reference.assign(p=score(reference).clip(lower=0.9))
+    new_version = _check(ref, cur, cfg, prediction="p", days=7, prediction_days=2, report=False)
+    assert new_version["prediction_psi"] is None and new_version["drift"] is False
+    assert "prediction PSI not judged: 2 scored day(s)" in new_version["reason"]
+    assert _check(ref, cur, cfg, prediction="p", days=7, prediction_days=7, report=False)["drift"] is True
+    with pytest.raises(ValueError, match="min_days 8 > window_days 7"):
+        DriftConfig(window_days=7, min_days=8)
 
 
 @pytest.mark.parametrize(
@@ -225,20 +260,19 @@ def test_unseen_category(reference, stable, cfg):
     assert "error" not in verdict["evidently"]
 
 
-# --------------------------------------------------------------------------- speed
+# --------------------------------------------------------------------------- large input
 
 
-def test_fifty_thousand_rows_fifteen_columns_is_fast(cfg):
+def test_fifty_thousand_rows_fifteen_columns(cfg):
+    """The sampled path on a large interval (its speed is measured by bench/bench_drift.py)."""
     flights = pd.read_csv(DATA / "flights.csv.zip")
     numeric = ["dep_time", "sched_dep_time", "dep_delay", "arr_time", "sched_arr_time", "arr_delay",
                "air_time", "distance", "hour", "minute", "flight"]
     categorical = ["carrier", "origin", "dest"]
     flights["score"] = 1 / (1 + np.exp(-(flights["dep_delay"].fillna(0) - 10) / 10))
     reference, current = flights[flights["month"] <= 6], flights[flights["month"] >= 7]
-    start = time.perf_counter()
     verdict = _check(reference, current, cfg, prediction="score", numeric=numeric, categorical=categorical)
-    elapsed = time.perf_counter() - start
     assert verdict["n_reference"] == verdict["n_current"] == cfg.sample_rows
     assert len(verdict["features"]) == 14 and verdict["prediction_psi"] is not None
     assert "error" not in verdict["evidently"]
-    assert elapsed < 20, f"drift check took {elapsed:.1f}s"
+    assert set(verdict["evidently"]["columns"]) == {*numeric, *categorical, "score"}

@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 
 from pipelines.core.config import CompareGate, GatesConfig
-from pipelines.model.gates import (
+from pipelines.model.gates import evaluate, paired_bootstrap, render_markdown
+from pipelines.model.metrics import (
+    brier,
     calibration_error,
-    evaluate,
-    paired_bootstrap,
-    render_markdown,
+    compute_metrics,
+    pr_auc,
+    roc_auc,
 )
 
 PARITY_OK = {"passed": True, "max_abs_diff": 1e-7, "tolerance": 1e-5}
@@ -81,6 +83,36 @@ def test_calibration_error_zero_for_perfect_calibration_and_large_for_bad():
     y = np.array([0, 1] * 500)
     assert calibration_error(y, np.full(1000, 0.5)) == pytest.approx(0.0)
     assert calibration_error(y, np.where(y == 1, 0.0, 1.0)) == pytest.approx(1.0)
+    # two bins of 100 rows: predicted 0.15 with 10% positives, predicted 0.95 with 80% positives
+    y2, p2 = np.array([1] * 10 + [0] * 90 + [1] * 80 + [0] * 20), np.array([0.15] * 100 + [0.95] * 100)
+    assert calibration_error(y2, p2) == pytest.approx((0.05 * 100 + 0.15 * 100) / 200)
+
+
+def test_metrics_match_their_definitions():
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    y, p = scores(500, 1.0, 11)
+    m = compute_metrics(y, p)
+    assert m["roc_auc"] == pytest.approx(roc_auc_score(y, p))
+    assert m["pr_auc"] == pytest.approx(average_precision_score(y, p))
+    assert m["brier"] == pytest.approx(np.mean((p - y) ** 2))
+    assert m["calibration_error"] == calibration_error(y, p)
+    assert (m["n"], m["positive_rate"], m["mean_prediction"]) == (500, pytest.approx(y.mean()), pytest.approx(p.mean()))
+    assert evaluate(CFG, y, p, None, PARITY_OK)["metrics"] == m  # the gates report these very numbers
+
+
+@pytest.mark.parametrize("y", [np.ones(40), np.zeros(40), np.array([])], ids=["all-late", "none-late", "no-rows"])
+def test_undefined_metrics_are_none_not_nan(y):
+    """Issue 15: an AUC of one class is undefined: None (never NaN, never bare NaN in JSON)."""
+    p = np.linspace(0.05, 0.95, y.size)
+    m = compute_metrics(y, p)
+    json.dumps(m, allow_nan=False)
+    assert m["roc_auc"] is None and m["pr_auc"] is None and roc_auc(y, p) is None and pr_auc(y, p) is None
+    if y.size:
+        assert m["brier"] == pytest.approx(np.mean((p - y) ** 2)) and m["calibration_error"] > 0
+    else:
+        assert m["brier"] is None and brier(y, p) is None and m["calibration_error"] is None
+        assert m["n"] == 0 and m["positive_rate"] is None
 
 
 def test_better_overall_but_regressing_on_a_slice_is_not_promoted():
