@@ -14,7 +14,8 @@ from airflow.timetables.interval import CronDataIntervalTimetable
 
 from pipelines.core.orchestration import (
     default_args,
-    interval_day,
+    interval_schedule,
+    run_interval,
     schedule_span,
     stage,
 )
@@ -24,7 +25,7 @@ START, END = schedule_span()
 
 
 @dag(
-    schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
+    schedule=CronDataIntervalTimetable(*interval_schedule()),
     start_date=START,
     end_date=END,
     catchup=True,
@@ -39,20 +40,20 @@ def feature_materialization():
     def validate_batch(**context) -> dict:
         from pipelines.data.checks import validate_interval
 
-        results = validate_interval(*stage(), interval_day(context))
+        results = validate_interval(*stage(), run_interval(context))
         return {"rows": sum(r["rows"] or 0 for r in results)}
 
     @task
     def build_features(validated: dict, **context) -> int:
         from pipelines.features.sources import build_sources_for_interval
 
-        return len(build_sources_for_interval(*stage(), interval_day(context)))
+        return len(build_sources_for_interval(*stage(), run_interval(context)))
 
     @task
     def materialize(n_sources: int, **context) -> dict:
         from pipelines.features.online import materialize as run
 
-        return run(*stage(), interval_day(context))
+        return run(*stage(), run_interval(context))
 
     @task
     def check_skew(materialized: dict) -> dict:

@@ -6,12 +6,15 @@ import hashlib
 import re
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pipelines.core.specs import DerivedColumn, RequestFeature, check_request_names
+
+if TYPE_CHECKING:
+    from pipelines.core.intervals import Grain
 
 
 class _Frozen(BaseModel):
@@ -27,14 +30,63 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(**{{"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[unit]: value})
 
 
+class DstPolicy(_Frozen):
+    """What a naive local time means where the clocks change (`sources.<table>.dst`)."""
+    ambiguous: Literal["earliest", "latest", "raise"] = "earliest"  # a repeated local hour
+    nonexistent: Literal["raise", "shift_forward"] = "raise"  # a skipped one: a bad clock
+
+
 class SourceConfig(_Frozen):
     uri: str
     timestamp: str | None = None
+    # Naive timestamps (no offset, e.g. '2024-11-03 01:30:00' or a date) in `timestamp` and in
+    # `timestamp_columns` are local time in this IANA zone, made timezone-aware once at ingest.
+    timezone: str | None = None
+    timestamp_columns: tuple[str, ...] = ()
+    timestamp_format: str | None = None  # strptime format of the naive values (default ISO 8601)
+    dst: DstPolicy = DstPolicy()
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, v: str | None) -> str | None:
+        if v is not None:
+            from pipelines.core.intervals import zone
+
+            zone(v)
+        return v
+
+    @model_validator(mode="after")
+    def _local(self) -> "SourceConfig":
+        if (self.timestamp_columns or self.timestamp_format) and self.timezone is None:
+            raise ValueError("timestamp_columns and timestamp_format need a timezone (the zone "
+                             "the naive values are local to)")
+        return self
+
+    @property
+    def local_columns(self) -> tuple[str, ...]:
+        """The columns ingest makes timezone-aware (none without a timezone)."""
+        if self.timezone is None:
+            return ()
+        return tuple(dict.fromkeys([*([self.timestamp] if self.timestamp else []),
+                                    *self.timestamp_columns]))
 
 
 class PassthroughFeatures(_Frozen):
     numeric: tuple[str, ...] = ()
     categorical: tuple[str, ...] = ()
+
+
+class DuplicatesPolicy(_Frozen):
+    """Event rows sharing a key: `error` (the default: fail naming them), or keep the `first`
+    or `last` of them, ordered by `order_by` (a column; default: the order rows were read)."""
+    keep: Literal["error", "first", "last"] = "error"
+    order_by: str | None = None
+
+    @model_validator(mode="after")
+    def _order(self) -> "DuplicatesPolicy":
+        if self.keep == "error" and self.order_by is not None:
+            raise ValueError("order_by is only used with keep: first or keep: last")
+        return self
 
 
 class EventsConfig(_Frozen):
@@ -44,6 +96,7 @@ class EventsConfig(_Frozen):
     prediction_lead: timedelta
     derived: dict[str, DerivedColumn] = Field(default_factory=dict)
     passthrough_features: PassthroughFeatures = PassthroughFeatures()
+    duplicates: DuplicatesPolicy = DuplicatesPolicy()
 
     @field_validator("prediction_lead", mode="before")
     @classmethod
@@ -52,15 +105,31 @@ class EventsConfig(_Frozen):
 
 
 class LabelConfig(_Frozen):
+    """When a row's outcome is known: `available_at` (a timestamp column of the event row, per
+    row) plus `available_after` (default 0), or `available_after` the event timestamp (one
+    delay for every row). A row is labelled once its `requires` and its `available_at` exist."""
     name: str
     expr: str
     requires: tuple[str, ...] = ()
-    available_after: timedelta
+    available_at: str | None = None
+    available_after: timedelta | None = None
 
     @field_validator("available_after", mode="before")
     @classmethod
     def _after(cls, v: Any) -> Any:
         return parse_duration(v) if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _when(self) -> "LabelConfig":
+        if self.available_at is None and self.available_after is None:
+            raise ValueError("say when an outcome is known: available_at (a timestamp column, "
+                             "per row) or available_after (a delay after the event timestamp)")
+        return self
+
+    @property
+    def delay(self) -> timedelta:
+        """The fixed part of the delay (after `available_at`, or after the event)."""
+        return self.available_after or timedelta(0)
 
 
 class AggregateConfig(_Frozen):
@@ -77,7 +146,22 @@ class DatasetConfig(_Frozen):
 
     @property
     def daily_tables(self) -> list[str]:
+        """The tables cut into one batch per interval (those with a timestamp); the others
+        are reference tables (one snapshot)."""
         return [name for name, src in self.sources.items() if src.timestamp]
+
+    @model_validator(mode="after")
+    def _events_source(self) -> "DatasetConfig":
+        source = self.sources.get(self.events.table)
+        if source is None:
+            raise ValueError(f"events.table {self.events.table!r} is not one of the sources "
+                             f"{sorted(self.sources)}")
+        if source.timestamp != self.events.timestamp:
+            raise ValueError(f"sources.{self.events.table}.timestamp "
+                             f"{source.timestamp!r}: the events table is cut into interval "
+                             f"batches by its event time, events.timestamp "
+                             f"{self.events.timestamp!r}")
+        return self
 
 
 class IngestConfig(_Frozen):
@@ -232,6 +316,10 @@ class DriftConfig(_Frozen):
 class QualityConfig(_Frozen):
     """Live quality once outcomes are known, pooled over a trailing window of labelled days."""
     window_days: int = Field(7, gt=0)
+    # A run judges the predictions of the interval that ended this many days before its own
+    # end, with the outcomes known by then. None: the label delay (dataset.label
+    # .available_after); required with per-row outcome times (dataset.label.available_at).
+    wait_days: int | None = Field(None, ge=0)
     min_labels: int = Field(500, gt=0)  # fewer labelled rows: no quality verdict
     # decay: baseline (the model's evaluation metrics) - live > max_drop, live - baseline > max_rise
     max_drop: dict[str, float] = Field(default_factory=lambda: {"roc_auc": 0.05})
@@ -257,10 +345,28 @@ class ValidationConfig(_Frozen):
 class OrchestrationConfig(_Frozen):
     start_date: str
     end_date: str | None = None
+    # The data interval of every scheduled run, batch and partition (pipelines.core.intervals):
+    # hourly | daily | weekly, cut in this IANA time zone (daylight saving time applied).
+    interval: Literal["hourly", "daily", "weekly"] = "daily"
+    timezone: str = "UTC"
     materialization_lateness_days: int = 2
     owner: str = "mlops"
     retries: int = 1
-    retry_delay_s: int = 30
+    retry_delay_s: int = 30  # a failed task's next try starts after this
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        from pipelines.core.intervals import zone
+
+        zone(v)
+        return v
+
+    @property
+    def grain(self) -> "Grain":
+        from pipelines.core.intervals import grain
+
+        return grain(self.interval, self.timezone)
 
 
 class Config(_Frozen):
@@ -276,6 +382,27 @@ class Config(_Frozen):
     alerts: AlertsConfig = AlertsConfig()
     validation: ValidationConfig = ValidationConfig()
     orchestration: OrchestrationConfig
+
+    @property
+    def grain(self) -> "Grain":
+        """How time is cut into intervals (orchestration.interval, orchestration.timezone)."""
+        return self.orchestration.grain
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Config":
+        grain = self.orchestration.grain
+        step = grain.length / timedelta(days=1)
+        for key, days in (("drift.window_days", self.drift.window_days),
+                          ("drift.min_days", self.drift.min_days),
+                          ("monitoring.quality.window_days", self.monitoring.quality.window_days)):
+            if days is not None and round(days / step, 9) % 1:
+                raise ValueError(f"{key} {days} is not a whole number of "
+                                 f"{self.orchestration.interval} intervals ({step:g} days each)")
+        if self.dataset.label.available_at and self.monitoring.quality.wait_days is None:
+            raise ValueError("monitoring.quality.wait_days is required with dataset.label"
+                             ".available_at: outcomes arrive row by row, so say how long after an "
+                             "interval its outcomes are judged")
+        return self
 
 
 def load_config(path: str | Path | None = None) -> Config:

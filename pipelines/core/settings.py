@@ -17,6 +17,12 @@ Redis and an object store. The scale path (workers that share no disk):
                                              the registry's alias lock unless MLOPS_LOCK_URL
                                              names another Postgres database
 
+Which dataset (one variable selects a complete example configuration beside the flights one):
+
+    MLOPS_EXAMPLE=<name>                     examples/<name>/params.yaml, feature_repo/ and
+                                             expectations/ (MLOPS_PARAMS, MLOPS_FEATURE_REPO,
+                                             MLOPS_EXPECTATIONS_DIR, when set, still win)
+
 How long a stage waits for the MLflow tracking server before it fails with the real cause
 (MLflow's own defaults are 7 retries with backoff and a 120 s timeout: about 4 minutes):
 
@@ -32,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = REPO_ROOT / "examples"
 
 
 def _env(name: str, default: str) -> str:
@@ -61,6 +68,7 @@ class Settings:
     sensor_poke_seconds: int = 60  # MLOPS_SENSOR_POKE_SECONDS
     s3_endpoint: str = ""  # AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL ('': AWS itself)
     mlflow_ui_url: str = ""  # MLFLOW_UI_URL: where the UI links to MLflow
+    example: str = ""  # MLOPS_EXAMPLE: the example configuration in use ('': the repo's own)
 
     def mlflow_env(self) -> dict[str, str]:
         """The MLflow client settings every process of the project runs with."""
@@ -108,7 +116,21 @@ def _int_env(name: str, default: int) -> int:
     return out
 
 
+def example_root(name: str) -> Path:
+    """examples/<name>/, which must hold params.yaml, feature_repo/ and expectations/."""
+    root = EXAMPLES / name
+    needed = [root / "params.yaml", root / "feature_repo", root / "expectations"]
+    if not name or "/" in name or not all(p.exists() for p in needed):
+        known = sorted(p.name for p in EXAMPLES.iterdir() if (p / "params.yaml").exists()) \
+            if EXAMPLES.is_dir() else []
+        raise ValueError(f"$MLOPS_EXAMPLE={name!r}: no complete example configuration at {root} "
+                         f"(params.yaml, feature_repo/, expectations/); examples: {known}")
+    return root
+
+
 def get_settings() -> Settings:
+    example = _env("MLOPS_EXAMPLE", "")
+    root = example_root(example) if example else REPO_ROOT
     state = _env("MLOPS_STATE_URI", str(REPO_ROOT / ".state"))
     state = state.rstrip("/")
     data = _env("MLOPS_DATA_URI", f"{state}/data").rstrip("/")
@@ -122,12 +144,12 @@ def get_settings() -> Settings:
         reports_uri=_env("MLOPS_REPORTS_URI", f"{state}/reports").rstrip("/"),
         mlflow_tracking_uri=tracking,
         mlflow_artifacts_uri=_env("MLOPS_MLFLOW_ARTIFACTS_URI", artifacts_default),
-        params_path=_env("MLOPS_PARAMS", str(REPO_ROOT / "params.yaml")),
-        feature_repo=_env("MLOPS_FEATURE_REPO", str(REPO_ROOT / "feature_repo")),
+        params_path=_env("MLOPS_PARAMS", str(root / "params.yaml")),
+        feature_repo=_env("MLOPS_FEATURE_REPO", str(root / "feature_repo")),
         mlflow_timeout_s=_int_env("MLFLOW_HTTP_REQUEST_TIMEOUT", 10),
         mlflow_max_retries=_int_env("MLFLOW_HTTP_REQUEST_MAX_RETRIES", 2),
         mlflow_backoff_factor=_int_env("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", 1),
-        expectations_dir=_env("MLOPS_EXPECTATIONS_DIR", str(REPO_ROOT / "expectations")),
+        expectations_dir=_env("MLOPS_EXPECTATIONS_DIR", str(root / "expectations")),
         metrics_db=_env("MLOPS_METRICS_DB", ""),
         lock_url=_env("MLOPS_LOCK_URL", ""),
         alert_webhook_url=_env("MLOPS_ALERT_WEBHOOK_URL", ""),
@@ -136,4 +158,5 @@ def get_settings() -> Settings:
         sensor_poke_seconds=_int_env("MLOPS_SENSOR_POKE_SECONDS", 60),
         s3_endpoint=_env("AWS_ENDPOINT_URL_S3", "") or _env("AWS_ENDPOINT_URL", ""),
         mlflow_ui_url=_env("MLFLOW_UI_URL", ""),
+        example=example,
     )

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from pipelines.core import locations, storage
+from pipelines.core.locations import When
 from pipelines.core.settings import Settings
 from pipelines.data.events import ROW_KEY
 from pipelines.scoring.io import read_manifest, read_table
@@ -21,8 +22,8 @@ if TYPE_CHECKING:
     import duckdb
 
 
-def read_partition(settings: Settings, day: date) -> pd.DataFrame:
-    """The published predictions of `day` (only the files its manifest names)."""
+def read_partition(settings: Settings, day: When) -> pd.DataFrame:
+    """The published predictions of an interval (only the files its manifest names)."""
     import pyarrow as pa
 
     manifest = read_manifest(settings, day)
