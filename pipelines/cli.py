@@ -162,6 +162,21 @@ def cmd_promote(a: argparse.Namespace) -> Any:
 
 
 def cmd_draft_suite(a: argparse.Namespace) -> Any:
+    """A raw table's suite from its data (--data, --table), or a derived output's suite from
+    the configuration (--output training_set | predictions; after `feast apply`)."""
+    if bool(a.data) == bool(a.output):
+        raise ValueError("draft-suite: give --data (and --table) for a raw table's suite, or "
+                         "--output training_set | predictions for a derived output's")
+    if a.output:
+        from pipelines.core import storage
+        from pipelines.scoring.suites import draft_output_suite
+
+        cfg, s = _ctx()
+        suite = draft_output_suite(cfg, s, a.output)
+        storage.write_json(a.out, suite)
+        return {"suite": a.out, "expectations": len(suite["expectations"])}
+    if not a.table:
+        raise ValueError("draft-suite --data needs --table (the suite's name)")
     from pipelines.data.validation import draft_suite
 
     return draft_suite(a.data, a.table, a.out)
@@ -202,8 +217,10 @@ def _parser() -> argparse.ArgumentParser:
     add("promote", cmd_promote, "promote a version (or 'challenger') by hand",
         ("--version", {"default": "challenger"}), ("--reason", req),
         ("--force", {"action": "store_true"}))
-    add("draft-suite", cmd_draft_suite, "profile a table and write a draft expectation suite",
-        ("--data", req), ("--table", req), ("--out", req))
+    add("draft-suite", cmd_draft_suite, "write a draft expectation suite: of a raw table from "
+        "its data (--data, --table), or of a derived output from the configuration (--output)",
+        ("--data", opt), ("--table", opt), ("--out", req),
+        ("--output", {"default": None, "choices": ["training_set", "predictions"]}))
     return p
 
 

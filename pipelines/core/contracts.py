@@ -66,6 +66,9 @@ class TrainingSet(TypedDict):
     feature_service_hash: str
     positive_rate: float
     request_features: str  # the request-time feature spec (JSON) the set was built with
+    data_sha256: str  # the landing batches read (pipelines.data.versions)
+    expectations_sha256: str  # the suites in use
+    dvc_data_version: str  # dvc.lock's landing hash if DVC made the landing zone read
 
 
 class Trained(TypedDict):

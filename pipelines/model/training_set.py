@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import io
 import logging
-from datetime import date
+from datetime import date, timedelta
 
 import pandas as pd
 
@@ -25,8 +25,10 @@ def build_training_set(cfg: Config, settings: Settings, start: date | str, end: 
     `label_available_at`), with PIT features. Bounds: local dates, or window bounds as
     `pipelines.model.windows` writes them."""
     from pipelines.core.specs import request_spec_json
+    from pipelines.data.versions import lineage
     from pipelines.features.retrieval import historical_features
     from pipelines.features.store import feature_service_hash, get_store
+    from pipelines.model.windows import window_intervals
 
     label, grain = cfg.dataset.label.name, cfg.grain
     lo, hi = grain.bound(start), grain.bound(end)
@@ -42,6 +44,10 @@ def build_training_set(cfg: Config, settings: Settings, start: date | str, end: 
     request_time = cfg.features.request_time
     df = historical_features(store, cfg.features.service, rows.reset_index(drop=True),
                              list(cfg.features.join_keys), request_time=request_time)
+    # the batches it read: the window's, and those its rolling statistics reach back to
+    reach = max([a.window_days for a in cfg.dataset.aggregates.values()] or [0])
+    version = lineage(cfg, settings, window_intervals(cfg, {"start": start, "end": end},
+                                                      timedelta(days=reach)))
     data = io.BytesIO()
     df.to_parquet(data, index=False)
     storage.write_bytes(out_uri, data.getvalue())
@@ -55,6 +61,9 @@ def build_training_set(cfg: Config, settings: Settings, start: date | str, end: 
         "feature_service_hash": feature_service_hash(store, cfg.features.service, request_time),
         "request_features": request_spec_json(request_time),
         "positive_rate": float(df[label].mean()),
+        "data_sha256": version["sha256"],
+        "expectations_sha256": version["expectations_sha256"],
+        "dvc_data_version": version["dvc"],
     }
     log.info("training set: %d rows [%s, %s) -> %s", len(df), start, end, out_uri)
     return info

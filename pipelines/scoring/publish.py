@@ -101,7 +101,8 @@ def publish(cfg: Config, settings: Settings, day: Interval | date, chunks: list[
             parts: list[dict[str, Any]], model: dict[str, Any], run_id: str) -> dict[str, Any]:
     """Validate the staged parts of a run and make them the partition of the interval,
     atomically (an interval without rows: an empty partition, with its manifest)."""
-    from pipelines.model.training import dvc_data_version
+    from pipelines.data.checks import lookback
+    from pipelines.data.versions import lineage
 
     t0 = time.perf_counter()
     day = cfg.grain.interval(day)
@@ -141,8 +142,11 @@ def publish(cfg: Config, settings: Settings, day: Interval | date, chunks: list[
         "model_choice": model.get("choice", "pinned by caller"),
         "airflow_run_id": run_id,
         "missing_features": {"policy": cfg.scoring.missing_features, **counts},
-        "data_version": {"dvc": dvc_data_version(), "input_sha256": hashlib.sha256(
-            "".join(c["sha256"] for c in chunks).encode()).hexdigest()},
+        # the batches this interval's features read, the suites that validated them, DVC's
+        # hash when DVC made that landing zone, and the entity rows scored
+        "data_version": {**lineage(cfg, settings, [*lookback(cfg, day), day]),
+                         "input_sha256": hashlib.sha256(
+                             "".join(c["sha256"] for c in chunks).encode()).hexdigest()},
         "chunk_rows": cfg.scoring.chunk_rows, "batch_rows": cfg.scoring.batch_rows,
         "timings": {"plan_s": chunks[0]["plan_s"] if chunks else 0.0,
                     "score_s_total": round(sum(p["seconds"] for p in parts), 3),
