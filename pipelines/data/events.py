@@ -52,12 +52,12 @@ def load_table(cfg: Config, landing_uri: str, table: str,
     return pd.concat(rows, ignore_index=True)
 
 
-def instant(cfg: Config, when: date | datetime) -> pd.Timestamp:
-    """A window bound: an aware datetime as is, a date at its local midnight (the grain's
-    zone, orchestration.timezone)."""
+def instant(cfg: Config, when: date | datetime | str) -> pd.Timestamp:
+    """A window bound: an aware datetime as is, a date (or its ISO text) at its local midnight
+    (the grain's zone, orchestration.timezone)."""
     if isinstance(when, datetime):
         return pd.Timestamp(when).tz_convert("UTC")
-    return pd.Timestamp(cfg.grain.day_start(when))
+    return pd.Timestamp(cfg.grain.bound(when))
 
 
 def row_keys(df: pd.DataFrame, key: tuple[str, ...]) -> pd.Series:
@@ -188,8 +188,8 @@ def model_passthrough(cfg: Config) -> list[str]:
     return list(pf.numeric) + list(pf.categorical)
 
 
-def load_events(cfg: Config, landing_uri: str, start: date | datetime,
-                end: date | datetime) -> pd.DataFrame:
+def load_events(cfg: Config, landing_uri: str, start: date | datetime | str,
+                end: date | datetime | str) -> pd.DataFrame:
     """Model rows of the events in [start, end) (dates: local midnight in the grain's zone),
     from the batches of the intervals that overlap it."""
     lo, hi = instant(cfg, start), instant(cfg, end)
