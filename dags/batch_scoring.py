@@ -1,11 +1,12 @@
 """
 ### batch_scoring
 
-Nightly batch scoring of one data interval (one day), backfillable (`catchup` on). A backfill over
+Batch scoring of one data interval (a day here; params.yaml `orchestration.interval` and
+`.timezone` set the grain and the schedule), backfillable (`catchup` on). A backfill over
 a past month is `airflow backfill create --dag-id batch_scoring --from-date … --to-date …`
 (add `--reprocess-behavior completed` to re-score days that already have a partition).
 
-validate the day's raw batches → write the day's Feast feature sources → **resolve_model**: pin
+validate the interval's raw batches → write its Feast feature sources → **resolve_model**: pin
 one model version for the whole run (`scoring.backfill_model`: the current `champion`, or the
 champion at the end of the interval per the promotion history) → **plan_chunks**: stage the
 interval's entity rows as chunks of `scoring.chunk_rows` → **score_chunk** (one mapped task per
@@ -14,11 +15,13 @@ batches of `scoring.batch_rows` (ONNX only, sha256 checked, MLflow pickle loadin
 content-addressed part file → **validate_predictions**: the staged parts against the
 `predictions` expectation suite (skipped with the score tasks when the interval is empty) →
 **score**: check the whole output (row count = input − rejected, probabilities in [0, 1], no
-nulls, unique row keys), write `predictions/date=YYYY-MM-DD/_manifest.json` (the commit point)
-and delete what it does not name.
+nulls, unique row keys), write `predictions/date=YYYY-MM-DD/_manifest.json` (the interval's
+partition; the commit point) and delete what it does not name. An interval without rows gets
+an empty partition with its manifest.
 
-Re-running a day replaces its partition with byte-identical parts; a run killed anywhere leaves
-the previous partition visible. To redo a day, clear it from `resolve_model` downstream.
+Re-running an interval replaces its partition with byte-identical parts; a run killed anywhere
+leaves the previous partition visible. To redo an interval, clear it from `resolve_model`
+downstream.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """
 ### feature_materialization
 
-Daily: validate the day's raw batches, write its Feast feature sources, materialise the features
+Once per data interval (`orchestration.interval`): validate the interval's raw batches, write
+its Feast feature sources, materialise the features
 of the interval (plus a lateness window, so late rows are picked up) into the online store, and
 check a sample of entities: online features must equal the offline (training) features as of
 the same time, or the run fails with a report. Re-running an interval writes the same values.

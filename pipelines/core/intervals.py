@@ -149,11 +149,6 @@ class Grain:
     def previous(self, iv: Interval) -> Interval:
         return self.at(iv.start - timedelta(microseconds=1))
 
-    def shift(self, iv: Interval, n: int) -> Interval:
-        for _ in range(abs(n)):
-            iv = self.next(iv) if n > 0 else self.previous(iv)
-        return iv
-
     def between(self, start: datetime, end: datetime) -> list[Interval]:
         """The intervals that overlap [start, end) (aware datetimes), in order."""
         out: list[Interval] = []
@@ -207,10 +202,13 @@ class Grain:
     def bound_text(self, ts: datetime) -> str:
         """How a window bound is written (in names and records): the local date when it is a
         local midnight, else its UTC hour (`2024-11-03T06Z`)."""
-        local = self._utc(ts).astimezone(self.tz)
-        if self._local_midnight(local.date()) == self._utc(ts):
+        utc = self._utc(ts)
+        local = utc.astimezone(self.tz)
+        if self._local_midnight(local.date()) == utc:
             return local.date().isoformat()
-        return self._utc(ts).strftime("%Y-%m-%dT%HZ")
+        if utc.minute or utc.second or utc.microsecond:
+            raise ValueError(f"window bound {utc.isoformat()}: a local midnight or a whole hour")
+        return utc.strftime("%Y-%m-%dT%HZ")
 
     def day_start(self, day: date) -> datetime:
         """Local midnight of `day` as a UTC instant (where a window given in dates starts)."""

@@ -8,7 +8,7 @@ has already loaded) and settings; nothing heavy. The configuration is read once 
 from __future__ import annotations
 
 import os
-from datetime import date, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 from typing import Any
 
@@ -84,11 +84,6 @@ def run_interval(context: dict[str, Any], override: str | None = None) -> Interv
         return grain.interval(override)
     start = context.get("data_interval_start") or context["logical_date"]
     return grain.at(start.astimezone(timezone.utc))
-
-
-def interval_day(context: dict[str, Any]) -> date:
-    """The local date the run's data interval starts on (for a daily grain: its day)."""
-    return run_interval(context).start.astimezone(config().grain.tz).date()
 
 
 def triggering_user(context: dict[str, Any]) -> str | None:
