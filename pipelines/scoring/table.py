@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from pipelines.core import locations, storage
+from pipelines.core import duck, locations, storage
 from pipelines.core.settings import Settings
 from pipelines.data.events import ROW_KEY
 from pipelines.scoring.io import read_manifest, read_table
@@ -31,33 +31,6 @@ def read_partition(settings: Settings, day: date) -> pd.DataFrame:
     base = locations.predictions(settings, day)
     tables = [read_table(storage.join(base, f)) for f in manifest["files"]]
     return pa.concat_tables(tables).to_pandas() if tables else pd.DataFrame()
-
-
-def connect(memory_limit: str, spill_dir: str | None = None) -> duckdb.DuckDBPyConnection:
-    import duckdb
-
-    con = duckdb.connect()
-    con.execute(f"SET memory_limit='{memory_limit}'")
-    con.execute("SET preserve_insertion_order=false")
-    con.execute("SET enable_progress_bar=false")
-    if spill_dir:  # beyond the limit DuckDB spills here, not into the working directory
-        con.execute(f"SET temp_directory='{spill_dir}'")
-    return con
-
-
-def duckdb_paths(con: duckdb.DuckDBPyConnection, uris: list[str]) -> list[str]:
-    """Paths DuckDB can read: local paths, or URIs through a registered fsspec filesystem."""
-    out = []
-    for uri in uris:
-        fs, path = storage.resolve(uri)
-        if storage.is_local(uri):
-            out.append(path)
-        else:
-            if not con.filesystem_is_registered(fs.protocol if isinstance(fs.protocol, str)
-                                                else fs.protocol[0]):
-                con.register_filesystem(fs)
-            out.append(uri)
-    return out
 
 
 def published_files(settings: Settings, start: date | None = None,
@@ -84,14 +57,13 @@ def predictions_relation(settings: Settings, con: duckdb.DuckDBPyConnection | No
     A snapshot: it names the files the manifests name now; files of runs in progress or killed
     are never read. Partitions scored by versions with different inputs are unioned by name.
     """
-    import duckdb
-
-    con = con or duckdb.connect()
+    con = duck.connect(con)
     uris = published_files(settings, start, end)
     if not uris:
         return con.sql(f"SELECT NULL::VARCHAR AS {ROW_KEY}, NULL::DOUBLE AS {PROBABILITY}, "
                        "NULL::VARCHAR AS model_version, NULL::DATE AS date WHERE false")
-    return con.read_parquet(duckdb_paths(con, uris), hive_partitioning=True, union_by_name=True)
+    return con.read_parquet([duck.readable(con, u) for u in uris], hive_partitioning=True,
+                            union_by_name=True)
 
 
 def create_predictions_view(con: duckdb.DuckDBPyConnection, settings: Settings,
