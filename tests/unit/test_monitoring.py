@@ -29,7 +29,7 @@ import yaml
 from pipelines import monitoring
 from pipelines.core import locations, storage
 from pipelines.core.config import Config, load_config
-from pipelines.core.settings import Settings
+from pipelines.core.settings import Settings, get_settings
 from pipelines.data.events import row_keys
 from pipelines.model.metrics import compute_metrics
 from pipelines.monitoring import alerts
@@ -627,11 +627,15 @@ def test_metrics_db_location(tmp_path, monkeypatch):
                      reports_uri=str(tmp_path / "reports"), mlflow_tracking_uri="sqlite:///unused",
                      mlflow_artifacts_uri=str(tmp_path / "mlflow"), params_path=str(PARAMS),
                      feature_repo=str(tmp_path))
+    import dataclasses
+
     monkeypatch.delenv("MLOPS_METRICS_DB", raising=False)
     assert metrics_store.db_path(store).endswith("/monitoring/metrics.db")
     monkeypatch.setenv("MLOPS_METRICS_DB", "sqlite:////tmp/x/metrics.db")
-    assert metrics_store.db_path(store) == "/tmp/x/metrics.db"
+    configured = dataclasses.replace(store, metrics_db=get_settings().metrics_db)  # read once
+    assert metrics_store.db_path(configured) == "/tmp/x/metrics.db"
     url = "postgresql://u:p@127.0.0.1:5432/metrics"
     monkeypatch.setenv("MLOPS_METRICS_DB", url)
-    assert metrics_store.db_path(store) == url and metrics_store.is_postgres(url)
+    configured = dataclasses.replace(store, metrics_db=get_settings().metrics_db)
+    assert metrics_store.db_path(configured) == url and metrics_store.is_postgres(url)
     assert not metrics_store.is_postgres("/tmp/x/metrics.db")
