@@ -97,6 +97,12 @@ class Settings:
         return f"{self.data_uri}/registry"
 
 
+def env_value(name: str) -> str:
+    """A variable whose name comes from configuration (e.g. `alerts.webhook_url_env`): read
+    here like every other, stripped, '' when unset."""
+    return _env(name, "")
+
+
 def _int_env(name: str, default: int) -> int:
     value = _env(name, str(default))
     try:
