@@ -61,6 +61,13 @@ class Settings:
     sensor_poke_seconds: int = 60  # MLOPS_SENSOR_POKE_SECONDS
     s3_endpoint: str = ""  # AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL ('': AWS itself)
     mlflow_ui_url: str = ""  # MLFLOW_UI_URL: where the UI links to MLflow
+    # Feast (pipelines.features.store): online store kind and locations ('': the defaults)
+    feast_online_store: str = ""  # FEAST_ONLINE_STORE: sqlite | redis
+    feast_redis_connection: str = ""  # FEAST_REDIS_CONNECTION: host:port,password=...,db=N
+    feast_registry_path: str = ""  # FEAST_REGISTRY_PATH
+    feast_online_path: str = ""  # FEAST_ONLINE_PATH (SQLite online store)
+    feast_state_dir: str = ""  # FEAST_STATE_DIR (local registry and online store folder)
+    feast_s3_endpoint: str = ""  # FEAST_S3_ENDPOINT_URL (what Feast's S3 registry store reads)
 
     def mlflow_env(self) -> dict[str, str]:
         """The MLflow client settings every process of the project runs with."""
@@ -142,4 +149,10 @@ def get_settings() -> Settings:
         sensor_poke_seconds=_int_env("MLOPS_SENSOR_POKE_SECONDS", 60),
         s3_endpoint=_env("AWS_ENDPOINT_URL_S3", "") or _env("AWS_ENDPOINT_URL", ""),
         mlflow_ui_url=_env("MLFLOW_UI_URL", ""),
+        feast_online_store=_env("FEAST_ONLINE_STORE", "").lower(),
+        feast_redis_connection=_env("FEAST_REDIS_CONNECTION", ""),
+        feast_registry_path=_env("FEAST_REGISTRY_PATH", ""),
+        feast_online_path=_env("FEAST_ONLINE_PATH", ""),
+        feast_state_dir=_env("FEAST_STATE_DIR", ""),
+        feast_s3_endpoint=_env("FEAST_S3_ENDPOINT_URL", ""),
     )

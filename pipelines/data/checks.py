@@ -14,19 +14,17 @@ and `_validation.md` beside it; quarantining the same batch again adds a folder,
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from pipelines.core import locations, storage
 from pipelines.core.config import Config
 from pipelines.core.dates import day_start, to_date
-from pipelines.core.settings import REPO_ROOT, Settings
+from pipelines.core.settings import Settings
 
 if TYPE_CHECKING:
     import pandas as pd
 
-SUITES = os.environ.get("MLOPS_EXPECTATIONS_DIR", str(REPO_ROOT / "expectations"))
 TRAINING_SET, PREDICTIONS = "training_set", "predictions"  # suite names of the derived outputs
 EVENT_TIME = "event_time"  # pipelines.data.events: the event's own timestamp in model rows
 
@@ -61,7 +59,7 @@ def validate_day(cfg: Config, settings: Settings, day: date,
             continue
         try:
             results.append(validate_batch(
-                table=table, batch_uri=uri, suite_dir=SUITES,
+                table=table, batch_uri=uri, suite_dir=settings.expectations_dir,
                 interval_start=day_start(day), interval_end=day_start(day + timedelta(days=1)),
                 timestamp_column=source.timestamp, max_file_mb=cfg.validation.max_file_mb,
                 quarantine_to=locations.quarantine(settings, table, locations.partition(day),
@@ -84,7 +82,7 @@ def validate_snapshots(cfg: Config, settings: Settings) -> list[dict[str, Any]]:
         if source.timestamp:
             continue
         results.append(validate_batch(
-            table=table, batch_uri=locations.batch(settings.landing_uri, table, None), suite_dir=SUITES,
+            table=table, batch_uri=locations.batch(settings.landing_uri, table, None), suite_dir=settings.expectations_dir,
             interval_start=None, interval_end=None, timestamp_column=None,
             max_file_mb=cfg.validation.max_file_mb,
             quarantine_to=locations.quarantine(settings, table, locations.partition(None),
@@ -116,7 +114,7 @@ def validate_training_set(cfg: Config, settings: Settings,
     uri = training_set["uri"]
     start, end = to_date(training_set["start"]), to_date(training_set["end"])
     return validate_frame(
-        TRAINING_SET, storage.read_parquet(uri), SUITES, source=uri, timestamp_column=EVENT_TIME,
+        TRAINING_SET, storage.read_parquet(uri), settings.expectations_dir, source=uri, timestamp_column=EVENT_TIME,
         interval_start=day_start(start), interval_end=day_start(end),
         **_uris(settings, TRAINING_SET, f"{start.isoformat()}_{end.isoformat()}"))
 
@@ -141,6 +139,6 @@ def validate_predictions(cfg: Config, settings: Settings, day: date,
         predictions = pd.concat([storage.read_parquet(uri) for uri in predictions],
                                 ignore_index=True)
     return validate_frame(
-        PREDICTIONS, predictions, SUITES, source=source, timestamp_column=EVENT_TIME,
+        PREDICTIONS, predictions, settings.expectations_dir, source=source, timestamp_column=EVENT_TIME,
         interval_start=day_start(day), interval_end=day_start(day + timedelta(days=1)),
         **_uris(settings, PREDICTIONS, locations.partition(day)))
