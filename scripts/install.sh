@@ -3,8 +3,9 @@
 #
 # requirements.txt is compiled with hashes (`uv pip compile requirements.in -p 3.11
 # --generate-hashes -o requirements.txt`) and installed with --require-hashes: a download whose
-# bytes differ from the lock fails the install. The project itself is the one exception, as an
-# editable install without dependencies (`--no-deps -e .`): everything it needs is in the lock.
+# bytes differ from the lock fails the install. The project itself is installed editable without
+# dependencies (`--no-deps -e .`: everything it needs is in the lock), built by the lock's own
+# setuptools (`--no-build-isolation`), so nothing unhashed is downloaded.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3.11}"
@@ -39,5 +40,5 @@ LOCK
 fi
 [ -x .venv/bin/python ] || uv venv --quiet --python "$PY" .venv
 uv pip install --quiet --python .venv/bin/python --require-hashes -r requirements.txt
-uv pip install --quiet --python .venv/bin/python --no-deps -e .
+uv pip install --quiet --python .venv/bin/python --no-deps --no-build-isolation -e .
 echo "install: $(.venv/bin/python --version), $(grep -c '==' requirements.txt) pinned packages"
