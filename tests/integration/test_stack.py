@@ -216,7 +216,7 @@ def _check_processes(stack) -> None:
     import psutil
 
     secrets = _secrets(stack["root"])
-    seen, leaks, exposed = 0, [], []
+    seen, leaks, exposed, pickling = 0, [], [], []
     for proc in _processes(stack):
         try:
             cmdline = "\0".join(proc.cmdline())
@@ -227,11 +227,11 @@ def _check_processes(stack) -> None:
         seen += 1
         leaks += [(proc.pid, cmdline[:200]) for secret in secrets if secret in cmdline]
         exposed += [(proc.pid, proc.name(), a) for a in listening if a.ip not in ("127.0.0.1", "::1")]
-        if "MLFLOW_TRACKING_URI" in environ or proc.name() == "mlflow":
-            assert environ.get("MLFLOW_ALLOW_PICKLE_DESERIALIZATION") == "false", proc.cmdline()
+        if ("MLFLOW_TRACKING_URI" in environ or proc.name() == "mlflow") and \
+                environ.get("MLFLOW_ALLOW_PICKLE_DESERIALIZATION") != "false":
+            pickling.append(proc.cmdline()[:4])
     assert seen > 30, seen  # servers, their workers, Airflow's processes and a running task
-    assert not leaks, leaks
-    assert not exposed, exposed
+    assert not leaks and not exposed and not pickling, (leaks, exposed, pickling)
 
 
 def test_training_on_celery_survives_a_scheduler_restart(stack, stack_settings):
@@ -308,7 +308,7 @@ def test_mlflow_takes_nothing_without_the_generated_login(stack):
     """Moving `champion` or rewriting a version's sha256 tag needs the login; with it, it works
     (a probe alias is set and removed; the champion is where training put it)."""
     senv = stack["senv"]
-    login = (senv["MLFLOW_TRACKING_USERNAME"], senv["MLFLOW_TRACKING_PASSWORD"])
+    login = (senv.get("MLFLOW_TRACKING_USERNAME", ""), senv.get("MLFLOW_TRACKING_PASSWORD", ""))
     alias = {"name": "delay_model", "alias": "champion", "version": "1"}
     tag = {"name": "delay_model", "version": "1", "key": "onnx_sha256", "value": "0" * 64}
     for who in (None, (login[0], login[1] + "x"), ("admin", login[1])):
@@ -351,10 +351,12 @@ def test_the_object_store_takes_nothing_unsigned(stack):
     """SeaweedFS's master, volume and filer servers listen on loopback beside the S3 gateway:
     without the JWT keys or the client certificate that only the server holds, nothing in."""
     s3 = next(s for s in stack["services"] if s["name"] == "seaweedfs")["extra"]
-    filer, volume, master = s3["filer"], s3["volume"], s3["master"]
+    filer, master = s3["filer"], s3["master"]
     for method, url in [("PUT", f"{filer}/buckets/mlops/data/evil.txt"),
-                        ("GET", f"{filer}/buckets/mlops/"),
-                        ("POST", f"{volume}/1,0123456789"), ("GET", f"{volume}/1,0123456789")]:
+                        ("GET", f"{filer}/buckets/mlops/")]:
+        assert _http(method, url) == 401, (method, url)
+    volume = s3["volume"]
+    for method, url in [("POST", f"{volume}/1,0123456789"), ("GET", f"{volume}/1,0123456789")]:
         assert _http(method, url) == 401, (method, url)
     ca = str(Path(s3["tls"]) / "ca.pem")
     plain = master.replace("https://", "http://")
@@ -432,7 +434,6 @@ def test_the_stack_keeps_its_secrets_to_itself(stack):
     argvs = [json.loads(line) for line in stack["argv_log"].read_text().splitlines()]
     assert len(argvs) > 20 and any("users" in argv for argv in argvs), len(argvs)
     leaks = [argv for argv in argvs for secret in secrets if secret in " ".join(argv)]
-    assert not leaks, leaks
 
     exposed = []
     for dirpath, dirnames, filenames in os.walk(stack["root"]):
@@ -444,4 +445,4 @@ def test_the_stack_keeps_its_secrets_to_itself(stack):
         dirnames[:] = [d for d in dirnames
                        if os.lstat(os.path.join(dirpath, d)).st_mode & 0o011]
     assert stat.S_IMODE(stack["root"].stat().st_mode) == 0o711
-    assert not exposed, exposed[:20]
+    assert not leaks and not exposed, (leaks, exposed[:20])
