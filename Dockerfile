@@ -26,7 +26,10 @@ WORKDIR /opt/mlops
 # (uv pip compile --generate-hashes): --require-hashes refuses any other bytes, and --no-deps
 # installs exactly the lock, which is complete.
 COPY requirements.txt ./
-RUN pip install --no-cache-dir --no-deps --require-hashes -r requirements.txt
+RUN pip install --no-cache-dir --no-deps --require-hashes -r requirements.txt \
+ && python -m compileall -q -j 0 "$(python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')"
+# ^ bytecode compiled once here: PYTHONDONTWRITEBYTECODE (above) stops every Airflow task
+#   process from caching it, so without it each task recompiles its imports
 
 COPY --chown=mlops:mlops pyproject.toml params.yaml dvc.yaml dvc.lock ./
 COPY --chown=mlops:mlops pipelines ./pipelines
