@@ -42,7 +42,6 @@ fi
 # --compile-bytecode: every Airflow task is a fresh process that imports pandas, MLflow, Feast,
 # GX...; where PYTHONDONTWRITEBYTECODE is set (many containers, these machines) nothing is ever
 # cached, so without .pyc files each task compiles them again (about half of a task's time).
-uv pip install --quiet --python .venv/bin/python --require-hashes --compile-bytecode \
-  -r requirements.txt
+uv pip install --quiet --python .venv/bin/python --compile-bytecode --require-hashes -r requirements.txt
 uv pip install --quiet --python .venv/bin/python --no-deps --no-build-isolation -e .
 echo "install: $(.venv/bin/python --version), $(grep -c '==' requirements.txt) pinned packages"
