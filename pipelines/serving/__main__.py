@@ -30,6 +30,9 @@ def prepare_metrics_dir(path: str) -> str:
     for stale in folder.glob("*.db"):
         stale.unlink()
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+    # the deprecated name too: Feast's metrics module makes a temporary folder of its own in
+    # every worker unless it is set
+    os.environ["PROMETHEUS_MULTIPROCESS_DIR"] = str(folder)
     return str(folder)
 
 

@@ -30,6 +30,9 @@ from prometheus_client import (
     multiprocess,
 )
 
+# Whether this process's values are multiprocess files is decided when prometheus_client is
+# first imported (here, before Feast, whose import sets the variable to a folder of its own)
+MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
 MODEL = ["model_name"]
 ANSWER = ["model_name", "model_version", "variant"]
 # a single-row request takes about a millisecond; batches of max_rows up to a second
@@ -64,8 +67,8 @@ LOG_PENDING = Gauge("serving_prediction_log_pending_rows", "Rows waiting to be w
 
 def render() -> tuple[bytes, str]:
     """The exposition of every worker's metrics (or this process's, with one worker)."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if MULTIPROC_DIR:
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
+        multiprocess.MultiProcessCollector(registry, path=MULTIPROC_DIR)
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(), CONTENT_TYPE_LATEST
