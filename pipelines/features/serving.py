@@ -33,14 +33,17 @@ def online_features(store: "FeatureStore", refs: list[str], entity_rows: list[di
     resp = store.get_online_features(features=refs, entity_rows=entity_rows,
                                      full_feature_names=True).to_dict(include_event_timestamps=True)
     times = [as_of] * len(entity_rows) if isinstance(as_of, datetime) else list(as_of)
+    oldest: dict[timedelta, list[float]] = {}  # per TTL: each row's oldest valid time
     out = {}
     for ref in refs:
         view, feature = ref.split(":")
         col = f"{view}__{feature}"
         values, ttl = resp[col], ttls.get(view)
         if ttl:  # Feast's online read does not expire values: do it as the offline join does
-            values = [v if ts >= (at - ttl).timestamp() else None
-                      for v, ts, at in zip(values, resp[f"{col}__ts"], times)]
+            if ttl not in oldest:
+                oldest[ttl] = [(at - ttl).timestamp() for at in times]
+            values = [v if ts >= low else None
+                      for v, ts, low in zip(values, resp[f"{col}__ts"], oldest[ttl])]
         out[col] = values
     return pd.DataFrame(out)
 
