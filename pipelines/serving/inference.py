@@ -82,7 +82,7 @@ def prepare(cfg: Config, store: FeatureStore, views: list[ViewSpec], served: Ser
     """The model inputs of a request's rows, in request order, and the rows without an online
     value per view (`views`: `pit.service_views` of the version's feature service). Raises
     RequestError (400: a bad value, naming the column; 422: rows the policies reject)."""
-    from pipelines.features.serving import as_requests, serving_features
+    from pipelines.features.serving import serving_features
     from pipelines.scoring.inputs import prepare_inputs
 
     try:
@@ -90,10 +90,11 @@ def prepare(cfg: Config, store: FeatureStore, views: list[ViewSpec], served: Ser
     except ValueError as exc:  # e.g. a timestamp without an offset, named by its column
         raise RequestError(str(exc)) from None
     wanted = list(dict.fromkeys([*cfg.features.join_keys, *request_inputs(served.request_spec)]))
-    try:
+    columns = {c: [None if pd.isna(v) else v for v in rows[c]] for c in wanted}
+    entities = [dict(zip(columns, values)) for values in zip(*columns.values())]
+    try:  # timestamps stay timestamps (UTC): request.compute reads them as it reads ISO text
         features = serving_features(store, service_name(cfg, served), served.request_spec,
-                                    as_requests(rows[wanted]), list(rows[PREDICTION_TIME]),
-                                    views)
+                                    entities, list(rows[PREDICTION_TIME]), views)
     except ValueError as exc:  # a request-time feature refusing a value (on_missing: error)
         raise RequestError(str(exc)) from None
     unknown = unknown_rows(views, features)
