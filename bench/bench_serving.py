@@ -148,6 +148,28 @@ def _wrk(url: str, bodies: list[bytes], headers: dict[str, str], connections: in
             "p50_ms": ms("50%"), "p99_ms": ms("99%"), "non_2xx": int(bad.group(1)) if bad else 0}
 
 
+def _stage_sums(port: int, auth: dict[str, str]) -> dict[str, float]:
+    """The project server's stage histograms (sum and count), from its /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers=auth)
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return {s.name: s.value for f in text_string_to_metric_families(r.read().decode())
+                for s in f.samples if s.name.startswith("request_")
+                and s.name.endswith(("_seconds_sum", "_seconds_count"))}
+
+
+def _stage_means(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Mean ms per request of each stage between two readings (preprocess includes the wait
+    for a worker thread)."""
+    def delta(name: str) -> float:
+        return after[name] - before.get(name, 0.0)
+
+    return {stage: round(delta(f"request_{stage}_seconds_sum")
+                         / delta(f"request_{stage}_seconds_count") * 1000, 2)
+            for stage in ("preprocess", "predict", "postprocess")}
+
+
 def run(rows: int = 100) -> dict:
     """1-row and `rows`-row requests against both servers; see the module docstring."""
     from pipelines.data.events import entity_rows
@@ -205,7 +227,9 @@ def run(rows: int = 100) -> dict:
             ours_bodies = [_v2_body(c, declared) for c in chunks]
             peer_bodies = [_peer_body(features.loc[c["row_key"]], columns) for c in chunks]
             for conns in (1, 8):
+                before = _stage_sums(ours_port, auth)
                 mine = _wrk(ours_url, ours_bodies, auth, conns, folder)
+                mine["server_side_mean_ms"] = _stage_means(before, _stage_sums(ours_port, auth))
                 theirs = _wrk(peer_url, peer_bodies, {"Content-Type": "application/json"},
                               conns, folder)
                 result[f"{shape}_{conns}_conn"] = {
