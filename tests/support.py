@@ -124,12 +124,12 @@ def scoring_state(root: Path, first: date, last: date, train: tuple[date, date],
 
     Points MLOPS_STATE_URI, MLOPS_PARAMS and the Feast paths at `root` (the caller restores the
     environment, e.g. inside a pytest MonkeyPatch context)."""
+    from pipelines.core.specs import request_spec_json
     from pipelines.data.events import load_events
     from pipelines.data.ingest import ingest
     from pipelines.features.retrieval import historical_features
     from pipelines.features.sources import build_feature_sources
     from pipelines.features.store import apply_definitions, get_store
-    from pipelines.core.specs import request_spec_json
     from pipelines.model import registry
     from pipelines.model.training import fit
 
@@ -159,4 +159,4 @@ def scoring_state(root: Path, first: date, last: date, train: tuple[date, date],
                             {"request_features": request_spec_json(spec)} if spec else None)
     registry.promote(settings, cfg.registry.model_name, version, "test", "first", None)
     return {"cfg": cfg, "settings": settings, "train": frame, "version": version,
-            "fit": (numeric, categorical), "pipe": pipe}
+            "fit": (numeric, categorical)}

@@ -54,7 +54,7 @@ def serving_features(store: "FeatureStore", service_name: str, request_time: req
     """The features an online model server gives a model, one row per request row.
 
     `entity_rows`: the join keys and the request columns (`request.inputs(request_time)`) as
-    JSON-like values (ISO timestamps with an offset). Returns the service's online features
+    JSON-like values (ISO timestamps with an offset, or timezone-aware timestamps). Returns the service's online features
     (each view's TTL applied at `as_of`: one time, or each row's prediction time as the
     offline join applies it) and the request-time features computed by
     `request.compute` (the code training and batch scoring run), named as offline.

@@ -76,9 +76,15 @@ class DataPlane:
                                f"(aliases and the versions they serve: {served})", status=404)
         return found
 
+    def followers(self, model_name: str, model_version: str | None) -> list[AliasFollower]:
+        """The alias a version route names, or every alias for the model's own route."""
+        if model_version:
+            return [self.follower(model_name, model_version)]
+        self.follower(model_name, None)  # 404 for another model
+        return list(self.repository.followers.values())
+
     def model_ready(self, model_name: str, model_version: str | None) -> tuple[bool, ModelReady]:
-        followers = ([self.follower(model_name, model_version)] if model_version
-                     else list(self.repository.followers.values()))
+        followers = self.followers(model_name, model_version)
         body: ModelReady = {
             "name": model_name,
             "ready": self.store is not None and all(f.current is not None for f in followers),
@@ -92,8 +98,7 @@ class DataPlane:
 
     def model_metadata(self, model_name: str, model_version: str | None) -> dict[str, Any]:
         """V2 model metadata, plus what each alias serves and why a move was not followed."""
-        followers = ([self.follower(model_name, model_version)] if model_version
-                     else list(self.repository.followers.values()))
+        followers = self.followers(model_name, model_version)
         return {
             "name": model_name,
             "versions": [f.current.version for f in followers if f.current is not None],

@@ -147,34 +147,39 @@ class AliasFollower:
 
 
 class Repository:
-    """The followers of `serving.aliases`, polled by one background thread per worker."""
+    """The followers of `serving.aliases`: loaded once at startup, then polled by one
+    background thread per worker."""
 
     def __init__(self, settings: Settings, cfg: Config) -> None:
         self.name, self.poll_seconds = cfg.registry.model_name, cfg.serving.poll_seconds
         self.settings = settings
         self.followers = {a: AliasFollower(settings, self.name, a) for a in cfg.serving.aliases}
+        self._client: registry.GuardedClient | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="alias-follower", daemon=True)
 
     def start(self) -> None:
+        """Load every alias once, then follow them in the background: a worker starts taking
+        requests only after its first attempt (a failed one leaves it live, not ready)."""
+        self._poll()
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=30)
 
+    def _poll(self) -> None:
+        try:
+            self._client = self._client or registry.client(self.settings)
+            for follower in self.followers.values():
+                follower.poll(self._client)
+        except Exception:  # noqa: BLE001 - the poller must outlive any one failure
+            log.exception("serving: polling the registry failed; next try in %ss",
+                          self.poll_seconds)
+
     def _run(self) -> None:
-        client = None
-        while True:
-            try:
-                client = client or registry.client(self.settings)
-                for follower in self.followers.values():
-                    follower.poll(client)
-            except Exception:  # noqa: BLE001 - the poller must outlive any one failure
-                log.exception("serving: polling the registry failed; next try in %ss",
-                              self.poll_seconds)
-            if self._stop.wait(self.poll_seconds):
-                return
+        while not self._stop.wait(self.poll_seconds):
+            self._poll()
 
     def ready(self) -> bool:
         return all(f.current is not None for f in self.followers.values())

@@ -146,6 +146,9 @@ def test_a_bad_request_gets_a_4xx_naming_the_field(server, served_state):
     assert r.status_code == 413 and "at most 1000 (serving.max_rows)" in r.json()["error"]
     r = _post(srv, token, v2_request(rows), path="/v2/models/other_model/infer")
     assert r.status_code == 404 and "'other_model' is not served here" in r.json()["error"]
+    for path in ("/v2/models/other_model", "/v2/models/other_model/ready"):
+        r = srv.http.get(path, headers=bearer(token))
+        assert r.status_code == 404 and "'other_model' is not served here" in r.json()["error"]
     r = _post(srv, token, v2_request(rows), path=f"/v2/models/{MODEL}/versions/9/infer")
     assert r.status_code == 404 and "version '9' is not served" in r.json()["error"]
 
