@@ -118,11 +118,12 @@ class DataPlane:
         reading them bypasses Feast's registry cache, too slow for every request."""
         from pipelines.features.pit import service_views
 
-        at, views = self._views.get(service, (0.0, []))
-        if time.monotonic() - at > VIEWS_TTL_S:
-            assert self.store is not None
-            views = service_views(self.store, service)
-            self._views[service] = (time.monotonic(), views)
+        cached = self._views.get(service)
+        if cached is not None and time.monotonic() - cached[0] <= VIEWS_TTL_S:
+            return cached[1]
+        assert self.store is not None
+        views = service_views(self.store, service)
+        self._views[service] = (time.monotonic(), views)
         return views
 
     # -- inference --------------------------------------------------------------------------

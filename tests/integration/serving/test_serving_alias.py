@@ -3,7 +3,7 @@ request is in flight, a version whose ONNX fails its sha256, the reject policy.
 
 The server is the real app with one fault injected around it (`slow_app`: a request may ask
 `predict` to sleep first), following `champion` and `challenger` every 0.3 s, with
-`serving.unknown_entities: reject`. Aliases are moved by the project's own registry functions.
+`serving.unknown_entities: reject` and a 50 kB body limit. Aliases are moved by the project's own registry functions.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ MODEL = "delay_model"
 def server(served_state):
     params = yaml.safe_load(Path(served_state["env"]["MLOPS_PARAMS"]).read_text())
     params["serving"] = {"aliases": ["champion", "challenger"], "poll_seconds": 0.3,
-                         "unknown_entities": "reject", "log": {"batch_rows": 10}}
+                         "unknown_entities": "reject", "max_body_mb": 0.05,
+                         "log": {"batch_rows": 10}}
     path = served_state["root"] / "params-aliases.yaml"
     path.write_text(yaml.safe_dump(params))
     token = Path(ensure_token(served_state["settings"].token_path)).read_text().strip()
@@ -92,6 +93,15 @@ def test_an_alias_is_ready_once_its_version_is_loaded(server, served_state):
     assert meta["versions"] == ["1", served_state["v2"]]
     assert meta["parameters"]["served"]["challenger"]["onnx_sha256"]
     assert meta["parameters"]["load_failures"] == {}
+
+
+def test_a_body_over_max_body_mb_is_a_413_with_or_without_a_length(server):
+    srv, token = server
+    body = b" " * 60_000  # serving.max_body_mb: 0.05 (52,428 bytes) here
+    path = f"/v2/models/{MODEL}/infer"
+    for content in (body, iter([body[:30_000], body[30_000:]])):  # Content-Length, chunked
+        r = srv.http.post(path, headers=bearer(token), content=content)
+        assert r.status_code == 413 and "(serving.max_body_mb)" in r.json()["error"]
 
 
 def test_the_reject_policy_names_the_row_view_and_key(server, served_state):
