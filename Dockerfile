@@ -22,10 +22,14 @@ RUN groupadd --system --gid 50000 mlops \
 
 WORKDIR /opt/mlops
 
-# Dependencies first (cached layer), exactly as scripts/install.sh does, then the project.
+# Dependencies first (cached layer), then the project. The lock has a sha256 for every file
+# (uv pip compile --generate-hashes): --require-hashes refuses any other bytes, and --no-deps
+# installs exactly the lock, which is complete.
 COPY requirements.txt ./
-RUN pip install --no-cache-dir "uv==0.13.8" \
- && uv pip install --system --no-cache -r requirements.txt
+RUN pip install --no-cache-dir --no-deps --require-hashes -r requirements.txt \
+ && python -m compileall -q -j 0 "$(python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')"
+# ^ bytecode compiled once here: PYTHONDONTWRITEBYTECODE (above) stops every Airflow task
+#   process from caching it, so without it each task recompiles its imports
 
 COPY --chown=mlops:mlops pyproject.toml params.yaml dvc.yaml dvc.lock ./
 COPY --chown=mlops:mlops pipelines ./pipelines
@@ -35,7 +39,8 @@ COPY --chown=mlops:mlops feature_repo ./feature_repo
 COPY --chown=mlops:mlops expectations ./expectations
 # Editable, as in scripts/install.sh: pipelines.core.settings.REPO_ROOT must be /opt/mlops, where
 # params.yaml, feature_repo/, expectations/ and dvc.lock live.
-RUN uv pip install --system --no-cache --no-deps -e . \
+# Built by the lock's setuptools (--no-build-isolation): nothing unhashed is downloaded.
+RUN pip install --no-cache-dir --no-deps --no-build-isolation -e . \
  && mkdir -p /opt/airflow && chown mlops:mlops /opt/airflow
 
 ENV AIRFLOW_HOME=/opt/airflow \

@@ -36,15 +36,6 @@ def runs(dag_id: str) -> list[dict[str, Any]]:
                 for r in session.query(DagRun).filter(DagRun.dag_id == dag_id)]
 
 
-def more_to_schedule(dag_id: str) -> bool:
-    from airflow.models import DagModel
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        model = session.get(DagModel, dag_id)
-        return model is not None and model.next_dagrun_create_after is not None
-
-
 def retrain_queued() -> bool:
     from airflow.models.asset import AssetDagRunQueue
     from airflow.utils.session import create_session

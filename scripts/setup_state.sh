@@ -4,6 +4,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
 mkdir -p "$MLOPS_STATE_URI" "$AIRFLOW_HOME"
+# Owner only, also what an older version wrote (`make stack` keeps .state/stack so itself). The
+# top folder stays traversable (0711: nothing in it can be listed, every folder below is 0700)
+# so that the stack's Postgres, which runs as its own OS user when root starts it, can reach its
+# data folder under .state/stack.
+find "$MLOPS_STATE_URI" -path "$MLOPS_STATE_URI/stack" -prune -o -exec chmod go-rwx {} +
+chmod 711 "$MLOPS_STATE_URI"
+airflow_login
 
 # Data: the ingest stage cuts the package's tables into daily raw batches; DVC tracks them and
 # pushes them to the local remote (.state/dvc-remote).

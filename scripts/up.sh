@@ -5,6 +5,7 @@ cd "$(dirname "$0")/.."
 . scripts/env.sh
 [ -f "$AIRFLOW_HOME/airflow.db" ] || { echo "no state yet: run 'make demo' first" >&2; exit 1; }
 mkdir -p "$MLOPS_STATE_URI/logs"
+airflow_login  # a state made before the login was generated here: keep its file private
 mlflow server --backend-store-uri "sqlite:///$MLOPS_STATE_URI/mlflow/mlflow.db" \
   --default-artifact-root "$MLOPS_STATE_URI/mlflow/artifacts" --host 127.0.0.1 --port "$MLFLOW_PORT" \
   >"$MLOPS_STATE_URI/logs/mlflow.log" 2>&1 &

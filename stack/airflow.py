@@ -1,10 +1,15 @@
-"""MLflow tracking server and Airflow with the CeleryExecutor, on the stack's Postgres, Redis
-and S3: the same processes as docker-compose.yaml's services, started from packages on
-loopback under the stack folder.
+"""Airflow with the CeleryExecutor on the stack's Postgres and Redis: the same processes as
+docker-compose.yaml's services, started from packages on loopback under the stack folder.
 
 Airflow runs its api-server, scheduler, dag-processor, triggerer and N Celery workers. Workers
 on one machine are told apart by name: each one's `hostname_callable` returns `$MLOPS_WORKER_NAME`,
 which Airflow records on every task instance it runs (`TaskInstance.hostname`).
+
+Nothing listens beyond 127.0.0.1: the API server and the scheduler's health check are bound to
+it, and the workers and the triggerer start no log server (Airflow binds those to every
+interface): every process of this stack writes its task logs to one local folder, which the
+API server reads directly. Secrets reach the processes through their environment only; logs
+and folders are for the owner alone.
 """
 
 from __future__ import annotations
@@ -21,16 +26,16 @@ import time
 import urllib.request
 from pathlib import Path
 
-from stack.services import (
+from stack.process import (
     Service,
     ServiceError,
-    _spawn,
-    _tail,
-    _wait,
-    _write_secret,
     free_port,
     in_parallel,
+    spawn,
     stop_all,
+    tail,
+    wait_ready,
+    write_secret,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,36 +48,12 @@ def _bin(name: str) -> str:
 
 
 def _wait_http(service: Service, proc: subprocess.Popen, url: str, timeout: float) -> None:
-    """Up once `url` answers 200 (services._wait: exits and timeouts end with the log's tail)."""
+    """Up once `url` answers 200 (exits and timeouts end with the tail of its log)."""
     def ready() -> bool:
         with urllib.request.urlopen(url, timeout=3) as resp:
             return resp.status == 200
 
-    _wait(service, proc, ready, timeout, Path(service.log))
-
-
-def start_mlflow(root: Path, env: dict[str, str], backend_uri: str, artifacts_uri: str,
-                 port: int | None = None, timeout: float = 120.0) -> Service:
-    """`mlflow server` on 127.0.0.1: runs and registry in Postgres, artifacts in S3, proxied
-    (`--serve-artifacts`), so clients need no object-store credentials for MLflow."""
-    home = Path(root).resolve() / "mlflow"
-    home.mkdir(parents=True, exist_ok=True)
-    log = home / "mlflow.log"
-    port = port or free_port()
-    cmd = [_bin("mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-           "--backend-store-uri", backend_uri, "--artifacts-destination", artifacts_uri,
-           "--serve-artifacts", "--workers", "2"]
-    # MLflow's job runner (GenAI jobs: prompt optimisation, scorers, trace roll-ups) is not used
-    # here; it is eight more Python processes (~45 s of CPU and ~2 GB at start). Set
-    # MLFLOW_SERVER_ENABLE_JOB_EXECUTION=true in the environment to have it anyway.
-    proc = _spawn("mlflow", cmd, log, cwd=home,
-                  env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ, **env})
-    url = f"http://127.0.0.1:{port}"
-    service = Service(name="mlflow", pid=proc.pid, port=port, log=str(log), root=str(home),
-                      env={"MLFLOW_TRACKING_URI": url}, extra={"url": url})
-    service._proc = proc
-    _wait_http(service, proc, f"{url}/health", timeout)
-    return service
+    wait_ready(service, proc, ready, timeout, Path(service.log))
 
 
 def secrets_env(root: Path) -> dict[str, str]:
@@ -81,7 +62,7 @@ def secrets_env(root: Path) -> dict[str, str]:
     path = Path(root).resolve() / "airflow" / "secrets.json"
     if not path.exists():
         fernet = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
-        _write_secret(path, json.dumps({
+        write_secret(path, json.dumps({
             "AIRFLOW__CORE__FERNET_KEY": fernet,
             "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(48),
             "AIRFLOW__API__SECRET_KEY": secrets.token_urlsafe(48),
@@ -123,11 +104,15 @@ def airflow_env(root: Path, db_url: str, broker_url: str, api_port: int) -> dict
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
         "AIRFLOW__CORE__HOSTNAME_CALLABLE": "stack.hostname.worker_name",
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "True",
+        "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST": "127.0.0.1",
         "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
         "AIRFLOW__CELERY__WORKER_CONCURRENCY":
             os.environ.get("AIRFLOW__CELERY__WORKER_CONCURRENCY", "2"),
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
+        # Task logs for the owner only (Airflow's defaults are 0o775 / 0o664).
+        "AIRFLOW__LOGGING__FILE_TASK_HANDLER_NEW_FOLDER_PERMISSIONS": "0o700",
+        "AIRFLOW__LOGGING__FILE_TASK_HANDLER_NEW_FILE_PERMISSIONS": "0o600",
         "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": json.dumps(bundles),
     }
 
@@ -146,32 +131,30 @@ def migrate_airflow(env: dict[str, str]) -> None:
     _airflow(["db", "migrate"], env)
 
 
+def _create_admin(env: dict[str, str], admin_password: str) -> None:
+    """The FAB `admin` login. `airflow users create` reads the password from stdin when it is
+    not on its command line and has no terminal (its own session): never in `ps`."""
+    out = subprocess.run([_bin("airflow"), "users", "create", "--username", "admin",
+                          "--role", "Admin", "--firstname", "MLOps", "--lastname", "Admin",
+                          "--email", "admin@localhost"],
+                         input=f"{admin_password}\n{admin_password}\n", start_new_session=True,
+                         env={**os.environ, **env}, cwd=REPO, capture_output=True, text=True)
+    if out.returncode != 0 and "already exist" not in out.stdout + out.stderr:
+        raise ServiceError(f"airflow users create failed:\n{out.stdout[-2000:]}\n"
+                           f"{out.stderr[-2000:]}")
+
+
 def init_airflow_objects(env: dict[str, str], admin_password: str) -> None:
     """After the migration: the admin login and the pool, both at once (independent rows)."""
-    def create_admin() -> None:
-        out = subprocess.run([_bin("airflow"), "users", "create", "--username", "admin",
-                              "--role", "Admin", "--firstname", "MLOps", "--lastname", "Admin",
-                              "--email", "admin@localhost", f"--password={admin_password}"],
-                             env={**os.environ, **env}, cwd=REPO, capture_output=True, text=True)
-        if out.returncode != 0 and "already exist" not in out.stdout + out.stderr:
-            raise ServiceError(f"airflow users create failed:\n{out.stdout[-2000:]}\n"
-                               f"{out.stderr[-2000:]}")
-
-    in_parallel(create_admin, lambda: _airflow(
+    in_parallel(lambda: _create_admin(env, admin_password), lambda: _airflow(
         ["pools", "set", "model_registry", "1", "Serialises MLflow alias moves (one at a time)"],
         env))
-
-
-def init_airflow(env: dict[str, str], admin_password: str) -> None:
-    """Migrate the metadata DB (FAB's tables included) and make sure the admin login exists."""
-    migrate_airflow(env)
-    init_airflow_objects(env, admin_password)
 
 
 def _start(name: str, args: list[str], root: Path, env: dict[str, str],
            stop_signal: int = signal.SIGTERM) -> tuple[Service, subprocess.Popen]:
     log = Path(root).resolve() / "airflow" / f"{name}.log"
-    proc = _spawn(name, [_bin("airflow"), *args], log, cwd=REPO, env={**os.environ, **env})
+    proc = spawn(name, [_bin("airflow"), *args], log, cwd=REPO, env={**os.environ, **env})
     service = Service(name=name, pid=proc.pid, port=0, env={}, log=str(log),
                       root=str(log.parent), stop_signal=int(stop_signal), stop_timeout=30.0)
     service._proc = proc
@@ -232,7 +215,8 @@ def start_process(root: Path, env: dict[str, str], name: str, timeout: float = 1
         service.port = port
         _wait_http(service, proc, f"http://127.0.0.1:{port}/health", timeout)
         return service
-    service, proc = _start(name, [name], root, env)
+    args = [name, "--skip-serve-logs"] if name == "triggerer" else [name]
+    service, proc = _start(name, args, root, env)
     _wait_alive(service, proc, 5.0)
     return service
 
@@ -241,18 +225,18 @@ def _wait_alive(service: Service, proc: subprocess.Popen, seconds: float) -> Non
     time.sleep(seconds)
     if proc.poll() is not None:
         raise ServiceError(f"{service.name} exited with code {proc.returncode}:\n"
-                           f"{_tail(Path(service.log))}")
+                           f"{tail(Path(service.log))}")
 
 
 def start_worker(root: Path, env: dict[str, str], index: int, timeout: float = 180.0) -> Service:
-    """Celery worker `worker-<index>` with its own log-server port (several per machine); up
-    once Celery reports it ready (connected to the broker, consuming)."""
+    """Celery worker `worker-<index>`, without a log server (see the module docstring); up once
+    Celery reports it ready (connected to the broker, consuming)."""
     name = f"worker-{index}"
-    worker_env = {**env, "MLOPS_WORKER_NAME": name,
-                  "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port())}
+    worker_env = {**env, "MLOPS_WORKER_NAME": name}
     # Celery's warm shutdown on SIGTERM waits for running tasks; the stop timeout bounds it.
     service, proc = _start(name, ["celery", "worker", "--celery-hostname", f"{name}@%h",
-                                  "--without-mingle", "--without-gossip"], root, worker_env)
+                                  "--without-mingle", "--without-gossip", "--skip-serve-logs"],
+                            root, worker_env)
     service.extra = {"worker": name}
     log = Path(service.log)
     start = log.stat().st_size if log.exists() else 0
@@ -264,4 +248,4 @@ def start_worker(root: Path, env: dict[str, str], index: int, timeout: float = 1
             if re.search(rb"@\S+ ready\.", fh.read()):
                 return service
     service.stop(timeout=5)
-    raise ServiceError(f"{name} not ready after {timeout:.0f}s:\n{_tail(log)}")
+    raise ServiceError(f"{name} not ready after {timeout:.0f}s:\n{tail(log)}")

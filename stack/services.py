@@ -1,21 +1,27 @@
-"""Start and stop real servers on loopback under a folder: SeaweedFS (S3), Redis, Postgres.
+"""Real data servers on loopback under a folder: SeaweedFS (S3), Redis, Postgres.
 
-Standard library only, so `make stack`, tests and benches can use it before anything else is
-importable. Every server:
+Every server listens on 127.0.0.1 only, on a free port unless one is given, and gets fresh random
+credentials (nothing default, nothing in the repo) in 0600 files under its folder, never on a
+command line; a client gets what it needs from `Service.env`. Processes are started, awaited and
+stopped by `stack.process`.
 
-- listens on 127.0.0.1 only, on a free port unless one is given;
-- gets fresh random credentials (nothing default, nothing in the repo), written to a 0600 file
-  under its folder; a client gets what it needs from `Service.env`;
-- runs in its own session (process group), logs to `<root>/<name>/<name>.log`, and is stopped
-  with `Service.stop()` (its stop signal, wait, then SIGKILL to the whole group).
+- SeaweedFS: the S3 gateway checks the one key pair it knows. Its master, volume and filer
+  servers listen on loopback too, so every other way in is closed: the master's HTTP API and
+  every gRPC port take only mutual TLS with a certificate of a private CA (`stack.tls`), and the
+  volume and filer HTTP APIs take only requests signed with JWT keys that never leave the
+  server's `security.toml` (0600).
+- Redis: `requirepass`, no persistence.
+- Postgres: SCRAM passwords; the superuser only creates databases, and each database is used
+  through a login role of its own that owns it and nothing else (`create_database`).
 
-`Service` is a plain dataclass: `dataclasses.asdict(service)` can be saved as JSON and
-`Service(**saved).stop()` stops it from another process.
+One module for the three data servers (over the ~300-line guideline): their start-up, secrets
+and clients are read together when a credential or a port changes, and the tests and benches
+import them from here.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
+import base64
 import hashlib
 import hmac
 import json
@@ -29,220 +35,24 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
-import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-__all__ = [
-    "Service",
-    "ServiceError",
-    "create_bucket",
-    "create_database",
-    "free_port",
-    "in_parallel",
-    "start_postgres",
-    "start_redis",
-    "start_seaweedfs",
-    "stop_all",
-    "wait_reaped",
-]
+from stack.process import (
+    Service,
+    ServiceError,
+    free_port,
+    spawn,
+    wait_ready,
+    write_secret,
+)
+from stack.tls import client_context, make_mtls
+
+__all__ = ["create_bucket", "create_database", "start_postgres", "start_redis", "start_seaweedfs"]
 
 REGION = "us-east-1"
-POSTGRES_USER = "mlops"
-
-
-class ServiceError(RuntimeError):
-    """A server did not start (the message ends with the tail of its log)."""
-
-
-@dataclass
-class Service:
-    name: str
-    pid: int
-    port: int
-    env: dict[str, str]
-    log: str
-    root: str = ""
-    stop_signal: int = int(signal.SIGTERM)
-    stop_timeout: float = 20.0
-    extra: dict[str, str] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self._proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return self.extra.get("url", f"http://127.0.0.1:{self.port}")
-
-    def alive(self) -> bool:
-        if self._proc is not None:
-            return self._proc.poll() is None
-        # Started by another process (`up`, which has exited): once it exits the server is a
-        # zombie until init reaps it, which can take seconds; it is no longer running.
-        return _in_process_table(self.pid) and not _is_zombie(self.pid)
-
-    def stop(self, timeout: float | None = None) -> None:
-        """Stop signal to the process group, wait up to `timeout` (default: `stop_timeout`),
-        then SIGKILL the group."""
-        timeout = self.stop_timeout if timeout is None else timeout
-        _killpg(self.pid, self.stop_signal)
-        deadline = time.monotonic() + timeout
-        while self.alive() and time.monotonic() < deadline:
-            if self._proc is not None:
-                try:
-                    self._proc.wait(timeout=0.2)
-                except subprocess.TimeoutExpired:
-                    pass
-            else:
-                time.sleep(0.2)
-        # Whatever is left of the group (the server itself after the timeout, or its children).
-        _killpg(self.pid, signal.SIGKILL)
-        if self._proc is not None:
-            try:
-                self._proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        stat_line = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False  # no procfs (or the process just went): let os.kill decide
-    # "pid (comm) S ...": the state follows the last ')' (comm may contain spaces or parens)
-    return stat_line.rsplit(")", 1)[-1].split()[:1] == ["Z"]
-
-
-def stop_all(services: list[Service], timeout: float | None = None) -> None:
-    """`stop()` several services at once (each in a thread): the slowest one's stop time
-    instead of the sum. Use only for services that do not depend on one another."""
-    in_parallel(*(lambda s=s: s.stop(timeout) for s in services if s.alive()))
-
-
-def wait_reaped(services: list[Service], timeout: float = 5.0) -> None:
-    """After `stop()`: wait (at most `timeout`) until the stopped servers have also left the
-    process table. A server started by an `up` that has exited is reaped by init, which may
-    take a moment; until then `ps` lists it as <defunct> (it no longer runs either way)."""
-    pending = [s.pid for s in services if s._proc is None]
-    deadline = time.monotonic() + timeout
-    while pending and time.monotonic() < deadline:
-        time.sleep(0.1)
-        pending = [pid for pid in pending if _in_process_table(pid)]
-
-
-def _in_process_table(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # exists, owned by another user
-    return True
-
-
-def in_parallel(*calls):
-    """Run independent calls each in its own thread and wait for all of them (also when one
-    fails); returns their results in order, or raises the first failure."""
-    from concurrent.futures import ThreadPoolExecutor, wait
-
-    pool = ThreadPoolExecutor(max(len(calls), 1))
-    futures = [pool.submit(call) for call in calls]
-    try:
-        wait(futures)
-    except BaseException:
-        # Interrupted: still let every call finish (each one bounded by its own timeout), so
-        # that nothing it started is left unaccounted for when the caller cleans up.
-        wait(futures)
-        raise
-    finally:
-        pool.shutdown(wait=False)
-    return [f.result() for f in futures]
-
-
-def _killpg(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-# ---------------------------------------------------------------------------------------------
-# small helpers
-
-
-_PORTS_LOCK = threading.Lock()
-_PORTS_GIVEN: set[int] = set()
-
-
-def free_port(exclude: set[int] | None = None) -> int:
-    """A TCP port free on 127.0.0.1 right now (and not in `exclude`). Never the same port twice
-    in one process: servers started in parallel cannot be handed the same port before either
-    has bound it."""
-    exclude = exclude or set()
-    with _PORTS_LOCK:
-        for _ in range(100):
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
-            # SeaweedFS derives gRPC ports as http+10000 when not given; we always give them,
-            # but stay below 55535 so such a derived port would still be valid.
-            if port not in exclude and port not in _PORTS_GIVEN and port < 55535:
-                _PORTS_GIVEN.add(port)
-                return port
-    raise ServiceError("no free TCP port found on 127.0.0.1")
-
-
-def _write_secret(path: Path, text: str) -> None:
-    """Create or replace a file readable by its owner only."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
-def _mkdir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def _tail(log: Path, n: int = 40) -> str:
-    try:
-        lines = log.read_text(errors="replace").splitlines()
-    except OSError:
-        return "(no log)"
-    return "\n".join(lines[-n:])
-
-
-def _spawn(name: str, cmd: list[str], log: Path, cwd: Path, env: dict[str, str] | None = None,
-           **kwargs) -> subprocess.Popen:
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as fh:
-        fh.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting {name}\n".encode())
-        fh.flush()
-        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
-                                cwd=cwd, env=env, start_new_session=True, close_fds=True, **kwargs)
-
-
-def _wait(service: Service, proc: subprocess.Popen, ready, timeout: float, log: Path) -> None:
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            service.stop(timeout=1)
-            raise ServiceError(f"{service.name} exited with code {proc.returncode}:\n{_tail(log)}")
-        try:
-            if ready():
-                return
-        except Exception as exc:  # noqa: BLE001 - any failure means "not ready yet"
-            last = exc
-        time.sleep(0.2)
-    service.stop(timeout=5)
-    raise ServiceError(f"{service.name} not ready after {timeout:.0f}s (last error: {last!r}):\n"
-                       f"{_tail(log)}")
+POSTGRES_USER = "postgres"
 
 
 def _weed_binary() -> str:
@@ -271,38 +81,21 @@ def _pg_bin(name: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# S3 requests signed with AWS Signature V4 (enough for readiness checks and bucket creation)
+# SeaweedFS (S3)
 
 
-def _s3_request(env: dict[str, str], method: str, path: str = "/", timeout: float = 10.0
-                ) -> tuple[int, bytes]:
-    endpoint = env["AWS_ENDPOINT_URL"].rstrip("/")
-    host = endpoint.split("://", 1)[1]
-    region = env.get("AWS_DEFAULT_REGION", REGION)
-    now = _dt.datetime.now(_dt.timezone.utc)
-    amz_date = now.strftime("%Y%m%dT%H%M%SZ")
-    day = now.strftime("%Y%m%d")
-    payload_hash = hashlib.sha256(b"").hexdigest()
-    headers = {"host": host, "x-amz-content-sha256": payload_hash, "x-amz-date": amz_date}
-    signed = ";".join(sorted(headers))
-    canonical = "\n".join([method, path, "", *(f"{k}:{headers[k]}" for k in sorted(headers)), "",
-                           signed, payload_hash])
-    scope = f"{day}/{region}/s3/aws4_request"
-    to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope,
-                         hashlib.sha256(canonical.encode()).hexdigest()])
-    key = ("AWS4" + env["AWS_SECRET_ACCESS_KEY"]).encode()
-    for part in (day, region, "s3", "aws4_request"):
-        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
-    signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
-    headers["authorization"] = (f"AWS4-HMAC-SHA256 Credential={env['AWS_ACCESS_KEY_ID']}/{scope}, "
-                                f"SignedHeaders={signed}, Signature={signature}")
-    req = urllib.request.Request(endpoint + path, method=method,
-                                 headers={k: v for k, v in headers.items() if k != "host"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read()
+def s3_client(env: dict[str, str]) -> Any:
+    """A boto3 S3 client for the key pair and endpoint in `env` (a session of its own: boto3's
+    default session keeps the first credentials it resolved), one attempt per call."""
+    import boto3
+    from botocore.config import Config
+
+    session = boto3.session.Session(aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                                    aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+                                    region_name=env.get("AWS_DEFAULT_REGION", REGION))
+    return session.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"],
+                          config=Config(connect_timeout=2, read_timeout=10,
+                                        retries={"max_attempts": 1, "mode": "standard"}))
 
 
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -312,22 +105,39 @@ def create_bucket(env: dict[str, str], name: str) -> str:
     """Create an S3 bucket (no error if we already own it); returns `s3://<name>`."""
     if not _BUCKET_RE.match(name):
         raise ValueError(f"invalid bucket name {name!r}")
-    status, body = _s3_request(env, "PUT", f"/{name}")
-    if status != 200 and b"BucketAlreadyOwnedByYou" not in body and b"BucketAlreadyExists" not in body:
-        raise ServiceError(f"create bucket {name}: HTTP {status}: {body[:500]!r}")
+    from botocore.exceptions import ClientError
+
+    try:
+        s3_client(env).create_bucket(Bucket=name)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") not in ("BucketAlreadyOwnedByYou",
+                                                             "BucketAlreadyExists"):
+            raise ServiceError(f"create bucket {name}: {exc}") from exc
     return f"s3://{name}"
 
 
-# ---------------------------------------------------------------------------------------------
-# SeaweedFS
+def _security_toml(tls: dict[str, str]) -> str:
+    """SeaweedFS's security.toml: fresh JWT keys for writes and reads on the volume and filer
+    HTTP APIs (the S3 gateway in the same process signs its own requests), and mutual TLS on
+    the master's HTTP API and on every gRPC port."""
+    q = json.dumps  # a TOML basic string
+    pair = f"cert = {q(tls['cert'])}\nkey = {q(tls['key'])}\n"
+    sections = [f"[{name}]\nkey = {q(secrets.token_urlsafe(32))}\nexpires_after_seconds = 10\n"
+                for name in ("jwt.signing", "jwt.signing.read", "jwt.filer_signing",
+                             "jwt.filer_signing.read")]
+    sections.append(f"[grpc]\nca = {q(tls['ca'])}\n")
+    sections += [f"[grpc.{part}]\n{pair}" for part in ("master", "volume", "filer", "s3", "client")]
+    sections.append(f"[https.master]\n{pair}ca = {q(tls['ca'])}\n")
+    return "\n".join(sections)
 
 
 def start_seaweedfs(root: Path, port: int | None = None, timeout: float = 60.0) -> Service:
     """`weed server` (master + volume + filer + S3 gateway in one process) on 127.0.0.1.
 
     The S3 API requires a signature from the one identity it knows, whose access/secret key
-    pair is generated here and written to `<root>/seaweedfs/credentials.json` (0600). Data
-    lives in `<root>/seaweedfs/data` and survives a restart (with new keys).
+    pair is generated here and written to `<root>/seaweedfs/credentials.json` (0600). The other
+    servers take nothing unsigned (see the module docstring); their keys and certificates are
+    made anew at each start. Data lives in `<root>/seaweedfs/data` and survives a restart.
     """
     home = Path(root).resolve() / "seaweedfs"
     data = home / "data"
@@ -342,7 +152,9 @@ def start_seaweedfs(root: Path, port: int | None = None, timeout: float = 60.0) 
         "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
         "actions": ["Admin", "Read", "List", "Tagging", "Write"],
     }]}
-    _write_secret(home / "s3.json", json.dumps(s3_config, indent=2))
+    write_secret(home / "s3.json", json.dumps(s3_config, indent=2))
+    tls = make_mtls(home / "tls", "seaweedfs")
+    write_secret(home / "security.toml", _security_toml(tls))  # read from the working directory
 
     s3_port = port or free_port()
     master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3_grpc = _pick(7, {s3_port})
@@ -356,10 +168,10 @@ def start_seaweedfs(root: Path, port: int | None = None, timeout: float = 60.0) 
         "AWS_DEFAULT_REGION": REGION,
         "AWS_REGION": REGION,
     }
-    _write_secret(home / "credentials.json", json.dumps(env, indent=2))
-
+    write_secret(home / "credentials.json", json.dumps(env, indent=2))
+    (home / "logs").mkdir(exist_ok=True)
     cmd = [
-        _weed_binary(), f"-logdir={_mkdir(home / 'logs')}", "server",
+        _weed_binary(), f"-logdir={home / 'logs'}", "server",
         f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
         f"-master.port={master}", f"-master.port.grpc={master_grpc}",
         "-master.telemetry=false", "-master.volumeSizeLimitMB=256",
@@ -370,28 +182,31 @@ def start_seaweedfs(root: Path, port: int | None = None, timeout: float = 60.0) 
         f"-s3.config={home / 's3.json'}",
         "-s3.port.iceberg=0", "-s3.port.lance=0",
     ]
-    proc = _spawn("seaweedfs", cmd, log, cwd=home)
+    proc = spawn("seaweedfs", cmd, log, cwd=home)
     service = Service(name="seaweedfs", pid=proc.pid, port=s3_port, env=env, log=str(log),
                       root=str(home), stop_signal=int(signal.SIGTERM),
                       # the filer waits up to 15 s for its gRPC streams before stopping
                       stop_timeout=25.0,
-                      extra={"url": endpoint, "master": f"http://127.0.0.1:{master}",
+                      extra={"url": endpoint, "master": f"https://127.0.0.1:{master}",
+                             "volume": f"http://127.0.0.1:{volume}",
                              "filer": f"http://127.0.0.1:{filer}",
+                             "grpc": f"{master_grpc},{volume_grpc},{filer_grpc},{s3_grpc}",
+                             "tls": str(home / "tls"),
                              "credentials": str(home / "credentials.json")})
     service._proc = proc
+    s3, master_tls = s3_client(env), client_context(tls)
 
     def ready() -> bool:
-        status, _ = _s3_request(env, "GET", "/", timeout=2)
-        if status != 200:
-            return False
+        s3.list_buckets()
         # S3 answers before the volume server has joined the master; writes need it.
-        with urllib.request.urlopen(f"http://127.0.0.1:{master}/dir/status", timeout=2) as r:
+        with urllib.request.urlopen(f"https://127.0.0.1:{master}/dir/status", timeout=2,
+                                    context=master_tls) as r:
             topo = json.loads(r.read()).get("Topology", {})
         nodes = [n for dc in topo.get("DataCenters") or [] for rack in dc.get("Racks") or []
                  for n in rack.get("DataNodes") or []]
         return bool(nodes)
 
-    _wait(service, proc, ready, timeout, log)
+    wait_ready(service, proc, ready, timeout, log)
     return service
 
 
@@ -435,7 +250,7 @@ def start_redis(root: Path, port: int | None = None, password: str | None = None
     if any(c in password for c in ',"\n\r '):
         raise ValueError("the Redis password must not contain commas, quotes or whitespace")
     conf = home / "redis.conf"
-    _write_secret(conf, "\n".join([
+    write_secret(conf, "\n".join([
         "bind 127.0.0.1",
         f"port {port}",
         "protected-mode yes",
@@ -456,14 +271,14 @@ def start_redis(root: Path, port: int | None = None, password: str | None = None
         "FEAST_REDIS_CONNECTION": f"127.0.0.1:{port},password={password},db=0",
         "REDIS_PASSWORD": password,
     }
-    _write_secret(home / "credentials.json", json.dumps(env, indent=2))
-    proc = _spawn("redis", [server, str(conf)], log, cwd=home)
+    write_secret(home / "credentials.json", json.dumps(env, indent=2))
+    proc = spawn("redis", [server, str(conf)], log, cwd=home)
     service = Service(name="redis", pid=proc.pid, port=port, env=env, log=str(log), root=str(home),
                       stop_signal=int(signal.SIGTERM),
                       extra={"url": f"redis://127.0.0.1:{port}/0",
                              "credentials": str(home / "credentials.json")})
     service._proc = proc
-    _wait(service, proc, lambda: _redis_ping(port, password), timeout, log)
+    wait_ready(service, proc, lambda: _redis_ping(port, password), timeout, log)
     return service
 
 
@@ -507,17 +322,20 @@ def _pg_data_dir(home: Path, pw) -> Path:
 
 
 def _psql(service: Service, sql: str, db: str = "postgres") -> subprocess.CompletedProcess:
+    """Run `sql` as the superuser; the SQL goes through stdin, never the command line."""
     env = {**os.environ, "PGPASSWORD": service.env["PGPASSWORD"], "PGCONNECT_TIMEOUT": "5"}
     return subprocess.run([_pg_bin("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1",
                            "-p", str(service.port), "-U", service.env["PGUSER"], "-d", db,
-                           "-c", sql], env=env, capture_output=True, text=True)
+                           "-f", "-"], input=sql, env=env, capture_output=True, text=True)
 
 
 def start_postgres(root: Path, port: int | None = None, timeout: float = 60.0) -> Service:
     """A Postgres server on 127.0.0.1 only (no Unix socket), password (SCRAM) authentication.
 
-    The superuser `mlops` gets a random password at `initdb`, kept in
+    The superuser `postgres` gets a random password at `initdb`, kept in
     `<root>/postgres/credentials.json` (0600); a restart on an existing data folder reuses it.
+    It only creates databases: each one is used through its own login role
+    (`create_database`).
     """
     home = Path(root).resolve() / "postgres"
     home.mkdir(parents=True, exist_ok=True)
@@ -531,7 +349,7 @@ def start_postgres(root: Path, port: int | None = None, timeout: float = 60.0) -
     if not (data / "PG_VERSION").exists():
         password = "p" + secrets.token_hex(20)
         pwfile = workdir / ".pwfile"
-        _write_secret(pwfile, password + "\n")
+        write_secret(pwfile, password + "\n")
         if pw is not None:
             os.chown(pwfile, pw.pw_uid, pw.pw_gid)
         try:
@@ -543,14 +361,17 @@ def start_postgres(root: Path, port: int | None = None, timeout: float = 60.0) -
             pwfile.unlink(missing_ok=True)
         if out.returncode != 0:
             raise ServiceError(f"initdb failed:\n{out.stdout}\n{out.stderr}")
-        _write_secret(creds_file, json.dumps({"user": POSTGRES_USER, "password": password}))
+        write_secret(creds_file, json.dumps({"user": POSTGRES_USER, "password": password}))
     creds = json.loads(creds_file.read_text())
     password = creds["password"]
+    if creds["user"] != POSTGRES_USER:
+        raise ServiceError(f"{home} was initialised with the superuser {creds['user']!r}, which is "
+                           "now a database's own role: remove that folder (its data) and start again")
 
     port = port or free_port()
     cmd = [_pg_bin("postgres"), "-D", str(data), "-c", "listen_addresses=127.0.0.1",
            "-c", f"port={port}", "-c", "unix_socket_directories=", "-c", "max_connections=200"]
-    proc = _spawn("postgres", cmd, log, cwd=workdir, **_as_user(pw))
+    proc = spawn("postgres", cmd, log, cwd=workdir, **_as_user(pw))
     base = f"postgresql://{POSTGRES_USER}:{password}@127.0.0.1:{port}"
     env = {
         "PGHOST": "127.0.0.1",
@@ -570,20 +391,58 @@ def start_postgres(root: Path, port: int | None = None, timeout: float = 60.0) -
         ok = subprocess.run([isready, "-q", "-h", "127.0.0.1", "-p", str(port), "-t", "2"])
         return ok.returncode == 0 and _psql(service, "SELECT 1").returncode == 0
 
-    _wait(service, proc, ready, timeout, log)
+    wait_ready(service, proc, ready, timeout, log)
     return service
 
 
 _IDENT_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_ROLES_LOCK = threading.Lock()
 
 
-def create_database(service: Service, name: str) -> str:
-    """Create a database (no error if it exists); returns its SQLAlchemy/libpq URL."""
-    if not _IDENT_RE.match(name):
-        raise ValueError(f"invalid database name {name!r}")
-    out = _psql(service, f'CREATE DATABASE "{name}"')
-    if out.returncode != 0 and "already exists" not in out.stderr:
-        raise ServiceError(f"create database {name}: {out.stderr.strip()}")
+def _role_password(service: Service, role: str) -> str:
+    """The password of a database's login role: made once, kept in `roles.json` (0600)."""
+    path = Path(service.root) / "roles.json"
+    with _ROLES_LOCK:
+        roles = json.loads(path.read_text()) if path.exists() else {}
+        if role not in roles:
+            roles[role] = "p" + secrets.token_hex(20)
+            write_secret(path, json.dumps(roles, indent=2))
+        return roles[role]
+
+
+def _scram_verifier(password: str, iterations: int = 4096) -> str:
+    """What Postgres stores for a SCRAM-SHA-256 password (RFC 5802/7677; ASCII passwords need no
+    SASLprep). Sent instead of the password, it cannot show up in a server log or view."""
+    salt = secrets.token_bytes(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    stored = hashlib.sha256(hmac.new(salted, b"Client Key", "sha256").digest()).digest()
+    server = hmac.new(salted, b"Server Key", "sha256").digest()
+    b64 = [base64.b64encode(b).decode() for b in (salt, stored, server)]
+    return f"SCRAM-SHA-256${iterations}:{b64[0]}${b64[1]}:{b64[2]}"
+
+
+def create_database(service: Service, name: str, owner: str | None = None) -> str:
+    """Create database `name` owned by the login role `owner` (default: `name`), neither of
+    them if it exists; returns the libpq URL of that role. The role is no superuser and cannot
+    create databases or roles; no other role but the superuser may connect to the database."""
+    owner = owner or name
+    for ident in (name, owner):
+        if not _IDENT_RE.match(ident) or ident == POSTGRES_USER:
+            raise ValueError(f"invalid database or role name {ident!r}")
+    password = _role_password(service, owner)
+    sql = f"""
+SELECT format('CREATE ROLE %I', '{owner}')
+ WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{owner}')\\gexec
+ALTER ROLE "{owner}" WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS
+  PASSWORD '{_scram_verifier(password)}';
+SELECT format('CREATE DATABASE %I OWNER %I', '{name}', '{owner}')
+ WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '{name}')\\gexec
+ALTER DATABASE "{name}" OWNER TO "{owner}";
+REVOKE ALL ON DATABASE "{name}" FROM PUBLIC;
+REVOKE CONNECT ON DATABASE postgres FROM PUBLIC;
+"""
+    out = _psql(service, sql)
+    if out.returncode != 0:
+        raise ServiceError(f"create database {name} (owner {owner}): {out.stderr.strip()}")
     env = service.env
-    return (f"postgresql://{env['PGUSER']}:{env['PGPASSWORD']}@{env['PGHOST']}:{env['PGPORT']}"
-            f"/{name}")
+    return f"postgresql://{owner}:{password}@{env['PGHOST']}:{env['PGPORT']}/{name}"

@@ -6,8 +6,11 @@ Set before anything imports Airflow or the pipelines settings, so nothing touche
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 _STATE = Path(tempfile.mkdtemp(prefix="mlops-test-state-"))
@@ -23,6 +26,23 @@ os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("MLOPS_SCHEDULE_START", None)
 os.environ.pop("MLOPS_SCHEDULE_END", None)
 (_STATE / "airflow").mkdir(parents=True, exist_ok=True)
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_tracking_uri_does_not_leak():
+    """`mlflow.set_tracking_uri` (every registry client calls it) also exports
+    MLFLOW_TRACKING_URI: put both back after each test, so no test talks to another test's
+    registry."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if "mlflow" in sys.modules:
+        from mlflow.tracking._tracking_service import utils
+
+        utils._tracking_uri = before
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
 
 
 def pytest_sessionfinish(session, exitstatus):  # noqa: ARG001 - pytest hook signature

@@ -133,6 +133,33 @@ class ScoringConfig(_Frozen):
     backfill_model: Literal["current", "champion_at_interval"] = "current"
 
 
+class ServingLogConfig(_Frozen):
+    batch_rows: int = Field(1000, gt=0)  # a worker writes a log part once this many rows wait
+
+
+class ServingConfig(_Frozen):
+    """The online model server (pipelines.serving); where it listens is in the environment."""
+    # the registry aliases the server follows; the first is what /v2/models/<name>/infer
+    # serves, every one is addressable as /v2/models/<name>/versions/<alias>/infer
+    aliases: tuple[str, ...] = ("champion",)
+    poll_seconds: float = Field(2.0, gt=0, le=60)  # how often each worker asks the registry
+    max_rows: int = Field(1000, gt=0)  # rows per request (more: 413)
+    max_body_mb: float = Field(8.0, gt=0)  # request body (more: 413)
+    # a row for which a feature view of the model has no online value (an entity the store
+    # does not know, a missing join key, or a value expired by the view's TTL):
+    # impute = scored like batch scoring scores it (scoring.missing_features decides);
+    # reject = the request fails with 422 naming the row, the view and the join key
+    unknown_entities: Literal["impute", "reject"] = "impute"
+    log: ServingLogConfig = ServingLogConfig()
+
+    @field_validator("aliases")
+    @classmethod
+    def _aliases(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v or len(set(v)) != len(v):
+            raise ValueError("serving.aliases: give one or more distinct aliases")
+        return v
+
+
 class FeatureRule(_Frozen):
     """Override for the features whose name matches a glob pattern (unset fields: the default)."""
     psi_threshold: float | None = Field(None, gt=0)
@@ -244,6 +271,7 @@ class Config(_Frozen):
     registry: RegistryConfig
     gates: GatesConfig = GatesConfig()
     scoring: ScoringConfig = ScoringConfig()
+    serving: ServingConfig = ServingConfig()
     drift: DriftConfig = DriftConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
     alerts: AlertsConfig = AlertsConfig()

@@ -166,6 +166,34 @@ class Published(TypedDict):
     files: int
 
 
+# -- serving: what the online server answers besides the V2 tensors -----------------------------
+
+class ServedVersion(TypedDict):
+    """The version one followed alias serves (`pipelines.serving.model`)."""
+    alias: str
+    version: str
+    run_id: str
+    onnx_sha256: str
+    feature_service: str
+    loaded_at: str
+
+
+class LoadFailure(TypedDict):
+    """The last failed attempt to follow an alias: the server keeps the version it had."""
+    alias: str
+    version: str | None  # None: the registry could not be asked, or the alias is gone
+    at: str
+    error: str
+
+
+class ModelReady(TypedDict):
+    """`GET /v2/models/<name>[/versions/<v>]/ready` (V2 health: open, no detail of errors)."""
+    name: str
+    ready: bool
+    versions: dict[str, str | None]  # alias -> the version served (None: nothing loaded)
+    stale: list[str]  # aliases whose last move could not be followed (see the metadata)
+
+
 # -- monitoring ----------------------------------------------------------------------------------
 
 class DriftSummary(TypedDict):

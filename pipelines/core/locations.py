@@ -12,6 +12,7 @@ Partitions are named by data interval (`pipelines.core.intervals`): `date=D` for
     training_sets/<start>_<end>.parquet           a window's point-in-time training set
     predictions/date=D/{part-*.parquet,_manifest.json}   a published prediction partition
     predictions/_staging/date=D/                  chunk inputs of a scoring run in progress
+    prediction_log/date=D/<stamp>-<host>-<pid>-<seq>.parquet   online predictions, by event day
     registry/history/<stamp>-<action>-v<N>.json   the promotion history (one event per file)
     registry/drift/{verdicts,quality,decisions,triggers}/D.json   monitoring state
     registry/drift/reference/<model>/v<N>/        a version's scored drift reference
@@ -110,6 +111,14 @@ def manifest(settings: Settings, day: When) -> str:
 def staging(settings: Settings, day: When) -> str:
     """Chunk inputs of a scoring run in progress (never read as predictions)."""
     return join(settings.predictions_uri, STAGING, partition(day))
+
+
+# -- serving -----------------------------------------------------------------------------------
+
+def prediction_log(settings: Settings, day: date) -> str:
+    """The online server's predictions of events of `day` (UTC): append-only part files, one
+    per worker flush, each written atomically (no manifest: every complete part is read)."""
+    return join(settings.data_uri, "prediction_log", partition(day))
 
 
 # -- monitoring --------------------------------------------------------------------------------

@@ -21,13 +21,11 @@ from typing import TYPE_CHECKING, Any
 from pipelines.core import locations, storage
 from pipelines.core.config import Config
 from pipelines.core.intervals import Interval
-from pipelines.core.settings import REPO_ROOT, Settings
+from pipelines.core.settings import Settings
 
 if TYPE_CHECKING:
     import pandas as pd
 
-SUITES = str(REPO_ROOT / "expectations")  # the repository's suites; stages read the
-# configured folder, settings.expectations_dir (MLOPS_EXPECTATIONS_DIR, MLOPS_EXAMPLE)
 TRAINING_SET, PREDICTIONS = "training_set", "predictions"  # suite names of the derived outputs
 EVENT_TIME = "event_time"  # pipelines.data.events: the event's own timestamp in model rows
 

@@ -66,34 +66,48 @@ def row_keys(df: pd.DataFrame, key: tuple[str, ...]) -> pd.Series:
     return joined.map(lambda s: hashlib.sha256(s.encode()).hexdigest()[:16])
 
 
-def prepare_events(cfg: Config, raw: pd.DataFrame) -> pd.DataFrame:
-    """Raw event rows -> model rows (row key, join keys, features, prediction time, label)."""
-    ev, label = cfg.dataset.events, cfg.dataset.label
-    if raw.empty:
-        return pd.DataFrame(columns=[ROW_KEY, PREDICTION_TIME, label.name])
-    df = deduplicate(cfg, raw)
+def _model_rows(cfg: Config, raw: pd.DataFrame) -> pd.DataFrame:
+    """A copy of the raw rows with the derived columns, event and prediction times and row key."""
+    ev = cfg.dataset.events
+    df = raw.copy()
     for name, spec in ev.derived.items():
         df[name] = derive_column(df, name, spec)
     df[EVENT_TIME] = parse_utc(df[ev.timestamp], f"{ev.table}.{ev.timestamp}")
     df[PREDICTION_TIME] = df[EVENT_TIME] - ev.prediction_lead
     df[ROW_KEY] = row_keys(df, ev.key)
+    return df
+
+
+def _select(cfg: Config, df: pd.DataFrame, keep: list[str]) -> pd.DataFrame:
+    """`keep` + the join keys, passthrough features and request-time inputs (join keys as text)."""
+    keep = list(keep)
+    keep += [k for k in cfg.features.join_keys if k not in keep]
+    keep += [c for c in model_passthrough(cfg) if c not in keep]
+    keep += [c for c in cfg.features.request_inputs if c not in keep]
+    absent = [c for c in keep if c not in df.columns]
+    if absent:
+        raise ValueError(f"{cfg.dataset.events.table}: no column {absent} (join keys, "
+                         f"passthrough features and request-time inputs must be event columns "
+                         f"or derived ones)")
+    out = df[keep].copy()
+    for col in cfg.features.join_keys:
+        out[col] = out[col].astype("string")
+    return out
+
+
+def prepare_events(cfg: Config, raw: pd.DataFrame) -> pd.DataFrame:
+    """Raw event rows -> model rows (row key, join keys, features, prediction time, label)."""
+    label = cfg.dataset.label
+    if raw.empty:
+        return pd.DataFrame(columns=[ROW_KEY, PREDICTION_TIME, label.name])
+    df = _model_rows(cfg, deduplicate(cfg, raw))
     df[LABEL_AT] = label_times(cfg, df)
     known = df[list(label.requires)].notna().all(axis=1) if label.requires else True
     known = known & df[LABEL_AT].notna()
     value = df.eval(label.expr, engine="python").astype("float64")
     df[label.name] = np.where(known, value, np.nan)
     df[LABEL_AT] = df[LABEL_AT].where(known)
-    keep = [ROW_KEY, PREDICTION_TIME, EVENT_TIME, LABEL_AT, label.name]
-    keep += [k for k in cfg.features.join_keys if k not in keep]
-    keep += [c for c in model_passthrough(cfg) if c not in keep]
-    keep += [c for c in cfg.features.request_inputs if c not in keep]
-    absent = [c for c in keep if c not in df.columns]
-    if absent:
-        raise ValueError(f"{ev.table}: no column {absent} (join keys, passthrough features and "
-                         f"request-time inputs must be event columns or derived ones)")
-    out = df[keep].copy()
-    for col in cfg.features.join_keys:
-        out[col] = out[col].astype("string")
+    out = _select(cfg, df, [ROW_KEY, PREDICTION_TIME, EVENT_TIME, LABEL_AT, label.name])
     return out.sort_values([PREDICTION_TIME, ROW_KEY], kind="stable").reset_index(drop=True)
 
 
@@ -161,6 +175,28 @@ def _sortable(values: pd.Series, what: str) -> pd.Series:
         if len(text) and text.str.contains(r"(?:Z|[+-]\d{2}:?\d{2})$", regex=True).all():
             return parse_utc(values, what).dt.tz_convert(None)  # naive UTC: NaT sorts last
     return values
+
+
+def entity_rows(cfg: Config, raw: pd.DataFrame) -> pd.DataFrame:
+    """Raw event rows whose outcome is not known yet -> the rows a model scores, in the given
+    order: row key, prediction and event time, join keys, passthrough features and request
+    inputs, exactly as `prepare_events` makes them (no label). The online server's path."""
+    return _select(cfg, _model_rows(cfg, raw), [ROW_KEY, PREDICTION_TIME, EVENT_TIME])
+
+
+def request_columns(cfg: Config) -> tuple[list[str], list[str]]:
+    """(text, numeric) raw event columns `entity_rows` reads: the key, the timestamp, the
+    inputs of derived columns, join keys, passthrough features and request-time inputs that
+    are not computed here. Numeric: the passthrough numeric features; the rest is text."""
+    ev, computed = cfg.dataset.events, {ROW_KEY, PREDICTION_TIME, EVENT_TIME}
+    wanted = [*ev.key, ev.timestamp]
+    for name, spec in ev.derived.items():
+        wanted += [c for c in (spec.concat or spec.expression.names) if c not in wanted]
+        computed.add(name)
+    wanted += [*cfg.features.join_keys, *model_passthrough(cfg), *cfg.features.request_inputs]
+    cols = [c for c in dict.fromkeys(wanted) if c not in computed]
+    numeric = [c for c in ev.passthrough_features.numeric if c in cols]
+    return [c for c in cols if c not in numeric], numeric
 
 
 def derive_column(df: pd.DataFrame, name: str, spec: DerivedColumn) -> pd.Series:

@@ -55,13 +55,12 @@ def read_data_source(data_source: DataSource, repo_path: str) -> Any:
         return feast_duckdb._read_data_source(data_source, repo_path)
     import ibis
 
-    from pipelines.features import pit
+    from pipelines.core import duck
 
     con = ibis.get_backend()  # the DuckDB connection ibis.read_parquet would have used
-    pit.register_filesystem(con.con, path)
     # What ibis.read_parquet does, minus its httpfs load: a temp view, then an ibis table on it.
     name = ibis.util.gen_name("read_parquet")
-    quoted = path.replace("'", "''")
+    quoted = duck.readable(con.con, path).replace("'", "''")
     con.con.execute(f'CREATE TEMP VIEW "{name}" AS SELECT * FROM read_parquet(\'{quoted}\')')
     return con.table(name)
 

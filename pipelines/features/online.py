@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from pipelines.core import locations
+from pipelines.core import duck, locations
 from pipelines.core.config import Config
 from pipelines.core.intervals import Interval, as_interval
 from pipelines.core.settings import Settings
@@ -135,7 +135,7 @@ def skew_report(store: "FeatureStore", service_name: str, join_keys: list[str], 
     from pipelines.features.retrieval import historical_features
 
     specs = pit.service_views(store, service_name)
-    con = pit.connect()
+    con = duck.connect()
     frames, checks = [], []  # checks: (refs, key columns, entity rows) per view
     for spec in specs:
         keys = _sample_keys(con, spec, as_of, n, seed)

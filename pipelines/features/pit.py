@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
+from pipelines.core import duck
+
 if TYPE_CHECKING:
     import duckdb
     import pandas as pd
@@ -94,39 +96,13 @@ def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def connect(con: "duckdb.DuckDBPyConnection | None" = None) -> "duckdb.DuckDBPyConnection":
-    import duckdb
-
-    con = con or duckdb.connect()
-    _all(con, "SET TimeZone = 'UTC'")
-    _all(con, "SET enable_progress_bar = false")
-    return con
-
-
 def _all(con: "duckdb.DuckDBPyConnection", sql: str) -> list[tuple]:
     return con.execute(sql).fetchall()  # fetched to the end: the connection is free again
 
 
-def register_filesystem(con: "duckdb.DuckDBPyConnection", path: str) -> None:
-    """Let DuckDB read `path` (e.g. s3://...) through fsspec, configured by pipelines.core.storage.
-
-    DuckDB's own httpfs extension would be downloaded from the internet at first use and
-    configured separately; an fsspec filesystem registered on the connection is used instead.
-    """
-    if "://" not in path or path.startswith("file://"):
-        return
-    from pipelines.core import storage
-
-    fs = storage.filesystem(path.split("://", 1)[0])
-    names = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
-    if not any(con.filesystem_is_registered(n) for n in names):
-        con.register_filesystem(fs)
-
-
 def _read(con: "duckdb.DuckDBPyConnection", spec: ViewSpec) -> str:
     """SELECT of the view's source: join keys, __ts, __cr, features (view column names)."""
-    register_filesystem(con, spec.path)
-    path = spec.path.removeprefix("file://").replace("'", "''")
+    path = duck.readable(con, spec.path).replace("'", "''")
     source_of = {view: source for source, view in spec.field_mapping}
     col = lambda view: _q(source_of.get(view, view))
     cols = [f"{col(k)} AS {_q(k)}" for k, _ in spec.join_keys]
@@ -217,7 +193,7 @@ def retrieve(entities: "pd.DataFrame", specs: list[ViewSpec], timestamp_col: str
                          "timestamps are not read as UTC silently")
     if at.isna().any():
         raise ValueError(f"{int(at.isna().sum())} entity rows without {timestamp_col}")
-    con = connect(con)
+    con = duck.connect(con)
     ent_cols = list(dict.fromkeys(ek for s in specs for _, ek in s.join_keys))
     frame = entities[ent_cols].reset_index(drop=True)
     for c in ent_cols:  # an all-null key column has no type to compare: make it untyped null
@@ -244,7 +220,7 @@ def retrieve_table(entities: "pa.Table", specs: list[ViewSpec], timestamp_col: s
                          "timestamps are not read as UTC silently")
     if at.null_count:
         raise ValueError(f"{at.null_count} entity rows without {timestamp_col}")
-    con = connect(con)
+    con = duck.connect(con)
     n = entities.num_rows
     ent_cols = list(dict.fromkeys(ek for s in specs for _, ek in s.join_keys))
     names, cols = [ROW, AT], [pa.array(np.arange(n, dtype=np.int64)),

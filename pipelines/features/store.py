@@ -27,11 +27,15 @@ log = logging.getLogger(__name__)
 FEAST_YAML = {"sqlite": "feature_store.yaml", "redis": "feature_store.redis.yaml"}
 
 
-def online_store_kind() -> str:
+def online_store_kind(settings: Settings | None = None) -> str:
     """`FEAST_ONLINE_STORE` (sqlite | redis); unset: redis if FEAST_REDIS_CONNECTION is set."""
-    kind = os.environ.get("FEAST_ONLINE_STORE", "").strip().lower()
+    if settings is None:
+        from pipelines.core.settings import get_settings
+
+        settings = get_settings()
+    kind = settings.feast_online_store
     if not kind:
-        kind = "redis" if os.environ.get("FEAST_REDIS_CONNECTION", "").strip() else "sqlite"
+        kind = "redis" if settings.feast_redis_connection else "sqlite"
     if kind not in FEAST_YAML:
         raise ValueError(f"FEAST_ONLINE_STORE={kind!r}: expected one of {sorted(FEAST_YAML)}")
     return kind
@@ -39,7 +43,7 @@ def online_store_kind() -> str:
 
 def feast_yaml(settings: Settings) -> str:
     """The feature_store*.yaml of the configured online store."""
-    return os.path.join(settings.feature_repo, FEAST_YAML[online_store_kind()])
+    return os.path.join(settings.feature_repo, FEAST_YAML[online_store_kind(settings)])
 
 
 def feast_env(settings: Settings) -> dict[str, str]:
@@ -50,27 +54,26 @@ def feast_env(settings: Settings) -> dict[str, str]:
     where the SQLite online store also lives. The Redis online store needs
     FEAST_REDIS_CONNECTION (host:port,password=...,db=N).
     """
-    kind = online_store_kind()
+    kind = online_store_kind(settings)
     env: dict[str, str] = {}
 
     def feast_dir() -> str:
-        path = os.environ.get("FEAST_STATE_DIR") or f"{storage.local_path(settings.state_uri)}/feast"
+        path = settings.feast_state_dir or f"{storage.local_path(settings.state_uri)}/feast"
         os.makedirs(path, exist_ok=True)
         return path
 
-    registry = os.environ.get("FEAST_REGISTRY_PATH", "").strip()
+    registry = settings.feast_registry_path
     if not registry:
         registry = (f"{feast_dir()}/registry.db" if storage.is_local(settings.data_uri)
                     else locations.feast_registry(settings))
     env["FEAST_REGISTRY_PATH"] = registry
     if kind == "sqlite":
-        env["FEAST_ONLINE_PATH"] = (os.environ.get("FEAST_ONLINE_PATH", "").strip()
-                                    or f"{feast_dir()}/online.db")
-    elif not os.environ.get("FEAST_REDIS_CONNECTION", "").strip():
+        env["FEAST_ONLINE_PATH"] = settings.feast_online_path or f"{feast_dir()}/online.db"
+    elif not settings.feast_redis_connection:
         raise ValueError("FEAST_ONLINE_STORE=redis needs FEAST_REDIS_CONNECTION "
                          "(host:port,password=...,db=N)")
     endpoint = storage.s3_endpoint()
-    if registry.startswith("s3://") and endpoint and not os.environ.get("FEAST_S3_ENDPOINT_URL"):
+    if registry.startswith("s3://") and endpoint and not settings.feast_s3_endpoint:
         env["FEAST_S3_ENDPOINT_URL"] = endpoint  # what Feast's S3 registry store reads
     return env
 

@@ -2,6 +2,10 @@
 
 Every alias move is verified after it is made and recorded as one JSON document in the
 promotion history (`<registry_uri>/history/`). Stages are never used (deprecated in MLflow).
+
+Longer than our other modules on purpose: every call to the registry goes through this one
+module (`GuardedClient`), so the rule that "not found" and "could not ask" are different answers
+has a single home, next to the alias moves that depend on it.
 """
 
 from __future__ import annotations

@@ -5,6 +5,10 @@ call it with a task's context. The channel comes from `params.yaml` `alerts`: `l
 or `webhook` (a JSON POST; URL from `$MLOPS_ALERT_WEBHOOK_URL`, else the Airflow connection
 `alerts.webhook_conn_id`). A delivery failure is logged as an error and returned, never raised:
 an unreachable alert endpoint must not stop monitoring or retraining.
+
+A webhook URL is a secret (it often carries a token): https only (plain http only to a relay
+on this machine's loopback), redirects refused (a redirect could send the alert, and the URL's
+secret, elsewhere), and the URL never appears in a log line or a returned error.
 Imported by DAG files at parse time: the standard library and `airflow.sdk` only.
 """
 
@@ -12,9 +16,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
+import urllib.error
 import urllib.request
 from typing import Any
+from urllib.parse import urlsplit
 
 from airflow.sdk import BaseNotifier
 
@@ -29,7 +34,9 @@ def _channel() -> tuple[str, str | None, float]:
     cfg = load_config().alerts
     if cfg.channel != "webhook":
         return cfg.channel, None, cfg.timeout_seconds
-    url = os.environ.get(cfg.webhook_url_env, "").strip() or None
+    from pipelines.core.settings import env_value
+
+    url = env_value(cfg.webhook_url_env) or None
     if url is None:
         try:
             from airflow.sdk import BaseHook
@@ -54,6 +61,37 @@ def _text(alert: dict[str, Any]) -> str:
             + (f" | report: {alert['link']}" if alert.get("link") else ""))
 
 
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def refuse_url(url: str) -> str | None:
+    """Why a webhook URL is refused (None: allowed): https, or http to a loopback relay."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "the webhook URL is not a URL"
+    if parts.scheme == "https" and parts.hostname:
+        return None
+    if parts.scheme == "http" and parts.hostname in LOOPBACK:
+        return None
+    return (f"webhook URLs must be https (plain http only to a loopback relay); got a "
+            f"{parts.scheme or 'scheme-less'} URL")
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001 - stdlib
+        raise urllib.error.HTTPError(req.full_url, code, f"redirect ({code}) refused", headers, fp)
+
+
+def _scrub(text: str, url: str) -> str:
+    """`text` without the URL or its host and path (exception messages may quote them)."""
+    parts = urlsplit(url)
+    for secret in sorted({url, parts.netloc, parts.path, parts.query} - {"", "/"}, key=len,
+                         reverse=True):
+        text = text.replace(secret, "<webhook>")
+    return text
+
+
 def deliver(alert: dict[str, Any], channel: str | None = None, url: str | None = None,
             timeout: float = 5.0) -> dict[str, Any]:
     """Send one alert on the configured (or given) channel; returns what happened."""
@@ -66,16 +104,20 @@ def deliver(alert: dict[str, Any], channel: str | None = None, url: str | None =
     if not url:
         log.error("ALERT (undelivered: no webhook URL) %s", text)
         return {"channel": channel, "delivered": False, "error": "no webhook URL configured"}
+    if (refused := refuse_url(url)) is not None:
+        log.error("ALERT (undelivered: %s) %s", refused, text)
+        return {"channel": "webhook", "delivered": False, "error": refused}
     body = json.dumps({"text": text, **alert}, default=str).encode("utf-8")
     request = urllib.request.Request(url, data=body, method="POST",
                                      headers={"Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with urllib.request.build_opener(_NoRedirect).open(request, timeout=timeout) as response:
             status = int(response.status)
         return {"channel": "webhook", "delivered": 200 <= status < 300, "status": status}
     except Exception as exc:  # noqa: BLE001 - never let alerting break the pipeline
-        log.error("ALERT (undelivered: %s: %s) %s", type(exc).__name__, exc, text)
-        return {"channel": "webhook", "delivered": False, "error": f"{type(exc).__name__}: {exc}"}
+        error = _scrub(f"{type(exc).__name__}: {exc}", url)
+        log.error("ALERT (undelivered: %s) %s", error, text)
+        return {"channel": "webhook", "delivered": False, "error": error}
 
 
 class MonitoringNotifier(BaseNotifier):

@@ -1,18 +1,16 @@
-"""Monitoring history: one SQLite table with one row per interval, feature and metric.
+"""Monitoring history: one table with one row per interval, feature and metric.
 
 Drift checks, live quality and retraining decisions all land in `metrics`, so trends can be
 queried with plain SQL and plotted. Each writer replaces its own rows of an interval in one
 transaction (`record`), so a re-run of a day updates that day and never duplicates it.
 Location: `$MLOPS_METRICS_DB`: a path or `sqlite:///path`, or a Postgres URL
 (`postgresql://user:password@host:port/db`, for workers that share no disk); else
-`<state>/monitoring/metrics.db`.
+`<state>/monitoring/metrics.db`. One SQLAlchemy path for both databases.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import sqlite3
 from collections.abc import Iterable
 from datetime import date, timedelta
 from pathlib import Path
@@ -24,48 +22,21 @@ from pipelines.core.settings import Settings
 
 if TYPE_CHECKING:
     import pandas as pd
+    import sqlalchemy
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS metrics (
-    interval      TEXT NOT NULL,  -- ISO day the value describes
-    feature       TEXT NOT NULL,  -- a feature, or _overall / _prediction / _model / _decision ...
-    metric        TEXT NOT NULL,
-    value         REAL,
-    source        TEXT NOT NULL,  -- drift | quality | decision: the writer that owns the row
-    model_version TEXT,
-    run_id        TEXT,
-    PRIMARY KEY (interval, feature, metric)
-)
-"""
-# Postgres: the same table; `interval` quoted (a type name there), values in double precision.
-PG_SCHEMA = """
-CREATE TABLE IF NOT EXISTS metrics (
-    "interval"    TEXT NOT NULL,
-    feature       TEXT NOT NULL,
-    metric        TEXT NOT NULL,
-    value         DOUBLE PRECISION,
-    source        TEXT NOT NULL,
-    model_version TEXT,
-    run_id        TEXT,
-    PRIMARY KEY ("interval", feature, metric)
-)
-"""
 Row = tuple[str, str, Any]  # (feature, metric, value)
 _PG_PREFIXES = ("postgresql://", "postgresql+psycopg2://", "postgres://")
+_ENGINES: dict[str, Any] = {}
 
 
 def is_postgres(url: str) -> bool:
     return url.startswith(_PG_PREFIXES)
 
 
-def _configured() -> str:
-    return os.environ.get("MLOPS_METRICS_DB", "").strip()
-
-
 def db_path(settings: Settings) -> str:
-    """Where the table lives: $MLOPS_METRICS_DB (a SQLite path, or a Postgres URL as given),
+    """Where the table lives: MLOPS_METRICS_DB (a SQLite path, or a Postgres URL as given),
     else under the (local) state folder."""
-    configured = _configured()
+    configured = settings.metrics_db
     if configured:
         return configured if is_postgres(configured) else configured.removeprefix("sqlite:///")
     if not storage.is_local(settings.state_uri):
@@ -74,34 +45,44 @@ def db_path(settings: Settings) -> str:
     return f"{storage.local_path(settings.state_uri)}/monitoring/metrics.db"
 
 
-_PG_ENGINES: dict[str, Any] = {}
+def _table() -> sqlalchemy.Table:
+    from sqlalchemy import Column, Float, MetaData, String, Table
+
+    return Table("metrics", MetaData(),
+                 Column("interval", String, primary_key=True),  # ISO day the value describes
+                 Column("feature", String, primary_key=True),  # or _overall, _model, ...
+                 Column("metric", String, primary_key=True),
+                 Column("value", Float(precision=53)),
+                 Column("source", String, nullable=False),  # drift | quality | decision
+                 Column("model_version", String), Column("run_id", String))
 
 
-def _pg_engine(url: str) -> Any:
-    """A SQLAlchemy engine on the Postgres URL (no pool: tasks are short-lived processes)."""
-    engine = _PG_ENGINES.get(url)
-    if engine is None:
-        from sqlalchemy import create_engine, text
-        from sqlalchemy.exc import IntegrityError, ProgrammingError
-        from sqlalchemy.pool import NullPool
+def _engine(settings: Settings) -> sqlalchemy.Engine:
+    """One SQLAlchemy engine per database (no pool: tasks are short-lived processes), with the
+    table created if missing. SQLite transactions take the write lock when they begin, so two
+    writers queue instead of failing half-way."""
+    from sqlalchemy import create_engine, event
+    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+    from sqlalchemy.pool import NullPool
 
-        driver_url = "postgresql+psycopg2://" + url.split("://", 1)[1]
-        engine = create_engine(driver_url, poolclass=NullPool)
-        try:
-            with engine.begin() as con:
-                con.execute(text(PG_SCHEMA))
-        except (IntegrityError, ProgrammingError):  # created concurrently by another worker
-            pass
-        _PG_ENGINES[url] = engine
+    where = db_path(settings)
+    engine = _ENGINES.get(where)
+    if engine is not None:
+        return engine
+    if is_postgres(where):
+        engine = create_engine("postgresql+psycopg2://" + where.split("://", 1)[1],
+                               poolclass=NullPool)
+    else:
+        Path(where).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(f"sqlite:///{where}", poolclass=NullPool,
+                               connect_args={"timeout": 60, "isolation_level": None})
+        event.listen(engine, "begin", lambda con: con.exec_driver_sql("BEGIN IMMEDIATE"))
+    try:
+        _table().metadata.create_all(engine, checkfirst=True)
+    except (IntegrityError, ProgrammingError, OperationalError):  # created concurrently
+        _table().metadata.create_all(engine, checkfirst=True)
+    _ENGINES[where] = engine
     return engine
-
-
-def _connect(settings: Settings) -> sqlite3.Connection:
-    path = db_path(settings)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    con = sqlite3.connect(path, timeout=60, isolation_level=None)  # transactions made explicit
-    con.execute(SCHEMA)
-    return con
 
 
 def _value(value: Any) -> float | None:
@@ -119,38 +100,24 @@ def _key(interval: Interval | date | str) -> str:
 def record(settings: Settings, interval: Interval | date | str, source: str, rows: Iterable[Row],
            model_version: str | None = None, run_id: str | None = None) -> int:
     """Replace `source`'s rows of `interval` with `rows` (atomic, idempotent); returns the count."""
+    from sqlalchemy import and_, delete
+
     day = _key(interval)
-    values = [(day, f, m, _value(v), source, model_version, run_id) for f, m, v in rows]
-    if is_postgres(db_path(settings)):
-        return _pg_record(db_path(settings), day, source, values)
-    con = _connect(settings)
-    try:
-        con.execute("BEGIN IMMEDIATE")
-        con.execute("DELETE FROM metrics WHERE interval = ? AND source = ?", (day, source))
-        con.executemany("INSERT OR REPLACE INTO metrics VALUES (?, ?, ?, ?, ?, ?, ?)", values)
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
-    finally:
-        con.close()
-    return len(values)
-
-
-def _pg_record(url: str, day: str, source: str, values: list[tuple]) -> int:
-    from sqlalchemy import text
-
-    keys = ("interval", "feature", "metric", "value", "source", "model_version", "run_id")
-    with _pg_engine(url).begin() as con:  # one transaction: readers see old rows or new ones
-        con.execute(text('DELETE FROM metrics WHERE "interval" = :day AND source = :source'),
-                    {"day": day, "source": source})
+    values = [{"interval": day, "feature": f, "metric": m, "value": _value(v), "source": source,
+               "model_version": model_version, "run_id": run_id} for f, m, v in rows]
+    engine, table = _engine(settings), _table()
+    if engine.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    with engine.begin() as con:  # one transaction: readers see the old rows or the new ones
+        con.execute(delete(table).where(and_(table.c.interval == day, table.c.source == source)))
         if values:
-            con.execute(text(
-                'INSERT INTO metrics VALUES (:interval, :feature, :metric, :value, :source, '
-                ':model_version, :run_id) ON CONFLICT ("interval", feature, metric) DO UPDATE SET '
-                "value = EXCLUDED.value, source = EXCLUDED.source, "
-                "model_version = EXCLUDED.model_version, run_id = EXCLUDED.run_id"),
-                [dict(zip(keys, v)) for v in values])
+            upsert = insert(table)
+            con.execute(upsert.on_conflict_do_update(
+                index_elements=["interval", "feature", "metric"],
+                set_={c: upsert.excluded[c] for c in ("value", "source", "model_version",
+                                                      "run_id")}), values)
     return len(values)
 
 
@@ -158,28 +125,15 @@ def history(settings: Settings, start: Interval | date | str, end: Interval | da
             source: str | None = None) -> pd.DataFrame:
     """Rows with interval key in [start, end] (optionally of one source), ordered by interval."""
     import pandas as pd
+    from sqlalchemy import select
 
-    url = db_path(settings)
-    if is_postgres(url):
-        from sqlalchemy import text
-
-        sql = 'SELECT * FROM metrics WHERE "interval" BETWEEN :start AND :end'
-        params: dict[str, Any] = {"start": _key(start), "end": _key(end)}
-        if source:
-            sql, params["source"] = sql + " AND source = :source", source
-        with _pg_engine(url).connect() as con:
-            return pd.read_sql_query(text(sql + ' ORDER BY "interval", feature, metric'), con,
-                                     params=params)
-
-    sql = "SELECT * FROM metrics WHERE interval BETWEEN ? AND ?"
-    args: list[Any] = [_key(start), _key(end)]
+    table = _table()
+    query = select(table).where(table.c.interval.between(_key(start), _key(end)))
     if source:
-        sql, args = sql + " AND source = ?", [*args, source]
-    con = _connect(settings)
-    try:
-        return pd.read_sql_query(sql + " ORDER BY interval, feature, metric", con, params=args)
-    finally:
-        con.close()
+        query = query.where(table.c.source == source)
+    query = query.order_by(table.c.interval, table.c.feature, table.c.metric)
+    with _engine(settings).connect() as con:
+        return pd.read_sql_query(query, con)
 
 
 def drift_rows(verdict: dict[str, Any]) -> list[Row]:

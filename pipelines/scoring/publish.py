@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from pipelines.core import locations, storage
+from pipelines.core import duck, locations, storage
 from pipelines.core.config import Config
 from pipelines.core.intervals import Interval
 from pipelines.core.locations import When
@@ -24,7 +24,6 @@ from pipelines.core.settings import Settings
 from pipelines.data.events import ROW_KEY
 from pipelines.scoring.inputs import META, add_counts
 from pipelines.scoring.parts import PROBABILITY, write_part
-from pipelines.scoring.table import connect, duckdb_paths
 
 if TYPE_CHECKING:
     import duckdb
@@ -51,9 +50,9 @@ def validate_parts(uris: list[str], expected_rows: int, version: str) -> dict[st
     grouped, to count the real duplicates (a hash collision is not one).
     """
     with tempfile.TemporaryDirectory(prefix="scoring-validate-") as spill:
-        con = connect(VALIDATION_MEMORY, spill)
-        con.execute(f"SET threads={VALIDATION_THREADS}")
-        con.read_parquet(duckdb_paths(con, uris)).create_view("parts")
+        con = duck.connect(memory_limit=VALIDATION_MEMORY, spill_dir=spill,
+                           threads=VALIDATION_THREADS, ordered=False)
+        con.read_parquet([duck.readable(con, u) for u in uris]).create_view("parts")
         cols = ["rows", "null_keys", "null_probabilities", "out_of_range", "other_version"]
         *counts, shared_hashes = _one(con,
             f"""SELECT count(*), count(*) FILTER ({ROW_KEY} IS NULL),

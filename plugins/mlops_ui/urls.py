@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 from urllib.parse import quote, urlencode
 
@@ -12,7 +11,9 @@ DEFAULT_MLFLOW_UI = "http://127.0.0.1:5000"
 
 def mlflow_ui() -> str:
     """Base URL of the MLflow UI (`MLFLOW_UI_URL`; `make up` serves it on 127.0.0.1:5000)."""
-    return (os.environ.get("MLFLOW_UI_URL", "").strip() or DEFAULT_MLFLOW_UI).rstrip("/")
+    from pipelines.core.settings import get_settings
+
+    return (get_settings().mlflow_ui_url or DEFAULT_MLFLOW_UI).rstrip("/")
 
 
 def mlflow_run(run_id: str) -> str:

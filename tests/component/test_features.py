@@ -381,22 +381,24 @@ def test_feast_config_selects_online_store_and_registry(monkeypatch, tmp_path):
                  "FEAST_ONLINE_PATH", "FEAST_STATE_DIR", "FEAST_S3_ENDPOINT_URL",
                  "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
         monkeypatch.delenv(name, raising=False)
-    local = dc_replace(get_settings(), state_uri=str(tmp_path / "state"),
-                       data_uri=str(tmp_path / "state" / "data"))
-    assert features.online_store_kind() == "sqlite"
-    env = features.feast_env(local)
+    def local():  # the environment is read into Settings: read it again after each change
+        return dc_replace(get_settings(), state_uri=str(tmp_path / "state"),
+                          data_uri=str(tmp_path / "state" / "data"))
+
+    assert features.online_store_kind(local()) == "sqlite"
+    env = features.feast_env(local())
     assert env["FEAST_REGISTRY_PATH"] == f"{tmp_path}/state/feast/registry.db"
     assert env["FEAST_ONLINE_PATH"] == f"{tmp_path}/state/feast/online.db"
-    assert features.feast_yaml(local).endswith("/feature_store.yaml")
+    assert features.feast_yaml(local()).endswith("/feature_store.yaml")
 
     monkeypatch.setenv("FEAST_ONLINE_STORE", "redis")
     with pytest.raises(ValueError, match="FEAST_REDIS_CONNECTION"):
-        features.feast_env(local)
+        features.feast_env(local())
     monkeypatch.delenv("FEAST_ONLINE_STORE")
     monkeypatch.setenv("FEAST_REDIS_CONNECTION", "127.0.0.1:6390,password=rsecret,db=1")
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:8333")
-    assert features.online_store_kind() == "redis"
-    remote = dc_replace(local, data_uri="s3://bucket/data")
+    assert features.online_store_kind(local()) == "redis"
+    remote = dc_replace(local(), data_uri="s3://bucket/data")
     env = features.feast_env(remote)
     assert env == {"FEAST_REGISTRY_PATH": "s3://bucket/data/feast/registry.db",
                    "FEAST_S3_ENDPOINT_URL": "http://127.0.0.1:8333"}
@@ -411,7 +413,7 @@ def test_feast_config_selects_online_store_and_registry(monkeypatch, tmp_path):
     assert config.registry.path == "s3://bucket/data/feast/registry.db"
     monkeypatch.setenv("FEAST_ONLINE_STORE", "bigtable")
     with pytest.raises(ValueError, match="FEAST_ONLINE_STORE"):
-        features.online_store_kind()
+        features.online_store_kind(local())
 
 
 # -- the Arrow retrieval (batch scoring's path) -------------------------------------------------

@@ -20,7 +20,6 @@ from pipelines.core import locations, storage
 from pipelines.core.config import load_config
 from pipelines.core.settings import REPO_ROOT, Settings
 from pipelines.data.checks import (
-    SUITES,
     validate_interval,
     validate_predictions,
     validate_training_set,
@@ -215,7 +214,7 @@ INTEGRAL = ("label_count", "engines", "seats", "year", "hour", "weekday")
 
 
 def _suite_columns(name: str) -> set[str]:
-    suite = json.loads(Path(SUITES, f"{name}.json").read_text())
+    suite = json.loads(Path(REPO_ROOT, "expectations", f"{name}.json").read_text())
     (rule,) = [e for e in suite["expectations"] if e["type"] == "expect_table_columns_to_match_set"]
     assert rule["kwargs"]["exact_match"] is True
     return set(rule["kwargs"]["column_set"])
