@@ -77,7 +77,7 @@ class DataPlane:
         return found
 
     def followers(self, model_name: str, model_version: str | None) -> list[AliasFollower]:
-        """The alias a version route names, or every alias for the model's own route."""
+        """The alias a versioned path names, or every alias for the path without a version."""
         if model_version:
             return [self.follower(model_name, model_version)]
         self.follower(model_name, None)  # 404 for another model

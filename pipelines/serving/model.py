@@ -7,7 +7,7 @@ never a pickle) and the version's own request-time spec. A follower asks the reg
 `serving.poll_seconds` which version holds its alias; when it moved, the new version is
 loaded and verified in the follower's thread (never on a request) and swapped in by one
 reference assignment. A request takes the reference once and finishes on that version's
-session, so in-flight requests end on the old version. A load that fails (sha256 mismatch, an
+session, so requests under way end on the old version. A load that fails (sha256 mismatch, an
 unreadable ONNX, an unreachable registry) keeps the old version, is logged, counted in
 `/metrics` and shown in the model metadata; the same broken version is not retried until the
 alias or its ONNX tags change, an unreachable registry is asked again at the next poll.
