@@ -142,6 +142,7 @@ def scoring_state(root: Path, first: date, last: date, train: tuple[date, date],
                         "FEAST_REGISTRY_PATH": str(root / "state/feast/registry.db"),
                         "FEAST_ONLINE_PATH": str(root / "state/feast/online.db")}.items():
         os.environ[name] = value
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root}/state/mlflow/mlflow.db"  # never inherited
     cfg, settings = load_config(params), get_settings()
     ingest(cfg, settings.landing_uri, first, last + timedelta(days=1))
     for d in range((last - first).days + 1):

@@ -30,7 +30,8 @@ from pipelines.core import locations
 REPO = Path(__file__).resolve().parents[3]
 SERVED_DAY = date(2013, 1, 9)  # scored by batch and online
 AS_OF_TIME = "2013-01-09T02:00:00Z"  # events whose prediction time is the store's as-of time
-ENV_KEYS = ("MLOPS_STATE_URI", "MLOPS_PARAMS", "FEAST_REGISTRY_PATH", "FEAST_ONLINE_PATH")
+ENV_KEYS = ("MLOPS_STATE_URI", "MLOPS_PARAMS", "FEAST_REGISTRY_PATH", "FEAST_ONLINE_PATH",
+            "MLFLOW_TRACKING_URI")
 
 
 @pytest.fixture(scope="session")
