@@ -222,6 +222,9 @@ class QualityConfig(_Frozen):
 
 class MonitoringConfig(_Frozen):
     plot_days: int = Field(30, gt=0)  # the history plot covers this many days
+    # What drift and live quality read: batch scoring's published partitions, or the online
+    # server's prediction log (the champion's answers to requests of the interval's events).
+    predictions: Literal["batch", "online"] = "batch"
     quality: QualityConfig = QualityConfig()
 
 

@@ -10,6 +10,10 @@ are joined by row key to the outcomes known by the end of the run's interval (ea
 `label_available_at`), pooled over a trailing window and compared with the model's own
 evaluation metrics; outcomes not known yet are counted as pending, never guessed. Every verdict
 and quality check is a JSON record in the monitoring state and rows in the metrics history.
+
+The predictions are batch scoring's published partitions, or with `monitoring.predictions:
+online` the online server's prediction log (`scored`): the same columns either way, and the
+model version is the one that answered.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from pipelines.monitoring.drift import check_drift
 from pipelines.monitoring.reference import model_reference
 from pipelines.scoring.io import read_manifest
 from pipelines.scoring.parts import PROBABILITY
-from pipelines.scoring.table import read_partition
+from pipelines.scoring.table import read_log_interval, read_partition
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +52,30 @@ def window_days(cfg: Config, day: Interval | date, first_day: Interval | date | 
 
 def window_ready(cfg: Config, settings: Settings, day: Interval | date,
                  first_day: Interval | date | None) -> bool:
-    """True once every partition of the window is published (the sensor's condition)."""
+    """True once every partition of the window is published (the sensor's condition). The
+    prediction log has no commit point: with `monitoring.predictions: online` the window is
+    ready once its last interval has ended (the run is scheduled after that)."""
+    if cfg.monitoring.predictions == "online":
+        return True
     return all(read_manifest(settings, d) is not None for d in window_days(cfg, day, first_day))
+
+
+def scored(cfg: Config, settings: Settings, iv: Interval
+           ) -> tuple[pd.DataFrame, dict[str, Any]] | None:
+    """The predictions monitoring reads for an interval and what made them (model, version,
+    rows), or None when there are none: batch scoring's partition and its manifest, or
+    (`monitoring.predictions: online`) what the champion answered online for the interval's
+    events, with the version that answered last."""
+    if cfg.monitoring.predictions == "batch":
+        manifest = read_manifest(settings, iv)
+        return None if manifest is None else (read_partition(settings, iv), manifest)
+    frame = read_log_interval(settings, iv)
+    if frame.empty:
+        return None
+    last = frame.sort_values("served_at", kind="stable").iloc[-1] if "served_at" in frame \
+        else frame.iloc[-1]
+    return frame, {"model": str(last["model_name"]), "model_version": str(last["model_version"]),
+                   "output_rows": len(frame), "source": "prediction_log"}
 
 
 def _covered_days(intervals: list[Interval]) -> float | int:
@@ -64,13 +90,17 @@ def check_interval(cfg: Config, settings: Settings, day: Interval | date,
     """Drift verdict of the window ending with an interval against its model's training
     reference."""
     day = cfg.grain.interval(day)
-    manifest = read_manifest(settings, day)
-    if manifest is None:
-        raise FileNotFoundError(f"no published prediction partition for {day.label}: run "
-                                "batch_scoring")
-    manifests = {d: read_manifest(settings, d) for d in window_days(cfg, day, first_day)}
-    days = [d for d, m in manifests.items() if m is not None]
-    current = pd.concat([read_partition(settings, d) for d in days], ignore_index=True)
+    found = {d: scored(cfg, settings, d) for d in window_days(cfg, day, first_day)}
+    if found.get(day) is None:
+        raise FileNotFoundError(
+            f"no published prediction partition for {day.label}: run batch_scoring"
+            if cfg.monitoring.predictions == "batch" else
+            f"no online predictions logged for the events of {day.label} "
+            f"(monitoring.predictions: online)")
+    manifest = found[day][1]
+    manifests = {d: f[1] for d, f in found.items() if f is not None}
+    days = list(manifests)
+    current = pd.concat([found[d][0] for d in days], ignore_index=True)
     version = str(manifest["model_version"])
     if PROBABILITY in current.columns and "model_version" in current.columns:
         # predictions of other versions are not comparable with this version's reference
@@ -82,6 +112,7 @@ def check_interval(cfg: Config, settings: Settings, day: Interval | date,
                           cfg.drift, locations.drift_report(settings, day, "evidently.html"),
                           days=_covered_days(days), prediction_days=_covered_days(version_days))
     verdict.update({"date": day.key, "model": manifest["model"], "model_version": version,
+                    "predictions": cfg.monitoring.predictions,
                     "window_start": days[-1].key, "window_days": [d.key for d in days]})
     storage.write_json(locations.monitoring_record(settings, "verdicts", day), verdict)
     metrics_store.record(settings, day, "drift", metrics_store.drift_rows(verdict), version, run_id)
@@ -104,12 +135,11 @@ def labelled_day(cfg: Config, day: Interval | date) -> Interval:
     return grain.previous(grain.at(iv.end - timedelta(days=wait)))
 
 
-def _labelled_rows(cfg: Config, settings: Settings, d: Interval, version: str,
-                   as_of: pd.Timestamp) -> tuple[pd.DataFrame, int]:
+def _labelled_rows(cfg: Config, settings: Settings, d: Interval, preds: pd.DataFrame,
+                   version: str, as_of: pd.Timestamp) -> tuple[pd.DataFrame, int]:
     """(rows of `d` scored by `version` whose outcome is known by `as_of`, rows still pending)."""
     label = cfg.dataset.label.name
     empty = pd.DataFrame(columns=[ROW_KEY, PROBABILITY, label, "day"])
-    preds = read_partition(settings, d)
     if "model_version" in preds.columns:
         preds = preds[preds["model_version"].astype(str) == version]
     events = load_events(cfg, settings.landing_uri, d.start, d.end)
@@ -138,16 +168,19 @@ def check_quality(cfg: Config, settings: Settings, day: Interval | date,
     result: dict[str, Any] = {"date": day.key, "labelled_day": target.key,
                               "decay": False, "status": "ok", "reason": "", "model_version": None,
                               "daily": {}, "window": {}, "baseline": {}, "checks": [], "failed": []}
-    manifest = read_manifest(settings, target)
-    if manifest is None:
-        result.update(status="no predictions", reason=f"no scored partition for {target.key} yet")
+    target_scored = scored(cfg, settings, target)
+    if target_scored is None:
+        result.update(status="no predictions", reason=f"no scored partition for {target.key} yet"
+                      if cfg.monitoring.predictions == "batch" else
+                      f"no online predictions logged for {target.key}")
     else:
+        manifest = target_scored[1]
         version = str(manifest["model_version"])
         _, meta = model_reference(settings, manifest)
         as_of = pd.Timestamp(day.end)
         days = grain.window(target, q.window_days)
-        found = [_labelled_rows(cfg, settings, d, version, as_of) for d in days
-                 if read_manifest(settings, d) is not None]
+        found = [_labelled_rows(cfg, settings, d, f[0], version, as_of) for d in days
+                 if (f := target_scored if d == target else scored(cfg, settings, d)) is not None]
         rows = pd.concat([f for f, _ in found], ignore_index=True)
         today = rows[rows["day"] == target.key]
         result.update(model_version=version, baseline=meta.get("baseline", {}),

@@ -16,6 +16,7 @@ _EXPORTS = {
     "read_manifest": "io",
     "read_partition": "table",
     "read_log": "table",
+    "read_log_interval": "table",
     "predictions_relation": "table",
     "create_predictions_view": "table",
 }

@@ -8,12 +8,13 @@ server worker, so every part present is complete.
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date
 from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from pipelines.core import duck, locations, storage
+from pipelines.core.intervals import Interval
 from pipelines.core.locations import When
 from pipelines.core.settings import Settings
 from pipelines.data.events import PREDICTION_TIME, ROW_KEY
@@ -66,6 +67,29 @@ def read_log(settings: Settings, day: date, variant: str | None = "champion",
     frame = frame.sort_values("served_at", kind="stable").drop_duplicates(ROW_KEY, keep="last")
     frame = frame.sort_values([PREDICTION_TIME, ROW_KEY], kind="stable").reset_index(drop=True)
     return frame if extra else frame.drop(columns=list(LOG_COLUMNS))
+
+
+def read_log_interval(settings: Settings, iv: Interval, variant: str | None = "champion"
+                      ) -> pd.DataFrame:
+    """The online predictions of the events of an interval (`read_log` of every UTC day it
+    overlaps, cut to its events); empty when none were logged."""
+    from datetime import timedelta
+
+    first, last = iv.start.astimezone(UTC).date(), (iv.end - timedelta(microseconds=1)
+                                                    ).astimezone(UTC).date()
+    days = [first + timedelta(days=n) for n in range((last - first).days + 1)]
+    frames = []
+    for day in days:
+        try:
+            frames.append(read_log(settings, day, variant))
+        except FileNotFoundError:
+            continue  # no request for events of that day
+    if not frames:
+        return pd.DataFrame()
+    frame = pd.concat(frames, ignore_index=True)
+    inside = (frame["event_time"] >= pd.Timestamp(iv.start)) & \
+        (frame["event_time"] < pd.Timestamp(iv.end))
+    return frame[inside].reset_index(drop=True)
 
 
 def published_files(settings: Settings, start: date | None = None,

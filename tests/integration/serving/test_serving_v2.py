@@ -9,6 +9,7 @@ import json
 import stat
 import threading
 import time
+from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -221,3 +222,60 @@ def test_metrics_are_summed_over_both_workers(server, served_state):
     served_by = {dict(ls)["pid"] for (n, ls), v in after.items()
                  if n == "serving_model_info" and v == 1}
     assert len(served_by) == 2  # each worker loaded the champion itself
+
+
+def test_monitoring_reads_the_prediction_log_as_it_reads_a_partition(server, served_state):
+    """With `monitoring.predictions: online` the drift check reads what the server logged for
+    the interval's events: the model version that answered, and a verdict equal, statistic for
+    statistic, to the one made from batch scoring's partition cut to the same rows. Without a
+    log for an interval the check says so (not "run batch_scoring")."""
+    from support import with_params
+
+    from pipelines.monitoring.checks import check_interval, scored
+    from pipelines.monitoring.drift import check_drift
+    from pipelines.monitoring.reference import model_reference, save_reference
+    from pipelines.scoring.io import read_manifest
+    from pipelines.scoring.parts import PROBABILITY
+
+    srv, token, _ = server
+    rows = events(served_state)
+    settings = served_state["settings"]
+    published = read_partition(settings, SERVED_DAY)
+    answered = srv.http.post(f"/v2/models/{MODEL}/infer", headers=bearer(token),
+                             content=json.dumps(v2_request(rows)).encode()).json()
+    keys = next(o["data"] for o in answered["outputs"] if o["name"] == "row_key")
+    _logged(served_state, set(keys))
+    logged = read_log(settings, SERVED_DAY)  # every row the champion answered for the day
+    # rows other tests made up (unknown entities) are in the log and in no partition
+    made_up = logged[~logged["row_key"].isin(published["row_key"])]
+    assert len(made_up) < 5 and set(keys) <= set(published["row_key"])
+    # the reference drift compares with: this test's own (the fixture's model was registered
+    # without training's reference), the model's inputs over the published day
+    numeric, categorical = served_state["fit"]
+    manifest = read_manifest(settings, SERVED_DAY)
+    save_reference(settings, MODEL, "1", published, {
+        "model": MODEL, "version": "1", "numeric": numeric, "categorical": categorical,
+        "onnx_sha256": manifest["onnx_sha256"], "baseline": {}})
+    knobs = {"min_rows": 10, "window_days": 1, "min_days": 1, "sample_rows": 100_000}
+    online = with_params(served_state["cfg"], monitoring__predictions="online",
+                         **{f"drift__{k}": v for k, v in knobs.items()})
+    iv = online.grain.interval(SERVED_DAY)
+    frame, made = scored(online, settings, iv)
+    assert made["model_version"] == "1" and made["source"] == "prediction_log"
+    assert sorted(frame["row_key"]) == sorted(logged["row_key"])
+
+    verdict = check_interval(online, settings, SERVED_DAY, SERVED_DAY, "log-test")
+    assert verdict["predictions"] == "online" and verdict["model_version"] == "1"
+    assert verdict["n_current_total"] == len(logged) >= 20
+    same_rows = pd.concat([published[published["row_key"].isin(logged["row_key"])], made_up],
+                          ignore_index=True)
+    reference, meta = model_reference(settings, manifest)
+    batch = check_drift(reference, same_rows, meta["numeric"], meta["categorical"], PROBABILITY,
+                        online.drift, None, report=False, days=1, prediction_days=1)
+    assert verdict["status"] == batch["status"] == "ok"
+    for key in ("drift", "drift_share", "drifted", "prediction_psi", "n_current"):
+        assert verdict[key] == batch[key], key
+    assert verdict["features"] == batch["features"]
+
+    with pytest.raises(FileNotFoundError, match="no online predictions logged"):
+        check_interval(online, settings, date(2013, 1, 3), date(2013, 1, 3), "log-test")
