@@ -6,23 +6,65 @@ a feed, so a row of the file's own day was known at its event time; a row for an
 that arrives in a later file (a late row or a correction) is known only when that file lands,
 at the end of its day. Rolling label statistics are stamped only once every outcome in them is
 known.
+
+Each partition records, in its Parquet metadata, the sha256 of what it is made of: the bytes of
+the raw batches it reads, the `dataset` and `features` configuration and the code that builds
+it. A partition whose recorded inputs are unchanged is not rebuilt: the nightly DAGs both build
+the sources of a day (whichever runs first does the work), and every build covers the lookback
+days again, which an earlier night already built from the same bytes. A late or corrected batch
+changes the inputs of every partition that reads it, and those are rebuilt.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from datetime import date, timedelta
+from functools import cache
+from pathlib import Path
 
 import pandas as pd
 
 from pipelines.core import locations, storage
 from pipelines.core.config import Config
-from pipelines.core.dates import day_start, parse_utc
+from pipelines.core.dates import date_range, day_start, parse_utc
 from pipelines.core.settings import Settings
 from pipelines.data.events import load_events, read_csv
 
 log = logging.getLogger(__name__)
 EPOCH = pd.Timestamp("1970-01-01", tz="UTC")
+INPUTS_KEY = "mlops_inputs_sha256"  # Parquet metadata: what a partition was built from
+# The code a partition's content depends on besides its inputs and configuration.
+CODE = ("features/sources.py", "data/events.py", "core/expressions.py", "core/dates.py",
+        "core/storage.py")
+
+
+@cache
+def _code_sha256() -> str:
+    root, h = Path(__file__).resolve().parents[1], hashlib.sha256()
+    for rel in CODE:
+        h.update(rel.encode() + (root / rel).read_bytes())
+    return h.hexdigest()
+
+
+def inputs_key(cfg: Config, name: str, day: date | None, uris: list[str]) -> str:
+    """sha256 of a partition's inputs: raw batch bytes, configuration, code."""
+    h = hashlib.sha256(_code_sha256().encode())
+    h.update(json.dumps([name, str(day), cfg.dataset.model_dump(mode="json"),
+                         cfg.features.model_dump(mode="json")], sort_keys=True,
+                        default=str).encode())
+    for uri in uris:
+        h.update(uri.encode() + hashlib.sha256(storage.read_bytes(uri)).digest())
+    return h.hexdigest()
+
+
+def _current(uri: str, key: str) -> bool:
+    return storage.parquet_metadata(uri, INPUTS_KEY) == key
+
+
+def _write(df: pd.DataFrame, uri: str, key: str) -> str:
+    return storage.write_parquet(df, uri, metadata={INPUTS_KEY: key})
 
 
 def known_at(event_ts: pd.Series, day: date) -> pd.Series:
@@ -42,6 +84,11 @@ def write_table_sources(cfg: Config, settings: Settings, day: date) -> list[str]
         raw_uri = locations.batch(settings.landing_uri, table, batch_day)
         if not storage.exists(raw_uri):
             continue
+        out, key = locations.feature_source(settings, table, batch_day), inputs_key(
+            cfg, table, day if source.timestamp else None, [raw_uri])
+        if _current(out, key):
+            written.append(out)
+            continue
         df = read_csv(raw_uri)
         if source.timestamp:
             df["event_timestamp"] = parse_utc(df[source.timestamp], f"{raw_uri}: {source.timestamp}")
@@ -49,7 +96,7 @@ def write_table_sources(cfg: Config, settings: Settings, day: date) -> list[str]
         else:
             df["event_timestamp"] = EPOCH
             df["created_timestamp"] = EPOCH
-        written.append(storage.write_parquet(df, locations.feature_source(settings, table, batch_day)))
+        written.append(_write(df, out, key))
     return written
 
 
@@ -75,21 +122,29 @@ def compute_aggregate(events: pd.DataFrame, keys: list[str], label: str, day: da
 
 def write_aggregate_sources(cfg: Config, settings: Settings, day: date) -> list[str]:
     written = []
+    table = cfg.dataset.events.table
     for name, agg in cfg.dataset.aggregates.items():
-        events = load_events(cfg, settings.landing_uri, day - timedelta(days=agg.window_days - 1),
-                             day + timedelta(days=1))
+        first = day - timedelta(days=agg.window_days - 1)
+        batches = [u for d in date_range(first, day + timedelta(days=1))
+                   if storage.exists(u := locations.batch(settings.landing_uri, table, d))]
+        out, key = locations.feature_source(settings, name, day), inputs_key(cfg, name, day,
+                                                                              batches)
+        if batches and _current(out, key):
+            written.append(out)
+            continue
+        events = load_events(cfg, settings.landing_uri, first, day + timedelta(days=1))
         if events.empty:
             continue
         stats = compute_aggregate(events, list(agg.keys), cfg.dataset.label.name, day,
                                   agg.window_days, cfg.dataset.label.available_after)
-        written.append(storage.write_parquet(stats, locations.feature_source(settings, name, day)))
+        written.append(_write(stats, out, key))
     return written
 
 
 def build_feature_sources(cfg: Config, settings: Settings, day: date) -> list[str]:
-    """All feature-source partitions for one day (idempotent)."""
+    """All feature-source partitions for one day (idempotent; up-to-date ones are kept)."""
     written = write_table_sources(cfg, settings, day) + write_aggregate_sources(cfg, settings, day)
-    log.info("features: wrote %d source partitions for %s", len(written), day)
+    log.info("features: %d source partitions for %s are up to date", len(written), day)
     return written
 
 
@@ -98,7 +153,8 @@ def build_sources_for_interval(cfg: Config, settings: Settings, day: date) -> li
 
     Rows of `day` read partitions stamped up to `lookback_days` earlier (aggregates are stamped
     after the label delay), so a run rewrites those too: the result does not depend on the
-    order in which a backfill's runs finish. Writes are atomic and deterministic.
+    order in which a backfill's runs finish. Writes are atomic and deterministic; partitions
+    whose inputs are unchanged are kept as they are.
     """
     written: list[str] = []
     for back in range(cfg.features.source_lookback_days, -1, -1):
