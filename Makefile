@@ -2,7 +2,7 @@
 #   make demo   install, prepare the data, and run the whole lifecycle through Airflow
 #   make test   install and run the test suite
 SHELL := /bin/bash
-.PHONY: install demo test test-fast test-component up stack stack-down bench audit clean
+.PHONY: install demo test test-fast test-component up serve stack stack-down bench audit clean
 
 install:
 	bash scripts/install.sh
@@ -21,6 +21,9 @@ test-component: install  ## unit + one real embedded component per test (MLflow,
 
 up:  ## Airflow UI (:8080) and MLflow UI (:5000) on the state the demo left
 	bash scripts/up.sh
+
+serve: install  ## the online model server (V2 protocol) on 127.0.0.1:8090; token in .state/serving/token
+	.venv/bin/python -m pipelines.serving
 
 stack: install  ## the scale path from packages on loopback: Postgres, Redis, S3, MLflow, Airflow + 2 Celery workers
 	.venv/bin/python -m stack up --workers $${WORKERS:-2}

@@ -1,7 +1,8 @@
 """
 ### drift_monitor
 
-Daily, after `batch_scoring`: compare the interval's scored features and predictions (a trailing
+Once per data interval (daily by default: params.yaml `orchestration.interval`), after
+`batch_scoring`: compare the interval's scored features and predictions (a trailing
 window) with the training reference of the model that scored them (Evidently report + PSI/KS
 per feature, thresholds and weights from `params.yaml`), and score the predictions of the day
 whose outcomes have become known (ROC AUC, PR AUC, calibration). Both land in the metrics
@@ -19,7 +20,13 @@ from airflow.sdk import Asset, Param, dag, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
 from pipelines.core.contracts import RETRAIN_ASSET
-from pipelines.core.orchestration import default_args, schedule_span, stage
+from pipelines.core.orchestration import (
+    default_args,
+    first_interval,
+    interval_schedule,
+    schedule_span,
+    stage,
+)
 from pipelines.core.settings import get_settings
 from pipelines.monitoring.alerts import MonitoringNotifier
 
@@ -27,7 +34,7 @@ START, END = schedule_span()
 
 
 @dag(
-    schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
+    schedule=CronDataIntervalTimetable(*interval_schedule()),
     start_date=START,
     end_date=END,
     catchup=True,
@@ -37,10 +44,10 @@ START, END = schedule_span()
     tags=["mlops", "monitoring"],
     doc_md=__doc__,
     params={
-        "day": Param(None, type=["null", "string"], format="date",
-                     description="For a manual check: the day to check (its window, outcomes "
-                                 "and decision are those of a scheduled run of that day). "
-                                 "Empty: the run's data interval."),
+        "day": Param(None, type=["null", "string"],
+                     description="For a manual check: the interval to check, by a date in it "
+                                 "or its key (its window, outcomes and decision are those of a "
+                                 "scheduled run of it). Empty: the run's data interval."),
     },
 )
 def drift_monitor():
@@ -49,14 +56,14 @@ def drift_monitor():
     def wait_for_predictions(**context) -> bool:
         from pipelines.monitoring.checks import window_ready
 
-        return window_ready(*stage(), _day(context), START.date())
+        return window_ready(*stage(), _day(context), first_interval())
 
     @task
     def check_drift(**context) -> dict:
         from pipelines.core.contracts import DriftSummary, pick
         from pipelines.monitoring.checks import check_interval
 
-        verdict = check_interval(*stage(), _day(context), START.date(), context["run_id"])
+        verdict = check_interval(*stage(), _day(context), first_interval(), context["run_id"])
         return pick(verdict, DriftSummary)
 
     @task
@@ -69,11 +76,10 @@ def drift_monitor():
     @task
     def decide(verdict: dict, quality: dict, **context) -> dict:
         from pipelines.core.contracts import RetrainDecision, pick
-        from pipelines.core.dates import to_date
         from pipelines.monitoring.alerts import notify_decision
         from pipelines.monitoring.decision import decide as run
 
-        decision = run(*stage(), to_date(verdict["date"]), context["run_id"])
+        decision = run(*stage(), verdict["date"], context["run_id"])
         notify_decision(context, decision)
         return pick(decision, RetrainDecision)
 
@@ -83,19 +89,17 @@ def drift_monitor():
 
     @task(outlets=[Asset(RETRAIN_ASSET)])
     def request_retraining(decision: dict, **context) -> dict:
-        from pipelines.core.dates import to_date
         from pipelines.monitoring.decision import retrain_evidence
 
-        evidence = retrain_evidence(stage()[1], to_date(decision["date"]))
+        evidence = retrain_evidence(stage()[1], decision["date"])
         context["outlet_events"][Asset(RETRAIN_ASSET)].extra = evidence
         return evidence
 
     @task
     def plot_history(decision: dict) -> str:
-        from pipelines.core.dates import to_date
         from pipelines.monitoring.decision import plot
 
-        return plot(*stage(), to_date(decision["date"]))
+        return plot(*stage(), decision["date"])
 
     verdict, quality = check_drift(), check_quality()
     wait_for_predictions() >> [verdict, quality]
@@ -105,11 +109,10 @@ def drift_monitor():
 
 
 def _day(context):
-    """The day to check: the trigger form's `day`, else the run's data interval."""
-    from pipelines.core.dates import to_date
-    from pipelines.core.orchestration import interval_day
+    """The interval to check: the trigger form's `day`, else the run's data interval."""
+    from pipelines.core.orchestration import run_interval
 
-    return to_date(context["params"]["day"]) if context["params"].get("day") else interval_day(context)
+    return run_interval(context, context["params"].get("day"))
 
 
 drift_monitor()

@@ -1,7 +1,8 @@
 """
 ### feature_materialization
 
-Daily: validate the day's raw batches, write its Feast feature sources, materialise the features
+Once per data interval (`orchestration.interval`): validate the interval's raw batches, write
+its Feast feature sources, materialise the features
 of the interval (plus a lateness window, so late rows are picked up) into the online store, and
 check a sample of entities: online features must equal the offline (training) features as of
 the same time, or the run fails with a report. Re-running an interval writes the same values.
@@ -14,7 +15,8 @@ from airflow.timetables.interval import CronDataIntervalTimetable
 
 from pipelines.core.orchestration import (
     default_args,
-    interval_day,
+    interval_schedule,
+    run_interval,
     schedule_span,
     stage,
 )
@@ -24,7 +26,7 @@ START, END = schedule_span()
 
 
 @dag(
-    schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
+    schedule=CronDataIntervalTimetable(*interval_schedule()),
     start_date=START,
     end_date=END,
     catchup=True,
@@ -39,20 +41,20 @@ def feature_materialization():
     def validate_batch(**context) -> dict:
         from pipelines.data.checks import validate_interval
 
-        results = validate_interval(*stage(), interval_day(context))
+        results = validate_interval(*stage(), run_interval(context))
         return {"rows": sum(r["rows"] or 0 for r in results)}
 
     @task
     def build_features(validated: dict, **context) -> int:
         from pipelines.features.sources import build_sources_for_interval
 
-        return len(build_sources_for_interval(*stage(), interval_day(context)))
+        return len(build_sources_for_interval(*stage(), run_interval(context)))
 
     @task
     def materialize(n_sources: int, **context) -> dict:
         from pipelines.features.online import materialize as run
 
-        return run(*stage(), interval_day(context))
+        return run(*stage(), run_interval(context))
 
     @task
     def check_skew(materialized: dict) -> dict:

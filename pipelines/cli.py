@@ -5,6 +5,7 @@ stands for: `train` is the `training` DAG (validation, features, training set, t
 decision, promotion), `score` the `batch_scoring` DAG, `materialize` the
 `feature_materialization` DAG, `monitor` the `drift_monitor` DAG. Exit codes: 0 done, 1 the
 stage failed (the message names the cause), 3 the gates rejected the model (recorded).
+`--date` names a data interval: a date in it (`2013-06-01`) or its key (`2024-11-03T06Z`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import logging
 import sys
 from typing import Any
 
-from pipelines.core.dates import date_range, to_date
+from pipelines.core.dates import to_date
 
 EXIT_FAILED, EXIT_REJECTED = 1, 3
 
@@ -45,7 +46,7 @@ def cmd_validate(a: argparse.Namespace) -> Any:
     from pipelines.data.checks import validate_interval
 
     cfg, s = _ctx()
-    return validate_interval(cfg, s, to_date(a.date))
+    return validate_interval(cfg, s, a.date)
 
 
 def cmd_features(a: argparse.Namespace) -> Any:
@@ -54,7 +55,8 @@ def cmd_features(a: argparse.Namespace) -> Any:
 
     cfg, s = _ctx()
     apply_definitions(s)
-    return sum(len(build_feature_sources(cfg, s, d)) for d in date_range(to_date(a.start), to_date(a.end)))
+    return sum(len(build_feature_sources(cfg, s, iv))
+               for iv in cfg.grain.days(to_date(a.start), to_date(a.end)))
 
 
 def cmd_apply(a: argparse.Namespace) -> Any:
@@ -72,7 +74,7 @@ def cmd_materialize(a: argparse.Namespace) -> Any:
     from pipelines.features.sources import build_sources_for_interval
 
     cfg, s = _ctx()
-    day = to_date(a.date)
+    day = cfg.grain.interval(a.date)
     validate_interval(cfg, s, day)
     build_sources_for_interval(cfg, s, day)
     done = materialize(cfg, s, day)
@@ -126,7 +128,7 @@ def cmd_score(a: argparse.Namespace) -> Any:
     from pipelines.scoring.run import score_day
 
     cfg, s = _ctx()
-    return score_day(cfg, s, to_date(a.date), "cli", a.backfill_model)
+    return score_day(cfg, s, a.date, "cli", a.backfill_model)
 
 
 def cmd_monitor(a: argparse.Namespace) -> Any:
@@ -135,7 +137,7 @@ def cmd_monitor(a: argparse.Namespace) -> Any:
     from pipelines.monitoring.decision import decide, plot
 
     cfg, s = _ctx()
-    day = to_date(a.date)
+    day = cfg.grain.interval(a.date)
     out = {"drift": check_interval(cfg, s, day, None, "cli"),
            "quality": check_quality(cfg, s, day, "cli"),
            "decision": decide(cfg, s, day, "cli")}
@@ -160,6 +162,21 @@ def cmd_promote(a: argparse.Namespace) -> Any:
 
 
 def cmd_draft_suite(a: argparse.Namespace) -> Any:
+    """A raw table's suite from its data (--data, --table), or a derived output's suite from
+    the configuration (--output training_set | predictions; after `feast apply`)."""
+    if bool(a.data) == bool(a.output):
+        raise ValueError("draft-suite: give --data (and --table) for a raw table's suite, or "
+                         "--output training_set | predictions for a derived output's")
+    if a.output:
+        from pipelines.core import storage
+        from pipelines.scoring.suites import draft_output_suite
+
+        cfg, s = _ctx()
+        suite = draft_output_suite(cfg, s, a.output)
+        storage.write_json(a.out, suite)
+        return {"suite": a.out, "expectations": len(suite["expectations"])}
+    if not a.table:
+        raise ValueError("draft-suite --data needs --table (the suite's name)")
     from pipelines.data.validation import draft_suite
 
     return draft_suite(a.data, a.table, a.out)
@@ -200,8 +217,10 @@ def _parser() -> argparse.ArgumentParser:
     add("promote", cmd_promote, "promote a version (or 'challenger') by hand",
         ("--version", {"default": "challenger"}), ("--reason", req),
         ("--force", {"action": "store_true"}))
-    add("draft-suite", cmd_draft_suite, "profile a table and write a draft expectation suite",
-        ("--data", req), ("--table", req), ("--out", req))
+    add("draft-suite", cmd_draft_suite, "write a draft expectation suite: of a raw table from "
+        "its data (--data, --table), or of a derived output from the configuration (--output)",
+        ("--data", opt), ("--table", opt), ("--out", req),
+        ("--output", {"default": None, "choices": ["training_set", "predictions"]}))
     return p
 
 

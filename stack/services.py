@@ -13,6 +13,10 @@ stopped by `stack.process`.
 - Redis: `requirepass`, no persistence.
 - Postgres: SCRAM passwords; the superuser only creates databases, and each database is used
   through a login role of its own that owns it and nothing else (`create_database`).
+
+One module for the three data servers (over the ~300-line guideline): their start-up, secrets
+and clients are read together when a credential or a port changes, and the tests and benches
+import them from here.
 """
 
 from __future__ import annotations

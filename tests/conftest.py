@@ -6,8 +6,11 @@ Set before anything imports Airflow or the pipelines settings, so nothing touche
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 _STATE = Path(tempfile.mkdtemp(prefix="mlops-test-state-"))
@@ -23,6 +26,36 @@ os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("MLOPS_SCHEDULE_START", None)
 os.environ.pop("MLOPS_SCHEDULE_END", None)
 (_STATE / "airflow").mkdir(parents=True, exist_ok=True)
+
+
+def _restore_tracking_uri(before: str | None) -> None:
+    if "mlflow" in sys.modules:
+        from mlflow.tracking._tracking_service import utils
+
+        utils._tracking_uri = before
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _mlflow_tracking_uri_does_not_leak_out_of_a_module():
+    """`mlflow.set_tracking_uri` (every registry client calls it) also exports
+    MLFLOW_TRACKING_URI, and Settings reads that variable: a module-scoped fixture that built
+    a registry would otherwise hand it to every later module. Set up before, torn down after,
+    every other module-scoped fixture of the module."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    _restore_tracking_uri(before)
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_tracking_uri_does_not_leak():
+    """The same, per test: no test talks to another test's registry."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    _restore_tracking_uri(before)
 
 
 def pytest_sessionfinish(session, exitstatus):  # noqa: ARG001 - pytest hook signature

@@ -85,8 +85,9 @@ def flights_training_set(out: Path, cfg: Config, days: int = 21) -> dict[str, An
 
 
 def register_onnx(settings: Settings, cfg: Config, pipe: Any, numeric: list[str],
-                  categorical: list[str]) -> str:
-    """Log a fitted pipeline's ONNX export as training does and register it as a version."""
+                  categorical: list[str], tags: dict[str, str] | None = None) -> str:
+    """Log a fitted pipeline's ONNX export as training does and register it as a version
+    (`tags`: more version tags, e.g. the `request_features` spec it was trained with)."""
     import mlflow
 
     from pipelines.model import registry
@@ -107,17 +108,23 @@ def register_onnx(settings: Settings, cfg: Config, pipe: Any, numeric: list[str]
                                     "onnx_uri": f"runs:/{run.info.run_id}/{ONNX_PATH}",
                                     "numeric_inputs": ",".join(numeric),
                                     "categorical_inputs": ",".join(categorical),
-                                    "feature_service": cfg.features.service})
+                                    "feature_service": cfg.features.service,
+                                    **(tags or {})})
     return str(mv.version)
 
 
 def scoring_state(root: Path, first: date, last: date, train: tuple[date, date],
-                  scoring: dict[str, Any] | None = None) -> dict[str, Any]:
+                  scoring: dict[str, Any] | None = None,
+                  params: dict[str, Any] | None = None,
+                  request_features: bool = False) -> dict[str, Any]:
     """A real state folder for scoring: the landing zone for [first, last], its Feast sources,
     `feast apply`, and a model trained on `train` registered as version 1 and champion.
+    `params`: more sections of params.yaml (replaced whole); `request_features`: the model
+    also takes the configured request-time features and records their spec, as training does.
 
     Points MLOPS_STATE_URI, MLOPS_PARAMS and the Feast paths at `root` (the caller restores the
     environment, e.g. inside a pytest MonkeyPatch context)."""
+    from pipelines.core.specs import request_spec_json
     from pipelines.data.events import load_events
     from pipelines.data.ingest import ingest
     from pipelines.features.retrieval import historical_features
@@ -128,12 +135,14 @@ def scoring_state(root: Path, first: date, last: date, train: tuple[date, date],
 
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["scoring"].update(scoring or {})
+    raw.update(params or {})
     params = root / "params.yaml"
     params.write_text(yaml.safe_dump(raw))
     for name, value in {"MLOPS_STATE_URI": str(root / "state"), "MLOPS_PARAMS": str(params),
                         "FEAST_REGISTRY_PATH": str(root / "state/feast/registry.db"),
                         "FEAST_ONLINE_PATH": str(root / "state/feast/online.db")}.items():
         os.environ[name] = value
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root}/state/mlflow/mlflow.db"  # never inherited
     cfg, settings = load_config(params), get_settings()
     ingest(cfg, settings.landing_uri, first, last + timedelta(days=1))
     for d in range((last - first).days + 1):
@@ -141,12 +150,14 @@ def scoring_state(root: Path, first: date, last: date, train: tuple[date, date],
     apply_definitions(settings)
     events = load_events(cfg, settings.landing_uri, *train)
     rows = events[events[cfg.dataset.label.name].notna()].reset_index(drop=True)
+    spec = cfg.features.request_time if request_features else None
     frame = historical_features(get_store(settings), cfg.features.service, rows,
-                                list(cfg.features.join_keys))
+                                list(cfg.features.join_keys), request_time=spec)
     small = with_params(cfg, training__estimator__params={
         **cfg.training.estimator.params, "n_estimators": 15})
     pipe, numeric, categorical = fit(small, frame)
-    version = register_onnx(settings, cfg, pipe, numeric, categorical)
+    version = register_onnx(settings, cfg, pipe, numeric, categorical,
+                            {"request_features": request_spec_json(spec)} if spec else None)
     registry.promote(settings, cfg.registry.model_name, version, "test", "first", None)
     return {"cfg": cfg, "settings": settings, "train": frame, "version": version,
             "fit": (numeric, categorical)}

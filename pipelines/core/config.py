@@ -3,81 +3,32 @@
 from __future__ import annotations
 
 import hashlib
-import re
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from pipelines.core.specs import DerivedColumn, RequestFeature, check_request_names
+from pipelines.core.dataset_config import (  # noqa: F401 - re-exported: config's public names
+    AggregateConfig,
+    DatasetConfig,
+    DstPolicy,
+    DuplicatesPolicy,
+    EventsConfig,
+    LabelConfig,
+    PassthroughFeatures,
+    SourceConfig,
+    parse_duration,
+)
+from pipelines.core.specs import RequestFeature, check_request_names
+
+if TYPE_CHECKING:
+    from pipelines.core.intervals import Grain
 
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-def parse_duration(text: str) -> timedelta:
-    """'2h', '30m', '1d', '90s' -> timedelta (explicit units only)."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", str(text))
-    if not match:
-        raise ValueError(f"duration {text!r} must look like '2h', '30m', '1d' or '90s'")
-    value, unit = float(match.group(1)), match.group(2)
-    return timedelta(**{{"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[unit]: value})
-
-
-class SourceConfig(_Frozen):
-    uri: str
-    timestamp: str | None = None
-
-
-class PassthroughFeatures(_Frozen):
-    numeric: tuple[str, ...] = ()
-    categorical: tuple[str, ...] = ()
-
-
-class EventsConfig(_Frozen):
-    table: str
-    key: tuple[str, ...]
-    timestamp: str
-    prediction_lead: timedelta
-    derived: dict[str, DerivedColumn] = Field(default_factory=dict)
-    passthrough_features: PassthroughFeatures = PassthroughFeatures()
-
-    @field_validator("prediction_lead", mode="before")
-    @classmethod
-    def _lead(cls, v: Any) -> Any:
-        return parse_duration(v) if isinstance(v, str) else v
-
-
-class LabelConfig(_Frozen):
-    name: str
-    expr: str
-    requires: tuple[str, ...] = ()
-    available_after: timedelta
-
-    @field_validator("available_after", mode="before")
-    @classmethod
-    def _after(cls, v: Any) -> Any:
-        return parse_duration(v) if isinstance(v, str) else v
-
-
-class AggregateConfig(_Frozen):
-    keys: tuple[str, ...]
-    window_days: int = Field(gt=0)
-
-
-class DatasetConfig(_Frozen):
-    name: str
-    sources: dict[str, SourceConfig]
-    events: EventsConfig
-    label: LabelConfig
-    aggregates: dict[str, AggregateConfig] = Field(default_factory=dict)
-
-    @property
-    def daily_tables(self) -> list[str]:
-        return [name for name, src in self.sources.items() if src.timestamp]
 
 
 class IngestConfig(_Frozen):
@@ -182,6 +133,33 @@ class ScoringConfig(_Frozen):
     backfill_model: Literal["current", "champion_at_interval"] = "current"
 
 
+class ServingLogConfig(_Frozen):
+    batch_rows: int = Field(1000, gt=0)  # a worker writes a log part once this many rows wait
+
+
+class ServingConfig(_Frozen):
+    """The online model server (pipelines.serving); where it listens is in the environment."""
+    # the registry aliases the server follows; the first is what /v2/models/<name>/infer
+    # serves, every one is addressable as /v2/models/<name>/versions/<alias>/infer
+    aliases: tuple[str, ...] = ("champion",)
+    poll_seconds: float = Field(2.0, gt=0, le=60)  # how often each worker asks the registry
+    max_rows: int = Field(1000, gt=0)  # rows per request (more: 413)
+    max_body_mb: float = Field(8.0, gt=0)  # request body (more: 413)
+    # a row for which a feature view of the model has no online value (an entity the store
+    # does not know, a missing join key, or a value expired by the view's TTL):
+    # impute = scored like batch scoring scores it (scoring.missing_features decides);
+    # reject = the request fails with 422 naming the row, the view and the join key
+    unknown_entities: Literal["impute", "reject"] = "impute"
+    log: ServingLogConfig = ServingLogConfig()
+
+    @field_validator("aliases")
+    @classmethod
+    def _aliases(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v or len(set(v)) != len(v):
+            raise ValueError("serving.aliases: give one or more distinct aliases")
+        return v
+
+
 class FeatureRule(_Frozen):
     """Override for the features whose name matches a glob pattern (unset fields: the default)."""
     psi_threshold: float | None = Field(None, gt=0)
@@ -232,6 +210,10 @@ class DriftConfig(_Frozen):
 class QualityConfig(_Frozen):
     """Live quality once outcomes are known, pooled over a trailing window of labelled days."""
     window_days: int = Field(7, gt=0)
+    # A run judges the predictions of the interval that ended this many days before its own
+    # end, with the outcomes known by then. None: the label delay (dataset.label
+    # .available_after); required with per-row outcome times (dataset.label.available_at).
+    wait_days: int | None = Field(None, ge=0)
     min_labels: int = Field(500, gt=0)  # fewer labelled rows: no quality verdict
     # decay: baseline (the model's evaluation metrics) - live > max_drop, live - baseline > max_rise
     max_drop: dict[str, float] = Field(default_factory=lambda: {"roc_auc": 0.05})
@@ -257,10 +239,28 @@ class ValidationConfig(_Frozen):
 class OrchestrationConfig(_Frozen):
     start_date: str
     end_date: str | None = None
+    # The data interval of every scheduled run, batch and partition (pipelines.core.intervals):
+    # hourly | daily | weekly, cut in this IANA time zone (daylight saving time applied).
+    interval: Literal["hourly", "daily", "weekly"] = "daily"
+    timezone: str = "UTC"
     materialization_lateness_days: int = 2
     owner: str = "mlops"
     retries: int = 1
-    retry_delay_s: int = 30
+    retry_delay_s: int = 30  # a failed task's next try starts after this
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        from pipelines.core.intervals import zone
+
+        zone(v)
+        return v
+
+    @property
+    def grain(self) -> "Grain":
+        from pipelines.core.intervals import grain
+
+        return grain(self.interval, self.timezone)
 
 
 class Config(_Frozen):
@@ -271,21 +271,50 @@ class Config(_Frozen):
     registry: RegistryConfig
     gates: GatesConfig = GatesConfig()
     scoring: ScoringConfig = ScoringConfig()
+    serving: ServingConfig = ServingConfig()
     drift: DriftConfig = DriftConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
     alerts: AlertsConfig = AlertsConfig()
     validation: ValidationConfig = ValidationConfig()
     orchestration: OrchestrationConfig
 
+    @property
+    def grain(self) -> "Grain":
+        """How time is cut into intervals (orchestration.interval, orchestration.timezone)."""
+        return self.orchestration.grain
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Config":
+        grain = self.orchestration.grain
+        step = grain.length / timedelta(days=1)
+        for key, days in (("drift.window_days", self.drift.window_days),
+                          ("drift.min_days", self.drift.min_days),
+                          ("monitoring.quality.window_days", self.monitoring.quality.window_days)):
+            if days is not None and round(days / step, 9) % 1:
+                raise ValueError(f"{key} {days} is not a whole number of "
+                                 f"{self.orchestration.interval} intervals ({step:g} days each)")
+        if self.dataset.label.available_at and self.monitoring.quality.wait_days is None:
+            raise ValueError("monitoring.quality.wait_days is required with dataset.label"
+                             ".available_at: outcomes arrive row by row, so say how long after an "
+                             "interval its outcomes are judged")
+        return self
+
 
 def load_config(path: str | Path | None = None) -> Config:
-    """Load and validate `params.yaml` (default: settings' MLOPS_PARAMS)."""
+    """Load and validate `params.yaml` (default: settings' MLOPS_PARAMS). A source `uri` that
+    is a relative local path is relative to the params file's folder."""
     if path is None:
         from pipelines.core.settings import get_settings
 
         path = get_settings().params_path
     text = Path(path).read_text(encoding="utf-8")
-    return Config.model_validate(yaml.safe_load(text))
+    raw = yaml.safe_load(text)
+    sources = ((raw or {}).get("dataset") or {}).get("sources") or {}
+    for source in sources.values():
+        uri = source.get("uri") if isinstance(source, dict) else None
+        if isinstance(uri, str) and "://" not in uri and not Path(uri).is_absolute():
+            source["uri"] = str((Path(path).resolve().parent / uri).resolve())
+    return Config.model_validate(raw)
 
 
 def params_hash(path: str | Path | None = None) -> str:

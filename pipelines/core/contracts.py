@@ -66,6 +66,9 @@ class TrainingSet(TypedDict):
     feature_service_hash: str
     positive_rate: float
     request_features: str  # the request-time feature spec (JSON) the set was built with
+    data_sha256: str  # the landing batches read (pipelines.data.versions)
+    expectations_sha256: str  # the suites in use
+    dvc_data_version: str  # dvc.lock's landing hash if DVC made the landing zone read
 
 
 class Trained(TypedDict):
@@ -161,6 +164,34 @@ class Published(TypedDict):
     rows: int
     model_version: str
     files: int
+
+
+# -- serving: what the online server answers besides the V2 tensors -----------------------------
+
+class ServedVersion(TypedDict):
+    """The version one followed alias serves (`pipelines.serving.model`)."""
+    alias: str
+    version: str
+    run_id: str
+    onnx_sha256: str
+    feature_service: str
+    loaded_at: str
+
+
+class LoadFailure(TypedDict):
+    """The last failed attempt to follow an alias: the server keeps the version it had."""
+    alias: str
+    version: str | None  # None: the registry could not be asked, or the alias is gone
+    at: str
+    error: str
+
+
+class ModelReady(TypedDict):
+    """`GET /v2/models/<name>[/versions/<v>]/ready` (V2 health: open, no detail of errors)."""
+    name: str
+    ready: bool
+    versions: dict[str, str | None]  # alias -> the version served (None: nothing loaded)
+    stale: list[str]  # aliases whose last move could not be followed (see the metadata)
 
 
 # -- monitoring ----------------------------------------------------------------------------------

@@ -3,12 +3,16 @@
 All functions return URIs (local paths, `file://`, `s3://`) under the roots `Settings` holds,
 so a rename or a new layout breaks loudly here and nowhere else. Nothing here reads or writes.
 
+Partitions are named by data interval (`pipelines.core.intervals`): `date=D` for a daily one
+(D its local date), `week=D` (its Monday), `hour=YYYY-MM-DDTHHZ`; below, `date=D` stands for any.
+
     landing/<table>/date=D/<table>.csv            a raw batch (snapshot/ for reference tables)
     quarantine/<table>/date=D/<stamp>/            a batch that failed validation, with its report
     features/<source>/date=D.parquet              a Feast source partition (snapshot.parquet)
     training_sets/<start>_<end>.parquet           a window's point-in-time training set
     predictions/date=D/{part-*.parquet,_manifest.json}   a published prediction partition
     predictions/_staging/date=D/                  chunk inputs of a scoring run in progress
+    prediction_log/date=D/<stamp>-<host>-<pid>-<seq>.parquet   online predictions, by event day
     registry/history/<stamp>-<action>-v<N>.json   the promotion history (one event per file)
     registry/drift/{verdicts,quality,decisions,triggers}/D.json   monitoring state
     registry/drift/reference/<model>/v<N>/        a version's scored drift reference
@@ -21,21 +25,32 @@ from __future__ import annotations
 
 from datetime import date
 
+from pipelines.core.intervals import Interval
 from pipelines.core.settings import Settings
 from pipelines.core.storage import join
+
+When = Interval | date  # an interval; a bare date is the daily UTC interval of that date
 
 MANIFEST = "_manifest.json"
 STAGING = "_staging"
 
 
-def partition(day: date | None) -> str:
-    """The partition folder name of a day (`date=YYYY-MM-DD`), or `snapshot` for none."""
+def partition(day: When | None) -> str:
+    """The partition folder name of an interval (`date=YYYY-MM-DD`, `week=...`, `hour=...`; a
+    date: `date=YYYY-MM-DD`), or `snapshot` for none."""
+    if isinstance(day, Interval):
+        return day.label
     return f"date={day.isoformat()}" if day else "snapshot"
+
+
+def key(day: When) -> str:
+    """What records and reports call an interval (`2013-06-01`, `2024-11-03T06Z`)."""
+    return day.key if isinstance(day, Interval) else day.isoformat()
 
 
 # -- data --------------------------------------------------------------------------------------
 
-def batch(landing_uri: str, table: str, day: date | None) -> str:
+def batch(landing_uri: str, table: str, day: When | None) -> str:
     """A raw batch file in a landing zone (a reference table has one `snapshot`)."""
     return join(landing_uri, table, partition(day), f"{table}.csv")
 
@@ -56,7 +71,7 @@ def data_docs(settings: Settings, name: str, part: str) -> str:
 
 # -- features ----------------------------------------------------------------------------------
 
-def feature_source(settings: Settings, name: str, day: date | None) -> str:
+def feature_source(settings: Settings, name: str, day: When | None) -> str:
     leaf = f"{partition(day)}.parquet"
     return join(settings.features_uri, name, leaf)
 
@@ -83,19 +98,27 @@ def history(settings: Settings) -> str:
 
 # -- scoring -----------------------------------------------------------------------------------
 
-def predictions(settings: Settings, day: date) -> str:
+def predictions(settings: Settings, day: When) -> str:
     """A prediction partition folder."""
     return join(settings.predictions_uri, partition(day))
 
 
-def manifest(settings: Settings, day: date) -> str:
+def manifest(settings: Settings, day: When) -> str:
     """A partition's manifest: the commit point, written last."""
     return join(predictions(settings, day), MANIFEST)
 
 
-def staging(settings: Settings, day: date) -> str:
+def staging(settings: Settings, day: When) -> str:
     """Chunk inputs of a scoring run in progress (never read as predictions)."""
     return join(settings.predictions_uri, STAGING, partition(day))
+
+
+# -- serving -----------------------------------------------------------------------------------
+
+def prediction_log(settings: Settings, day: date) -> str:
+    """The online server's predictions of events of `day` (UTC): append-only part files, one
+    per worker flush, each written atomically (no manifest: every complete part is read)."""
+    return join(settings.data_uri, "prediction_log", partition(day))
 
 
 # -- monitoring --------------------------------------------------------------------------------
@@ -105,9 +128,10 @@ def monitoring_state(settings: Settings) -> str:
     return join(settings.registry_uri, "drift")
 
 
-def monitoring_record(settings: Settings, kind: str, day: date | str) -> str:
-    """One interval's record of `kind` (verdicts, quality, decisions, triggers)."""
-    name = day.isoformat() if isinstance(day, date) else day
+def monitoring_record(settings: Settings, kind: str, day: When | str) -> str:
+    """One interval's record of `kind` (verdicts, quality, decisions, triggers), named by its
+    key (`registry/drift/verdicts/2013-06-01.json`)."""
+    name = day if isinstance(day, str) else key(day)
     return join(monitoring_state(settings), kind, f"{name}.json")
 
 
@@ -115,6 +139,6 @@ def drift_reference(settings: Settings, model: str, version: str) -> str:
     return join(monitoring_state(settings), "reference", model, f"v{version}")
 
 
-def drift_report(settings: Settings, day: date, name: str) -> str:
+def drift_report(settings: Settings, day: When, name: str) -> str:
     """A drift run's report file (`evidently.html`, `history.png`)."""
     return join(settings.reports_uri, "drift", partition(day), name)

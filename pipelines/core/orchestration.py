@@ -1,4 +1,5 @@
-"""What the DAG files share: schedule span, default args and the per-task stage context.
+"""What the DAG files share: schedule (one run per data interval of `orchestration.interval`
+in `orchestration.timezone`), span, default args and the per-task stage context.
 
 Imported by DAG files at parse time, so it stays light: config (yaml + pydantic, which Airflow
 has already loaded) and settings; nothing heavy. The configuration is read once per process.
@@ -7,11 +8,12 @@ has already loaded) and settings; nothing heavy. The configuration is read once 
 from __future__ import annotations
 
 import os
-from datetime import date, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 from typing import Any
 
 from pipelines.core.config import Config, load_config
+from pipelines.core.intervals import Interval
 from pipelines.core.settings import Settings, get_settings
 
 
@@ -28,15 +30,36 @@ def config() -> Config:
     return _config(path, (stat.st_mtime_ns, stat.st_size))
 
 
-def _utc(text: str | None) -> datetime | None:
-    return datetime.fromisoformat(text).replace(tzinfo=timezone.utc) if text else None
+def _local(text: str | None) -> datetime | None:
+    """A configured date (or time) in the schedule's zone (UTC for the flights demo)."""
+    from pipelines.core.intervals import zone
+
+    if not text:
+        return None
+    when = datetime.fromisoformat(text)
+    if when.tzinfo is not None:
+        return when
+    name = config().grain.schedule_timezone
+    return when.replace(tzinfo=timezone.utc if name == "UTC" else zone(name))
 
 
 def schedule_span() -> tuple[datetime, datetime | None]:
     """[start, end] of the scheduled DAGs: params.yaml `orchestration`, overridable by
-    MLOPS_SCHEDULE_START / MLOPS_SCHEDULE_END."""
+    MLOPS_SCHEDULE_START / MLOPS_SCHEDULE_END (dates: local midnight in the schedule's zone)."""
     o, s = config().orchestration, get_settings()
-    return _utc(s.schedule_start or o.start_date), _utc(s.schedule_end or o.end_date)  # type: ignore[return-value]
+    return _local(s.schedule_start or o.start_date), _local(s.schedule_end or o.end_date)  # type: ignore[return-value]
+
+
+def interval_schedule() -> tuple[str, str]:
+    """(cron, time zone) of a schedule with one run per data interval: the arguments of
+    Airflow's CronDataIntervalTimetable (daily UTC: "0 0 * * *", "UTC")."""
+    grain = config().grain
+    return grain.cron, grain.schedule_timezone
+
+
+def first_interval() -> Interval:
+    """The first scheduled interval (windows never reach before it)."""
+    return config().grain.at(schedule_span()[0])
 
 
 def default_args() -> dict[str, Any]:
@@ -53,10 +76,14 @@ def stage() -> tuple[Config, Settings]:
     return config(), get_settings()
 
 
-def interval_day(context: dict[str, Any]) -> date:
-    """The day a daily run covers: its data interval start (UTC)."""
+def run_interval(context: dict[str, Any], override: str | None = None) -> Interval:
+    """The data interval a run covers (the interval holding its data interval start), or the
+    interval `override` names (a trigger form's date or key)."""
+    grain = config().grain
+    if override:
+        return grain.interval(override)
     start = context.get("data_interval_start") or context["logical_date"]
-    return start.astimezone(timezone.utc).date()
+    return grain.at(start.astimezone(timezone.utc))
 
 
 def triggering_user(context: dict[str, Any]) -> str | None:

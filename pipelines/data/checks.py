@@ -4,6 +4,7 @@ outputs (training sets, prediction partitions) before anything uses them.
 Where the reports go (all under the reports URI, local or object store):
 
     validation/<table>/date=D.json | .md     JSON report and expectations report per batch
+                                             (date=D: the interval's partition name)
     validation/training_set/<start>_<end>.json | .md,  validation/predictions/date=D.json | .md
     data_docs/<name>/<partition>/index.html  GX Data Docs site per batch or output
 
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipelines.core import locations, storage
 from pipelines.core.config import Config
-from pipelines.core.dates import day_start, to_date
+from pipelines.core.intervals import Interval
 from pipelines.core.settings import Settings
 
 if TYPE_CHECKING:
@@ -40,36 +41,40 @@ def _stamp() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
 
 
-def validate_day(cfg: Config, settings: Settings, day: date,
+def validate_day(cfg: Config, settings: Settings, day: Interval | date,
                  tables: list[str] | None = None) -> list[dict[str, Any]]:
-    """Validate `day`'s batch of each daily table; raises DataValidationError on a bad one.
+    """Validate the interval's batch of each interval table; raises DataValidationError on a
+    bad one. (`day`: an interval, or a date: the interval holding its local midnight.)
 
     Every table is checked (each bad batch quarantined, each absent one noted) before the error
-    is raised, so one run names every problem of the day, absent batches included.
+    is raised, so one run names every problem of the interval, absent batches included. A
+    header-only batch (an interval without rows) is a batch like any other: its suite says
+    whether none is acceptable (expect_table_row_count_to_be_between).
     """
     from pipelines.data.validation import DataValidationError, validate_batch
 
+    iv = cfg.grain.interval(day)
     tables = tables or cfg.dataset.daily_tables
     results, errors = [], {}
     for table in tables:
         source = cfg.dataset.sources[table]
-        uri = locations.batch(settings.landing_uri, table, day)
+        uri = locations.batch(settings.landing_uri, table, iv)
         if not storage.exists(uri):
-            errors[table] = f"{uri}: no {table} batch has landed for {day}"
+            errors[table] = f"{uri}: no {table} batch has landed for {iv.key}"
             continue
         try:
             results.append(validate_batch(
                 table=table, batch_uri=uri, suite_dir=settings.expectations_dir,
-                interval_start=day_start(day), interval_end=day_start(day + timedelta(days=1)),
+                interval_start=iv.start, interval_end=iv.end,
                 timestamp_column=source.timestamp, max_file_mb=cfg.validation.max_file_mb,
-                quarantine_to=locations.quarantine(settings, table, locations.partition(day),
+                quarantine_to=locations.quarantine(settings, table, locations.partition(iv),
                                                    _stamp()),
-                **_uris(settings, table, locations.partition(day))))
+                **_uris(settings, table, locations.partition(iv))))
         except DataValidationError as exc:
             errors[table] = str(exc)
     if errors:
         raise DataValidationError(
-            f"{day}: {len(errors)} of {len(tables)} tables failed validation "
+            f"{iv.key}: {len(errors)} of {len(tables)} tables failed validation "
             f"({', '.join(errors)}):\n\n" + "\n\n".join(errors.values()))
     return results
 
@@ -82,7 +87,8 @@ def validate_snapshots(cfg: Config, settings: Settings) -> list[dict[str, Any]]:
         if source.timestamp:
             continue
         results.append(validate_batch(
-            table=table, batch_uri=locations.batch(settings.landing_uri, table, None), suite_dir=settings.expectations_dir,
+            table=table, batch_uri=locations.batch(settings.landing_uri, table, None),
+            suite_dir=settings.expectations_dir,
             interval_start=None, interval_end=None, timestamp_column=None,
             max_file_mb=cfg.validation.max_file_mb,
             quarantine_to=locations.quarantine(settings, table, locations.partition(None),
@@ -91,15 +97,23 @@ def validate_snapshots(cfg: Config, settings: Settings) -> list[dict[str, Any]]:
     return results
 
 
-def validate_interval(cfg: Config, settings: Settings, day: date) -> list[dict[str, Any]]:
-    """Validate every raw batch a run for `day` reads: `day` and the feature-source lookback."""
+def lookback(cfg: Config, iv: Interval) -> list[Interval]:
+    """The intervals before `iv` whose batches its features read (features.source_lookback_days
+    before its start), oldest first."""
+    return cfg.grain.between(iv.start - timedelta(days=cfg.features.source_lookback_days),
+                             iv.start)
+
+
+def validate_interval(cfg: Config, settings: Settings, day: Interval | date) -> list[dict[str, Any]]:
+    """Validate every raw batch a run for an interval reads: its own and the feature-source
+    lookback's (those that have landed)."""
+    iv = cfg.grain.interval(day)
     results = []
-    for back in range(cfg.features.source_lookback_days, 0, -1):
-        earlier = day - timedelta(days=back)
+    for earlier in lookback(cfg, iv):
         present = [t for t in cfg.dataset.daily_tables
                    if storage.exists(locations.batch(settings.landing_uri, t, earlier))]
         results += validate_day(cfg, settings, earlier, present) if present else []
-    return results + validate_day(cfg, settings, day)
+    return results + validate_day(cfg, settings, iv)
 
 
 def validate_training_set(cfg: Config, settings: Settings,
@@ -111,26 +125,26 @@ def validate_training_set(cfg: Config, settings: Settings,
     """
     from pipelines.data.validation import validate_frame
 
-    uri = training_set["uri"]
-    start, end = to_date(training_set["start"]), to_date(training_set["end"])
+    uri, start, end = training_set["uri"], training_set["start"], training_set["end"]
     return validate_frame(
-        TRAINING_SET, storage.read_parquet(uri), settings.expectations_dir, source=uri, timestamp_column=EVENT_TIME,
-        interval_start=day_start(start), interval_end=day_start(end),
-        **_uris(settings, TRAINING_SET, f"{start.isoformat()}_{end.isoformat()}"))
+        TRAINING_SET, storage.read_parquet(uri), settings.expectations_dir, source=uri,
+        timestamp_column=EVENT_TIME, interval_start=cfg.grain.bound(start),
+        interval_end=cfg.grain.bound(end), **_uris(settings, TRAINING_SET, f"{start}_{end}"))
 
 
-def validate_predictions(cfg: Config, settings: Settings, day: date,
+def validate_predictions(cfg: Config, settings: Settings, day: Interval | date,
                          predictions: pd.DataFrame | list[str] | None = None) -> dict[str, Any]:
     """Validate `day`'s predictions before they are published: pass the frame, or the URIs of
     the part files written but not yet named by a manifest. On DataValidationError do not write
     the manifest. With `predictions=None` the published partition (its manifest's files) is read.
 
-    Suite `expectations/predictions.json`; event times must lie inside the day.
+    Suite `expectations/predictions.json`; event times must lie inside the interval.
     """
     import pandas as pd
 
     from pipelines.data.validation import validate_frame
 
+    day = cfg.grain.interval(day)
     source = locations.predictions(settings, day)
     if predictions is None:
         manifest = storage.read_json(locations.manifest(settings, day))
@@ -139,6 +153,6 @@ def validate_predictions(cfg: Config, settings: Settings, day: date,
         predictions = pd.concat([storage.read_parquet(uri) for uri in predictions],
                                 ignore_index=True)
     return validate_frame(
-        PREDICTIONS, predictions, settings.expectations_dir, source=source, timestamp_column=EVENT_TIME,
-        interval_start=day_start(day), interval_end=day_start(day + timedelta(days=1)),
+        PREDICTIONS, predictions, settings.expectations_dir, source=source,
+        timestamp_column=EVENT_TIME, interval_start=day.start, interval_end=day.end,
         **_uris(settings, PREDICTIONS, locations.partition(day)))

@@ -1,26 +1,34 @@
-"""Events: load daily batches of the event table and turn them into model rows.
+"""Events: load the interval batches of the event table and turn them into model rows.
 
 A model row carries a deterministic row key, the entity join keys, the passthrough features,
 the prediction time (event time minus the configured lead) and, where the outcome is known,
-the label. Nothing here names a column of a particular dataset: it all comes from config.
+the label with the time it became known (`label_available_at`: the row's own
+`dataset.label.available_at` column, or the event time, plus `available_after`). Rows sharing
+an event key are resolved by `dataset.events.duplicates` (fail, or keep the first or last by a
+column). Nothing here names a column of a particular dataset: it all comes from config.
 """
 
 from __future__ import annotations
 
 import hashlib
-from datetime import date
+import logging
+from collections.abc import Iterable
+from datetime import date, datetime
 
 import numpy as np
 import pandas as pd
 
 from pipelines.core import locations, storage
 from pipelines.core.config import Config
-from pipelines.core.dates import date_range, parse_utc
+from pipelines.core.dates import parse_utc
 from pipelines.core.expressions import apply_missing, derive
+from pipelines.core.intervals import Interval
 from pipelines.core.specs import DerivedColumn
 
+log = logging.getLogger(__name__)
 ROW_KEY = "row_key"
 PREDICTION_TIME = "event_timestamp"  # Feast's name for the as-of time of an entity row
+EVENT_TIME, LABEL_AT = "event_time", "label_available_at"
 
 
 def read_csv(uri: str) -> pd.DataFrame:
@@ -29,16 +37,27 @@ def read_csv(uri: str) -> pd.DataFrame:
         return pd.read_csv(fh)
 
 
-def load_table(cfg: Config, landing_uri: str, table: str, start: date, end: date) -> pd.DataFrame:
-    """Concatenate the daily batches of `table` for days in [start, end)."""
+def load_table(cfg: Config, landing_uri: str, table: str,
+               intervals: Iterable[Interval]) -> pd.DataFrame:
+    """Concatenate the batches of `table` for the given intervals (those that have landed;
+    header-only batches of quiet intervals add no rows and change no column's type)."""
     frames = []
-    for day in date_range(start, end):
-        uri = locations.batch(landing_uri, table, day)
+    for iv in intervals:
+        uri = locations.batch(landing_uri, table, iv)
         if storage.exists(uri):
             frames.append(read_csv(uri))
-    if not frames:
-        return pd.DataFrame()
-    return pd.concat(frames, ignore_index=True)
+    rows = [f for f in frames if len(f)]
+    if not rows:
+        return frames[0] if frames else pd.DataFrame()
+    return pd.concat(rows, ignore_index=True)
+
+
+def instant(cfg: Config, when: date | datetime | str) -> pd.Timestamp:
+    """A window bound: an aware datetime as is, a date (or its ISO text) at its local midnight
+    (the grain's zone, orchestration.timezone)."""
+    if isinstance(when, datetime):
+        return pd.Timestamp(when).tz_convert("UTC")
+    return pd.Timestamp(cfg.grain.bound(when))
 
 
 def row_keys(df: pd.DataFrame, key: tuple[str, ...]) -> pd.Series:
@@ -47,33 +66,137 @@ def row_keys(df: pd.DataFrame, key: tuple[str, ...]) -> pd.Series:
     return joined.map(lambda s: hashlib.sha256(s.encode()).hexdigest()[:16])
 
 
-def prepare_events(cfg: Config, raw: pd.DataFrame) -> pd.DataFrame:
-    """Raw event rows -> model rows (row key, join keys, features, prediction time, label)."""
-    ev, label = cfg.dataset.events, cfg.dataset.label
-    if raw.empty:
-        return pd.DataFrame(columns=[ROW_KEY, PREDICTION_TIME, label.name])
+def _model_rows(cfg: Config, raw: pd.DataFrame) -> pd.DataFrame:
+    """A copy of the raw rows with the derived columns, event and prediction times and row key."""
+    ev = cfg.dataset.events
     df = raw.copy()
     for name, spec in ev.derived.items():
         df[name] = derive_column(df, name, spec)
-    df["event_time"] = parse_utc(df[ev.timestamp], f"{ev.table}.{ev.timestamp}")
-    df[PREDICTION_TIME] = df["event_time"] - ev.prediction_lead
+    df[EVENT_TIME] = parse_utc(df[ev.timestamp], f"{ev.table}.{ev.timestamp}")
+    df[PREDICTION_TIME] = df[EVENT_TIME] - ev.prediction_lead
     df[ROW_KEY] = row_keys(df, ev.key)
-    known = df[list(label.requires)].notna().all(axis=1) if label.requires else True
-    value = df.eval(label.expr, engine="python").astype("float64")
-    df[label.name] = np.where(known, value, np.nan)
-    df["label_available_at"] = df["event_time"] + label.available_after
-    keep = [ROW_KEY, PREDICTION_TIME, "event_time", "label_available_at", label.name]
+    return df
+
+
+def _select(cfg: Config, df: pd.DataFrame, keep: list[str]) -> pd.DataFrame:
+    """`keep` + the join keys, passthrough features and request-time inputs (join keys as text)."""
+    keep = list(keep)
     keep += [k for k in cfg.features.join_keys if k not in keep]
     keep += [c for c in model_passthrough(cfg) if c not in keep]
     keep += [c for c in cfg.features.request_inputs if c not in keep]
     absent = [c for c in keep if c not in df.columns]
     if absent:
-        raise ValueError(f"{ev.table}: no column {absent} (join keys, passthrough features and "
-                         f"request-time inputs must be event columns or derived ones)")
+        raise ValueError(f"{cfg.dataset.events.table}: no column {absent} (join keys, "
+                         f"passthrough features and request-time inputs must be event columns "
+                         f"or derived ones)")
     out = df[keep].copy()
     for col in cfg.features.join_keys:
         out[col] = out[col].astype("string")
+    return out
+
+
+def prepare_events(cfg: Config, raw: pd.DataFrame) -> pd.DataFrame:
+    """Raw event rows -> model rows (row key, join keys, features, prediction time, label)."""
+    label = cfg.dataset.label
+    if raw.empty:
+        return pd.DataFrame(columns=[ROW_KEY, PREDICTION_TIME, label.name])
+    df = _model_rows(cfg, deduplicate(cfg, raw))
+    df[LABEL_AT] = label_times(cfg, df)
+    known = df[list(label.requires)].notna().all(axis=1) if label.requires else True
+    known = known & df[LABEL_AT].notna()
+    value = df.eval(label.expr, engine="python").astype("float64")
+    df[label.name] = np.where(known, value, np.nan)
+    df[LABEL_AT] = df[LABEL_AT].where(known)
+    out = _select(cfg, df, [ROW_KEY, PREDICTION_TIME, EVENT_TIME, LABEL_AT, label.name])
     return out.sort_values([PREDICTION_TIME, ROW_KEY], kind="stable").reset_index(drop=True)
+
+
+def label_times(cfg: Config, df: pd.DataFrame) -> pd.Series:
+    """When each row's outcome is known (UTC): `label.available_at` (per row) or the event
+    time, plus `label.available_after`; missing where the row's time is missing. An outcome
+    known before its event is refused (rolling statistics would see it too early)."""
+    ev, label = cfg.dataset.events, cfg.dataset.label
+    if label.available_at is None:
+        return df[EVENT_TIME] + label.delay
+    col = label.available_at
+    if col not in df.columns:
+        raise ValueError(f"dataset.label.available_at: no column {col!r} in {ev.table}")
+    try:
+        at = parse_utc(df[col], f"{ev.table}.{col}") + label.delay
+    except ValueError as exc:
+        raise ValueError(f"{exc} (dataset.label.available_at; naive local times: declare "
+                         f"dataset.sources.{ev.table}.timezone and list {col!r} in its "
+                         "timestamp_columns)") from None
+    early = at.notna() & (at < df[EVENT_TIME])
+    if early.any():
+        rows = df.loc[early, [*ev.key, col]].head(3).to_dict("records")
+        raise ValueError(f"{ev.table}.{col} (dataset.label.available_at): {int(early.sum())} "
+                         f"outcomes known before their event ({ev.timestamp}), e.g. {rows}")
+    return at
+
+
+def deduplicate(cfg: Config, raw: pd.DataFrame) -> pd.DataFrame:
+    """One row per event key, by `dataset.events.duplicates`: `error` names the duplicated
+    keys; `first` / `last` keep that row of each key, ordered by `order_by` (ties, and no
+    `order_by`: the order the rows were read)."""
+    ev = cfg.dataset.events
+    policy = ev.duplicates
+    absent = [c for c in ev.key if c not in raw.columns]
+    if absent:
+        raise ValueError(f"dataset.events.key: no column {absent} in {ev.table}")
+    dup = raw.duplicated(subset=list(ev.key), keep=False)
+    if not dup.any():
+        return raw.copy()
+    if policy.keep == "error":
+        examples = raw.loc[dup, list(ev.key)].drop_duplicates().head(3).to_dict("records")
+        raise ValueError(f"{ev.table}: {int(dup.sum())} rows share an event key "
+                         f"{list(ev.key)} (e.g. {examples}); declare "
+                         "dataset.events.duplicates (keep: first | last, order_by: a column) "
+                         "or fix the source")
+    df = raw
+    if policy.order_by is not None:
+        if policy.order_by not in raw.columns:
+            raise ValueError(f"dataset.events.duplicates.order_by: no column "
+                             f"{policy.order_by!r} in {ev.table}")
+        order = _sortable(raw[policy.order_by], f"{ev.table}.{policy.order_by}")
+        df = raw.iloc[np.argsort(order.to_numpy(), kind="stable")]
+    out = df.drop_duplicates(subset=list(ev.key), keep=policy.keep).sort_index()
+    log.info("events: %d of %d rows were duplicates of an event key; kept the %s%s",
+             len(raw) - len(out), len(raw), policy.keep,
+             f" by {policy.order_by}" if policy.order_by else "")
+    return out.copy()
+
+
+def _sortable(values: pd.Series, what: str) -> pd.Series:
+    """Values to order rows by: timestamps with offsets as instants (their text would sort
+    wrongly across offsets), anything else as it is."""
+    if values.dtype == object or isinstance(values.dtype, pd.StringDtype):
+        text = values.dropna().astype(str)
+        if len(text) and text.str.contains(r"(?:Z|[+-]\d{2}:?\d{2})$", regex=True).all():
+            return parse_utc(values, what).dt.tz_convert(None)  # naive UTC: NaT sorts last
+    return values
+
+
+def entity_rows(cfg: Config, raw: pd.DataFrame) -> pd.DataFrame:
+    """Raw event rows whose outcome is not known yet -> the rows a model scores, in the given
+    order: row key, prediction and event time, join keys, passthrough features and request
+    inputs, exactly as `prepare_events` makes them (no label). The online server's path."""
+    return _select(cfg, _model_rows(cfg, raw), [ROW_KEY, PREDICTION_TIME, EVENT_TIME])
+
+
+def request_columns(cfg: Config) -> tuple[list[str], list[str]]:
+    """(text, numeric) raw event columns `entity_rows` reads: the key, the timestamp, the
+    inputs of derived columns, join keys, passthrough features and request-time inputs that
+    are not computed here. Numeric: the passthrough numeric features; the rest is text."""
+    ev, computed = cfg.dataset.events, {ROW_KEY, PREDICTION_TIME, EVENT_TIME}
+    wanted = [*ev.key, ev.timestamp]
+    for name, spec in ev.derived.items():
+        wanted += [c for c in (spec.concat or spec.expression.names) if c not in wanted]
+        computed.add(name)
+    wanted += [*cfg.features.join_keys, *model_passthrough(cfg), *cfg.features.request_inputs]
+    cols = [c for c in dict.fromkeys(wanted) if c not in computed]
+    numeric = [c for c in ev.passthrough_features.numeric if c in cols]
+    return [c for c in cols if c not in numeric], numeric
 
 
 def derive_column(df: pd.DataFrame, name: str, spec: DerivedColumn) -> pd.Series:
@@ -101,5 +224,15 @@ def model_passthrough(cfg: Config) -> list[str]:
     return list(pf.numeric) + list(pf.categorical)
 
 
-def load_events(cfg: Config, landing_uri: str, start: date, end: date) -> pd.DataFrame:
-    return prepare_events(cfg, load_table(cfg, landing_uri, cfg.dataset.events.table, start, end))
+def load_events(cfg: Config, landing_uri: str, start: date | datetime | str,
+                end: date | datetime | str) -> pd.DataFrame:
+    """Model rows of the events in [start, end) (dates: local midnight in the grain's zone),
+    from the batches of the intervals that overlap it."""
+    lo, hi = instant(cfg, start), instant(cfg, end)
+    intervals = cfg.grain.between(lo.to_pydatetime(), hi.to_pydatetime())
+    events = prepare_events(cfg, load_table(cfg, landing_uri, cfg.dataset.events.table,
+                                            intervals))
+    if events.empty:
+        return events
+    inside = (events[EVENT_TIME] >= lo) & (events[EVENT_TIME] < hi)
+    return events if inside.all() else events[inside].reset_index(drop=True)

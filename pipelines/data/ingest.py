@@ -1,8 +1,15 @@
-"""Ingest: cut upstream tables into daily raw batches in the landing zone.
+"""Ingest: cut upstream tables into one raw batch per data interval in the landing zone.
 
-Stands in for the feed that delivers one file a day in production. Batches are CSV files at
-`<landing>/<table>/date=YYYY-MM-DD/<table>.csv` (reference tables: `<table>/snapshot/`),
-written atomically; re-ingesting a day rewrites the same bytes.
+Stands in for the feed that delivers one file per interval in production. Batches are CSV files
+at `<landing>/<table>/<partition>/<table>.csv` (`date=YYYY-MM-DD` for a daily interval, see
+`pipelines.core.intervals`; reference tables: `<table>/snapshot/`), written atomically;
+re-ingesting an interval rewrites the same bytes. An interval without rows gets a batch too,
+its header only: a quiet interval is a valid state, not a missing file.
+
+A source whose timestamps are naive local times (`sources.<table>.timezone`) is made
+timezone-aware here, once: its `timestamp` and `timestamp_columns` are written with their UTC
+offset (daylight saving time applied, `sources.<table>.dst`), so every later stage reads
+unambiguous times.
 """
 
 from __future__ import annotations
@@ -13,8 +20,8 @@ from datetime import date
 import pandas as pd
 
 from pipelines.core import locations, storage
-from pipelines.core.config import Config
-from pipelines.core.dates import date_range, parse_utc
+from pipelines.core.config import Config, SourceConfig
+from pipelines.core.dates import interval_keys, localize, parse_utc
 
 log = logging.getLogger(__name__)
 
@@ -26,26 +33,45 @@ def _read_source(uri: str) -> pd.DataFrame:
         return pd.read_csv(fh, compression=compression, dtype_backend="numpy_nullable")
 
 
+def localize_source(table: str, source: SourceConfig, df: pd.DataFrame) -> pd.DataFrame:
+    """The source's naive local timestamp columns as timezone-aware values (`timezone`)."""
+    if not source.local_columns:
+        return df
+    absent = [c for c in source.local_columns if c not in df.columns]
+    if absent:
+        raise ValueError(f"dataset.sources.{table}: no column {absent} in {source.uri} (its "
+                         f"timestamp and timestamp_columns; columns: {list(df.columns)})")
+    out = df.copy()
+    for col in source.local_columns:
+        out[col] = localize(df[col], source.timezone, f"{source.uri}: {table}.{col}",
+                            source.dst.ambiguous, source.dst.nonexistent, source.timestamp_format)
+    return out
+
+
 def ingest(cfg: Config, landing_uri: str, start: date, end: date) -> dict[str, int]:
-    """Write daily batches for days in [start, end) and the reference snapshots.
+    """Write one batch per interval of the local days [start, end) (orchestration.interval
+    and .timezone) and the reference snapshots; an interval without rows gets a header-only
+    batch.
 
     Returns the number of batch files written per table.
     """
+    grain = cfg.grain
+    intervals = grain.days(start, end)
     written: dict[str, int] = {}
     for table, source in cfg.dataset.sources.items():
-        df = _read_source(source.uri)
+        df = localize_source(table, source, _read_source(source.uri))
         if source.timestamp is None:
             storage.write_bytes(locations.batch(landing_uri, table, None), df.to_csv(index=False).encode())
             written[table] = 1
             continue
-        day_of_row = parse_utc(df[source.timestamp], f"{source.uri}: {source.timestamp}").dt.date
-        count = 0
-        for day in date_range(start, end):
-            part = df[day_of_row == day]
-            if part.empty:
-                continue
-            storage.write_bytes(locations.batch(landing_uri, table, day), part.to_csv(index=False).encode())
-            count += 1
-        written[table] = count
-        log.info("ingest: %s -> %d daily batches in %s", table, count, landing_uri)
+        keys = interval_keys(parse_utc(df[source.timestamp], f"{source.uri}: {source.timestamp}"),
+                             grain)
+        empty = 0
+        for iv in intervals:
+            part = df[keys == iv.key]
+            empty += part.empty
+            storage.write_bytes(locations.batch(landing_uri, table, iv), part.to_csv(index=False).encode())
+        written[table] = len(intervals)
+        log.info("ingest: %s -> %d %s batches in %s (%d without rows)", table, len(intervals),
+                 grain.kind, landing_uri, empty)
     return written

@@ -4,7 +4,7 @@ Every check ends up as one flat "check record" (a small JSON-able dict), whether
 Great Expectations expectation (built-in, or the timestamp expectations of
 `pipelines.data.timestamps`) or from the input hardening (a file that is not a readable table):
 
-    {"check": "expect_...", "column": "distance", "on_failure": "fail" | "warn", "success": bool,
+    {"check": "expect_...", "column": "amount", "on_failure": "fail" | "warn", "success": bool,
      "observed": "...", "unexpected_count": int | None, "examples": ["..."], "error": str | None}
 """
 

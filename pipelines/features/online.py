@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from pipelines.core import duck
+from pipelines.core import duck, locations
 from pipelines.core.config import Config
-from pipelines.core.dates import day_start
+from pipelines.core.intervals import Interval, as_interval
 from pipelines.core.settings import Settings
 from pipelines.data.events import PREDICTION_TIME, ROW_KEY
 from pipelines.features import request
@@ -56,30 +56,32 @@ def _utc(ts: datetime) -> datetime:
     return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
 
 
-def materialization_plan(store: "FeatureStore", day: date, lateness_days: int
+def materialization_plan(store: "FeatureStore", day: Interval | date, lateness_days: int
                          ) -> tuple[datetime, dict[str, datetime]]:
-    """(end, start per online feature view) for the interval starting on `day`."""
+    """(end, start per online feature view) for an interval (a date: its daily UTC one)."""
+    iv = as_interval(day)
     views = [fv for fv in store.list_feature_views() if fv.online and getattr(fv, "enabled", True)]
     ends = [_utc(fv.most_recent_end_time) for fv in views if fv.most_recent_end_time]
-    end = max([day_start(day + timedelta(days=1)), *ends])
-    earliest = day_start(day - timedelta(days=lateness_days))
+    end = max([iv.end, *ends])
+    earliest = iv.start - timedelta(days=lateness_days)
     return end, {fv.name: (min(earliest, end - fv.ttl) if fv.ttl else EPOCH) for fv in views}
 
 
-def materialize_interval(store: "FeatureStore", day: date, lateness_days: int) -> dict[str, Any]:
-    """Load what the interval of `day` (and its lateness window) may have changed (idempotent)."""
+def materialize_interval(store: "FeatureStore", day: Interval | date, lateness_days: int
+                         ) -> dict[str, Any]:
+    """Load what an interval (and its lateness window) may have changed (idempotent)."""
     end, starts = materialization_plan(store, day, lateness_days)
     for name, start in starts.items():
         store.materialize(start_date=start, end_date=end, feature_views=[name])
     windows = {name: [start.isoformat(), end.isoformat()] for name, start in starts.items()}
-    log.info("materialize: %s -> online store as of %s: %s", day, end, windows)
+    log.info("materialize: %s -> online store as of %s: %s", locations.key(day), end, windows)
     return {"as_of": end.isoformat(), "windows": windows}
 
 
-def materialize(cfg: Config, settings: Settings, day: date) -> dict[str, Any]:
+def materialize(cfg: Config, settings: Settings, day: Interval | date) -> dict[str, Any]:
     from pipelines.features.store import get_store
 
-    return materialize_interval(get_store(settings), day,
+    return materialize_interval(get_store(settings), cfg.grain.interval(day),
                                 cfg.orchestration.materialization_lateness_days)
 
 
@@ -213,13 +215,13 @@ def assert_no_skew(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def request_sample(cfg: Config, settings: Settings, as_of: datetime) -> pd.DataFrame:
-    """Up to `features.skew_sample_entities` events of the day before `as_of` (seeded): the
-    entity rows, with their request columns, the skew check serves."""
+    """Up to `features.skew_sample_entities` events of the interval that ends at `as_of`
+    (seeded): the entity rows, with their request columns, the skew check serves."""
     from pipelines.data.events import load_events
 
     f = cfg.features
-    day = (as_of - timedelta(microseconds=1)).date()
-    events = load_events(cfg, settings.landing_uri, day, day + timedelta(days=1))
+    iv = cfg.grain.at(as_of - timedelta(microseconds=1))
+    events = load_events(cfg, settings.landing_uri, iv.start, iv.end)
     if events.empty:
         return events
     events = events.sample(min(len(events), f.skew_sample_entities), random_state=f.skew_seed)

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
+import numpy as np
 import pandas as pd
 
 from pipelines.features import request
@@ -21,51 +22,64 @@ from pipelines.features import request
 if TYPE_CHECKING:
     from feast import FeatureStore
 
+    from pipelines.features import pit
+
 
 def online_features(store: "FeatureStore", refs: list[str], entity_rows: list[dict[str, Any]],
-                    as_of: datetime, ttls: dict[str, timedelta | None]) -> pd.DataFrame:
-    """Online values (`<view>__<feature>`) with each view's TTL applied at `as_of`."""
+                    as_of: datetime | Sequence[datetime],
+                    ttls: dict[str, timedelta | None]) -> pd.DataFrame:
+    """Online values (`<view>__<feature>`) with each view's TTL applied at `as_of` (one time
+    for all rows, or one per row)."""
     resp = store.get_online_features(features=refs, entity_rows=entity_rows,
                                      full_feature_names=True).to_dict(include_event_timestamps=True)
+    times = [as_of] * len(entity_rows) if isinstance(as_of, datetime) else list(as_of)
+    oldest: dict[timedelta, list[float]] = {}  # per TTL: each row's oldest valid time
     out = {}
     for ref in refs:
         view, feature = ref.split(":")
         col = f"{view}__{feature}"
         values, ttl = resp[col], ttls.get(view)
         if ttl:  # Feast's online read does not expire values: do it as the offline join does
-            oldest = (as_of - ttl).timestamp()
-            values = [v if ts >= oldest else None for v, ts in zip(values, resp[f"{col}__ts"])]
+            if ttl not in oldest:
+                oldest[ttl] = [(at - ttl).timestamp() for at in times]
+            values = [v if ts >= low else None
+                      for v, ts, low in zip(values, resp[f"{col}__ts"], oldest[ttl])]
         out[col] = values
     return pd.DataFrame(out)
 
 
 def serving_features(store: "FeatureStore", service_name: str, request_time: request.Spec,
-                     entity_rows: list[dict[str, Any]], as_of: datetime) -> pd.DataFrame:
+                     entity_rows: list[dict[str, Any]], as_of: datetime | Sequence[datetime],
+                     views: "list[pit.ViewSpec] | None" = None) -> pd.DataFrame:
     """The features an online model server gives a model, one row per request row.
 
     `entity_rows`: the join keys and the request columns (`request.inputs(request_time)`) as
-    JSON-like values (ISO timestamps with an offset). Returns the service's online features
-    (each view's TTL applied at `as_of`) and the request-time features computed by
+    JSON-like values (ISO timestamps with an offset, or timezone-aware timestamps). Returns the service's online features
+    (each view's TTL applied at `as_of`: one time, or each row's prediction time as the
+    offline join applies it) and the request-time features computed by
     `request.compute` (the code training and batch scoring run), named as offline.
+    `views`: the service's `pit.service_views`, when the caller keeps them (a server: reading
+    them asks Feast's registry without its cache, on every call).
     """
     from pipelines.features import pit
 
     n = len(entity_rows)
     parts = [pd.DataFrame(index=pd.RangeIndex(n))]
-    for spec in pit.service_views(store, service_name):
+    for spec in views if views is not None else pit.service_views(store, service_name):
         keys = [ek for _, ek in spec.join_keys]
         # a missing join key matches nothing (as offline); Feast cannot read one
         known = [i for i, row in enumerate(entity_rows) if all(row.get(k) is not None
                                                                for k in keys)]
         refs = [f"{spec.name}:{f}" for f in spec.features]
-        values = pd.DataFrame({f"{spec.name}__{f}": [None] * n for f in spec.features},
-                              dtype=object)
+        values = {f"{spec.name}__{f}": np.full(n, None, dtype=object) for f in spec.features}
         if known:
             found = online_features(store, refs, [{k: entity_rows[i][k] for k in keys}
-                                                  for i in known], as_of, {spec.name: spec.ttl})
+                                                  for i in known],
+                                    as_of if isinstance(as_of, datetime)
+                                    else [as_of[i] for i in known], {spec.name: spec.ttl})
             for col in found.columns:
-                values.loc[known, col] = found[col].to_numpy(dtype=object)
-        parts.append(values)
+                values[col][known] = found[col].to_numpy(dtype=object)
+        parts.append(pd.DataFrame(values, dtype=object))
     if request_time:
         parts.append(request.compute(request_time, request.serving_frame(entity_rows,
                                                                          request_time)))

@@ -61,25 +61,21 @@ def git_commit() -> str:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
                              text=True, check=True)
         dirty = subprocess.run(["git", "status", "--porcelain", "--", "pipelines", "params.yaml",
-                                "feature_repo"], cwd=REPO_ROOT, capture_output=True, text=True)
+                                "feature_repo", "expectations", "examples"], cwd=REPO_ROOT,
+                               capture_output=True, text=True)
         return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
 
-def dvc_data_version() -> str:
-    """The DVC hash of the landing zone as recorded in dvc.lock (if DVC tracks it)."""
-    import yaml
+def _data_lineage(cfg: Config, settings: Settings, training_set: TrainingSet) -> dict[str, str]:
+    """The training set's data lineage tags (computed here for a set that lacks them)."""
+    from pipelines.data.versions import dvc_version, expectations_version
 
-    lock = REPO_ROOT / "dvc.lock"
-    if not lock.exists():
-        return "untracked"
-    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
-    for stage in stages.values():
-        for out in stage.get("outs", []):
-            if "landing" in out.get("path", ""):
-                return str(out.get("md5", "unknown"))
-    return "untracked"
+    return {"data_sha256": training_set.get("data_sha256") or "unknown",
+            "expectations_sha256": (training_set.get("expectations_sha256")
+                                    or expectations_version(settings)),
+            "dvc_data_version": training_set.get("dvc_data_version") or dvc_version(settings)}
 
 
 def package_versions() -> dict[str, str]:
@@ -177,7 +173,9 @@ def train_and_register(cfg: Config, settings: Settings, training_set: TrainingSe
         "training_data_sha256": training_set["sha256"],
         "training_data_uri": training_set["uri"],
         "training_window": f"{training_set['start']}..{training_set['end']}",
-        "dvc_data_version": dvc_data_version(),
+        # the data and suites actually read (pipelines.data.versions); DVC's hash only if
+        # DVC made that landing zone
+        **_data_lineage(cfg, settings, training_set),
         "feature_service": training_set["feature_service"],
         "feature_service_hash": training_set["feature_service_hash"],
         "request_features": training_set.get("request_features", "{}"),  # scoring uses it

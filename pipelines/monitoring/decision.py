@@ -13,6 +13,7 @@ from typing import Any
 
 from pipelines.core import locations, storage
 from pipelines.core.config import Config
+from pipelines.core.intervals import Grain, Interval
 from pipelines.core.settings import Settings
 from pipelines.monitoring import history as metrics_store
 
@@ -20,11 +21,11 @@ log = logging.getLogger(__name__)
 MAX_EPISODE_DAYS = 366
 
 
-def _record(settings: Settings, kind: str, day: date | str) -> dict[str, Any] | None:
+def _record(settings: Settings, kind: str, day: Interval | date | str) -> dict[str, Any] | None:
     return storage.read_json_if_exists(locations.monitoring_record(settings, kind, day))
 
 
-def _signal(settings: Settings, day: date) -> tuple[bool, str | None, dict[str, Any]]:
+def _signal(settings: Settings, day: Interval | date) -> tuple[bool, str | None, dict[str, Any]]:
     """(drift or decay?, model version, summary) of one interval from its stored checks."""
     verdict = _record(settings, "verdicts", day) or {}
     quality = _record(settings, "quality", day) or {}
@@ -41,34 +42,41 @@ def _signal(settings: Settings, day: date) -> tuple[bool, str | None, dict[str, 
     return drift or decay, version, summary
 
 
-def _episode(settings: Settings, day: date, version: str | None) -> tuple[date, date]:
-    """First and last day of the run of signalled intervals of `version` around `day`."""
-    def same(d: date) -> bool:
+def _episode(grain: Grain, settings: Settings, day: Interval, version: str | None
+             ) -> tuple[Interval, Interval, int]:
+    """First and last interval of the run of signalled intervals of `version` around `day`,
+    and how many intervals of it end with `day` (the streak)."""
+    def same(d: Interval) -> bool:
         signalled, v, _ = _signal(settings, d)
         return signalled and v == version
 
+    limit = timedelta(days=MAX_EPISODE_DAYS)
     start = end = day
-    while (day - start).days < MAX_EPISODE_DAYS and same(start - timedelta(days=1)):
-        start -= timedelta(days=1)
-    while (end - day).days < MAX_EPISODE_DAYS and same(end + timedelta(days=1)):
-        end += timedelta(days=1)
-    return start, end
+    streak = 1
+    while day.start - start.start < limit and same(grain.previous(start)):
+        start, streak = grain.previous(start), streak + 1
+    while end.start - day.start < limit and same(grain.next(end)):
+        end = grain.next(end)
+    return start, end, streak
 
 
-def decide(cfg: Config, settings: Settings, day: date, run_id: str | None = None) -> dict[str, Any]:
+def decide(cfg: Config, settings: Settings, day: Interval | date,
+           run_id: str | None = None) -> dict[str, Any]:
     """Retrain now? Drift or decay for `consecutive` intervals ending with `day`, outside the
     cooldown of any other trigger, and no trigger yet in this episode."""
+    grain = cfg.grain
+    day = grain.interval(day)
     signalled, version, summary = _signal(settings, day)
     triggers = {n[:-5]: _record(settings, "triggers", n[:-5]) or {}
                 for n in storage.listdir(storage.join(locations.monitoring_state(settings), "triggers"))
                 if n.endswith(".json")}
-    start, end = _episode(settings, day, version) if signalled else (day, day)
-    streak = (day - start).days + 1 if signalled else 0
-    nearby = sorted(t for t in triggers if t != day.isoformat()
-                    and abs((day - date.fromisoformat(t)).days) < cfg.drift.cooldown_days)
-    in_episode = sorted(t for t in triggers if t != day.isoformat()
-                        and start.isoformat() <= t <= end.isoformat()) if signalled else []
-    already = bool(triggers.get(day.isoformat(), {}).get("emitted"))
+    start, end, streak = _episode(grain, settings, day, version) if signalled else (day, day, 0)
+    cooldown = timedelta(days=cfg.drift.cooldown_days)
+    nearby = sorted(t for t in triggers if t != day.key
+                    and abs(day.start - grain.interval(t).start) < cooldown)
+    in_episode = sorted(t for t in triggers if t != day.key
+                        and start.start <= grain.interval(t).start <= end.start) if signalled else []
+    already = bool(triggers.get(day.key, {}).get("emitted"))
     retrain = (signalled and streak >= cfg.drift.consecutive and not nearby and not in_episode
                and not already)
     if not signalled:
@@ -87,12 +95,12 @@ def decide(cfg: Config, settings: Settings, day: date, run_id: str | None = None
     else:
         reason = "retrain: " + " and ".join(k for k in ("drift", "decay") if summary[k]) + \
                  f" for {streak} interval(s) since {start}"
-    decision = {"date": day.isoformat(), "retrain": retrain, "signal": signalled, "streak": streak,
-                "episode_start": start.isoformat() if signalled else None, "in_cooldown": bool(nearby),
+    decision = {"date": day.key, "retrain": retrain, "signal": signalled, "streak": streak,
+                "episode_start": start.key if signalled else None, "in_cooldown": bool(nearby),
                 "reason": reason, "alert": "retrain" if retrain else
                 ("episode" if signalled and streak == 1 and not already else None),
-                "evidence": {"date": day.isoformat(), **summary, "streak": streak,
-                             "episode_start": start.isoformat() if signalled else None,
+                "evidence": {"date": day.key, **summary, "streak": streak,
+                             "episode_start": start.key if signalled else None,
                              "history_plot": locations.drift_report(settings, day, "history.png")}}
     storage.write_json(locations.monitoring_record(settings, "decisions", day), decision)
     if retrain:
@@ -102,21 +110,22 @@ def decide(cfg: Config, settings: Settings, day: date, run_id: str | None = None
         ("_decision", "decay", float(summary["decay"])), ("_decision", "streak", float(streak)),
         ("_decision", "retrain", float(retrain)), ("_decision", "in_cooldown", float(bool(nearby)))],
         version, run_id)
-    log.info("decide: %s retrain=%s (%s)", day, retrain, reason)
+    log.info("decide: %s retrain=%s (%s)", day.key, retrain, reason)
     return decision
 
 
-def retrain_evidence(settings: Settings, day: date) -> dict[str, Any]:
+def retrain_evidence(settings: Settings, day: Interval | date) -> dict[str, Any]:
     """The evidence of `day`'s trigger, marked as emitted (the asset event's extra)."""
     uri = locations.monitoring_record(settings, "triggers", day)
     trigger = storage.read_json_if_exists(uri)
     if trigger is None:
-        raise FileNotFoundError(f"no retraining trigger recorded for {day}")
+        raise FileNotFoundError(f"no retraining trigger recorded for {locations.key(day)}")
     storage.write_json(uri, {**trigger, "emitted": True})
     return trigger["evidence"]
 
 
-def plot(cfg: Config, settings: Settings, day: date) -> str:
+def plot(cfg: Config, settings: Settings, day: Interval | date) -> str:
     """The history plot of the last `monitoring.plot_days` days, next to the Evidently report."""
+    day = cfg.grain.interval(day)
     return metrics_store.plot_history(settings, day, cfg.monitoring.plot_days,
                                       locations.drift_report(settings, day, "history.png"))

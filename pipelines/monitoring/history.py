@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipelines.core import storage
+from pipelines.core.intervals import Interval
 from pipelines.core.settings import Settings
 
 if TYPE_CHECKING:
@@ -91,12 +92,17 @@ def _value(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def record(settings: Settings, interval: date | str, source: str, rows: Iterable[Row],
+def _key(interval: Interval | date | str) -> str:
+    """An interval's key (`2013-06-01`, `2024-11-03T06Z`): what the `interval` column holds."""
+    return interval if isinstance(interval, str) else interval.isoformat()
+
+
+def record(settings: Settings, interval: Interval | date | str, source: str, rows: Iterable[Row],
            model_version: str | None = None, run_id: str | None = None) -> int:
     """Replace `source`'s rows of `interval` with `rows` (atomic, idempotent); returns the count."""
     from sqlalchemy import and_, delete
 
-    day = interval.isoformat() if isinstance(interval, date) else str(interval)
+    day = _key(interval)
     values = [{"interval": day, "feature": f, "metric": m, "value": _value(v), "source": source,
                "model_version": model_version, "run_id": run_id} for f, m, v in rows]
     engine, table = _engine(settings), _table()
@@ -115,13 +121,14 @@ def record(settings: Settings, interval: date | str, source: str, rows: Iterable
     return len(values)
 
 
-def history(settings: Settings, start: date, end: date, source: str | None = None) -> pd.DataFrame:
-    """Rows with interval in [start, end] (optionally of one source), ordered by interval."""
+def history(settings: Settings, start: Interval | date | str, end: Interval | date | str,
+            source: str | None = None) -> pd.DataFrame:
+    """Rows with interval key in [start, end] (optionally of one source), ordered by interval."""
     import pandas as pd
     from sqlalchemy import select
 
     table = _table()
-    query = select(table).where(table.c.interval.between(start.isoformat(), end.isoformat()))
+    query = select(table).where(table.c.interval.between(_key(start), _key(end)))
     if source:
         query = query.where(table.c.source == source)
     query = query.order_by(table.c.interval, table.c.feature, table.c.metric)
@@ -154,19 +161,22 @@ def quality_rows(quality: dict[str, Any]) -> list[Row]:
     return rows
 
 
-def plot_history(settings: Settings, end: date, days: int, out_uri: str) -> str:
+def plot_history(settings: Settings, end: Interval | date, days: int, out_uri: str) -> str:
     """PNG of the last `days` days: PSI / threshold per feature, drift share, live quality."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import pandas as pd
 
-    start = end - timedelta(days=days - 1)
+    last = end.start.date() if isinstance(end, Interval) else end
+    start = last - timedelta(days=days - 1)
     df = history(settings, start, end)
-    df["interval"] = df["interval"].astype("datetime64[ns]")
+    df["interval"] = pd.to_datetime(df["interval"].str.replace(r"T(\d\d)Z$", r"T\1:00",
+                                                               regex=True))
     wide = df.pivot_table(index="interval", columns=["feature", "metric"], values="value")
     fig, (ax1, ax2, ax3) = plt.subplots(3, 1, figsize=(11, 9), sharex=True)
-    fig.suptitle(f"monitoring {start} .. {end}")
+    fig.suptitle(f"monitoring {start} .. {_key(end)}")
 
     def series(feature: str, metric: str) -> Any:
         return wide[(feature, metric)].dropna() if (feature, metric) in wide.columns else None

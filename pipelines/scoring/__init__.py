@@ -15,6 +15,7 @@ _EXPORTS = {
     "score_interval": "run",
     "read_manifest": "io",
     "read_partition": "table",
+    "read_log": "table",
     "predictions_relation": "table",
     "create_predictions_view": "table",
 }

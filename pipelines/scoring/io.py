@@ -9,10 +9,10 @@ table always gives the same bytes (re-runs are byte-identical, part names are co
 from __future__ import annotations
 
 import io
-from datetime import date
 from typing import TYPE_CHECKING, Any
 
 from pipelines.core import locations, storage
+from pipelines.core.locations import When
 from pipelines.core.settings import Settings
 
 if TYPE_CHECKING:
@@ -25,7 +25,7 @@ COMPRESSION = "snappy"
 NO_DICTIONARY = frozenset({"row_key", "probability"})
 
 
-def read_manifest(settings: Settings, day: date) -> dict[str, Any] | None:
+def read_manifest(settings: Settings, day: When) -> dict[str, Any] | None:
     return storage.read_json_if_exists(locations.manifest(settings, day))
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Iterable
-from datetime import date
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -17,6 +16,7 @@ import pandas as pd
 
 from pipelines.core import locations, storage
 from pipelines.core.config import ScoringConfig
+from pipelines.core.locations import When
 from pipelines.core.settings import Settings
 from pipelines.data.events import PREDICTION_TIME, ROW_KEY
 from pipelines.scoring.inputs import META, ModelInputs, prepare_inputs
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 PROBABILITY = "probability"
 
 
-def stage_chunks(settings: Settings, day: date, frames: Iterable[pd.DataFrame | pa.Table],
+def stage_chunks(settings: Settings, day: When, frames: Iterable[pd.DataFrame | pa.Table],
                  chunk_rows: int) -> list[dict[str, Any]]:
     """Re-cut a stream of entity-row frames into content-addressed chunk files.
 
@@ -95,7 +95,7 @@ def part_table(inputs: ModelInputs, probs: np.ndarray, model: dict[str, Any]) ->
     return pa.Table.from_arrays(cols, schema=schema)
 
 
-def write_part(settings: Settings, day: date, chunk: int, rows: pd.DataFrame | pa.Table,
+def write_part(settings: Settings, day: When, chunk: int, rows: pd.DataFrame | pa.Table,
                model: dict[str, Any], scorer: OnnxScorer | None,
                scoring: ScoringConfig) -> dict[str, Any]:
     """Score `rows` (one chunk: a pandas frame as Feast returns it, or an Arrow table) into one
@@ -115,7 +115,7 @@ def write_part(settings: Settings, day: date, chunk: int, rows: pd.DataFrame | p
         probs = inputs.predict(scorer, scoring.batch_rows)
     if not np.isfinite(probs).all():  # onnxruntime returns NaN for NaN inputs without an error
         raise ValueError(f"{int((~np.isfinite(probs)).sum())} non-finite probabilities in chunk "
-                         f"{chunk} of {day}: the model cannot impute these inputs; set "
+                         f"{chunk} of {locations.key(day)}: the model cannot impute these inputs; set "
                          f"scoring.missing_features: reject")
     table = part_table(inputs, probs, model)
     # statistics for what readers filter on (keys, times, probability, model, categoricals);

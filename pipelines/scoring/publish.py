@@ -1,7 +1,7 @@
 """Publish: validate a run's staged parts, then write the manifest (the commit point).
 
-A partition is `<predictions>/date=YYYY-MM-DD/`: content-addressed Parquet part files and
-`_manifest.json`, written last. Readers trust only the files the manifest names, so a run killed
+A partition is `<predictions>/date=YYYY-MM-DD/` (one per data interval): content-addressed
+Parquet part files and `_manifest.json`, written last. Readers trust only the files the manifest names, so a run killed
 at any point leaves the previous partition (or none) visible.
 """
 
@@ -18,6 +18,8 @@ import pandas as pd
 
 from pipelines.core import duck, locations, storage
 from pipelines.core.config import Config
+from pipelines.core.intervals import Interval
+from pipelines.core.locations import When
 from pipelines.core.settings import Settings
 from pipelines.data.events import ROW_KEY
 from pipelines.scoring.inputs import META, add_counts
@@ -78,7 +80,7 @@ def validate_parts(uris: list[str], expected_rows: int, version: str) -> dict[st
     return got
 
 
-def part_uris(settings: Settings, day: date, parts: list[dict[str, Any]]) -> list[str]:
+def part_uris(settings: Settings, day: When, parts: list[dict[str, Any]]) -> list[str]:
     """URIs of a run's staged part files (for checks that run before `publish`)."""
     return [storage.join(locations.predictions(settings, day), p["file"]) for p in parts]
 
@@ -94,12 +96,15 @@ def _check_staged(base: str, part: dict[str, Any], version: str) -> None:
                          f"v{version}")
 
 
-def publish(cfg: Config, settings: Settings, day: date, chunks: list[dict[str, Any]],
+def publish(cfg: Config, settings: Settings, day: Interval | date, chunks: list[dict[str, Any]],
             parts: list[dict[str, Any]], model: dict[str, Any], run_id: str) -> dict[str, Any]:
-    """Validate the staged parts of a run and make them the partition of `day`, atomically."""
-    from pipelines.model.training import dvc_data_version
+    """Validate the staged parts of a run and make them the partition of the interval,
+    atomically (an interval without rows: an empty partition, with its manifest)."""
+    from pipelines.data.checks import lookback
+    from pipelines.data.versions import lineage
 
     t0 = time.perf_counter()
+    day = cfg.grain.interval(day)
     base, version = locations.predictions(settings, day), str(model["version"])
     parts = sorted(parts, key=lambda p: p["chunk"])
     if [p["chunk"] for p in parts] != [c["chunk"] for c in chunks]:
@@ -124,7 +129,8 @@ def publish(cfg: Config, settings: Settings, day: date, chunks: list[dict[str, A
                            version)
     files = [p["file"] for p in parts]
     manifest = {
-        "date": day.isoformat(), "files": files, "input_rows": input_rows,
+        "date": day.key, "interval": [day.start.isoformat(), day.end.isoformat()],
+        "files": files, "input_rows": input_rows,
         "output_rows": stats["rows"], "rejected_rows": counts["rejected_rows"],
         "parts": [{k: p[k] for k in ("file", "chunk", "input_rows", "rows", "sha256")}
                   for p in parts],
@@ -135,8 +141,11 @@ def publish(cfg: Config, settings: Settings, day: date, chunks: list[dict[str, A
         "model_choice": model.get("choice", "pinned by caller"),
         "airflow_run_id": run_id,
         "missing_features": {"policy": cfg.scoring.missing_features, **counts},
-        "data_version": {"dvc": dvc_data_version(), "input_sha256": hashlib.sha256(
-            "".join(c["sha256"] for c in chunks).encode()).hexdigest()},
+        # the batches this interval's features read, the suites that validated them, DVC's
+        # hash when DVC made that landing zone, and the entity rows scored
+        "data_version": {**lineage(cfg, settings, [*lookback(cfg, day), day]),
+                         "input_sha256": hashlib.sha256(
+                             "".join(c["sha256"] for c in chunks).encode()).hexdigest()},
         "chunk_rows": cfg.scoring.chunk_rows, "batch_rows": cfg.scoring.batch_rows,
         "timings": {"plan_s": chunks[0]["plan_s"] if chunks else 0.0,
                     "score_s_total": round(sum(p["seconds"] for p in parts), 3),
@@ -148,19 +157,20 @@ def publish(cfg: Config, settings: Settings, day: date, chunks: list[dict[str, A
         if name != locations.MANIFEST and name not in files:
             storage.remove(storage.join(base, name))
     storage.remove(locations.staging(settings, day), recursive=True)
-    log.info("score: published %s: %d of %d rows with %s v%s into %s", day, stats["rows"],
+    log.info("score: published %s: %d of %d rows with %s v%s into %s", day.key, stats["rows"],
              input_rows, model["model"], version, base)
     return {"partition_uri": base, "rows": stats["rows"], "model_version": version,
             "files": len(files)}
 
 
-def validate_staged(cfg: Config, settings: Settings, day: date,
+def validate_staged(cfg: Config, settings: Settings, day: Interval | date,
                     parts: list[dict[str, Any]]) -> dict[str, Any]:
     """The staged parts of a run against the `predictions` suite, before anything publishes
     them (raises DataValidationError: the manifest is then never written)."""
     from pipelines.data.checks import validate_predictions
 
+    day = cfg.grain.interval(day)
     report = validate_predictions(cfg, settings, day, part_uris(settings, day, parts))
-    log.info("predictions of %s: staged parts passed the predictions suite (%s)", day,
+    log.info("predictions of %s: staged parts passed the predictions suite (%s)", day.key,
              report.get("report_uri"))
     return {k: v for k, v in report.items() if isinstance(v, (str, int, float, bool))}

@@ -1,6 +1,6 @@
 """Batch scoring of one data interval with onnxruntime: plan -> score chunks -> publish.
 
-A partition is `<predictions>/date=YYYY-MM-DD/`: content-addressed Parquet part files and
+A partition is `<predictions>/date=YYYY-MM-DD/` (one per data interval, `locations.partition`): content-addressed Parquet part files and
 `_manifest.json`, written last (the commit point). Readers trust only the files the manifest
 names, so a run killed at any point leaves the previous partition (or none) visible, and a re-run
 of the same interval replaces it with byte-identical parts.
@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
 from pipelines.core.config import Config
 from pipelines.core.contracts import Chunk, ModelPin, Part, Published
-from pipelines.core.dates import day_start
+from pipelines.core.intervals import Interval
 from pipelines.core.settings import Settings
 from pipelines.data.events import ROW_KEY, load_events, model_passthrough
 from pipelines.model import registry
@@ -57,14 +57,15 @@ def describe_version(settings: Settings, name: str, version: str) -> dict[str, A
     return registry.describe(name, registry.client(settings).get_model_version(name, str(version)))
 
 
-def resolve_model(cfg: Config, settings: Settings, day: date,
+def resolve_model(cfg: Config, settings: Settings, day: Interval | date,
                   policy: str | None = None) -> ModelPin:
-    """The version that scores `day`, chosen by `scoring.backfill_model` (or `policy`, the
+    """The version that scores an interval, chosen by `scoring.backfill_model` (or `policy`, the
     trigger form's override) and recorded.
 
     `current`: the champion alias now. `champion_at_interval`: the version that was champion at
     the end of the interval according to the promotion history.
     """
+    day = cfg.grain.interval(day)
     name, policy = cfg.registry.model_name, policy or cfg.scoring.backfill_model
     if policy not in ("current", "champion_at_interval"):
         raise ValueError(f"backfill model policy {policy!r}: expected current or "
@@ -73,7 +74,7 @@ def resolve_model(cfg: Config, settings: Settings, day: date,
         model = registry.resolve_champion(settings, name)
         choice = "champion alias when the run started"
     else:
-        end = day_start(day + timedelta(days=1))
+        end = day.end
         move = champion_at(registry.history(settings), name, end)
         if move is None:
             raise registry.RegistryError(
@@ -83,24 +84,26 @@ def resolve_model(cfg: Config, settings: Settings, day: date,
                 f"champion")
         model = describe_version(settings, name, move["to_version"])
         choice = f"{move['action']} to v{move['to_version']} at {move['at']}"
-    log.info("score: %s pinned %s v%s sha256 %s (%s: %s)", day, name, model["version"],
+    log.info("score: %s pinned %s v%s sha256 %s (%s: %s)", day.key, name, model["version"],
              model["onnx_sha256"][:12], policy, choice)
     return {**model, "policy": policy, "choice": choice}  # type: ignore[typeddict-item]
 
 
 # -- plan: the interval's entity rows as chunk files --------------------------------------------
 
-def plan_interval(cfg: Config, settings: Settings, day: date) -> list[Chunk]:
-    """Stage every event of [day, day+1) as chunks; one mapped score task per chunk."""
-    events = load_events(cfg, settings.landing_uri, day, day + timedelta(days=1))
+def plan_interval(cfg: Config, settings: Settings, day: Interval | date) -> list[Chunk]:
+    """Stage every event of the interval as chunks; one mapped score task per chunk."""
+    day = cfg.grain.interval(day)
+    events = load_events(cfg, settings.landing_uri, day.start, day.end)
     if events.empty:
         return []
     if events[ROW_KEY].duplicated().any():
-        raise ValueError(f"{int(events[ROW_KEY].duplicated().sum())} duplicate row keys on {day}")
+        raise ValueError(f"{int(events[ROW_KEY].duplicated().sum())} duplicate row keys in "
+                         f"{day.label}")
     keep = list(dict.fromkeys([*META, *cfg.features.join_keys, *model_passthrough(cfg),
                                *cfg.features.request_inputs]))
     chunks = stage_chunks(settings, day, [events[keep]], cfg.scoring.chunk_rows)
-    log.info("score: %s planned %d rows in %d chunks", day, len(events), len(chunks))
+    log.info("score: %s planned %d rows in %d chunks", day.key, len(events), len(chunks))
     return chunks
 
 
@@ -134,7 +137,7 @@ def read_chunk(chunk: Chunk) -> pa.Table:
     return rows
 
 
-def score_chunk(cfg: Config, settings: Settings, day: date, chunk: Chunk,
+def score_chunk(cfg: Config, settings: Settings, day: Interval | date, chunk: Chunk,
                 model: ModelPin) -> Part:
     """Point-in-time features for one staged chunk, scored into a part file (idempotent).
 
@@ -148,6 +151,7 @@ def score_chunk(cfg: Config, settings: Settings, day: date, chunk: Chunk,
     from pipelines.features.store import get_store
 
     t0 = time.perf_counter()
+    day = cfg.grain.interval(day)
     rows = read_chunk(chunk)
     scorer = load_scorer(settings, model)
     spec = model.get("request_features")  # a payload without it: the registry's
@@ -159,21 +163,22 @@ def score_chunk(cfg: Config, settings: Settings, day: date, chunk: Chunk,
                                       request_time=parse_request_spec(spec))
     part = write_part(settings, day, chunk["chunk"], feats, model, scorer, cfg.scoring)
     part["seconds"] = round(time.perf_counter() - t0, 3)
-    log.info("score: %s chunk %d -> %d rows in %s (%.2fs)", day, chunk["chunk"], part["rows"],
+    log.info("score: %s chunk %d -> %d rows in %s (%.2fs)", day.key, chunk["chunk"], part["rows"],
              part["file"], part["seconds"])
     return part
 
 
-def score_interval(cfg: Config, settings: Settings, day: date, model: ModelPin | None,
-                   run_id: str) -> Published:
+def score_interval(cfg: Config, settings: Settings, day: Interval | date,
+                   model: ModelPin | None, run_id: str) -> Published:
     """Plan, score and publish one interval in this process (the CLI's path; Airflow maps it)."""
+    day = cfg.grain.interval(day)
     model = model or resolve_model(cfg, settings, day)
     chunks = plan_interval(cfg, settings, day)
     parts = [score_chunk(cfg, settings, day, c, model) for c in chunks]
     return publish(cfg, settings, day, chunks, parts, model, run_id)
 
 
-def score_day(cfg: Config, settings: Settings, day: date, run_id: str,
+def score_day(cfg: Config, settings: Settings, day: Interval | date, run_id: str,
               policy: str | None = None) -> Published:
     """The whole `batch_scoring` DAG for one interval, in this process (the CLI's front door):
     pin the model -> validate the raw batches it reads -> write its feature sources -> plan ->
@@ -182,6 +187,7 @@ def score_day(cfg: Config, settings: Settings, day: date, run_id: str,
     from pipelines.features.sources import build_sources_for_interval
     from pipelines.scoring.publish import validate_staged
 
+    day = cfg.grain.interval(day)
     model = resolve_model(cfg, settings, day, policy)  # first: the registry answers fast
     validate_interval(cfg, settings, day)
     build_sources_for_interval(cfg, settings, day)

@@ -1,7 +1,9 @@
-"""The published predictions, read back: one partition as a frame, or all as a DuckDB table.
+"""The published predictions, read back: one partition as a frame, or all as a DuckDB table;
+and the online server's prediction log, read back in the same shape.
 
 Readers trust only the files a partition's manifest names: files of runs in progress or killed
-are never read.
+are never read. The prediction log has no manifest: each part is written atomically by one
+server worker, so every part present is complete.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from pipelines.core import duck, locations, storage
+from pipelines.core.locations import When
 from pipelines.core.settings import Settings
-from pipelines.data.events import ROW_KEY
+from pipelines.data.events import PREDICTION_TIME, ROW_KEY
 from pipelines.scoring.io import read_manifest, read_table
 from pipelines.scoring.parts import PROBABILITY
 
@@ -21,8 +24,8 @@ if TYPE_CHECKING:
     import duckdb
 
 
-def read_partition(settings: Settings, day: date) -> pd.DataFrame:
-    """The published predictions of `day` (only the files its manifest names)."""
+def read_partition(settings: Settings, day: When) -> pd.DataFrame:
+    """The published predictions of an interval (only the files its manifest names)."""
     import pyarrow as pa
 
     manifest = read_manifest(settings, day)
@@ -31,6 +34,38 @@ def read_partition(settings: Settings, day: date) -> pd.DataFrame:
     base = locations.predictions(settings, day)
     tables = [read_table(storage.join(base, f)) for f in manifest["files"]]
     return pa.concat_tables(tables).to_pandas() if tables else pd.DataFrame()
+
+
+# What a prediction-log row holds besides the columns of a prediction partition
+# (`parts.output_schema`): the V2 request id, the alias that served it, the server-side time from
+# request to response, and when it was served.
+LOG_COLUMNS = ("request_id", "variant", "latency_ms", "served_at")
+
+
+def read_log(settings: Settings, day: date, variant: str | None = "champion",
+             extra: bool = False) -> pd.DataFrame:
+    """The online predictions of events of `day`, as `read_partition` returns batch ones.
+
+    One row per row key (a key served twice: the later answer), ordered as a partition is (by
+    prediction time, then row key), with the partition's columns and dtypes; `extra` adds
+    LOG_COLUMNS. `variant`: only the rows the given alias served (None: all of them).
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    base = locations.prediction_log(settings, day)
+    names = sorted(n for n in storage.listdir(base) if n.endswith(".parquet")
+                   and not n.startswith("."))  # ".tmp-*": a write in progress
+    if not names:
+        raise FileNotFoundError(f"no online predictions logged for {day} under {base}")
+    table = pa.concat_tables([read_table(storage.join(base, n)) for n in names],
+                             promote_options="default")  # versions with other inputs: by name
+    if variant is not None:
+        table = table.filter(pc.equal(table["variant"], variant))
+    frame = table.to_pandas()
+    frame = frame.sort_values("served_at", kind="stable").drop_duplicates(ROW_KEY, keep="last")
+    frame = frame.sort_values([PREDICTION_TIME, ROW_KEY], kind="stable").reset_index(drop=True)
+    return frame if extra else frame.drop(columns=list(LOG_COLUMNS))
 
 
 def published_files(settings: Settings, start: date | None = None,

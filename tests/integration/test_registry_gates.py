@@ -107,7 +107,8 @@ def test_worse_or_noisy_or_disagreeing_models_never_replace_the_champion(base_cf
         mp.setattr(onnx_model, "export", _shift_one_leaf(onnx_model.export))
         _, report, decision = _train(base_cfg, settings, training_set)
     parity = next(c for c in _full_report(report)["checks"] if c["gate"] == "onnx_parity")
-    assert decision == "reject" and report["failed"] == ["onnx_parity"], report["failed"]
+    # the gates score the ONNX file, so a model that disagrees fails more than parity too
+    assert decision == "reject" and "onnx_parity" in report["failed"], report["failed"]
     assert parity["value"] > 1e-3 and parity["threshold"] == 1e-5
     assert _champion(base_cfg, settings) == "1"
 

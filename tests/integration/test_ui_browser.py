@@ -320,6 +320,12 @@ def _answer_approval(base: str, token: str, dag_run_id: str, option: str) -> dic
         log = _api(base, token, "GET", f"{tis}/decide_promotion/logs/1?full_content=true")
         pytest.fail(f"approve is {state()}: gates {verdict.get('value')}; "
                     f"decide_promotion log {str(log)[-3000:]}")
+    # Answer as a person would, not within a second of the question: Airflow 3.3's scheduler
+    # marks a HITL task that is resumed before the executor has reported its deferring
+    # process's exit as up_for_retry ("finished with state success, but the task instance's
+    # state attribute is queued"), and the retry asks again.
+    time.sleep(5)
+    assert state() == "awaiting_input"
     answer = _api(base, token, "PATCH", f"{tis}/approve/-1/hitlDetails",
                   {"chosen_options": [option], "params_input": {}})
     assert answer["chosen_options"] == [option] and answer["responded_by"]["name"] == "admin"

@@ -1,0 +1,148 @@
+"""The HTTP server: the Open Inference Protocol (V2) routes of KServe and MLServer, thin handlers
+over the data plane, a bearer token on everything but the health routes, and `/metrics`.
+
+    GET  /v2/health/live                                   open: the process answers
+    GET  /v2/health/ready                                  open: every followed alias is loaded
+    GET  /v2/models/<model>[/versions/<v>]/ready           open (V2 health): versions, stale aliases
+    GET  /v2                                               server metadata
+    GET  /v2/models                                        the model served
+    GET  /v2/models/<model>[/versions/<v>]                 model metadata (+ what each alias
+                                                           serves, load failures)
+    POST /v2/models/<model>[/versions/<v>]/infer           inference (JSON or binary tensors)
+    GET  /metrics                                          Prometheus, summed over workers
+
+`<v>` is an alias (`champion`) or the version number an alias serves now; without it the first
+of `serving.aliases` answers. Errors are `{"error": "..."}` with 400 (a bad request, naming the
+field), 401, 404, 413, 422 (rows the unknown-entity or missing-feature policy rejects), 503
+(not loaded yet) or 500.
+
+`create_app` is the uvicorn factory each worker runs (`python -m pipelines.serving` starts
+them); the OpenAPI pages are off: nothing but the V2 routes is served.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from pipelines.core.config import Config, load_config
+from pipelines.core.settings import Settings, get_settings
+from pipelines.serving import metrics
+from pipelines.serving.auth import authorized, read_token
+from pipelines.serving.dataplane import DataPlane
+from pipelines.serving.protocol import HEADER_LENGTH, RequestError
+
+log = logging.getLogger(__name__)
+OPEN = ("/v2/health/live", "/v2/health/ready")
+
+
+def _open(path: str) -> bool:
+    return path in OPEN or (path.startswith("/v2/models/") and path.endswith("/ready"))
+
+
+async def _body(request: Request, limit: int) -> bytes:
+    """The request body, refused (413) past `limit` bytes whatever Content-Length claims."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise RequestError(f"request body of {declared} bytes; at most {limit} "
+                           f"(serving.max_body_mb)", status=413)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(f"request body over {limit} bytes (serving.max_body_mb)",
+                               status=413)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(settings: Settings | None = None, cfg: Config | None = None) -> FastAPI:
+    """The V2 server of `registry.model_name` (fails fast on a missing or unsafe token file)."""
+    settings = settings or get_settings()
+    cfg = cfg or load_config(settings.params_path)
+    token = read_token(settings.token_path)
+    plane = DataPlane(settings, cfg)
+    limit = int(cfg.serving.max_body_mb * 1024 * 1024)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await run_in_threadpool(plane.start)
+        try:
+            yield
+        finally:
+            await run_in_threadpool(plane.stop)
+
+    app = FastAPI(title="airflow-mlops serving", lifespan=lifespan, docs_url=None,
+                  redoc_url=None, openapi_url=None)
+
+    @app.middleware("http")
+    async def bearer(request: Request, call_next: Callable[[Request], Awaitable[Response]]
+                     ) -> Response:
+        if not _open(request.url.path) and not authorized(
+                request.headers.get("authorization"), token):
+            return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401,
+                                headers={"www-authenticate": "Bearer"})
+        return await call_next(request)
+
+    @app.exception_handler(RequestError)
+    async def request_error(_: Request, exc: RequestError) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        log.error("serving: %s %s failed", request.method, request.url.path, exc_info=exc)
+        return JSONResponse({"error": f"internal error: {type(exc).__name__}: {exc}"},
+                            status_code=500)
+
+    @app.get("/v2/health/live")
+    async def live() -> dict[str, bool]:
+        return {"live": True}
+
+    @app.get("/v2/health/ready")
+    async def ready() -> JSONResponse:
+        ok = plane.ready()
+        return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
+
+    @app.get("/v2")
+    async def server_metadata() -> dict[str, object]:
+        return plane.server_metadata()
+
+    @app.get("/v2/models")
+    async def models() -> dict[str, list[str]]:
+        return {"models": [plane.name]}
+
+    @app.get("/v2/models/{model_name}/ready")
+    @app.get("/v2/models/{model_name}/versions/{model_version}/ready")
+    async def model_ready(model_name: str, model_version: str | None = None) -> JSONResponse:
+        ok, body = plane.model_ready(model_name, model_version)
+        return JSONResponse(dict(body), status_code=200 if ok else 503)
+
+    @app.get("/v2/models/{model_name}")
+    @app.get("/v2/models/{model_name}/versions/{model_version}")
+    async def model_metadata(model_name: str, model_version: str | None = None
+                             ) -> dict[str, object]:
+        return plane.model_metadata(model_name, model_version)
+
+    @app.post("/v2/models/{model_name}/infer")
+    @app.post("/v2/models/{model_name}/versions/{model_version}/infer")
+    async def infer(request: Request, model_name: str, model_version: str | None = None
+                    ) -> Response:
+        started = time.perf_counter()
+        served = plane.served(model_name, model_version)
+        body = await _body(request, limit)
+        out, headers = await run_in_threadpool(plane.infer, served, body,
+                                               request.headers.get(HEADER_LENGTH), started)
+        return Response(out, headers=headers)
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        data, content_type = metrics.render()
+        return Response(data, media_type=content_type)
+
+    return app

@@ -1,0 +1,185 @@
+"""What the V2 routes do (KServe calls this the data plane): readiness, metadata, inference.
+
+`infer` is one request end to end: the version its alias serves now (taken once: a swap during
+the request does not affect it), the V2 tensors decoded and checked against the model's inputs,
+`inference.prepare` (batch scoring's functions), `ServedModel.predict` (batch scoring's call),
+the response encoded, the rows handed to the prediction log; timed and counted as KServe and
+MLServer do (`metrics`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from datetime import UTC, datetime
+from importlib.metadata import version as package_version
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pipelines.core.config import Config
+from pipelines.core.contracts import ModelReady
+from pipelines.core.settings import Settings
+from pipelines.serving import inference, metrics, protocol
+from pipelines.serving.model import AliasFollower, Repository, ServedModel
+from pipelines.serving.predlog import PredictionLog, log_table
+from pipelines.serving.protocol import RequestError
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+
+    from pipelines.features.pit import ViewSpec
+
+log = logging.getLogger(__name__)
+OUTPUTS = {"probability": "FP64", "row_key": "BYTES"}
+VIEWS_TTL_S = 60.0  # how long a worker keeps a feature service's views (Feast caches 600 s)
+
+
+class DataPlane:
+    """The server's state in one worker: followers, the Feast store, the prediction log."""
+
+    def __init__(self, settings: Settings, cfg: Config) -> None:
+        self.settings, self.cfg, self.name = settings, cfg, cfg.registry.model_name
+        self.declared = inference.declared_inputs(cfg)
+        self.repository = Repository(settings, cfg)
+        self.log = PredictionLog(settings, cfg.serving.log.batch_rows,
+                                 settings.serving_log_flush_seconds)
+        self.store: FeatureStore | None = None
+        self._views: dict[str, tuple[float, list[ViewSpec]]] = {}
+
+    def start(self) -> None:
+        from pipelines.features.store import get_store
+
+        self.store = get_store(self.settings)  # refuses a registry that holds code
+        self.repository.start()
+        self.log.start()
+
+    def stop(self) -> None:
+        self.repository.stop()
+        self.log.close()
+
+    # -- health and metadata ----------------------------------------------------------------
+
+    def ready(self) -> bool:
+        return self.store is not None and self.repository.ready()
+
+    def follower(self, model_name: str, model_version: str | None) -> AliasFollower:
+        if model_name != self.name:
+            raise RequestError(f"model {model_name!r} is not served here (models: {self.name})",
+                               status=404)
+        found = self.repository.find(model_version)
+        if found is None:
+            served = {a: f.current.version if f.current else None
+                      for a, f in self.repository.followers.items()}
+            raise RequestError(f"{model_name} version {model_version!r} is not served here "
+                               f"(aliases and the versions they serve: {served})", status=404)
+        return found
+
+    def followers(self, model_name: str, model_version: str | None) -> list[AliasFollower]:
+        """The alias a versioned path names, or every alias for the path without a version."""
+        if model_version:
+            return [self.follower(model_name, model_version)]
+        self.follower(model_name, None)  # 404 for another model
+        return list(self.repository.followers.values())
+
+    def model_ready(self, model_name: str, model_version: str | None) -> tuple[bool, ModelReady]:
+        followers = self.followers(model_name, model_version)
+        body: ModelReady = {
+            "name": model_name,
+            "ready": self.store is not None and all(f.current is not None for f in followers),
+            "versions": {f.alias: f.current.version if f.current else None for f in followers},
+            "stale": [f.alias for f in followers if f.failure is not None]}
+        return body["ready"], body
+
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": "airflow-mlops-serving", "version": package_version("airflow-mlops"),
+                "extensions": ["binary_tensor_data"]}
+
+    def model_metadata(self, model_name: str, model_version: str | None) -> dict[str, Any]:
+        """V2 model metadata, plus what each alias serves and why a move was not followed."""
+        followers = self.followers(model_name, model_version)
+        return {
+            "name": model_name,
+            "versions": [f.current.version for f in followers if f.current is not None],
+            "platform": "onnxruntime_onnx",
+            "inputs": [{"name": n, "datatype": d, "shape": [-1]} for n, d in self.declared.items()],
+            "outputs": [{"name": n, "datatype": d, "shape": [-1]} for n, d in OUTPUTS.items()],
+            "parameters": {
+                "served": {f.alias: f.current.info(self.cfg) if f.current else None
+                           for f in followers},
+                "load_failures": {f.alias: f.failure for f in followers if f.failure},
+                "unknown_entities": self.cfg.serving.unknown_entities,
+                "missing_features": self.cfg.scoring.missing_features,
+                "max_rows": self.cfg.serving.max_rows}}
+
+    def views(self, service: str) -> list[ViewSpec]:
+        """The feature views of `service` (`pit.service_views`), read again every VIEWS_TTL_S:
+        reading them bypasses Feast's registry cache, too slow for every request."""
+        from pipelines.features.pit import service_views
+
+        cached = self._views.get(service)
+        if cached is not None and time.monotonic() - cached[0] <= VIEWS_TTL_S:
+            return cached[1]
+        assert self.store is not None
+        views = service_views(self.store, service)
+        self._views[service] = (time.monotonic(), views)
+        return views
+
+    # -- inference --------------------------------------------------------------------------
+
+    def served(self, model_name: str, model_version: str | None) -> ServedModel:
+        """The version that answers this request (taken once)."""
+        follower = self.follower(model_name, model_version)
+        served = follower.current
+        if served is None or self.store is None:
+            why = follower.failure["error"] if follower.failure else "loading"
+            raise RequestError(f"{model_name} {follower.alias} is not loaded yet ({why})",
+                               status=503)
+        return served
+
+    def infer(self, served: ServedModel, body: bytes, header_length: str | None,
+              started: float) -> tuple[bytes, dict[str, str]]:
+        """One V2 inference request on `served`; `started`: when the request arrived."""
+        labels = (self.name, served.version, served.alias)
+        try:
+            out = self._infer(served, body, header_length, started)
+        except RequestError as exc:
+            metrics.FAILURE.labels(*labels, str(exc.status)).inc()
+            raise
+        except Exception:
+            metrics.FAILURE.labels(*labels, "500").inc()
+            raise
+        metrics.SUCCESS.labels(*labels).inc()
+        return out
+
+    def _infer(self, served: ServedModel, body: bytes, header_length: str | None,
+               started: float) -> tuple[bytes, dict[str, str]]:
+        cfg, store = self.cfg, self.store
+        assert store is not None  # `served` checked it
+        request = protocol.decode(body, header_length, self.declared, cfg.serving.max_rows)
+        request.id = request.id or uuid.uuid4().hex
+        views = self.views(inference.service_name(cfg, served))
+        inputs, unknown = inference.prepare(cfg, store, views, served,
+                                            inference.raw_frame(request.columns))
+        for view, n in unknown.items():
+            metrics.UNKNOWN.labels(self.name, view, cfg.serving.unknown_entities).inc(n)
+        predicted = time.perf_counter()
+        metrics.PREPROCESS.labels(self.name).observe(predicted - started)
+        probabilities = served.predict(inputs, cfg.scoring.batch_rows)
+        if not np.isfinite(probabilities).all():  # as batch scoring: never a NaN prediction
+            raise RuntimeError(f"{served.name} v{served.version} returned non-finite "
+                               f"probabilities for request {request.id}")
+        encoding = time.perf_counter()
+        metrics.PREDICT.labels(self.name).observe(encoding - predicted)
+        keys = inputs.table["row_key"].to_numpy(zero_copy_only=False)
+        body_out, headers = protocol.encode(
+            request, self.name, served.version,
+            {"probability": ("FP64", probabilities), "row_key": ("BYTES", keys)},
+            {"variant": served.alias})
+        done = time.perf_counter()
+        self.log.append(log_table(inputs, probabilities, served.described, request.id,
+                                  served.alias, done - started, datetime.now(UTC)))
+        metrics.POSTPROCESS.labels(self.name).observe(time.perf_counter() - encoding)
+        metrics.ROWS.labels(self.name, served.version, served.alias).inc(len(inputs))
+        return body_out, headers

@@ -1,0 +1,110 @@
+"""A request's rows -> model inputs, by the functions batch scoring and the skew check run.
+
+Raw event columns (what the event feed carries: the key, the timestamp, the inputs of derived
+columns, join keys, passthrough features) become entity rows by `data.events.entity_rows`,
+the code that makes batch scoring's rows (row key, prediction time = event time - lead,
+derived columns); the features are `features.serving.serving_features` (the online store
+with each view's TTL applied at each row's prediction time, and the request-time features of
+the version's own spec), which the skew check proves equal to the offline retrieval; the model
+inputs are `scoring.inputs.prepare_inputs` under `scoring.missing_features`, batch scoring's
+missing-value policy and float32 feeds.
+
+A row for which one of the model's feature views has no online value is counted per view; with
+`serving.unknown_entities: reject` the request fails with 422 naming rows, view and join keys.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from pipelines.core.config import Config
+from pipelines.data.events import PREDICTION_TIME, entity_rows, request_columns
+from pipelines.features.request import inputs as request_inputs
+from pipelines.serving.protocol import RequestError
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+
+    from pipelines.features.pit import ViewSpec
+    from pipelines.scoring.inputs import ModelInputs
+    from pipelines.serving.model import ServedModel
+
+
+def service_name(cfg: Config, served: ServedModel) -> str:
+    """The Feast feature service the version was trained with (params.yaml's if unrecorded)."""
+    return served.described.get("feature_service") or cfg.features.service
+
+
+def declared_inputs(cfg: Config) -> dict[str, str]:
+    """The V2 inputs of the served model: raw event columns, text as BYTES, numbers as FP64."""
+    text, numeric = request_columns(cfg)
+    return {**{c: "BYTES" for c in text}, **{c: "FP64" for c in numeric}}
+
+
+def raw_frame(columns: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Decoded request columns as the raw event rows `entity_rows` reads (None / NaN missing)."""
+    return pd.DataFrame({name: pd.Series(values, dtype=object if values.dtype == object
+                                         else np.float64)
+                         for name, values in columns.items()})
+
+
+def unknown_rows(views: list[ViewSpec], features: pd.DataFrame
+                 ) -> dict[str, tuple[list[int], tuple[str, ...]]]:
+    """Per feature view: the rows with no online value of any of its features, and the view's
+    join keys."""
+    out = {}
+    for spec in views:
+        cols = [f"{spec.name}__{f}" for f in spec.features]
+        empty = pd.isna(features[cols].to_numpy(dtype=object)).all(axis=1)
+        if empty.any():
+            out[spec.name] = (np.flatnonzero(empty).tolist(), tuple(k for _, k in spec.join_keys))
+    return out
+
+
+def _reject_unknown(rows: pd.DataFrame, unknown: dict[str, tuple[list[int], tuple[str, ...]]]
+                    ) -> None:
+    lines = []
+    for view, (idx, keys) in unknown.items():
+        shown = ", ".join(f"row {i} ({', '.join(f'{k}={rows.at[i, k]!r}' for k in keys)})"
+                          for i in idx[:5])
+        lines.append(f"{view} has no online value for {len(idx)} rows: {shown}"
+                     + (" ..." if len(idx) > 5 else ""))
+    raise RequestError("unknown entities (not in the online store, a missing join key, or "
+                       "expired by the view's ttl) and serving.unknown_entities=reject: "
+                       + "; ".join(lines), status=422)
+
+
+def prepare(cfg: Config, store: FeatureStore, views: list[ViewSpec], served: ServedModel,
+            raw: pd.DataFrame) -> tuple[ModelInputs, dict[str, int]]:
+    """The model inputs of a request's rows, in request order, and the rows without an online
+    value per view (`views`: `pit.service_views` of the version's feature service). Raises
+    RequestError (400: a bad value, naming the column; 422: rows the policies reject)."""
+    from pipelines.features.serving import serving_features
+    from pipelines.scoring.inputs import prepare_inputs
+
+    try:
+        rows = entity_rows(cfg, raw)
+    except ValueError as exc:  # e.g. a timestamp without an offset, named by its column
+        raise RequestError(str(exc)) from None
+    wanted = list(dict.fromkeys([*cfg.features.join_keys, *request_inputs(served.request_spec)]))
+    columns = {c: [None if pd.isna(v) else v for v in rows[c]] for c in wanted}
+    entities = [dict(zip(columns, values)) for values in zip(*columns.values())]
+    try:  # timestamps stay timestamps (UTC): request.compute reads them as it reads ISO text
+        features = serving_features(store, service_name(cfg, served), served.request_spec,
+                                    entities, list(rows[PREDICTION_TIME]), views)
+    except ValueError as exc:  # a request-time feature refusing a value (on_missing: error)
+        raise RequestError(str(exc)) from None
+    unknown = unknown_rows(views, features)
+    if unknown and cfg.serving.unknown_entities == "reject":
+        _reject_unknown(rows, unknown)
+    frame = pd.concat([rows.reset_index(drop=True), features], axis=1)
+    inputs, counts = prepare_inputs(frame, served.numeric, served.categorical,
+                                    cfg.scoring.missing_features)
+    if counts["rejected_rows"]:
+        raise RequestError(f"{counts['rejected_rows']} of {len(frame)} rows have missing or "
+                           f"non-finite model inputs ({counts['by_feature']}) and "
+                           f"scoring.missing_features=reject", status=422)
+    return inputs, {view: len(idx) for view, (idx, _) in unknown.items()}

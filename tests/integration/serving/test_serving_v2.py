@@ -1,0 +1,223 @@
+"""The online server as `make serve` runs it (`python -m pipelines.serving`, two workers), driven
+by tritonclient, Triton's V2 client: online scores equal batch scores, the prediction log reads
+as a partition, the bearer token, bad requests, unknown entities, metrics summed over workers.
+"""
+
+from __future__ import annotations
+
+import json
+import stat
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tritonclient.http as triton
+from conftest import SERVED_DAY, Server, bearer, events, metric, v2_request
+from tritonclient.utils import InferenceServerException
+
+from pipelines.core import locations, storage
+from pipelines.scoring.table import read_log, read_partition
+
+pytestmark = pytest.mark.integration
+MODEL = "delay_model"
+
+
+@pytest.fixture(scope="module")
+def server(served_state):
+    srv = Server(served_state, "launcher", workers=2)
+    try:
+        srv.wait()
+        token_file = Path(served_state["settings"].token_path)
+        yield srv, token_file.read_text().strip(), token_file
+    finally:
+        srv.stop()
+
+
+def infer_inputs(client, token: str, rows: pd.DataFrame, binary: bool = True) -> list:
+    """One tritonclient input per model input (text as BYTES, "" for missing; numbers FP64)."""
+    meta = client.get_model_metadata(MODEL, headers=bearer(token))
+    out = []
+    for spec in meta["inputs"]:
+        col = rows[spec["name"]]
+        if spec["datatype"] == "BYTES":
+            values = np.array(["" if pd.isna(v) else str(v) for v in col], dtype=object)
+        else:
+            values = col.to_numpy(dtype=np.float64)
+        tensor = triton.InferInput(spec["name"], [len(values)], spec["datatype"])
+        out.append(tensor.set_data_from_numpy(values, binary_data=binary))
+    return out
+
+
+def test_online_scores_are_batch_scores_and_the_log_reads_as_their_partition(server,
+                                                                               served_state):
+    """The flights whose prediction time is the online store's as-of time, scored through the
+    server (binary tensors, then JSON), get exactly the probabilities batch scoring published
+    for them, under the same row keys; the prediction log reads back as `read_partition` reads
+    those rows (every column, dtype and value)."""
+    srv, token, _ = server
+    rows = events(served_state)
+    assert len(rows) >= 20  # the evening departures of 8 January, local time
+    client = triton.InferenceServerClient(srv.url.removeprefix("http://"))
+    result = client.infer(MODEL, infer_inputs(client, token, rows), headers=bearer(token),
+                          request_id="parity-binary")
+    as_json = client.infer(MODEL, infer_inputs(client, token, rows, binary=False),
+                           headers=bearer(token),
+                           outputs=[triton.InferRequestedOutput("probability", binary_data=False),
+                                    triton.InferRequestedOutput("row_key", binary_data=False)])
+    response = result.get_response()
+    assert response["id"] == "parity-binary" and response["model_version"] == "1"
+    assert response["parameters"] == {"variant": "champion"}
+    keys = [k.decode() for k in result.as_numpy("row_key")]
+    online = pd.Series(result.as_numpy("probability"), index=keys)
+    batch = read_partition(served_state["settings"], SERVED_DAY).set_index("row_key")
+    assert set(keys) <= set(batch.index) and len(set(keys)) == len(rows)
+    assert (online.to_numpy() == batch.loc[keys, "probability"].to_numpy()).all()
+    assert (as_json.as_numpy("probability") == online.to_numpy()).all()
+
+    served = _logged(served_state, set(keys))
+    published = read_partition(served_state["settings"], SERVED_DAY)
+    expected = published[published["row_key"].isin(keys)].reset_index(drop=True)
+    pd.testing.assert_frame_equal(served, expected)
+    extra = read_log(served_state["settings"], SERVED_DAY, extra=True)
+    assert set(extra["variant"]) == {"champion"} and (extra["latency_ms"] > 0).all()
+
+
+def _logged(state, keys: set[str], timeout: float = 30) -> pd.DataFrame:
+    """The log's rows of `keys`, once every one of them is written (workers flush every 0.3 s)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            log = read_log(state["settings"], SERVED_DAY)
+            if keys <= set(log["row_key"]):
+                return log[log["row_key"].isin(keys)].reset_index(drop=True)
+        except FileNotFoundError:
+            pass
+        assert time.monotonic() < deadline, "prediction log rows not written in time"
+        time.sleep(0.2)
+
+
+def test_everything_but_health_needs_the_bearer_token(server, served_state):
+    srv, token, token_file = server
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600 and len(token) >= 32
+    for path in ("/v2/health/live", "/v2/health/ready", f"/v2/models/{MODEL}/ready"):
+        assert srv.http.get(path).status_code == 200, path
+    ready = srv.http.get(f"/v2/models/{MODEL}/ready").json()
+    assert ready == {"name": MODEL, "ready": True, "versions": {"champion": "1"}, "stale": []}
+    for method, path in (("GET", "/v2"), ("GET", f"/v2/models/{MODEL}"), ("GET", "/metrics"),
+                         ("POST", f"/v2/models/{MODEL}/infer")):
+        for headers in ({}, {"Authorization": "Bearer " + "x" * 43},
+                        {"Authorization": f"Basic {token}"}):
+            r = srv.http.request(method, path, headers=headers, content=b"{}")
+            assert r.status_code == 401 and r.json() == {"error": "missing or wrong bearer token"}
+    assert srv.http.get("/v2", headers=bearer(token)).json()["extensions"] == ["binary_tensor_data"]
+    client = triton.InferenceServerClient(srv.url.removeprefix("http://"))
+    assert client.is_server_ready() and client.is_model_ready(MODEL)  # no token needed
+    with pytest.raises(InferenceServerException, match="missing or wrong bearer token"):
+        client.get_model_metadata(MODEL)
+    assert token not in srv.log_path.read_text()  # never logged
+
+
+def _post(srv: Server, token: str, body: dict, path: str = f"/v2/models/{MODEL}/infer"):
+    return srv.http.post(path, headers=bearer(token), content=json.dumps(body).encode())
+
+
+def test_a_bad_request_gets_a_4xx_naming_the_field(server, served_state):
+    srv, token, _ = server
+    rows = events(served_state).head(3)
+    naive = {"data": ["2013-01-09 02:00:00"] * 3}
+    cases = [
+        (v2_request(rows, tailnum=None), 400, "input 'tailnum' is missing"),
+        (v2_request(rows, time_hour=naive), 400, "time_hour: 3 timestamps without a UTC offset"),
+        (v2_request(rows, distance={"datatype": "BYTES", "data": ["1"] * 3}), 400,
+         "input 'distance': datatype 'BYTES', expected FP64"),
+        (v2_request(rows, carrier={"shape": [4]}), 400, "input 'carrier': shape [4] but 3 values"),
+        (v2_request(rows, flight={"data": [1, 2, 3]}), 400, "input 'flight': BYTES data must be"),
+        ({"inputs": "x"}, 400, "'inputs' list"),
+    ]
+    for body, status, message in cases:
+        r = _post(srv, token, body)
+        assert r.status_code == status and message in r.json()["error"], (message, r.text)
+    day = events(served_state, None)
+    big = pd.concat([day] * (1001 // len(day) + 1)).head(1001)
+    r = _post(srv, token, v2_request(big))
+    assert r.status_code == 413 and "at most 1000 (serving.max_rows)" in r.json()["error"]
+    r = _post(srv, token, v2_request(rows), path="/v2/models/other_model/infer")
+    assert r.status_code == 404 and "'other_model' is not served here" in r.json()["error"]
+    for path in ("/v2/models/other_model", "/v2/models/other_model/ready"):
+        r = srv.http.get(path, headers=bearer(token))
+        assert r.status_code == 404 and "'other_model' is not served here" in r.json()["error"]
+    r = _post(srv, token, v2_request(rows), path=f"/v2/models/{MODEL}/versions/9/infer")
+    assert r.status_code == 404 and "version '9' is not served" in r.json()["error"]
+
+
+def test_an_unknown_entity_is_scored_as_batch_scores_it_and_counted(server, served_state):
+    """serving.unknown_entities=impute (the default): a plane the online store does not know
+    is scored with the plane features missing (the model's imputer, as batch scoring does),
+    logged with them null and counted per view in /metrics; the real flight gets its batch
+    score."""
+    srv, token, _ = server
+    before = srv.metrics(token)
+    row = events(served_state).head(1)
+    known = _post(srv, token, v2_request(row)).json()
+    unknown = _post(srv, token, v2_request(row.assign(tailnum="N0NE", flight=99999))).json()
+    (p_known, key_known), (p_unknown, key_unknown) = (
+        [o["data"][0] for o in r["outputs"]] for r in (known, unknown))
+    batch = read_partition(served_state["settings"], SERVED_DAY).set_index("row_key")
+    assert p_known == batch.loc[key_known, "probability"] and 0 < p_unknown < 1
+    logged = _logged(served_state, {key_known, key_unknown}).set_index("row_key")
+    plane = [c for c in logged.columns if c.startswith("plane_fv__")]
+    assert logged.loc[key_unknown, plane].isna().all() and logged.loc[key_known, plane].notna().any()
+    after = srv.metrics(token)
+    counted = [metric(m, "serving_unknown_entity_rows_total", view="plane_fv", policy="impute")
+               for m in (before, after)]
+    assert counted[1] - counted[0] == 1
+
+
+def test_metrics_are_summed_over_both_workers(server, served_state):
+    """Requests on fresh connections from several threads land on both workers (their
+    prediction-log files carry their pid); /metrics, answered by either worker, counts every
+    request, row and latency observation once."""
+    srv, token, _ = server
+    rows = events(served_state).head(2)
+    body = json.dumps(v2_request(rows)).encode()
+    before, sent = srv.metrics(token), 0
+    log_dir = Path(locations.prediction_log(served_state["settings"], SERVED_DAY))
+
+    def fire(n: int) -> None:
+        import httpx
+
+        for _ in range(n):
+            with httpx.Client(base_url=srv.url, timeout=30) as c:  # a new connection each time
+                assert c.post(f"/v2/models/{MODEL}/infer", headers=bearer(token),
+                              content=body).status_code == 200
+
+    def pids() -> set[str]:  # <stamp>-<host>-<pid>-<seq>.parquet: the worker that wrote it
+        return {n.split("-")[-2] for n in set(storage.listdir(str(log_dir))) - earlier
+                if n.endswith(".parquet")}
+
+    earlier = set(storage.listdir(str(log_dir)))
+    for _ in range(10):  # rounds of 4 x 5 requests until both workers have logged rows
+        threads = [threading.Thread(target=fire, args=(5,)) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        sent += 20
+        time.sleep(0.5)  # a flush interval
+        if len(pids()) >= 2:
+            break
+    assert len(pids()) == 2, f"the workers that logged rows: {pids()}"
+    after = srv.metrics(token)
+    labels = {"model_name": MODEL, "model_version": "1", "variant": "champion"}
+    for name, per_request in (("model_infer_request_success_total", 1),
+                              ("model_infer_rows_total", 2),
+                              ("request_predict_seconds_count", 1)):
+        grown = metric(after, name, **({} if "seconds" in name else labels)) - metric(
+            before, name, **({} if "seconds" in name else labels))
+        assert grown == sent * per_request, name
+    served_by = {dict(ls)["pid"] for (n, ls), v in after.items()
+                 if n == "serving_model_info" and v == 1}
+    assert len(served_by) == 2  # each worker loaded the champion itself
