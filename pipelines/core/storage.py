@@ -163,15 +163,34 @@ def write_json(uri: str, obj: Any) -> str:
     return write_bytes(uri, text.encode("utf-8"))
 
 
-def write_parquet(df: "pd.DataFrame", uri: str) -> str:
+def write_parquet(df: "pd.DataFrame", uri: str, metadata: dict[str, str] | None = None) -> str:
+    """`df` as Parquet, atomically; `metadata`: key-value pairs added to the file's schema."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     buf = io.BytesIO()
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    if metadata:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **{
+            k.encode(): v.encode() for k, v in metadata.items()}})
     # Microsecond timestamps: what DuckDB (Feast's offline store) and most engines read natively.
-    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), buf, compression="zstd",
-                   coerce_timestamps="us", allow_truncated_timestamps=False)
+    pq.write_table(table, buf, compression="zstd", coerce_timestamps="us",
+                   allow_truncated_timestamps=False)
     return write_bytes(uri, buf.getvalue())
+
+
+def parquet_metadata(uri: str, key: str) -> str | None:
+    """One key-value pair of a Parquet file's schema metadata (None: no file or no such key);
+    reads the footer only."""
+    import pyarrow.parquet as pq
+
+    fs, path = resolve(uri)
+    try:
+        meta = pq.read_schema(path, filesystem=fs).metadata or {}
+    except (OSError, ValueError):  # absent, or not a readable Parquet file: no value
+        return None
+    value = meta.get(key.encode())
+    return value.decode() if value is not None else None
 
 
 def read_parquet(uri: str, columns: list[str] | None = None) -> "pd.DataFrame":

@@ -10,28 +10,23 @@ site is a temporary local folder; the site GX builds there is then copied throug
 
 The expectations report is a short Markdown file beside the JSON report: the verdict, what failed,
 what only warned and what passed, including the file and timestamp checks GX does not run.
-Imports Great Expectations: import this module inside task bodies only.
+Great Expectations is imported only when a context or a page view is made (the page views are
+created on first use, through the module's `__getattr__`): a validation that finds a passing
+report for the same bytes never imports it.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
-import great_expectations as gx
 import jinja2
-from great_expectations.data_context import AbstractDataContext
-from great_expectations.data_context.types.base import (
-    DataContextConfig,
-    InMemoryStoreBackendDefaults,
-    ProgressBarsConfig,
-)
-from great_expectations.render.view import (
-    DefaultJinjaIndexPageView,
-    DefaultJinjaPageView,
-)
 
 from pipelines.core import storage
+
+if TYPE_CHECKING:
+    from great_expectations.data_context import AbstractDataContext
 
 # The pages link only the favicon from GX's static folder (styles and scripts come from CDNs);
 # the rest of it is 4 MB of tutorial images and fonts that would be copied for every batch.
@@ -61,20 +56,42 @@ class _MemoryBytecodeCache(jinja2.BytecodeCache):
 _TEMPLATES = _MemoryBytecodeCache()
 
 
-class CachedPageView(DefaultJinjaPageView):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.env.bytecode_cache = _TEMPLATES
+@cache
+def _views() -> dict[str, type]:
+    """GX's page views with the shared template cache (GX loads them by module and class name)."""
+    from great_expectations.render.view import (
+        DefaultJinjaIndexPageView,
+        DefaultJinjaPageView,
+    )
+
+    class CachedPageView(DefaultJinjaPageView):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.env.bytecode_cache = _TEMPLATES
+
+    class CachedIndexPageView(DefaultJinjaIndexPageView):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.env.bytecode_cache = _TEMPLATES
+
+    return {"CachedPageView": CachedPageView, "CachedIndexPageView": CachedIndexPageView}
 
 
-class CachedIndexPageView(DefaultJinjaIndexPageView):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.env.bytecode_cache = _TEMPLATES
+def __getattr__(name: str) -> Any:
+    if name in ("CachedPageView", "CachedIndexPageView"):
+        return _views()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def context(site_dir: str | None) -> AbstractDataContext:
     """An ephemeral GX context (in-memory stores); with a Data Docs site in `site_dir` if given."""
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import (
+        DataContextConfig,
+        InMemoryStoreBackendDefaults,
+        ProgressBarsConfig,
+    )
+
     sites = {}
     if site_dir:
         page = {"module_name": __name__, "class_name": "CachedPageView"}

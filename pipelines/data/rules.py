@@ -18,7 +18,6 @@ from typing import Any
 
 import pandas as pd
 
-import pipelines.data.timestamps  # noqa: F401  (registers the timestamp expectations with GX)
 from pipelines.core import storage
 
 NOT_NULL = "expect_column_values_to_not_be_null"
@@ -46,6 +45,8 @@ def _gx_suite(suite: dict):
     from great_expectations.expectations.expectation_configuration import (
         ExpectationConfiguration,
     )
+
+    import pipelines.data.timestamps  # noqa: F401  (registers the timestamp expectations with GX)
 
     expectations = []
     for i, exp in enumerate(suite.get("expectations", [])):

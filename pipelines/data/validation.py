@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 import pandas as pd
 
 from pipelines.core import storage
-from pipelines.data import data_docs, drafting, rules, timestamps
+from pipelines.data import drafting, rules
 from pipelines.data.batch_files import (
     DataValidationError,
     batch_file,
@@ -39,7 +39,12 @@ _CACHE_KEYS = ("format", "table", "sha256", "suite_sha256", "interval", "timesta
 
 
 def _iso(value: datetime | str | None) -> str | None:
-    return None if value is None else timestamps.as_utc(value).isoformat()
+    """UTC ISO text (as `timestamps.as_utc`: that module imports Great Expectations, and a batch
+    with a passing report for the same bytes is answered without it)."""
+    if value is None:
+        return None
+    ts = pd.Timestamp(value)
+    return (ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")).isoformat()
 
 
 def _stem(uri: str) -> str:
@@ -79,6 +84,8 @@ def _new_report(table: str, uri: str, suite_dir: str, report_uri: str, timestamp
 def _run_checks(df: pd.DataFrame, suite: dict, report: dict, docs_uri: str, partition: str,
                 interval: tuple[datetime | None, datetime | None]) -> list[dict]:
     """The suite, plus this run's timestamp checks, through GX (building this run's Data Docs)."""
+    from pipelines.data import timestamps
+
     report["rows"] = len(df)
     if report["timestamp_column"]:
         extra = timestamps.timestamp_checks(list(df.columns), report["timestamp_column"],
@@ -102,6 +109,8 @@ def _conclude(report: dict, checks: list[dict]) -> None:
 
 def _write(report: dict, report_uri: str) -> None:
     """The JSON report and the expectations report (Markdown) beside it."""
+    from pipelines.data import data_docs
+
     storage.write_json(report_uri, report)
     storage.write_bytes(report["expectations_report_uri"],
                         data_docs.expectations_report(report).encode("utf-8"))
@@ -137,6 +146,8 @@ def _quarantine(report: dict, quarantine_to: str | None) -> str:
         storage.move(folder, dest)
     else:  # never move a folder that is not a batch partition: only the file goes
         storage.move(file_uri, storage.join(dest, os.path.basename(file_uri)))
+    from pipelines.data import data_docs
+
     report["quarantined_to"] = dest
     storage.write_json(storage.join(dest, "_validation.json"), report)
     storage.write_bytes(storage.join(dest, "_validation.md"),

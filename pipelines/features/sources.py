@@ -8,12 +8,23 @@ that file lands, at the end of its interval. Rolling label statistics of an inte
 stamped at its end plus `dataset.label.available_after` and count only the outcomes known by
 then (each row's `label_available_at`: per row with `dataset.label.available_at`), so no row
 at an earlier prediction time can see them, and none sees an outcome before it was known.
+
+Each partition records, in its Parquet metadata, the sha256 of what it is made of: the bytes of
+the raw batches it reads, the `dataset` and `features` configuration and the code that builds
+it. A partition whose recorded inputs are unchanged is not rebuilt: the nightly DAGs both build
+the sources of an interval (whichever runs first does the work), and every build covers the
+lookback intervals again, which an earlier night already built from the same bytes. A late or
+corrected batch changes the inputs of every partition that reads it, and those are rebuilt.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from datetime import date, timedelta
+from functools import cache
+from pathlib import Path
 
 import pandas as pd
 
@@ -23,10 +34,43 @@ from pipelines.core.dates import parse_utc
 from pipelines.core.intervals import Interval, as_interval
 from pipelines.core.settings import Settings
 from pipelines.data.checks import lookback
-from pipelines.data.events import EVENT_TIME, LABEL_AT, load_events, read_csv
+from pipelines.data.events import EVENT_TIME, LABEL_AT, instant, load_events, read_csv
 
 log = logging.getLogger(__name__)
 EPOCH = pd.Timestamp("1970-01-01", tz="UTC")
+INPUTS_KEY = "mlops_inputs_sha256"  # Parquet metadata: what a partition was built from
+# The code a partition's content depends on besides its inputs and configuration.
+CODE = ("features/sources.py", "data/events.py", "core/expressions.py", "core/dates.py",
+        "core/intervals.py", "core/storage.py")
+
+
+@cache
+def _code_sha256() -> str:
+    root, h = Path(__file__).resolve().parents[1], hashlib.sha256()
+    for rel in CODE:
+        h.update(rel.encode() + (root / rel).read_bytes())
+    return h.hexdigest()
+
+
+def inputs_key(cfg: Config, name: str, part: Interval | None, uris: list[str]) -> str:
+    """sha256 of a partition's inputs: raw batch bytes, configuration, code."""
+    h = hashlib.sha256(_code_sha256().encode())
+    h.update(json.dumps([name, part.label if part else None,
+                         cfg.dataset.model_dump(mode="json"),
+                         cfg.features.model_dump(mode="json"),
+                         cfg.orchestration.model_dump(mode="json")], sort_keys=True,
+                        default=str).encode())
+    for uri in uris:
+        h.update(uri.encode() + hashlib.sha256(storage.read_bytes(uri)).digest())
+    return h.hexdigest()
+
+
+def _current(uri: str, key: str) -> bool:
+    return storage.parquet_metadata(uri, INPUTS_KEY) == key
+
+
+def _write(df: pd.DataFrame, uri: str, key: str) -> str:
+    return storage.write_parquet(df, uri, metadata={INPUTS_KEY: key})
 
 
 def known_at(event_ts: pd.Series, day: Interval | date) -> pd.Series:
@@ -49,8 +93,12 @@ def write_table_sources(cfg: Config, settings: Settings, day: Interval | date) -
         raw_uri = locations.batch(settings.landing_uri, table, batch_day)
         if not storage.exists(raw_uri):
             continue
-        df = read_csv(raw_uri)
         out = locations.feature_source(settings, table, batch_day)
+        key = inputs_key(cfg, table, batch_day, [raw_uri])
+        if _current(out, key):
+            written.append(out)
+            continue
+        df = read_csv(raw_uri)
         if df.empty:  # no rows: nothing to serve, and no column types to give DuckDB
             if storage.exists(out):
                 storage.remove(out)
@@ -61,7 +109,7 @@ def write_table_sources(cfg: Config, settings: Settings, day: Interval | date) -
         else:
             df["event_timestamp"] = EPOCH
             df["created_timestamp"] = EPOCH
-        written.append(storage.write_parquet(df, out))
+        written.append(_write(df, out, key))
     return written
 
 
@@ -94,22 +142,31 @@ def compute_aggregate(events: pd.DataFrame, keys: list[str], label: str, day: In
 def write_aggregate_sources(cfg: Config, settings: Settings, day: Interval | date) -> list[str]:
     iv = cfg.grain.interval(day)
     written = []
+    table = cfg.dataset.events.table
     for name, agg in cfg.dataset.aggregates.items():
-        events = load_events(cfg, settings.landing_uri, iv.end - timedelta(days=agg.window_days),
-                             iv.end)
+        first = iv.end - timedelta(days=agg.window_days)
+        lo, hi = instant(cfg, first), instant(cfg, iv.end)
+        batches = [u for b in cfg.grain.between(lo.to_pydatetime(), hi.to_pydatetime())
+                   if storage.exists(u := locations.batch(settings.landing_uri, table, b))]
+        out, key = locations.feature_source(settings, name, iv), inputs_key(cfg, name, iv,
+                                                                             batches)
+        if batches and _current(out, key):
+            written.append(out)
+            continue
+        events = load_events(cfg, settings.landing_uri, first, iv.end)
         if events.empty:
             continue
         stats = compute_aggregate(events, list(agg.keys), cfg.dataset.label.name, iv,
                                   agg.window_days, cfg.dataset.label.delay)
-        written.append(storage.write_parquet(stats, locations.feature_source(settings, name, iv)))
+        written.append(_write(stats, out, key))
     return written
 
 
 def build_feature_sources(cfg: Config, settings: Settings, day: Interval | date) -> list[str]:
-    """All feature-source partitions for one interval (idempotent)."""
+    """All feature-source partitions for one interval (idempotent; up-to-date ones are kept)."""
     iv = cfg.grain.interval(day)
     written = write_table_sources(cfg, settings, iv) + write_aggregate_sources(cfg, settings, iv)
-    log.info("features: wrote %d source partitions for %s", len(written), iv.label)
+    log.info("features: %d source partitions for %s are up to date", len(written), iv.label)
     return written
 
 
@@ -120,7 +177,7 @@ def build_sources_for_interval(cfg: Config, settings: Settings,
     Rows of the interval read partitions stamped up to `features.source_lookback_days` earlier
     (aggregates are stamped after the label delay), so a run rewrites those too: the result
     does not depend on the order in which a backfill's runs finish. Writes are atomic and
-    deterministic.
+    deterministic; partitions whose inputs are unchanged are kept as they are.
     """
     iv = cfg.grain.interval(day)
     written: list[str] = []

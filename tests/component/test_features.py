@@ -88,6 +88,50 @@ def test_rows_are_known_at_their_event_time_late_rows_when_their_file_lands(tmp_
     assert known_at(ev, date(2013, 1, 5)).tolist() == [ev[0], pd.Timestamp("2013-01-06T00:00Z")]
 
 
+def _sources_state(settings) -> dict[str, tuple[int, bytes]]:
+    root = Path(settings.features_uri)
+    return {str(p.relative_to(root)): (p.stat().st_mtime_ns, p.read_bytes())
+            for p in sorted(root.rglob("*.parquet"))}
+
+
+def test_source_partitions_are_rebuilt_exactly_when_their_inputs_change(tmp_path):
+    """The nightly DAGs both build a day's sources and every build covers the lookback days
+    again: unchanged inputs keep their partitions; a corrected batch rebuilds every partition
+    that reads it, to what a build from scratch writes."""
+    import shutil
+
+    from pipelines.data.ingest import ingest
+    from pipelines.features.sources import build_sources_for_interval
+
+    cfg, settings = load_config(REPO / "params.yaml"), _settings(tmp_path / "a")
+    day = date(2013, 6, 20)
+    ingest(cfg, settings.landing_uri, date(2013, 6, 1), day + timedelta(days=1))
+    first = build_sources_for_interval(cfg, settings, day)
+    before = _sources_state(settings)
+    assert build_sources_for_interval(cfg, settings, day) == first
+    assert _sources_state(settings) == before  # nothing rewritten, not even with the same bytes
+
+    late = day - timedelta(days=2)  # a corrected flights batch: one more late arrival
+    batch = Path(settings.landing_uri) / "flights" / f"date={late}" / "flights.csv"
+    raw = pd.read_csv(batch)
+    raw.loc[raw["arr_delay"].fillna(0) <= 15, "arr_delay"] = 90.0
+    raw.to_csv(batch, index=False)
+    build_sources_for_interval(cfg, settings, day)
+    after = _sources_state(settings)
+    changed = sorted(k for k in after if after[k] != before[k])
+    reads_late = sorted(k for k in after if k.split("/")[0] in cfg.dataset.aggregates
+                        and late.isoformat() <= k.split("=")[1][:10])
+    assert changed == reads_late and changed  # the aggregates of the days whose windows hold it
+
+    fresh = _settings(tmp_path / "b")  # the same rows as a build from scratch (the recorded
+    shutil.copytree(settings.landing_uri, fresh.landing_uri)  # inputs name other paths)
+    build_sources_for_interval(cfg, fresh, day)
+    assert sorted(_sources_state(fresh)) == sorted(after)
+    for name in after:
+        pd.testing.assert_frame_equal(pd.read_parquet(Path(fresh.features_uri) / name),
+                                      pd.read_parquet(Path(settings.features_uri) / name))
+
+
 # -- retrieval checks ---------------------------------------------------------------------------
 
 def _schema():
