@@ -10,8 +10,11 @@ install:
 demo:
 	bash scripts/demo.sh
 
+# The suite on 2 processes, one test file per process at a time (module fixtures stay whole):
+# most integration tests wait on real servers, so two share 2 cores well. TEST_WORKERS=0: one.
+TEST_WORKERS ?= 2
 test: install
-	.venv/bin/python -m pytest -q -p no:cacheprovider
+	.venv/bin/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: install  ## the unit tier: pure functions on in-memory data (well under a minute)
 	.venv/bin/python -m pytest -q -p no:cacheprovider tests/unit
