@@ -57,7 +57,7 @@ def _env(service: dict) -> dict[str, str]:
 
 
 def test_expected_services(services):
-    assert AIRFLOW | {"postgres", "redis", "s3", "mlflow"} <= set(services)
+    assert AIRFLOW | {"postgres", "redis", "s3", "mlflow", "model-server"} <= set(services)
 
 
 def test_every_long_running_service_has_a_healthcheck(services):
@@ -114,7 +114,8 @@ def test_published_ports_bind_loopback(services):
             else:
                 assert str(port).startswith(LOOPBACK), f"{name} publishes {port} beyond loopback"
             published.append(name)
-    assert published == ["airflow-apiserver"], "only the Airflow UI/API is published by default"
+    assert sorted(published) == ["airflow-apiserver", "model-server"], \
+        "only the Airflow UI/API and the model server are published by default"
 
 
 def test_worker_can_scale(services):
@@ -167,9 +168,38 @@ def test_mlflow_requires_a_login_and_nothing_unpickles(spec, services):
         assert env["MLFLOW_TRACKING_USERNAME"], name
         assert REQUIRED_REF.match(env["MLFLOW_TRACKING_PASSWORD"]), name
     project = [n for n, svc in services.items() if svc["image"].startswith("${MLOPS_IMAGE")]
-    assert set(project) == AIRFLOW | {"mlflow"}
+    assert set(project) == AIRFLOW | {"mlflow", "model-server"}
     for name in project:
         assert _env(services[name])["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] == "false", name
+
+
+def test_model_server_serves_with_two_workers_from_the_stack(services):
+    """The online model server: the launcher `make serve` runs, 2 workers, the project's
+    environment (S3 data URI, Feast's Redis online store, MLflow with the pipelines' login)
+    and none of Airflow's or Postgres's secrets; its bearer token is a generated file, never
+    in the environment; live (not ready) is its health: it starts before any champion."""
+    server = services["model-server"]
+    assert server["command"] == ["python", "-m", "pipelines.serving"]
+    env = _env(server)
+    assert env["MLOPS_SERVING_WORKERS"] == "2"
+    assert env["MLOPS_DATA_URI"].startswith("s3://")
+    assert env["FEAST_ONLINE_STORE"] == "redis"
+    assert env["FEAST_REDIS_CONNECTION"].startswith("redis:6379")
+    assert env["FEAST_REGISTRY_PATH"].startswith("s3://")
+    assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert REQUIRED_REF.match(env["MLFLOW_TRACKING_PASSWORD"])
+    assert not [k for k in env if k.startswith(("AIRFLOW", "PG", "POSTGRES", "MLOPS_METRICS"))]
+    assert not [k for k in env if "TOKEN" in k]
+    # the token and metric files live in a named volume at the image's own /opt/airflow
+    assert [v.split(":", 1)[1] for v in server["volumes"]] == ["/opt/airflow"]
+    assert env["MLOPS_STATE_URI"].startswith("/opt/airflow/")
+    assert server["ports"] == ["${MLOPS_BIND_ADDRESS:-127.0.0.1}:${SERVING_PORT:-8090}:"
+                               f"{env['MLOPS_SERVING_PORT']}"]
+    probe = " ".join(server["healthcheck"]["test"])
+    assert f"127.0.0.1:{env['MLOPS_SERVING_PORT']}/v2/health/live" in probe
+    deps = server["depends_on"]
+    assert deps["airflow-init"]["condition"] == "service_completed_successfully"
+    assert deps["mlflow"]["condition"] == deps["redis"]["condition"] == "service_healthy"
 
 
 def test_object_store_servers_other_than_s3_stay_inside_their_container(services):
