@@ -2,6 +2,7 @@
 
     python -m stack up [--workers 2]   Postgres, Redis, SeaweedFS (S3), MLflow server, Airflow
                                        (api-server, scheduler, dag-processor, triggerer, Celery
+                                       workers), the online model server (2 uvicorn
                                        workers); returns once all are up
     python -m stack status             which processes are alive
     python -m stack down               stop everything (Airflow, MLflow, then the data servers)
@@ -32,13 +33,14 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from stack import airflow, process, services, tracking
+from stack import airflow, process, services, serving, tracking
 from stack.process import Service
 
 REPO = Path(__file__).resolve().parent.parent
 BUCKET = "mlops"
 DVC_BUCKET = "mlops-dvc"  # .dvc/config's `s3` remote
 # database -> its owner, the one login role that uses it (MLflow's users live beside its runs)
+SERVING_WORKERS = 2  # uvicorn workers of the model server
 DATABASES = {"airflow": "airflow", "mlflow": "mlflow", "mlflow_auth": "mlflow", "mlops": "mlops"}
 
 
@@ -108,7 +110,7 @@ def _feast_apply(env: dict[str, str]) -> None:
 # Data servers: the last to stop (everything else uses them). MLflow stops after Airflow's
 # processes (a task still finishing may talk to it). Within each group nothing depends on another.
 DATA_SERVERS = ("postgres", "redis", "seaweedfs")
-_ORDER = (*DATA_SERVERS, "mlflow", *airflow.PROCESSES)
+_ORDER = (*DATA_SERVERS, "mlflow", serving.NAME, *airflow.PROCESSES)
 
 
 def _order(service: Service) -> tuple[int, int]:
@@ -118,11 +120,12 @@ def _order(service: Service) -> tuple[int, int]:
 
 
 def _stop_stages(listed: list[Service]) -> list[tuple[str, list[Service]]]:
-    """Airflow's processes (and anything unknown) first, then MLflow, then the data servers."""
+    """Airflow's processes and the model server (and anything unknown) first, then MLflow,
+    then the data servers (the model server's last prediction-log flush goes to S3)."""
     data = [s for s in listed if s.name in DATA_SERVERS]
     mlflow = [s for s in listed if s.name == "mlflow"]
     rest = [s for s in listed if s not in data and s not in mlflow]
-    return [("airflow", rest), ("mlflow", mlflow), ("data servers", data)]
+    return [("airflow, model server", rest), ("mlflow", mlflow), ("data servers", data)]
 
 
 def _stop(root: Path, listed: list[Service], timeout: float | None) -> list[str]:
@@ -213,9 +216,29 @@ def up(root: Path, workers: int) -> dict[str, str]:
         af_env = {**given, **af_env}
         admin_password = airflow.secrets_env(root)["MLOPS_AIRFLOW_ADMIN_PASSWORD"]
 
+        mlflow_done = threading.Event()
+        served: dict[str, str] = {}
+
         def mlflow() -> None:
-            keep(timed("up: mlflow", tracking.start_mlflow, root, s3.env, urls["mlflow"],
-                       urls["mlflow_auth"], f"s3://{BUCKET}/mlflow", port=mlflow_port))
+            try:
+                keep(timed("up: mlflow", tracking.start_mlflow, root, s3.env, urls["mlflow"],
+                           urls["mlflow_auth"], f"s3://{BUCKET}/mlflow", port=mlflow_port))
+                served["mlflow"] = "up"
+            finally:
+                mlflow_done.set()
+
+        def feast_and_model_server() -> None:
+            # The model server needs the Feast registry and MLflow (it starts without a
+            # champion: live, not ready until training promotes one). Its environment is the
+            # clients' (S3, Redis, the MLflow login) and the settings given to `up`; no
+            # Airflow secret.
+            timed("up: feast apply", _feast_apply, env)
+            mlflow_done.wait()
+            if "mlflow" not in served:
+                return  # MLflow failed: its own error is raised
+            server = keep(timed("up: model server", serving.start_model_server, root,
+                                {**given, **env}, workers=SERVING_WORKERS))
+            served.update(server.env)
 
         def airflow_all() -> None:
             # The migration first; then the admin login and the pool alongside the processes.
@@ -231,10 +254,9 @@ def up(root: Path, workers: int) -> dict[str, str]:
                               af_env, admin_password),
                 processes)
 
-        with _timed(root, "up: mlflow+feast+airflow"):
-            process.in_parallel(mlflow, lambda: timed("up: feast apply", _feast_apply, env),
-                                 airflow_all)
-        env = af_env
+        with _timed(root, "up: mlflow+feast+server+airflow"):
+            process.in_parallel(mlflow, feast_and_model_server, airflow_all)
+        env = {**af_env, **{k: v for k, v in served.items() if k.startswith("MLOPS_SERVING_")}}
         with lock:
             _save(root, started, env)
         return env
@@ -295,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  MLflow      {env['MLFLOW_TRACKING_URI']}  (user {env['MLFLOW_TRACKING_USERNAME']}; "
               f"password in stack.env: MLFLOW_TRACKING_PASSWORD)")
         print(f"  S3          {env['AWS_ENDPOINT_URL']}  bucket s3://{BUCKET}")
+        print(f"  model       {env['MLOPS_SERVING_URL']}  (bearer token in "
+              f"{env['MLOPS_SERVING_TOKEN_FILE']})")
         print(f"  client env  . {root / 'stack.env'}")
     elif args.cmd == "down":
         with _timed(root, "down: total"):
