@@ -2,6 +2,10 @@
 MLflow server and Airflow with the CeleryExecutor and two workers on loopback; the lifecycle
 runs on a small slice through Airflow's REST API, as a user would drive it.
 
+The stack's online model server (2 uvicorn workers) comes up before any champion exists (live,
+not ready), becomes ready once training promotes one, answers a V2 client (tritonclient) with
+the bearer token only, sums its metrics over both workers and logs its predictions to S3.
+
 Checked: tasks run on the Celery workers (each worker records its own name as the task
 instance's hostname), data/reports/model artifacts land in the object store and nothing in the
 local state folder, the registry is in Postgres, the online store is Redis. Faults: the
@@ -195,7 +199,10 @@ def _secrets(root: Path) -> set[str]:
                 found.add(value)
     found.update(re.findall(r'^key = "([^"/][^"]*)"',  # the JWT keys (not the key file's path)
                             (root / "seaweedfs/security.toml").read_text(), re.M))
-    assert len(found) >= 12 and all(len(v) >= 16 for v in found), sorted(map(len, found))
+    token = root / "serving" / "token"  # the model server's bearer token (its launcher's)
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600
+    found.add(token.read_text().strip())
+    assert len(found) >= 13 and all(len(v) >= 16 for v in found), sorted(map(len, found))
     return found
 
 
@@ -239,6 +246,10 @@ def test_training_on_celery_survives_a_scheduler_restart(stack, stack_settings):
     import psycopg2
 
     client, root = stack["client"], stack["root"]
+    # The model server came up without a champion: live, not ready (it follows the alias).
+    server = stack["senv"]["MLOPS_SERVING_URL"]
+    assert _http("GET", f"{server}/v2/health/live") == 200
+    assert _http("GET", f"{server}/v2/health/ready") == 503
     client.unpause("training")
     run_id = client.trigger("training", conf={"train_start": "2013-01-01",
                                               "train_end": "2013-01-15"})
@@ -345,6 +356,132 @@ def _tls_handshake(port: int, ca: str) -> str:
     except ssl.SSLError as err:
         return err.reason or str(err)
     return "accepted"
+
+
+MODEL = "delay_model"
+FLIGHTS = [  # raw events of 2013-06-02 (UTC), as the event feed has them
+    ("2013-06-02T15:00:00Z", "UA", "1545", "EWR", "IAH", "N14228", 1400.0, 11.0),
+    ("2013-06-02T16:00:00Z", "AA", "1141", "JFK", "MIA", "N619AA", 1089.0, 12.0),
+    ("2013-06-02T21:00:00Z", "B6", "725", "JFK", "BQN", "N804JB", 1576.0, 17.0),
+]
+COLUMNS = ("time_hour", "carrier", "flight", "origin", "dest", "tailnum", "distance", "hour")
+
+
+def _v2_json(request_id: str) -> dict:
+    """A JSON V2 request of FLIGHTS (text as BYTES, numbers FP64)."""
+    return {"id": request_id, "inputs": [
+        {"name": c, "datatype": "FP64" if c in ("distance", "hour") else "BYTES",
+         "shape": [len(FLIGHTS)], "data": [row[i] for row in FLIGHTS]}
+        for i, c in enumerate(COLUMNS)]}
+
+
+def _served(http, token: str) -> dict:
+    """The model server's /metrics: (name, sorted labels) -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    r = http.get("/metrics", headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 200, r.text
+    return {(smp.name, tuple(sorted(smp.labels.items()))): smp.value
+            for family in text_string_to_metric_families(r.text) for smp in family.samples}
+
+
+def test_the_model_server_serves_the_champion(stack, stack_settings):
+    """After training promoted v1: the stack's server (2 workers) is ready with v1 in both
+    workers, answers tritonclient with the bearer token and 401 without it, /metrics sums the
+    requests of both workers, and the prediction log is in S3 under the data URI."""
+    import httpx
+    import numpy as np
+    import tritonclient.http as triton
+
+    from pipelines.core import locations
+    from pipelines.scoring.table import read_log
+
+    senv = stack["senv"]
+    url, token_file = senv["MLOPS_SERVING_URL"], Path(senv["MLOPS_SERVING_TOKEN_FILE"])
+    assert token_file.parent == stack["root"] / "serving"
+    token = token_file.read_text().strip()
+    auth = {"Authorization": f"Bearer {token}"}
+
+    def fresh() -> httpx.Client:  # a new connection: either worker may answer
+        return httpx.Client(base_url=url, timeout=30)
+
+    # Ready once both workers have loaded the champion (each polls the registry every 2 s).
+    deadline, loaded = time.monotonic() + 90, set()
+    while time.monotonic() < deadline:
+        with fresh() as http:
+            ready = http.get("/v2/health/ready").status_code
+            samples = _served(http, token)
+        loaded = {dict(ls)["pid"] for (n, ls), v in samples.items()
+                  if n == "serving_model_info" and v == 1 and dict(ls)["version"] == "1"}
+        if ready == 200 and len(loaded) == 2:
+            break
+        time.sleep(1)
+    assert ready == 200 and len(loaded) == 2, (ready, loaded)
+
+    with fresh() as http:
+        denied = http.post(f"/v2/models/{MODEL}/infer", json=_v2_json("no-token"))
+    assert denied.status_code == 401, denied.text
+
+    # A V2 client (binary tensors) with the token.
+    client = triton.InferenceServerClient(url.removeprefix("http://"))
+    inputs = []
+    for i, c in enumerate(COLUMNS):
+        numeric = c in ("distance", "hour")
+        tensor = triton.InferInput(c, [len(FLIGHTS)], "FP64" if numeric else "BYTES")
+        tensor.set_data_from_numpy(np.array([row[i] for row in FLIGHTS],
+                                            dtype=np.float64 if numeric else object))
+        inputs.append(tensor)
+    # (a copy: tritonclient adds its own headers to the dict it is given)
+    result = client.infer(MODEL, inputs, headers=dict(auth), request_id="stack-triton")
+    response = result.get_response()
+    assert response["model_version"] == "1" and response["parameters"]["variant"] == "champion"
+    probability = result.as_numpy("probability")
+    assert probability.shape == (len(FLIGHTS),) and ((probability >= 0) & (probability <= 1)).all()
+    row_keys = {k.decode() if isinstance(k, bytes) else k for k in result.as_numpy("row_key")}
+    assert len(row_keys) == len(FLIGHTS)
+    # More requests, each on a new connection (JSON this time).
+    ids = ["stack-triton"]
+    for i in range(5):
+        with fresh() as http:
+            r = http.post(f"/v2/models/{MODEL}/infer", headers=auth, json=_v2_json(f"stack-{i}"))
+        assert r.status_code == 200 and r.json()["model_version"] == "1", r.text
+        ids.append(f"stack-{i}")
+
+    # Whichever worker answers /metrics, it counts the requests of both.
+    for _ in range(4):
+        with fresh() as http:
+            samples = _served(http, token)
+        success = sum(v for (n, ls), v in samples.items()
+                      if n == "model_infer_request_success_total" and dict(ls)["model_version"] == "1")
+        rows = sum(v for (n, ls), v in samples.items() if n == "model_infer_rows_total")
+        assert success == len(ids) and rows == len(ids) * len(FLIGHTS), (success, rows)
+
+    # The prediction log (each worker flushes every 5 s) is in the bucket, under the data URI:
+    # every row of every request written (by whichever worker took it), and read back as one
+    # row per row key, the latest answer's.
+    day = date(2013, 6, 2)
+    assert stack_settings.data_uri.startswith("s3://")
+    assert locations.prediction_log(stack_settings, day).startswith(
+        f"{stack_settings.data_uri}/prediction_log/")
+    deadline, logged, written = time.monotonic() + 45, None, 0.0
+    while time.monotonic() < deadline:
+        with fresh() as http:
+            written = sum(v for (n, ls), v in _served(http, token).items()
+                          if n == "serving_prediction_log_rows_total"
+                          and dict(ls)["status"] == "written")
+        try:
+            logged = read_log(stack_settings, day, extra=True)
+        except FileNotFoundError:
+            logged = None
+        if written == len(ids) * len(FLIGHTS) and logged is not None and \
+                set(logged["request_id"]) == {ids[-1]}:
+            break
+        time.sleep(1)
+    assert written == len(ids) * len(FLIGHTS), written
+    assert logged is not None and set(logged["request_id"]) == {ids[-1]}, \
+        None if logged is None else logged[["row_key", "request_id", "served_at"]]
+    assert set(logged["row_key"]) == row_keys and len(logged) == len(FLIGHTS)
+    assert (logged["model_version"] == "1").all() and (logged["variant"] == "champion").all()
 
 
 def test_the_object_store_takes_nothing_unsigned(stack):
