@@ -137,6 +137,43 @@ class ServingLogConfig(_Frozen):
     batch_rows: int = Field(1000, gt=0)  # a worker writes a log part once this many rows wait
 
 
+class StickyKey(_Frozen):
+    """What keeps a caller on one variant: a request header or a request input (the first
+    row's value); a request without it is split at random (by its request id)."""
+    header: str | None = None
+    input: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> "StickyKey":
+        if (self.header is None) == (self.input is None):
+            raise ValueError("serving.routing.sticky: give exactly one of header or input")
+        return self
+
+
+class MirrorConfig(_Frozen):
+    """A shadow: this share of requests is also scored by `alias`, after the response."""
+    alias: str
+    percent: float = Field(0.0, ge=0, le=100)
+
+
+class RoutingConfig(_Frozen):
+    """How requests on the unversioned path are shared between followed aliases (shape after
+    Seldon's experiments). The live routing document (`core.locations.routing`, written by
+    the rollout and rollback DAGs) overrides it; without either: the first alias only."""
+    candidates: dict[str, float] | None = None  # alias -> weight; None: the first alias only
+    mirror: MirrorConfig | None = None
+    sticky: StickyKey = StickyKey(header="x-routing-key")
+
+    @field_validator("candidates")
+    @classmethod
+    def _weights(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        if v is not None and (not v or any(w < 0 for w in v.values())
+                              or sum(v.values()) <= 0):
+            raise ValueError("serving.routing.candidates: alias -> weight, weights >= 0 with a "
+                             "positive sum")
+        return v
+
+
 class ServingConfig(_Frozen):
     """The online model server (pipelines.serving); where it listens is in the environment."""
     # the registry aliases the server follows; the first is what /v2/models/<name>/infer
@@ -151,6 +188,7 @@ class ServingConfig(_Frozen):
     # reject = the request fails with 422 naming the row, the view and the join key
     unknown_entities: Literal["impute", "reject"] = "impute"
     log: ServingLogConfig = ServingLogConfig()
+    routing: RoutingConfig = RoutingConfig()
 
     @field_validator("aliases")
     @classmethod
@@ -158,6 +196,16 @@ class ServingConfig(_Frozen):
         if not v or len(set(v)) != len(v):
             raise ValueError("serving.aliases: give one or more distinct aliases")
         return v
+
+    @model_validator(mode="after")
+    def _routed_aliases_followed(self) -> "ServingConfig":
+        routed = set(self.routing.candidates or ()) | ({self.routing.mirror.alias}
+                                                 if self.routing.mirror else set())
+        unknown = sorted(routed - set(self.aliases))
+        if unknown:
+            raise ValueError(f"serving.routing names {unknown}, which serving.aliases "
+                             f"{list(self.aliases)} does not follow")
+        return self
 
 
 class FeatureRule(_Frozen):

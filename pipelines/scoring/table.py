@@ -22,6 +22,7 @@ from pipelines.scoring.parts import PROBABILITY
 
 if TYPE_CHECKING:
     import duckdb
+    import pyarrow as pa
 
 
 def read_partition(settings: Settings, day: When) -> pd.DataFrame:
@@ -42,6 +43,20 @@ def read_partition(settings: Settings, day: When) -> pd.DataFrame:
 LOG_COLUMNS = ("request_id", "variant", "latency_ms", "served_at")
 
 
+def log_records(settings: Settings, day: date) -> pa.Table:
+    """Every record of the prediction log for events of `day` (each request's rows, a key
+    served twice twice), in no particular order; raises FileNotFoundError if there is none."""
+    import pyarrow as pa
+
+    base = locations.prediction_log(settings, day)
+    names = sorted(n for n in storage.listdir(base) if n.endswith(".parquet")
+                   and not n.startswith("."))  # ".tmp-*": a write in progress
+    if not names:
+        raise FileNotFoundError(f"no online predictions logged for {day} under {base}")
+    return pa.concat_tables([read_table(storage.join(base, n)) for n in names],
+                            promote_options="default")  # versions with other inputs: by name
+
+
 def read_log(settings: Settings, day: date, variant: str | None = "champion",
              extra: bool = False) -> pd.DataFrame:
     """The online predictions of events of `day`, as `read_partition` returns batch ones.
@@ -50,16 +65,9 @@ def read_log(settings: Settings, day: date, variant: str | None = "champion",
     prediction time, then row key), with the partition's columns and dtypes; `extra` adds
     LOG_COLUMNS. `variant`: only the rows the given alias served (None: all of them).
     """
-    import pyarrow as pa
     import pyarrow.compute as pc
 
-    base = locations.prediction_log(settings, day)
-    names = sorted(n for n in storage.listdir(base) if n.endswith(".parquet")
-                   and not n.startswith("."))  # ".tmp-*": a write in progress
-    if not names:
-        raise FileNotFoundError(f"no online predictions logged for {day} under {base}")
-    table = pa.concat_tables([read_table(storage.join(base, n)) for n in names],
-                             promote_options="default")  # versions with other inputs: by name
+    table = log_records(settings, day)
     if variant is not None:
         table = table.filter(pc.equal(table["variant"], variant))
     frame = table.to_pandas()

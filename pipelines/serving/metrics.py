@@ -9,7 +9,8 @@
   version and variant (alias) that answered; a failure also has its HTTP `status`.
 - This server's own: rows scored, rows with an unknown entity per view and policy, the version
   each alias serves in each worker (`serving_model_info`, 1 = served), load failures, whether
-  an alias is stale (its last move could not be followed), the prediction log's rows.
+  an alias is stale (its last move could not be followed), the routing shares in force and
+  failed reads of the routing document, the prediction log's rows.
 
 With several workers the launcher sets PROMETHEUS_MULTIPROC_DIR: each process writes its
 values there and `/metrics` (any worker) sums counters and histograms over all of them; gauges
@@ -60,6 +61,12 @@ LOAD_FAILURES = Counter("serving_model_load_failures",
 STALE = Gauge("serving_model_stale",
               "1 while the alias's last move could not be followed (see the model metadata)",
               ["model_name", "alias"], multiprocess_mode="livemax")
+ROUTING_SHARE = Gauge("serving_routing_share",
+                      "Share of unversioned requests routed to each variant in this worker",
+                      ["model_name", "variant"], multiprocess_mode="livemax")
+ROUTING_FAILURES = Counter("serving_routing_failures",
+                           "Reads of the routing document that failed (the routing is kept)",
+                           ["model_name"])
 LOG_ROWS = Counter("serving_prediction_log_rows", "Prediction log rows, by outcome", ["status"])
 LOG_PENDING = Gauge("serving_prediction_log_pending_rows", "Rows waiting to be written",
                     multiprocess_mode="livesum")
