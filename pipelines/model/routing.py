@@ -136,3 +136,20 @@ def set_routing(settings: Settings, cfg: Config, candidates: dict[str, float],
 def reset_routing(settings: Settings, cfg: Config, actor: str, reason: str) -> RoutingState:
     """Everything to the default alias (the champion), no mirror: blue-green's way back."""
     return set_routing(settings, cfg, {cfg.serving.aliases[0]: 100.0}, None, actor, reason)
+
+
+def roll_back_routing(settings: Settings, cfg: Config, actor: str, reason: str,
+                      user: str | None = None) -> RoutingState:
+    """Blue-green's way back: reset the live routing to the champion only (no mirror) and
+    record it in the promotion history (`routing_reset`, with the routing it replaced)."""
+    from pipelines.model.registry import record
+
+    before = storage.read_json_if_exists(locations.routing(settings))
+    state = reset_routing(settings, cfg, actor, reason)
+    record(settings, {"action": "routing_reset", "model": cfg.registry.model_name,
+                      "from_version": None, "to_version": None, "actor": actor, "user": user,
+                      "reason": reason[:500],
+                      "routing_before": None if before is None else {
+                          "candidates": before.get("candidates"), "mirror": before.get("mirror")},
+                      "routing_after": {"candidates": state["candidates"], "mirror": None}})
+    return state

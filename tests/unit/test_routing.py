@@ -133,3 +133,22 @@ def test_a_broken_document_keeps_the_routing_the_worker_had(cfg, tmp_path):
     routing.reset_routing(settings, cfg, "r", "back")
     follower.poll()
     assert follower.current.shares == {"champion": 1.0}
+
+
+def test_a_rollback_resets_routing_to_the_champion_and_records_it(cfg, tmp_path):
+    """Blue-green's way back (what the rollback DAG's `reset_routing` task and the CLI run):
+    the champion only, no mirror, and a `routing_reset` event naming what it replaced."""
+    from pipelines.model.registry import history
+
+    settings = isolated_settings(tmp_path)
+    routing.set_routing(settings, cfg, {"champion": 50, "challenger": 50},
+                        {"alias": "challenger", "percent": 100.0}, "rollout-1", "ab")
+    state = routing.roll_back_routing(settings, cfg, "rollback-1", "incident", user="ada")
+    assert state["candidates"] == {"champion": 100.0} and state["mirror"] is None
+    live = routing.current(settings, cfg)
+    assert live.shares == {"champion": 1.0} and live.mirror is None
+    (event,) = history(settings)
+    assert event["action"] == "routing_reset" and event["user"] == "ada"
+    assert event["routing_before"] == {"candidates": {"champion": 50.0, "challenger": 50.0},
+                                       "mirror": {"alias": "challenger", "percent": 100.0}}
+    assert event["routing_after"] == {"candidates": {"champion": 100.0}, "mirror": None}
