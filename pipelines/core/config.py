@@ -174,6 +174,13 @@ class RoutingConfig(_Frozen):
         return v
 
 
+class ShadowConfig(_Frozen):
+    """Shadow (mirror) scoring: off the request path, in a bounded queue per worker."""
+    queue: int = Field(64, gt=0)  # requests waiting for their shadow; more: dropped, counted
+    timeout_seconds: float = Field(2.0, gt=0)  # a shadow taking longer is given up on
+    threshold: float = Field(0.5, gt=0, lt=1)  # the label a probability means (disagreement)
+
+
 class ServingConfig(_Frozen):
     """The online model server (pipelines.serving); where it listens is in the environment."""
     # the registry aliases the server follows; the first is what /v2/models/<name>/infer
@@ -189,6 +196,7 @@ class ServingConfig(_Frozen):
     unknown_entities: Literal["impute", "reject"] = "impute"
     log: ServingLogConfig = ServingLogConfig()
     routing: RoutingConfig = RoutingConfig()
+    shadow: ShadowConfig = ShadowConfig()
 
     @field_validator("aliases")
     @classmethod

@@ -40,7 +40,9 @@ def read_partition(settings: Settings, day: When) -> pd.DataFrame:
 # What a prediction-log row holds besides the columns of a prediction partition
 # (`parts.output_schema`): the V2 request id, the alias that served it, the server-side time from
 # request to response, and when it was served.
-LOG_COLUMNS = ("request_id", "variant", "latency_ms", "served_at")
+# the shadow's answer beside the primary's in the same record (null when not mirrored)
+SHADOW_COLUMNS = ("shadow_variant", "shadow_version", "shadow_probability", "shadow_status")
+LOG_COLUMNS = ("request_id", "variant", "latency_ms", "served_at", *SHADOW_COLUMNS)
 
 
 def log_records(settings: Settings, day: date) -> pa.Table:

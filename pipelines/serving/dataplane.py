@@ -29,6 +29,7 @@ from pipelines.serving.model import AliasFollower, Repository, ServedModel
 from pipelines.serving.predlog import PredictionLog, log_table
 from pipelines.serving.protocol import InferRequest, RequestError
 from pipelines.serving.routing import RoutingFollower
+from pipelines.serving.shadow import ShadowJob, ShadowRunner
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -55,6 +56,9 @@ class DataPlane:
                              f"of the model (inputs: {', '.join(self.declared)})")
         self.log = PredictionLog(settings, cfg.serving.log.batch_rows,
                                  settings.serving_log_flush_seconds)
+        shadow = cfg.serving.shadow
+        self.shadow = ShadowRunner(self.name, self._shadow_score, self.log, shadow.queue,
+                                   shadow.timeout_seconds, shadow.threshold)
         self.store: FeatureStore | None = None
         self._views: dict[str, tuple[float, list[ViewSpec]]] = {}
 
@@ -65,10 +69,12 @@ class DataPlane:
         self.repository.start()
         self.routing.start()
         self.log.start()
+        self.shadow.start()
 
     def stop(self) -> None:
         self.repository.stop()
         self.routing.stop()
+        self.shadow.stop()
         self.log.close()
 
     # -- health and metadata ----------------------------------------------------------------
@@ -150,21 +156,38 @@ class DataPlane:
                                status=503)
         return served
 
-    def route(self, default: ServedModel, request: InferRequest, sticky_header: str | None
-              ) -> ServedModel:
-        """The version that answers an unversioned request: the live routing's choice for its
-        sticky key (the header, or the first row's input; neither: the request id), or
-        `default` while the chosen alias has nothing loaded."""
+    def sticky_key(self, request: InferRequest, sticky_header: str | None) -> str:
+        """The key that keeps a caller on one variant: the header, or the first row's input;
+        neither: the request id."""
         sticky = self.cfg.serving.routing.sticky
         key = sticky_header if sticky.header is not None else None
         if sticky.input is not None:
             first = request.columns[sticky.input][0]
             missing = first is None or (isinstance(first, float) and np.isnan(first))
             key = None if missing else str(first)
-        alias = routing.choose(self.routing.current, key or str(request.id))
-        follower = self.repository.followers.get(alias)
-        chosen = follower.current if follower is not None else None
-        return chosen if chosen is not None else default
+        return key or str(request.id)
+
+    def _loaded(self, alias: str | None) -> ServedModel | None:
+        follower = self.repository.followers.get(alias) if alias else None
+        return follower.current if follower is not None else None
+
+    def route(self, default: ServedModel, key: str) -> tuple[ServedModel, ServedModel | None]:
+        """The version that answers an unversioned request (the live routing's choice for its
+        sticky key, or `default` while the chosen alias has nothing loaded) and its shadow
+        (the mirror alias, if the key falls in the mirrored share, is loaded and did not
+        answer)."""
+        live = self.routing.current
+        served = self._loaded(routing.choose(live, key)) or default
+        shadow = self._loaded(routing.mirrored(live, key))
+        return served, shadow if shadow is not None and shadow.alias != served.alias else None
+
+    def _shadow_score(self, job: ShadowJob) -> np.ndarray:
+        """The shadow's probabilities for a mirrored request (its own features and inputs)."""
+        assert self.store is not None
+        views = self.views(inference.service_name(self.cfg, job.shadow))
+        inputs, _ = inference.prepare(self.cfg, self.store, views, job.shadow,
+                                      inference.raw_frame(job.columns))
+        return job.shadow.predict(inputs, self.cfg.scoring.batch_rows)
 
     def infer(self, served: ServedModel, routed: bool, body: bytes, header_length: str | None,
               sticky_header: str | None, started: float) -> tuple[bytes, dict[str, str]]:
@@ -176,9 +199,10 @@ class DataPlane:
             request = protocol.decode(body, header_length, self.declared,
                                       self.cfg.serving.max_rows)
             request.id = request.id or uuid.uuid4().hex
+            shadow = None
             if routed:
-                served = self.route(served, request, sticky_header)
-            out = self._infer(served, request, started)
+                served, shadow = self.route(served, self.sticky_key(request, sticky_header))
+            out = self._infer(served, request, started, shadow)
         except RequestError as exc:
             metrics.FAILURE.labels(self.name, served.version, served.alias, str(exc.status)).inc()
             raise
@@ -188,8 +212,8 @@ class DataPlane:
         metrics.SUCCESS.labels(self.name, served.version, served.alias).inc()
         return out
 
-    def _infer(self, served: ServedModel, request: InferRequest, started: float
-               ) -> tuple[bytes, dict[str, str]]:
+    def _infer(self, served: ServedModel, request: InferRequest, started: float,
+               shadow: ServedModel | None = None) -> tuple[bytes, dict[str, str]]:
         cfg, store = self.cfg, self.store
         assert store is not None  # `served` checked it
         views = self.views(inference.service_name(cfg, served))
@@ -212,8 +236,12 @@ class DataPlane:
             {"variant": served.alias})
         headers[VARIANT_HEADER] = served.alias
         done = time.perf_counter()
-        self.log.append(log_table(inputs, probabilities, served.described, request.id,
-                                  served.alias, done - started, datetime.now(UTC)))
+        if shadow is not None:  # logged with the shadow's answer, after it
+            self.shadow.submit(ShadowJob(served, shadow, request.columns, inputs, probabilities,
+                                         request.id, done - started, datetime.now(UTC)))
+        else:
+            self.log.append(log_table(inputs, probabilities, served.described, request.id,
+                                      served.alias, done - started, datetime.now(UTC)))
         metrics.POSTPROCESS.labels(self.name).observe(time.perf_counter() - encoding)
         metrics.ROWS.labels(self.name, served.version, served.alias).inc(len(inputs))
         return body_out, headers
