@@ -216,6 +216,42 @@ class ServingConfig(_Frozen):
         return self
 
 
+class RolloutSLO(_Frozen):
+    """What a rollout step must show, per variant, to go on (a breach rolls back)."""
+    min_requests: int = Field(50, gt=0)  # requests a variant needs in a step to be judged
+    max_error_rate: float = Field(0.01, ge=0, le=1)  # failed / all requests
+    max_p99_latency_ms: float = Field(250.0, gt=0)  # request arrival to response built
+    max_mean_abs_diff: float = Field(0.15, gt=0, le=1)  # shadow |dp| mean over its rows
+    max_label_disagreement: float = Field(0.1, ge=0, le=1)  # shadow rows with another label
+    # live quality, once labels arrive: a breach when the challenger's Brier exceeds the
+    # champion's by more than this, significantly (the lower bound of the A/B interval)
+    max_brier_increase: float = Field(0.01, ge=0)
+
+
+class ABConfig(_Frozen):
+    """A/B mode: a fixed split measured until the difference is significant or the budget ends."""
+    weight: float = Field(50.0, gt=0, lt=100)  # the challenger's share, percent
+    alpha: float = Field(0.05, gt=0, lt=0.5)  # false-positive rate over all looks (Bonferroni)
+    max_looks: int = Field(5, gt=0)  # looks (steps) the budget allows
+
+
+class RolloutConfig(_Frozen):
+    """Progressive delivery of the challenger (the `rollout` DAG; form values override)."""
+    # the routing steps: "shadow" (mirror 100%, served 0%) or the challenger's served percent
+    steps: tuple[str | float, ...] = ("shadow", 5.0, 25.0, 50.0, 100.0)
+    hold_seconds: float = Field(600.0, gt=0)  # how long each step runs before it is judged
+    slo: RolloutSLO = RolloutSLO()
+    ab: ABConfig = ABConfig()
+
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, v: tuple[str | float, ...]) -> tuple[str | float, ...]:
+        for s in v:
+            if s != "shadow" and not (isinstance(s, (int, float)) and 0 < float(s) <= 100):
+                raise ValueError(f"rollout.steps: 'shadow' or a percent in (0, 100], got {s!r}")
+        return v
+
+
 class FeatureRule(_Frozen):
     """Override for the features whose name matches a glob pattern (unset fields: the default)."""
     psi_threshold: float | None = Field(None, gt=0)
@@ -328,6 +364,7 @@ class Config(_Frozen):
     gates: GatesConfig = GatesConfig()
     scoring: ScoringConfig = ScoringConfig()
     serving: ServingConfig = ServingConfig()
+    rollout: RolloutConfig = RolloutConfig()
     drift: DriftConfig = DriftConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
     alerts: AlertsConfig = AlertsConfig()
