@@ -116,10 +116,15 @@ def staging(settings: Settings, day: When) -> str:
 
 # -- serving -----------------------------------------------------------------------------------
 
+def prediction_log_root(settings: Settings) -> str:
+    """The folder of every day's prediction log."""
+    return join(settings.data_uri, "prediction_log")
+
+
 def prediction_log(settings: Settings, day: date) -> str:
     """The online server's predictions of events of `day` (UTC): append-only part files, one
     per worker flush, each written atomically (no manifest: every complete part is read)."""
-    return join(settings.data_uri, "prediction_log", partition(day))
+    return join(prediction_log_root(settings), partition(day))
 
 
 def routing(settings: Settings) -> str:
