@@ -78,7 +78,7 @@ def evidence(records: pd.DataFrame, failed: dict[str, int], label: str | None,
              threshold: float) -> dict[str, Evidence]:
     """Per variant, from prediction-log records (`scoring.table.log_records`, limited to the
     step) and failed requests per variant; `label`: the column of known outcomes joined to the
-    records (None: no outcomes yet)."""
+    records (None: no outcomes yet; a row key served more than once is one labelled row)."""
     out: dict[str, Evidence] = {}
     variants = set(records["variant"].dropna()) | set(failed) | set(
         records.get("shadow_variant", pd.Series(dtype=object)).dropna())
@@ -92,7 +92,8 @@ def evidence(records: pd.DataFrame, failed: dict[str, int], label: str | None,
         diff = np.abs(ok["shadow_probability"].to_numpy(float) - ok["probability"].to_numpy(float))
         disagree = int(((ok["shadow_probability"] >= threshold)
                         != (ok["probability"] >= threshold)).sum())
-        known = mine[mine[label].notna()] if label and label in mine else mine.iloc[0:0]
+        known = (mine[mine[label].notna()].drop_duplicates("row_key", keep="last")
+                 if label and label in mine else mine.iloc[0:0])  # a row key counts once
         out[v] = Evidence(
             variant=v, answered=len(per_request), failed=int(failed.get(v, 0)),
             latency_ms=per_request["latency_ms"].to_numpy(float), shadow_abs_diff=diff,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, TypedDict
 
 import pandas as pd
@@ -117,6 +117,27 @@ def served_records(settings: Settings, start: datetime, end: datetime) -> pd.Dat
     return frame[(served >= start) & (served < end)].reset_index(drop=True)
 
 
+def with_outcomes(cfg: Config, settings: Settings, records: pd.DataFrame, as_of: datetime
+                  ) -> pd.DataFrame:
+    """`records` with the label column (`dataset.label.name`) where the outcome of the row's
+    event is known by `as_of` (the events' batches in the landing zone, as live quality reads
+    them), else null."""
+    from pipelines.data.events import EVENT_TIME, LABEL_AT, ROW_KEY, load_events
+
+    label = cfg.dataset.label.name
+    if records.empty:
+        return records.assign(**{label: pd.Series(dtype=float)})
+    times = pd.to_datetime(records[EVENT_TIME], utc=True)
+    first, last = times.min().date(), times.max().date() + timedelta(days=1)
+    events = load_events(cfg, settings.landing_uri, first, last)
+    if events.empty:
+        return records.assign(**{label: pd.Series(float("nan"), index=records.index)})
+    known = events[events[label].notna() & (pd.to_datetime(events[LABEL_AT], utc=True)
+                                             <= pd.Timestamp(as_of))]
+    return records.merge(known[[ROW_KEY, label]].drop_duplicates(ROW_KEY), on=ROW_KEY,
+                         how="left")
+
+
 def run_steps(settings: Settings, cfg: Config, version: str, mode: Mode, steps: list[Step],
               hold_seconds: float, scrape: Callable[[], dict[str, float]], actor: str,
               user: str | None = None) -> Outcome:
@@ -160,12 +181,14 @@ def _run(settings: Settings, cfg: Config, version: str, mode: Mode, steps: list[
         time.sleep(settings.serving_log_flush_seconds + 1)  # the workers' last flush
         after = scrape()
         failed = {v: after.get(v, 0.0) - before.get(v, 0.0) for v in after}
-        records = served_records(settings, ab_start if mode == "ab" else start, end)
-        ev = evidence(records, {v: int(n) for v, n in failed.items()}, None,
-                      cfg.serving.shadow.threshold)
+        records = with_outcomes(cfg, settings, served_records(
+            settings, ab_start if mode == "ab" else start, end), end)
+        ev = evidence(records, {v: int(n) for v, n in failed.items()},
+                      cfg.dataset.label.name, cfg.serving.shadow.threshold)
         verdict = judge_step(step["name"], cfg.rollout.slo, ev, champion, challenger,
                              served / 100, alpha)
         entry = {**summary(verdict), "checks": verdict["checks"], "ab": verdict["ab"],
+                 "labelled_rows": {v: int(e.y.size) for v, e in ev.items()},
                  "served_percent": served, "mirror": mirror, "from": start.isoformat(),
                  "to": end.isoformat()}
         done.append(entry)

@@ -101,6 +101,8 @@ def test_a_healthy_challenger_goes_through_every_step_and_is_promoted(live, serv
     assert outcome["outcome"] == "promote", (outcome["reason"], outcome["steps"][-1]["checks"])
     assert [s["step"] for s in outcome["steps"]] == ["shadow", "50%", "100%"]
     assert all(s["passed"] for s in outcome["steps"])
+    # the two served events' outcomes are known (landing zone): one labelled row per key
+    assert outcome["steps"][1]["labelled_rows"] == {"champion": 2, "challenger": 2}
     judged = {c["name"] for s in outcome["steps"] for c in s["checks"] if c["passed"]}
     assert {"error_rate", "p99_latency_ms", "shadow_error_rate"} <= judged
     event = rollout_run.finish(settings, cfg, outcome, "rollout-ok", user="ada")
