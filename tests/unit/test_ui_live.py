@@ -86,3 +86,24 @@ def test_without_routing_or_traffic_the_section_says_so(tmp_path):
     assert shown["variants"] == {} and shown["rollout"] == []
     html = serving_section(shown)
     assert "No request logged in the last 15 minutes" in html and "No rollout yet" in html
+
+
+def test_the_rollout_tasks_link_to_the_live_evidence(tmp_path):
+    from mlops_ui.links import (
+        LIVE_SERVING,
+        MLFLOW_VERSION,
+        MODEL_PAGE,
+        TaskOutput,
+        links_for,
+    )
+
+    settings = isolated_settings(tmp_path)
+    outcome = {"version": "2", "mode": "canary", "outcome": "rolled_back", "steps": [],
+               "reason": "25%: error_rate"}
+    got = links_for(settings, TaskOutput("rollout", "run_steps", outcome), "delay_model")
+    assert got[LIVE_SERVING] == "/mlops/#serving"
+    assert got[MLFLOW_VERSION].endswith("/#/models/delay_model/versions/2")
+    assert got[MODEL_PAGE] == "/mlops/#models"
+    other = links_for(settings, TaskOutput("promote", "promote_version", {"to_version": "2"}),
+                      "delay_model")
+    assert LIVE_SERVING not in other
