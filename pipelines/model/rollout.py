@@ -185,3 +185,27 @@ def summary(verdict: StepVerdict) -> dict[str, Any]:
     return {"step": verdict["step"], "passed": verdict["passed"],
             "breached": [f"{c['name']} {c['observed']:.4g} > {c['limit']:.4g}" for c in failed]
             or verdict["breached"]}
+
+
+def next_move(mode: str, verdict: StepVerdict) -> tuple[str, str]:
+    """What a rollout does after a judged step: ("continue" | "promote" | "roll_back", why).
+
+    A breach rolls back (whatever the mode); an A/B look that is significant stops the
+    rollout: promote when the challenger's Brier is lower, roll back when it is higher.
+    """
+    if not verdict["passed"]:
+        return "roll_back", "; ".join(summary(verdict)["breached"])
+    ab = verdict["ab"]
+    if mode == "ab" and ab is not None and ab["significant"] and ab["diff"] is not None:
+        if ab["diff"] < 0:
+            return "promote", f"A/B significant at {verdict['step']}: Brier {ab['diff']:+.4f}"
+        return "roll_back", f"A/B significant at {verdict['step']}: challenger worse, Brier " \
+                            f"{ab['diff']:+.4f}"
+    return "continue", ""
+
+
+def final_outcome(mode: str) -> tuple[str, str]:
+    """The outcome of a rollout whose every step passed without stopping it."""
+    return {"canary": ("promote", "every step passed"),
+            "shadow": ("observed", "shadow observed"),
+            "ab": ("inconclusive", "A/B budget spent without a significant difference")}[mode]

@@ -27,7 +27,13 @@ from pipelines.core.config import Config
 from pipelines.core.contracts import Mirror
 from pipelines.core.settings import Settings
 from pipelines.model import registry, routing
-from pipelines.model.rollout import evidence, judge_step, summary
+from pipelines.model.rollout import (
+    evidence,
+    final_outcome,
+    judge_step,
+    next_move,
+    summary,
+)
 
 log = logging.getLogger(__name__)
 Mode = Literal["shadow", "canary", "ab"]
@@ -178,7 +184,8 @@ def _run(settings: Settings, cfg: Config, version: str, mode: Mode, steps: list[
         ab_start = ab_start or start  # A/B looks accumulate from the first
         time.sleep(hold_seconds)
         end = datetime.now(UTC)
-        time.sleep(settings.serving_log_flush_seconds + 1)  # the workers' last flush
+        # the workers' last flush, after the last mirrored requests' shadows (logged with them)
+        time.sleep(settings.serving_log_flush_seconds + cfg.serving.shadow.timeout_seconds + 1)
         after = scrape()
         failed = {v: after.get(v, 0.0) - before.get(v, 0.0) for v in after}
         records = with_outcomes(cfg, settings, served_records(
@@ -197,19 +204,15 @@ def _run(settings: Settings, cfg: Config, version: str, mode: Mode, steps: list[
                                    "reason": f"{mode} {step['name']}: "
                                              f"{'pass' if verdict['passed'] else 'breach'}",
                                    "rollout": entry})
-        ab = verdict["ab"]
-        if not verdict["passed"] or (mode == "ab" and ab is not None and ab["significant"]):
-            better = ab is not None and ab["significant"] and (ab["diff"] or 0) < 0
-            if verdict["passed"] and better:
-                return _outcome(version, mode, "promote", done, f"A/B significant at "
-                                f"{step['name']}: Brier {ab['diff']:+.4f}")
-            return _roll_back(settings, cfg, version, mode, done, actor, user,
-                              "; ".join(entry["breached"]) or "A/B: challenger worse")
-    if mode == "canary":
-        return _outcome(version, mode, "promote", done, "every step passed")
-    routing.reset_routing(settings, cfg, actor, f"rollout of v{version}: {mode} finished")
-    return _outcome(version, mode, "observed" if mode == "shadow" else "inconclusive", done,
-                    "shadow observed" if mode == "shadow" else "A/B budget spent")
+        move, why = next_move(mode, verdict)
+        if move == "promote":
+            return _outcome(version, mode, "promote", done, why)
+        if move == "roll_back":
+            return _roll_back(settings, cfg, version, mode, done, actor, user, why)
+    outcome, why = final_outcome(mode)
+    if outcome != "promote":
+        routing.reset_routing(settings, cfg, actor, f"rollout of v{version}: {why}")
+    return _outcome(version, mode, outcome, done, why)
 
 
 def _outcome(version: str, mode: str, outcome: Any, steps: list[dict[str, Any]],

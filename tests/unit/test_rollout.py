@@ -131,3 +131,53 @@ def test_without_an_effect_the_false_positive_rate_stays_at_alpha():
         sequential += stopped
     assert 0.03 <= single / runs <= 0.07
     assert sequential / runs <= ab.alpha + 0.015
+
+
+def _ab_rollout(rng, bias_champion: float, bias_challenger: float, ab: ABConfig,
+                rows_per_look: int = 1500) -> tuple[str, int]:
+    """An A/B rollout on simulated traffic, as `rollout_run` drives it: each look judges the
+    cumulative rows at alpha / max_looks; returns (outcome, looks taken)."""
+    from pipelines.model.rollout import final_outcome, next_move
+
+    slo = RolloutSLO(min_requests=50, max_brier_increase=1.0)  # only the A/B decides here
+    champion, challenger = (_arm(rng, rows_per_look * ab.max_looks, bias_champion),
+                            _arm(rng, rows_per_look * ab.max_looks, bias_challenger))
+    for look in range(1, ab.max_looks + 1):
+        n = look * rows_per_look
+        ev = {"champion": Evidence("champion", answered=n, latency_ms=np.full(n, 5.0),
+                                   y=champion.y[:n], p=champion.p[:n]),
+              "challenger": Evidence("challenger", answered=n, latency_ms=np.full(n, 5.0),
+                                     y=challenger.y[:n], p=challenger.p[:n])}
+        verdict = judge_step(f"ab look {look}", SLO.model_copy(update={
+            "max_brier_increase": slo.max_brier_increase}), ev, "champion", "challenger",
+            ab.weight / 100, ab.alpha / ab.max_looks)
+        move, _ = next_move("ab", verdict)
+        if move != "continue":
+            return move, look
+    return final_outcome("ab")[0], ab.max_looks
+
+
+def test_an_ab_rollout_stops_at_a_known_effect_and_runs_its_budget_without_one():
+    ab = ABConfig(alpha=0.05, max_looks=4)
+    rng = np.random.default_rng(5)
+    better = [_ab_rollout(rng, 0.15, 0.0, ab) for _ in range(20)]
+    assert sum(o == "promote" for o, _ in better) >= 18
+    assert any(looks < ab.max_looks for _, looks in better)  # it stops early
+    worse = [_ab_rollout(rng, 0.0, 0.15, ab) for _ in range(20)]
+    assert sum(o == "roll_back" for o, _ in worse) >= 18
+    same = [_ab_rollout(rng, 0.0, 0.0, ab) for _ in range(100)]
+    wrong = sum(o != "inconclusive" for o, _ in same)
+    assert wrong <= 12  # at most alpha of the runs, within binomial noise for 100 runs
+    assert all(looks == 4 for o, looks in same if o == "inconclusive")
+
+
+def test_a_breach_rolls_back_whatever_the_mode():
+    from pipelines.model.rollout import final_outcome, next_move
+
+    log = records(600, 0.25, seed=1, latency=200.0)
+    verdict = judge_step("25", SLO, evidence(log, {}, None, 0.5), "champion", "challenger",
+                         0.25, 0.01)
+    for mode in ("canary", "ab", "shadow"):
+        move, why = next_move(mode, verdict)
+        assert move == "roll_back" and why.startswith("p99_latency_ms")
+    assert final_outcome("canary")[0] == "promote" and final_outcome("shadow")[0] == "observed"

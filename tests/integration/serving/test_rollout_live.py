@@ -4,8 +4,8 @@ promoted through the registry; a challenger whose predict fails (injected) breac
 SLO at its first step and is rolled back automatically. The promotion history shows each step.
 
 The server is the real app with the challenger's predict made to raise by a file
-(`shadow_app`), following champion and challenger every 0.3 s; a thread sends requests with
-random sticky keys throughout; holds are 3 s and a variant needs 5 requests a step (the
+(`shadow_app`), following champion and challenger every 0.3 s; three threads send requests
+with random sticky keys throughout; holds are 5 s and a variant needs 3 requests a step (the
 machine is shared).
 """
 
@@ -37,7 +37,7 @@ def live(served_state):
     params = yaml.safe_load(Path(served_state["env"]["MLOPS_PARAMS"]).read_text())
     params["serving"] = {"aliases": ["champion", "challenger"], "poll_seconds": 0.3,
                          "log": {"batch_rows": 10}, "shadow": {"timeout_seconds": 1.0}}
-    params["rollout"] = {"slo": {"min_requests": 5, "max_error_rate": 0.05,
+    params["rollout"] = {"slo": {"min_requests": 3, "max_error_rate": 0.05,
                                  "max_p99_latency_ms": 5000, "max_mean_abs_diff": 1.0,
                                  "max_label_disagreement": 1.0}}
     path = served_state["root"] / "params-rollout.yaml"
@@ -54,7 +54,7 @@ def live(served_state):
     stop = threading.Event()
     body = json.dumps(v2_request(known_events(served_state).head(2))).encode()
 
-    def load() -> None:  # the scripted traffic: random callers, one after another
+    def load() -> None:  # the scripted traffic: random callers (three of these at once)
         with httpx.Client(base_url=srv.url, timeout=30) as http:  # its own connection
             while not stop.is_set():
                 try:
@@ -63,14 +63,16 @@ def live(served_state):
                 except httpx.TransportError:
                     pass  # counted by nobody; the next request tries again
 
-    thread = threading.Thread(target=load, daemon=True)
+    threads = [threading.Thread(target=load, daemon=True) for _ in range(3)]
     try:
         srv.wait(f"/v2/models/{MODEL}/versions/champion/ready")
-        thread.start()
+        for thread in threads:
+            thread.start()
         yield settings, load_config(path), srv, fault, token
     finally:
         stop.set()
-        thread.join(timeout=30)
+        for thread in threads:
+            thread.join(timeout=30)
         srv.stop()
         Path(locations.routing(settings)).unlink(missing_ok=True)
         c = registry.client(settings)
@@ -95,7 +97,7 @@ def test_a_healthy_challenger_goes_through_every_step_and_is_promoted(live, serv
     v2 = served_state["v2"]
     _challenger(settings, srv, v2)
     steps = rollout_run.plan(cfg, "canary", ["shadow", 50, 100])
-    outcome = rollout_run.run_steps(settings, cfg, v2, "canary", steps, 3.0,
+    outcome = rollout_run.run_steps(settings, cfg, v2, "canary", steps, 5.0,
                                     rollout_run.scraper(srv.url, settings.token_path),
                                     "rollout-ok", user="ada")
     assert outcome["outcome"] == "promote", (outcome["reason"], outcome["steps"][-1]["checks"])
@@ -123,7 +125,7 @@ def test_a_failing_challenger_breaches_its_slo_and_is_rolled_back(live, served_s
     fault.write_text("raise")
     try:
         steps = rollout_run.plan(cfg, "canary", [25, 100])
-        outcome = rollout_run.run_steps(settings, cfg, v2, "canary", steps, 3.0,
+        outcome = rollout_run.run_steps(settings, cfg, v2, "canary", steps, 5.0,
                                         rollout_run.scraper(srv.url, settings.token_path),
                                         "rollout-bad")
     finally:
