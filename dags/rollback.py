@@ -1,8 +1,10 @@
 """
 ### rollback
 
-Moves the `champion` alias back to an earlier model version (or to `previous_champion`) and
-records the move in the promotion history. Trigger it from the UI with the target version.
+Blue-green's way back: first resets the live routing to the champion only (no canary, no
+shadow; every server follows within `serving.poll_seconds`), then moves the `champion` alias
+back to an earlier model version (or to `previous_champion`). Both are recorded in the
+promotion history. Trigger it from the UI with the target version.
 """
 
 from __future__ import annotations
@@ -48,7 +50,17 @@ def rollback():
         print(f"rollback: champion {event['from_version']} -> {event['to_version']}")
         return event
 
-    move_champion()
+    @task
+    def reset_routing(**context) -> dict:
+        from pipelines.model.routing import roll_back_routing
+
+        cfg, settings = stage()
+        state = roll_back_routing(settings, cfg, context["run_id"], context["params"]["reason"],
+                                  user=triggering_user(context))
+        print(f"rollback: routing reset to {state['candidates']}")
+        return dict(state)
+
+    reset_routing() >> move_champion()
 
 
 rollback()

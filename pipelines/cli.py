@@ -147,9 +147,12 @@ def cmd_monitor(a: argparse.Namespace) -> Any:
 
 def cmd_rollback(a: argparse.Namespace) -> Any:
     from pipelines.model.registry import rollback
+    from pipelines.model.routing import roll_back_routing
 
     cfg, s = _ctx()
-    return rollback(s, cfg.registry.model_name, a.target, "cli", a.reason, user=_user())
+    routing = roll_back_routing(s, cfg, "cli", a.reason, user=_user())  # blue-green first
+    event = rollback(s, cfg.registry.model_name, a.target, "cli", a.reason, user=_user())
+    return {**event, "routing": routing}
 
 
 def cmd_promote(a: argparse.Namespace) -> Any:

@@ -137,6 +137,50 @@ class ServingLogConfig(_Frozen):
     batch_rows: int = Field(1000, gt=0)  # a worker writes a log part once this many rows wait
 
 
+class StickyKey(_Frozen):
+    """What keeps a caller on one variant: a request header or a request input (the first
+    row's value); a request without it is split at random (by its request id)."""
+    header: str | None = None
+    input: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> "StickyKey":
+        if (self.header is None) == (self.input is None):
+            raise ValueError("serving.routing.sticky: give exactly one of header or input")
+        return self
+
+
+class MirrorConfig(_Frozen):
+    """A shadow: this share of requests is also scored by `alias`, after the response."""
+    alias: str
+    percent: float = Field(0.0, ge=0, le=100)
+
+
+class RoutingConfig(_Frozen):
+    """How requests on the unversioned path are shared between followed aliases (shape after
+    Seldon's experiments). The live routing document (`core.locations.routing`, written by
+    the rollout and rollback DAGs) overrides it; without either: the first alias only."""
+    candidates: dict[str, float] | None = None  # alias -> weight; None: the first alias only
+    mirror: MirrorConfig | None = None
+    sticky: StickyKey = StickyKey(header="x-routing-key")
+
+    @field_validator("candidates")
+    @classmethod
+    def _weights(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        if v is not None and (not v or any(w < 0 for w in v.values())
+                              or sum(v.values()) <= 0):
+            raise ValueError("serving.routing.candidates: alias -> weight, weights >= 0 with a "
+                             "positive sum")
+        return v
+
+
+class ShadowConfig(_Frozen):
+    """Shadow (mirror) scoring: off the request path, in a bounded queue per worker."""
+    queue: int = Field(64, gt=0)  # requests waiting for their shadow; more: dropped, counted
+    timeout_seconds: float = Field(2.0, gt=0)  # a shadow taking longer is given up on
+    threshold: float = Field(0.5, gt=0, lt=1)  # the label a probability means (disagreement)
+
+
 class ServingConfig(_Frozen):
     """The online model server (pipelines.serving); where it listens is in the environment."""
     # the registry aliases the server follows; the first is what /v2/models/<name>/infer
@@ -151,12 +195,60 @@ class ServingConfig(_Frozen):
     # reject = the request fails with 422 naming the row, the view and the join key
     unknown_entities: Literal["impute", "reject"] = "impute"
     log: ServingLogConfig = ServingLogConfig()
+    routing: RoutingConfig = RoutingConfig()
+    shadow: ShadowConfig = ShadowConfig()
 
     @field_validator("aliases")
     @classmethod
     def _aliases(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         if not v or len(set(v)) != len(v):
             raise ValueError("serving.aliases: give one or more distinct aliases")
+        return v
+
+    @model_validator(mode="after")
+    def _routed_aliases_followed(self) -> "ServingConfig":
+        routed = set(self.routing.candidates or ()) | ({self.routing.mirror.alias}
+                                                 if self.routing.mirror else set())
+        unknown = sorted(routed - set(self.aliases))
+        if unknown:
+            raise ValueError(f"serving.routing names {unknown}, which serving.aliases "
+                             f"{list(self.aliases)} does not follow")
+        return self
+
+
+class RolloutSLO(_Frozen):
+    """What a rollout step must show, per variant, to go on (a breach rolls back)."""
+    min_requests: int = Field(50, gt=0)  # requests a variant needs in a step to be judged
+    max_error_rate: float = Field(0.01, ge=0, le=1)  # failed / all requests
+    max_p99_latency_ms: float = Field(250.0, gt=0)  # request arrival to response built
+    max_mean_abs_diff: float = Field(0.15, gt=0, le=1)  # shadow |dp| mean over its rows
+    max_label_disagreement: float = Field(0.1, ge=0, le=1)  # shadow rows with another label
+    # live quality, once labels arrive: a breach when the challenger's Brier exceeds the
+    # champion's by more than this, significantly (the lower bound of the A/B interval)
+    max_brier_increase: float = Field(0.01, ge=0)
+
+
+class ABConfig(_Frozen):
+    """A/B mode: a fixed split measured until the difference is significant or the budget ends."""
+    weight: float = Field(50.0, gt=0, lt=100)  # the challenger's share, percent
+    alpha: float = Field(0.05, gt=0, lt=0.5)  # false-positive rate over all looks (Bonferroni)
+    max_looks: int = Field(5, gt=0)  # looks (steps) the budget allows
+
+
+class RolloutConfig(_Frozen):
+    """Progressive delivery of the challenger (the `rollout` DAG; form values override)."""
+    # the routing steps: "shadow" (mirror 100%, served 0%) or the challenger's served percent
+    steps: tuple[str | float, ...] = ("shadow", 5.0, 25.0, 50.0, 100.0)
+    hold_seconds: float = Field(600.0, gt=0)  # how long each step runs before it is judged
+    slo: RolloutSLO = RolloutSLO()
+    ab: ABConfig = ABConfig()
+
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, v: tuple[str | float, ...]) -> tuple[str | float, ...]:
+        for s in v:
+            if s != "shadow" and not (isinstance(s, (int, float)) and 0 < float(s) <= 100):
+                raise ValueError(f"rollout.steps: 'shadow' or a percent in (0, 100], got {s!r}")
         return v
 
 
@@ -275,6 +367,7 @@ class Config(_Frozen):
     gates: GatesConfig = GatesConfig()
     scoring: ScoringConfig = ScoringConfig()
     serving: ServingConfig = ServingConfig()
+    rollout: RolloutConfig = RolloutConfig()
     drift: DriftConfig = DriftConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
     alerts: AlertsConfig = AlertsConfig()

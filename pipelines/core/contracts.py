@@ -194,6 +194,21 @@ class ModelReady(TypedDict):
     stale: list[str]  # aliases whose last move could not be followed (see the metadata)
 
 
+class Mirror(TypedDict):
+    alias: str
+    percent: float  # share of requests also scored by `alias` after the response (shadow)
+
+
+class RoutingState(TypedDict):
+    """The live routing document the server follows (`pipelines.model.routing`), written by
+    a rollout step or reset by a rollback; without it `serving.routing` applies."""
+    candidates: dict[str, float]  # alias -> weight (share = weight / sum of weights)
+    mirror: Mirror | None
+    at: str
+    actor: str  # the run that set it (Airflow run id, "cli")
+    reason: str
+
+
 # -- monitoring ----------------------------------------------------------------------------------
 
 class DriftSummary(TypedDict):

@@ -14,6 +14,7 @@ Partitions are named by data interval (`pipelines.core.intervals`): `date=D` for
     predictions/_staging/date=D/                  chunk inputs of a scoring run in progress
     prediction_log/date=D/<stamp>-<host>-<pid>-<seq>.parquet   online predictions, by event day
     registry/history/<stamp>-<action>-v<N>.json   the promotion history (one event per file)
+    registry/routing.json                         the live routing the servers follow
     registry/drift/{verdicts,quality,decisions,triggers}/D.json   monitoring state
     registry/drift/reference/<model>/v<N>/        a version's scored drift reference
     reports/validation/<name>/<partition>.{json,md}, reports/data_docs/<name>/<partition>/
@@ -115,10 +116,20 @@ def staging(settings: Settings, day: When) -> str:
 
 # -- serving -----------------------------------------------------------------------------------
 
+def prediction_log_root(settings: Settings) -> str:
+    """The folder of every day's prediction log."""
+    return join(settings.data_uri, "prediction_log")
+
+
 def prediction_log(settings: Settings, day: date) -> str:
     """The online server's predictions of events of `day` (UTC): append-only part files, one
     per worker flush, each written atomically (no manifest: every complete part is read)."""
-    return join(settings.data_uri, "prediction_log", partition(day))
+    return join(prediction_log_root(settings), partition(day))
+
+
+def routing(settings: Settings) -> str:
+    """The live routing document (weights and mirror) every server worker follows."""
+    return join(settings.registry_uri, "routing.json")
 
 
 # -- monitoring --------------------------------------------------------------------------------

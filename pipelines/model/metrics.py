@@ -46,10 +46,16 @@ def pr_auc(y: Any, p: Any) -> float | None:
     return float(average_precision_score(y, p)) if _both_classes(y) else None
 
 
+def brier_terms(y: Any, p: Any) -> np.ndarray:
+    """Each row's squared error (its term of the Brier score; the A/B test's per-row loss)."""
+    y, p = _arrays(y, p)
+    return (p - y) ** 2
+
+
 def brier(y: Any, p: Any) -> float | None:
     """Mean squared error of the probabilities; None with no rows."""
-    y, p = _arrays(y, p)
-    return float(np.mean((p - y) ** 2)) if y.size else None
+    terms = brier_terms(y, p)
+    return float(np.mean(terms)) if terms.size else None
 
 
 def calibration_error(y: Any, p: Any, bins: int = CALIBRATION_BINS) -> float | None:

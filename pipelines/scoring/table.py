@@ -23,6 +23,7 @@ from pipelines.scoring.parts import PROBABILITY
 
 if TYPE_CHECKING:
     import duckdb
+    import pyarrow as pa
 
 
 def read_partition(settings: Settings, day: When) -> pd.DataFrame:
@@ -40,7 +41,23 @@ def read_partition(settings: Settings, day: When) -> pd.DataFrame:
 # What a prediction-log row holds besides the columns of a prediction partition
 # (`parts.output_schema`): the V2 request id, the alias that served it, the server-side time from
 # request to response, and when it was served.
-LOG_COLUMNS = ("request_id", "variant", "latency_ms", "served_at")
+# the shadow's answer beside the primary's in the same record (null when not mirrored)
+SHADOW_COLUMNS = ("shadow_variant", "shadow_version", "shadow_probability", "shadow_status")
+LOG_COLUMNS = ("request_id", "variant", "latency_ms", "served_at", *SHADOW_COLUMNS)
+
+
+def log_records(settings: Settings, day: date) -> pa.Table:
+    """Every record of the prediction log for events of `day` (each request's rows, a key
+    served twice twice), in no particular order; raises FileNotFoundError if there is none."""
+    import pyarrow as pa
+
+    base = locations.prediction_log(settings, day)
+    names = sorted(n for n in storage.listdir(base) if n.endswith(".parquet")
+                   and not n.startswith("."))  # ".tmp-*": a write in progress
+    if not names:
+        raise FileNotFoundError(f"no online predictions logged for {day} under {base}")
+    return pa.concat_tables([read_table(storage.join(base, n)) for n in names],
+                            promote_options="default")  # versions with other inputs: by name
 
 
 def read_log(settings: Settings, day: date, variant: str | None = "champion",
@@ -51,16 +68,9 @@ def read_log(settings: Settings, day: date, variant: str | None = "champion",
     prediction time, then row key), with the partition's columns and dtypes; `extra` adds
     LOG_COLUMNS. `variant`: only the rows the given alias served (None: all of them).
     """
-    import pyarrow as pa
     import pyarrow.compute as pc
 
-    base = locations.prediction_log(settings, day)
-    names = sorted(n for n in storage.listdir(base) if n.endswith(".parquet")
-                   and not n.startswith("."))  # ".tmp-*": a write in progress
-    if not names:
-        raise FileNotFoundError(f"no online predictions logged for {day} under {base}")
-    table = pa.concat_tables([read_table(storage.join(base, n)) for n in names],
-                             promote_options="default")  # versions with other inputs: by name
+    table = log_records(settings, day)
     if variant is not None:
         table = table.filter(pc.equal(table["variant"], variant))
     frame = table.to_pandas()

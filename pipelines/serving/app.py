@@ -11,8 +11,9 @@ over the data plane, a bearer token on everything but the health routes, and `/m
     POST /v2/models/<model>[/versions/<v>]/infer           inference (JSON or binary tensors)
     GET  /metrics                                          Prometheus, summed over workers
 
-`<v>` is an alias (`champion`) or the version number an alias serves now; without it the first
-of `serving.aliases` answers. Errors are `{"error": "..."}` with 400 (a bad request, naming the
+`<v>` is an alias (`champion`) or the version number an alias serves now; without it the live
+routing (`model.routing`: weights per alias, a sticky key) picks the alias, by default the first
+of `serving.aliases`; the `x-model-variant` header and `parameters.variant` name it. Errors are `{"error": "..."}` with 400 (a bad request, naming the
 field), 401, 404, 413, 422 (rows the unknown-entity or missing-feature policy rejects), 503
 (not loaded yet) or 500.
 
@@ -136,8 +137,11 @@ def create_app(settings: Settings | None = None, cfg: Config | None = None) -> F
         started = time.perf_counter()
         served = plane.served(model_name, model_version)
         body = await _body(request, limit)
-        out, headers = await run_in_threadpool(plane.infer, served, body,
-                                               request.headers.get(HEADER_LENGTH), started)
+        sticky = cfg.serving.routing.sticky.header
+        out, headers = await run_in_threadpool(
+            plane.infer, served, model_version is None, body,
+            request.headers.get(HEADER_LENGTH), request.headers.get(sticky) if sticky else None,
+            started)
         return Response(out, headers=headers)
 
     @app.get("/metrics")

@@ -1,7 +1,9 @@
 """What the V2 routes do (KServe calls this the data plane): readiness, metadata, inference.
 
 `infer` is one request end to end: the version its alias serves now (taken once: a swap during
-the request does not affect it), the V2 tensors decoded and checked against the model's inputs,
+the request does not affect it; on the unversioned path the live routing picks the alias from
+the request's sticky key, `model.routing.choose`), the V2 tensors decoded and checked against
+the model's inputs,
 `inference.prepare` (batch scoring's functions), `ServedModel.predict` (batch scoring's call),
 the response encoded, the rows handed to the prediction log; timed and counted as KServe and
 MLServer do (`metrics`).
@@ -21,10 +23,13 @@ import numpy as np
 from pipelines.core.config import Config
 from pipelines.core.contracts import ModelReady
 from pipelines.core.settings import Settings
+from pipelines.model import routing
 from pipelines.serving import inference, metrics, protocol
 from pipelines.serving.model import AliasFollower, Repository, ServedModel
 from pipelines.serving.predlog import PredictionLog, log_table
-from pipelines.serving.protocol import RequestError
+from pipelines.serving.protocol import InferRequest, RequestError
+from pipelines.serving.routing import RoutingFollower
+from pipelines.serving.shadow import ShadowJob, ShadowRunner
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -33,6 +38,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 OUTPUTS = {"probability": "FP64", "row_key": "BYTES"}
+VARIANT_HEADER = "x-model-variant"  # the alias that answered (also `parameters.variant`)
 VIEWS_TTL_S = 60.0  # how long a worker keeps a feature service's views (Feast caches 600 s)
 
 
@@ -43,8 +49,16 @@ class DataPlane:
         self.settings, self.cfg, self.name = settings, cfg, cfg.registry.model_name
         self.declared = inference.declared_inputs(cfg)
         self.repository = Repository(settings, cfg)
+        self.routing = RoutingFollower(settings, cfg)
+        sticky = cfg.serving.routing.sticky
+        if sticky.input is not None and sticky.input not in self.declared:
+            raise ValueError(f"serving.routing.sticky.input {sticky.input!r} is not an input "
+                             f"of the model (inputs: {', '.join(self.declared)})")
         self.log = PredictionLog(settings, cfg.serving.log.batch_rows,
                                  settings.serving_log_flush_seconds)
+        shadow = cfg.serving.shadow
+        self.shadow = ShadowRunner(self.name, self._shadow_score, self.log, shadow.queue,
+                                   shadow.timeout_seconds, shadow.threshold)
         self.store: FeatureStore | None = None
         self._views: dict[str, tuple[float, list[ViewSpec]]] = {}
 
@@ -53,10 +67,14 @@ class DataPlane:
 
         self.store = get_store(self.settings)  # refuses a registry that holds code
         self.repository.start()
+        self.routing.start()
         self.log.start()
+        self.shadow.start()
 
     def stop(self) -> None:
         self.repository.stop()
+        self.routing.stop()
+        self.shadow.stop()
         self.log.close()
 
     # -- health and metadata ----------------------------------------------------------------
@@ -138,27 +156,66 @@ class DataPlane:
                                status=503)
         return served
 
-    def infer(self, served: ServedModel, body: bytes, header_length: str | None,
-              started: float) -> tuple[bytes, dict[str, str]]:
-        """One V2 inference request on `served`; `started`: when the request arrived."""
-        labels = (self.name, served.version, served.alias)
+    def sticky_key(self, request: InferRequest, sticky_header: str | None) -> str:
+        """The key that keeps a caller on one variant: the header, or the first row's input;
+        neither: the request id."""
+        sticky = self.cfg.serving.routing.sticky
+        key = sticky_header if sticky.header is not None else None
+        if sticky.input is not None:
+            first = request.columns[sticky.input][0]
+            missing = first is None or (isinstance(first, float) and np.isnan(first))
+            key = None if missing else str(first)
+        return key or str(request.id)
+
+    def _loaded(self, alias: str | None) -> ServedModel | None:
+        follower = self.repository.followers.get(alias) if alias else None
+        return follower.current if follower is not None else None
+
+    def route(self, default: ServedModel, key: str) -> tuple[ServedModel, ServedModel | None]:
+        """The version that answers an unversioned request (the live routing's choice for its
+        sticky key, or `default` while the chosen alias has nothing loaded) and its shadow
+        (the mirror alias, if the key falls in the mirrored share, is loaded and did not
+        answer)."""
+        live = self.routing.current
+        served = self._loaded(routing.choose(live, key)) or default
+        shadow = self._loaded(routing.mirrored(live, key))
+        return served, shadow if shadow is not None and shadow.alias != served.alias else None
+
+    def _shadow_score(self, job: ShadowJob) -> np.ndarray:
+        """The shadow's probabilities for a mirrored request (its own features and inputs)."""
+        assert self.store is not None
+        views = self.views(inference.service_name(self.cfg, job.shadow))
+        inputs, _ = inference.prepare(self.cfg, self.store, views, job.shadow,
+                                      inference.raw_frame(job.columns))
+        return job.shadow.predict(inputs, self.cfg.scoring.batch_rows)
+
+    def infer(self, served: ServedModel, routed: bool, body: bytes, header_length: str | None,
+              sticky_header: str | None, started: float) -> tuple[bytes, dict[str, str]]:
+        """One V2 inference request; `served`: the version its path names (the default alias
+        on the unversioned path, where `routed` lets the live routing choose);
+        `sticky_header`: the value of `serving.routing.sticky.header`, if any; `started`:
+        when the request arrived."""
         try:
-            out = self._infer(served, body, header_length, started)
+            request = protocol.decode(body, header_length, self.declared,
+                                      self.cfg.serving.max_rows)
+            request.id = request.id or uuid.uuid4().hex
+            shadow = None
+            if routed:
+                served, shadow = self.route(served, self.sticky_key(request, sticky_header))
+            out = self._infer(served, request, started, shadow)
         except RequestError as exc:
-            metrics.FAILURE.labels(*labels, str(exc.status)).inc()
+            metrics.FAILURE.labels(self.name, served.version, served.alias, str(exc.status)).inc()
             raise
         except Exception:
-            metrics.FAILURE.labels(*labels, "500").inc()
+            metrics.FAILURE.labels(self.name, served.version, served.alias, "500").inc()
             raise
-        metrics.SUCCESS.labels(*labels).inc()
+        metrics.SUCCESS.labels(self.name, served.version, served.alias).inc()
         return out
 
-    def _infer(self, served: ServedModel, body: bytes, header_length: str | None,
-               started: float) -> tuple[bytes, dict[str, str]]:
+    def _infer(self, served: ServedModel, request: InferRequest, started: float,
+               shadow: ServedModel | None = None) -> tuple[bytes, dict[str, str]]:
         cfg, store = self.cfg, self.store
         assert store is not None  # `served` checked it
-        request = protocol.decode(body, header_length, self.declared, cfg.serving.max_rows)
-        request.id = request.id or uuid.uuid4().hex
         views = self.views(inference.service_name(cfg, served))
         inputs, unknown = inference.prepare(cfg, store, views, served,
                                             inference.raw_frame(request.columns))
@@ -177,9 +234,14 @@ class DataPlane:
             request, self.name, served.version,
             {"probability": ("FP64", probabilities), "row_key": ("BYTES", keys)},
             {"variant": served.alias})
+        headers[VARIANT_HEADER] = served.alias
         done = time.perf_counter()
-        self.log.append(log_table(inputs, probabilities, served.described, request.id,
-                                  served.alias, done - started, datetime.now(UTC)))
+        if shadow is not None:  # logged with the shadow's answer, after it
+            self.shadow.submit(ShadowJob(served, shadow, request.columns, inputs, probabilities,
+                                         request.id, done - started, datetime.now(UTC)))
+        else:
+            self.log.append(log_table(inputs, probabilities, served.described, request.id,
+                                      served.alias, done - started, datetime.now(UTC)))
         metrics.POSTPROCESS.labels(self.name).observe(time.perf_counter() - encoding)
         metrics.ROWS.labels(self.name, served.version, served.alias).inc(len(inputs))
         return body_out, headers

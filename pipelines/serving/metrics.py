@@ -9,7 +9,9 @@
   version and variant (alias) that answered; a failure also has its HTTP `status`.
 - This server's own: rows scored, rows with an unknown entity per view and policy, the version
   each alias serves in each worker (`serving_model_info`, 1 = served), load failures, whether
-  an alias is stale (its last move could not be followed), the prediction log's rows.
+  an alias is stale (its last move could not be followed), the routing shares in force and
+  failed reads of the routing document, the shadow's outcomes, queue and disagreement with the
+  primary (|dp| histogram, label disagreements), the prediction log's rows.
 
 With several workers the launcher sets PROMETHEUS_MULTIPROC_DIR: each process writes its
 values there and `/metrics` (any worker) sums counters and histograms over all of them; gauges
@@ -60,6 +62,24 @@ LOAD_FAILURES = Counter("serving_model_load_failures",
 STALE = Gauge("serving_model_stale",
               "1 while the alias's last move could not be followed (see the model metadata)",
               ["model_name", "alias"], multiprocess_mode="livemax")
+ROUTING_SHARE = Gauge("serving_routing_share",
+                      "Share of unversioned requests routed to each variant in this worker",
+                      ["model_name", "variant"], multiprocess_mode="livemax")
+ROUTING_FAILURES = Counter("serving_routing_failures",
+                           "Reads of the routing document that failed (the routing is kept)",
+                           ["model_name"])
+SHADOW = ["model_name", "variant"]  # variant: the mirror alias
+SHADOW_REQUESTS = Counter("serving_shadow_requests",
+                          "Mirrored requests by outcome (ok, error, timeout, busy, dropped)",
+                          [*SHADOW, "status"])
+SHADOW_PENDING = Gauge("serving_shadow_pending_requests", "Mirrored requests waiting",
+                       multiprocess_mode="livesum")
+SHADOW_DIFF = Histogram("serving_shadow_abs_diff",
+                        "|shadow probability - primary probability| per row", SHADOW,
+                        buckets=(0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0))
+SHADOW_ROWS = Counter("serving_shadow_rows", "Rows scored by the shadow", SHADOW)
+SHADOW_DISAGREE = Counter("serving_shadow_label_disagreements",
+                          "Rows whose shadow label differs from the primary's", SHADOW)
 LOG_ROWS = Counter("serving_prediction_log_rows", "Prediction log rows, by outcome", ["status"])
 LOG_PENDING = Gauge("serving_prediction_log_pending_rows", "Rows waiting to be written",
                     multiprocess_mode="livesum")

@@ -35,21 +35,31 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 MAX_PENDING_BATCHES = 50
+# a shadow's (alias, version, probabilities or None, status) for the log record
+Shadowed = tuple[str, str, "np.ndarray | None", str]
 
 
 def log_table(inputs: ModelInputs, probabilities: np.ndarray, model: dict[str, Any],
-              request_id: str, variant: str, latency_s: float, served_at: datetime) -> pa.Table:
-    """A request's rows as prediction-log rows: the partition's columns + LOG_COLUMNS."""
+              request_id: str, variant: str, latency_s: float, served_at: datetime,
+              shadow: Shadowed | None = None) -> pa.Table:
+    """A request's rows as prediction-log rows: the partition's columns + LOG_COLUMNS
+    (`shadow`: the mirror's alias, version, probabilities or None, and status)."""
     import pyarrow as pa
 
     from pipelines.scoring.parts import part_table
     from pipelines.scoring.table import LOG_COLUMNS
 
     table, n = part_table(inputs, probabilities, model), len(inputs)
+    alias, version, shadow_p, status = shadow or (None, None, None, None)
     extra = [pa.repeat(pa.scalar(request_id, pa.string()), n),
              pa.repeat(pa.scalar(variant, pa.string()), n),
              pa.repeat(pa.scalar(round(latency_s * 1000, 3), pa.float64()), n),
-             pa.repeat(pa.scalar(served_at, pa.timestamp("us", tz="UTC")), n)]
+             pa.repeat(pa.scalar(served_at, pa.timestamp("us", tz="UTC")), n),
+             pa.repeat(pa.scalar(alias, pa.string()), n),
+             pa.repeat(pa.scalar(version, pa.string()), n),
+             (pa.array(np.asarray(shadow_p, dtype=np.float64), pa.float64())
+              if shadow_p is not None else pa.nulls(n, pa.float64())),
+             pa.repeat(pa.scalar(status, pa.string()), n)]
     for name, column in zip(LOG_COLUMNS, extra):
         table = table.append_column(name, column)
     return table

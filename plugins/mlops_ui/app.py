@@ -18,7 +18,7 @@ from airflow.api_fastapi.core_api.security import requires_access_view
 from fastapi import Depends, FastAPI, HTTPException, Query
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 
-from mlops_ui import data, files, page, trends
+from mlops_ui import data, files, live, page, trends
 from pipelines.core.settings import get_settings
 
 
@@ -42,6 +42,7 @@ def summary(days: int, partition: date | None) -> dict[str, Any]:
     return {"model": name, "models": models, "registry_error": registry_error,
             "history": data.promotion_history(settings, name),
             "trend": trends.trend(trends.source_for(settings), days),
+            "live": live.live_serving(settings, cfg),
             "partitions": parts, "selected": chosen,
             "lineage": data.lineage(settings, date.fromisoformat(chosen)) if chosen else None}
 
@@ -63,7 +64,7 @@ def create_app() -> FastAPI:
         html = page.model_page(model=s["model"], models=s["models"],
                                registry_error=s["registry_error"], history=s["history"],
                                trend=s["trend"], partitions=s["partitions"], lineage=s["lineage"],
-                               selected=s["selected"], days=days, href=href)
+                               selected=s["selected"], days=days, href=href, live=s["live"])
         return HTMLResponse(html, headers={"Cache-Control": "no-store"})
 
     @app.get("/api/summary")

@@ -9,7 +9,8 @@ validation report (recognised by where `pipelines.core.locations` puts each kind
 to what its upstream tasks in the DAG produced, the nearest first. A validation task (its name
 starts with the verb `validate`, as task names are the verbs of the functions they call) that
 returns no report links to the validation index of its window or interval; every task of a DAG
-tagged `monitoring` links to the model page's trends.
+tagged `monitoring` links to the model page's trends, every task of the `rollout` DAG to its
+live serving section (the split, per-variant evidence, the rollout's steps).
 
 Every URI from XCom is accepted only in normal form under the served trees (`files.href`):
 anything else (another scheme, `..`, the landing zone) yields no link and is never read.
@@ -41,8 +42,10 @@ MLFLOW_RUN, MLFLOW_VERSION = "MLflow run", "MLflow model version"
 GATE_REPORT, EVIDENTLY, DRIFT_PLOT = "Gate report", "Evidently report", "Drift history plot"
 DATA_DOCS, MANIFEST, LINEAGE, MODEL_PAGE = "GX Data Docs", "Partition manifest", "Partition lineage", "Model page"
 REPORT = "Report"  # any other report a task returns (e.g. an online/offline skew check)
+LIVE_SERVING = "Live serving"  # the model page's split, per-variant evidence, rollout steps
 NAMES = (MLFLOW_RUN, MLFLOW_VERSION, GATE_REPORT, EVIDENTLY, DRIFT_PLOT, DATA_DOCS, MANIFEST,
-         LINEAGE, MODEL_PAGE, REPORT)
+         LINEAGE, MODEL_PAGE, REPORT, LIVE_SERVING)
+ROLLOUT_DAG = "rollout"  # dags/rollout.py: every task links to the live evidence
 
 VALIDATE_VERB = "validate"  # task names are verbs (STYLE 12): validate_batch, validate_raw, ...
 MONITORING_TAG = "monitoring"  # how a DAG says it monitors (dags/drift_monitor.py tags)
@@ -190,6 +193,8 @@ def links_for(settings: Settings, task: TaskOutput, model_name: str) -> dict[str
             out[DATA_DOCS] = urls.page("/validation", start=window["start"], end=window["end"])
         elif task.interval_day is not None:
             out[DATA_DOCS] = urls.page("/validation", day=task.interval_day.isoformat())
+    if task.dag_id == ROLLOUT_DAG:
+        out[LIVE_SERVING] = urls.page("/") + "#serving"
     if MLFLOW_VERSION in out or task.monitoring:
         out.setdefault(MODEL_PAGE, urls.page("/") + ("#trends" if task.monitoring else "#models"))
     return out

@@ -10,6 +10,7 @@ from html import escape
 from typing import Any
 
 from mlops_ui import charts, urls
+from mlops_ui.live_page import serving_section
 
 Href = Callable[[str | None], str | None]
 ROLE_TITLES = {"champion": "Champion", "challenger": "Challenger",
@@ -227,7 +228,8 @@ def model_cards(models: dict[str, Any] | None, registry_error: str | None, href:
 
 def model_page(*, model: str, models: dict[str, Any] | None, history: list[dict[str, Any]],
                trend: dict[str, Any], partitions: list[str], lineage: dict[str, Any] | None,
-               selected: str | None, days: int, href: Href, registry_error: str | None = None) -> str:
+               selected: str | None, days: int, href: Href, registry_error: str | None = None,
+               live: dict[str, Any] | None = None) -> str:
     """The whole model page; `models` is None when the registry could not be asked."""
     cards = model_cards(models, registry_error, href)
     period = f"{trend['start']} .. {trend['end']}" if trend["start"] else "no checks yet"
@@ -237,8 +239,10 @@ def model_page(*, model: str, models: dict[str, Any] | None, history: list[dict[
                  f' <button type="submit">show</button></form>')
     body = (f'<header><h1>Model <span id="model-name">{_e(model)}</span></h1>'
             f'<a href="#models">models</a><a href="#history">promotion history</a>'
+            f'<a href="#serving">live serving</a>'
             f'<a href="#trends">drift &amp; quality</a><a href="#lineage">lineage</a></header><main>'
             f'<section id="models"><h2>Champion and challenger</h2><div class="cards">{cards}</div></section>'
+            f'<section id="serving"><h2>Live serving</h2>{serving_section(live)}</section>'
             f'<section id="history"><h2>Promotion history</h2>{history_table(history, href)}</section>'
             f'<section id="trends"><h2>Drift and live quality, last {days} days ({_e(period)}) '
             f'</h2>{days_form}{trend_section(trend, href)}</section>'

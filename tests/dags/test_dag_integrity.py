@@ -47,7 +47,7 @@ def dagbag():
 def test_no_import_errors(dagbag) -> None:
     assert dagbag.import_errors == {}
     assert set(dagbag.dag_ids) == {"training", "batch_scoring", "feature_materialization",
-                                   "drift_monitor", "rollback", "promote"}
+                                   "drift_monitor", "rollback", "promote", "rollout"}
 
 
 def test_dag_ids_match_file_names_and_are_documented(dagbag) -> None:
@@ -58,7 +58,7 @@ def test_dag_ids_match_file_names_and_are_documented(dagbag) -> None:
         for task in dag.tasks:
             assert task.owner == "mlops", f"{dag_id}.{task.task_id} owner {task.owner}"
             # alias moves a person triggers are not retried blindly: they fail loudly instead
-            assert task.retries >= (0 if dag_id in ("rollback", "promote") else 1), f"{dag_id}.{task.task_id}"
+            assert task.retries >= (0 if dag_id in ("rollback", "promote", "rollout") else 1), f"{dag_id}.{task.task_id}"
 
 
 def test_assets_link_the_dags(dagbag) -> None:
@@ -115,7 +115,7 @@ def test_parsing_the_dags_makes_no_variable_or_connection_lookups(tmp_path) -> N
     parsed = _parse_without_lookups(DAGS, tmp_path)
     assert parsed["errors"] == {} and parsed["lookups"] == []
     assert set(parsed["dags"]) == {"training", "batch_scoring", "feature_materialization",
-                                   "drift_monitor", "rollback", "promote"}
+                                   "drift_monitor", "rollback", "promote", "rollout"}
 
 
 def test_the_lookup_check_catches_a_variable_read_at_parse_time(tmp_path) -> None:
