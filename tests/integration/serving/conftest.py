@@ -74,12 +74,14 @@ class Server:
     """A server process: the launcher (`python -m pipelines.serving`) or uvicorn on a factory."""
 
     def __init__(self, state: dict[str, Any], name: str, params: Path | None = None,
-                 workers: int = 1, factory: str | None = None) -> None:
+                 workers: int = 1, factory: str | None = None,
+                 env_extra: dict[str, str] | None = None) -> None:
         self.port, self.log_path = free_port(), state["root"] / f"{name}.log"
         env = {**os.environ, **state["env"], "MLOPS_SERVING_PORT": str(self.port),
                "MLOPS_SERVING_WORKERS": str(workers), "MLOPS_SERVING_LOG_FLUSH_SECONDS": "0.3",
                "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        env.update(env_extra or {})
         if params is not None:
             env["MLOPS_PARAMS"] = str(params)
         if factory is None:
