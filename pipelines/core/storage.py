@@ -182,13 +182,14 @@ def write_parquet(df: "pd.DataFrame", uri: str, metadata: dict[str, str] | None 
 def parquet_metadata(uri: str, key: str) -> str | None:
     """One key-value pair of a Parquet file's schema metadata (None: no file or no such key);
     reads the footer only."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     fs, path = resolve(uri)
     try:
         meta = pq.read_schema(path, filesystem=fs).metadata or {}
-    except (OSError, ValueError):  # absent, or not a readable Parquet file: no value
-        return None
+    except (FileNotFoundError, pa.ArrowInvalid):  # absent, or not a Parquet file: no value
+        return None  # (any other I/O error is "could not ask": it propagates)
     value = meta.get(key.encode())
     return value.decode() if value is not None else None
 
