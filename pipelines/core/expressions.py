@@ -211,9 +211,18 @@ def cast(values: pd.Series, dtype: str, what: str) -> pd.Series:
     import numpy as np
     import pandas as pd
 
-    present = values.dropna()
     if dtype == "string":
         return values.astype("string")
+    if values.dtype.kind in "iufb" and dtype in ("float64", "int64"):  # numbers already: numpy
+        numbers = values.to_numpy(dtype=np.float64, na_value=np.nan)  # (no per-value checks)
+        if dtype == "float64":
+            return pd.Series(numbers, index=values.index, name=values.name)
+        bad = ~np.isnan(numbers) & (numbers != np.floor(numbers))
+        if bad.any():
+            raise TypeError(f"{what}: declared int64 but gives non-integer values, e.g. "
+                            f"{float(numbers[bad][0])!r} (row {values.index[bad.argmax()]})")
+        return pd.Series(numbers, index=values.index, name=values.name).astype("Int64")
+    present = values.dropna()
     if not len(present):  # nothing to judge: all missing
         return pd.Series([None] * len(values), index=values.index, dtype=object).astype(
             DTYPES[dtype])
@@ -263,7 +272,7 @@ def apply_missing(values: pd.Series, missing: pd.Series, dtype: str, on_missing:
         rows = list(values.index[missing][:5])
         raise ValueError(f"{what}: {int(missing.sum())} rows with a missing input or a missing "
                          f"or non-finite result (on_missing: error), e.g. rows {rows}")
-    out = cast(values.where(~missing), dtype, what)
+    out = cast(values.where(~missing) if missing.any() else values, dtype, what)
     if missing.any() and on_missing == "fill":
         out = out.where(~missing, fill_value).astype(DTYPES[dtype])
     return out

@@ -62,8 +62,9 @@ def instant(cfg: Config, when: date | datetime | str) -> pd.Timestamp:
 
 def row_keys(df: pd.DataFrame, key: tuple[str, ...]) -> pd.Series:
     """Deterministic 16-hex-digit key from the key columns (stable across runs and machines)."""
-    joined = df[list(key)].astype(str).agg("\x1f".join, axis=1)
-    return joined.map(lambda s: hashlib.sha256(s.encode()).hexdigest()[:16])
+    parts = zip(*(df[c].astype(str).tolist() for c in key))  # a loop: `agg(axis=1)` is
+    return pd.Series([hashlib.sha256("\x1f".join(p).encode()).hexdigest()[:16]  # 10x slower
+                      for p in parts], index=df.index, dtype=object)
 
 
 def _model_rows(cfg: Config, raw: pd.DataFrame) -> pd.DataFrame:
@@ -89,10 +90,9 @@ def _select(cfg: Config, df: pd.DataFrame, keep: list[str]) -> pd.DataFrame:
         raise ValueError(f"{cfg.dataset.events.table}: no column {absent} (join keys, "
                          f"passthrough features and request-time inputs must be event columns "
                          f"or derived ones)")
-    out = df[keep].copy()
-    for col in cfg.features.join_keys:
-        out[col] = out[col].astype("string")
-    return out
+    text = set(cfg.features.join_keys)
+    return pd.DataFrame({c: df[c].astype("string") if c in text else df[c].copy()
+                         for c in keep}, index=df.index)
 
 
 def prepare_events(cfg: Config, raw: pd.DataFrame) -> pd.DataFrame:
@@ -212,9 +212,9 @@ def derive_column(df: pd.DataFrame, name: str, spec: DerivedColumn) -> pd.Series
     absent = [c for c in spec.concat if c not in df.columns]
     if absent:
         raise ValueError(f"{what} = concat {list(spec.concat)}: no column {absent}")
-    parts = df[list(spec.concat)]
-    missing = parts.isna().any(axis=1)
-    text = parts.astype(str).agg(spec.sep.join, axis=1) if len(df) else pd.Series(dtype=object)
+    missing = df[list(spec.concat)].isna().any(axis=1)
+    parts = zip(*(df[c].astype(str).tolist() for c in spec.concat))
+    text = pd.Series([spec.sep.join(p) for p in parts], index=df.index, dtype=object)
     return apply_missing(text, missing, "string", spec.on_missing, spec.fill_value,
                          f"{what} = concat {list(spec.concat)}")
 

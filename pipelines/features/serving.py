@@ -64,26 +64,36 @@ def serving_features(store: "FeatureStore", service_name: str, request_time: req
     from pipelines.features import pit
 
     n = len(entity_rows)
-    parts = [pd.DataFrame(index=pd.RangeIndex(n))]
-    for spec in views if views is not None else pit.service_views(store, service_name):
+    specs = views if views is not None else pit.service_views(store, service_name)
+    values: dict[str, np.ndarray] = {}
+    reads = []  # (refs, row positions, their entity keys, TTLs): one Feast call each
+    for spec in specs:
         keys = [ek for _, ek in spec.join_keys]
         # a missing join key matches nothing (as offline); Feast cannot read one
         known = [i for i, row in enumerate(entity_rows) if all(row.get(k) is not None
                                                                for k in keys)]
         refs = [f"{spec.name}:{f}" for f in spec.features]
-        values = {f"{spec.name}__{f}": np.full(n, None, dtype=object) for f in spec.features}
+        values.update({f"{spec.name}__{f}": np.full(n, None, dtype=object)
+                       for f in spec.features})
         if known:
-            found = online_features(store, refs, [{k: entity_rows[i][k] for k in keys}
-                                                  for i in known],
-                                    as_of if isinstance(as_of, datetime)
-                                    else [as_of[i] for i in known], {spec.name: spec.ttl})
-            for col in found.columns:
-                values[col][known] = found[col].to_numpy(dtype=object)
-        parts.append(pd.DataFrame(values, dtype=object))
-    if request_time:
-        parts.append(request.compute(request_time, request.serving_frame(entity_rows,
-                                                                         request_time)))
-    return pd.concat(parts, axis=1)
+            reads.append((refs, known, keys, {spec.name: spec.ttl}))
+    if len(reads) > 1 and all(len(known) == n for _, known, _, _ in reads):
+        # every row has every view's keys (the usual case): one call reads all views
+        keys = list(dict.fromkeys(k for _, _, ks, _ in reads for k in ks))
+        reads = [([r for refs, _, _, _ in reads for r in refs], list(range(n)), keys,
+                  {v: t for *_, ttls in reads for v, t in ttls.items()})]
+    for refs, known, keys, ttls in reads:
+        found = online_features(store, refs, [{k: entity_rows[i][k] for k in keys}
+                                              for i in known],
+                                as_of if isinstance(as_of, datetime)
+                                else [as_of[i] for i in known], ttls)
+        for col in found.columns:
+            values[col][known] = found[col].to_numpy(dtype=object)
+    features = pd.DataFrame(values, index=pd.RangeIndex(n), dtype=object)
+    if not request_time:
+        return features
+    return pd.concat([features, request.compute(
+        request_time, request.serving_frame(entity_rows, request_time))], axis=1)
 
 
 def plain(v: Any) -> Any:

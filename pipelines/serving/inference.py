@@ -57,8 +57,8 @@ def unknown_rows(views: list[ViewSpec], features: pd.DataFrame
     join keys."""
     out = {}
     for spec in views:
-        cols = [f"{spec.name}__{f}" for f in spec.features]
-        empty = pd.isna(features[cols].to_numpy(dtype=object)).all(axis=1)
+        empty = np.logical_and.reduce([pd.isna(features[f"{spec.name}__{f}"].to_numpy())
+                                       for f in spec.features])
         if empty.any():
             out[spec.name] = (np.flatnonzero(empty).tolist(), tuple(k for _, k in spec.join_keys))
     return out
