@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -50,7 +50,8 @@ def online_features(store: "FeatureStore", refs: list[str], entity_rows: list[di
 
 def serving_features(store: "FeatureStore", service_name: str, request_time: request.Spec,
                      entity_rows: list[dict[str, Any]], as_of: datetime | Sequence[datetime],
-                     views: "list[pit.ViewSpec] | None" = None) -> pd.DataFrame:
+                     views: "list[pit.ViewSpec] | None" = None,
+                     given: Mapping[str, np.ndarray] | None = None) -> pd.DataFrame:
     """The features an online model server gives a model, one row per request row.
 
     `entity_rows`: the join keys and the request columns (`request.inputs(request_time)`) as
@@ -60,6 +61,9 @@ def serving_features(store: "FeatureStore", service_name: str, request_time: req
     `request.compute` (the code training and batch scoring run), named as offline.
     `views`: the service's `pit.service_views`, when the caller keeps them (a server: reading
     them asks Feast's registry without its cache, on every call).
+    `given`: feature columns (`<view>__<feature>`, one value per row) the caller supplies: a
+    view whose every feature is given is not read from the store; one given in part is
+    refused (ValueError naming the missing columns).
     """
     from pipelines.features import pit
 
@@ -73,8 +77,16 @@ def serving_features(store: "FeatureStore", service_name: str, request_time: req
         known = [i for i, row in enumerate(entity_rows) if all(row.get(k) is not None
                                                                for k in keys)]
         refs = [f"{spec.name}:{f}" for f in spec.features]
-        values.update({f"{spec.name}__{f}": np.full(n, None, dtype=object)
-                       for f in spec.features})
+        cols = [f"{spec.name}__{f}" for f in spec.features]
+        supplied = [c for c in cols if c in (given or {})]
+        if supplied:
+            if len(supplied) < len(cols):
+                raise ValueError(f"feature view {spec.name}: the request gives {supplied} but "
+                                 f"not {[c for c in cols if c not in supplied]}; give all of "
+                                 f"a view's features or none (then the online store's)")
+            values.update({c: np.asarray(given[c], dtype=object) for c in cols})
+            continue
+        values.update({c: np.full(n, None, dtype=object) for c in cols})
         if known:
             reads.append((refs, known, keys, {spec.name: spec.ttl}))
     if len(reads) > 1 and all(len(known) == n for _, known, _, _ in reads):

@@ -127,6 +127,9 @@ class DataPlane:
                 "served": {f.alias: f.current.info(self.cfg) if f.current else None
                            for f in followers},
                 "load_failures": {f.alias: f.failure for f in followers if f.failure},
+                # a whole view's features may be given instead of the store's (optional)
+                "optional_inputs": [{"name": n, "datatype": d, "shape": [-1]}
+                                    for n, d in self.supplied_inputs().items()],
                 "unknown_entities": self.cfg.serving.unknown_entities,
                 "missing_features": self.cfg.scoring.missing_features,
                 "max_rows": self.cfg.serving.max_rows}}
@@ -143,6 +146,17 @@ class DataPlane:
         views = service_views(self.store, service)
         self._views[service] = (time.monotonic(), views)
         return views
+
+    def supplied_inputs(self) -> dict[str, str]:
+        """The feature columns a request may carry instead of the online store's values, for
+        every version served here (`inference.supplied_inputs`)."""
+        out: dict[str, str] = {}
+        for follower in self.repository.followers.values():
+            served = follower.current
+            if served is not None and self.store is not None:
+                views = self.views(inference.service_name(self.cfg, served))
+                out.update(inference.supplied_inputs(views, served))
+        return out
 
     # -- inference --------------------------------------------------------------------------
 
@@ -197,7 +211,7 @@ class DataPlane:
         when the request arrived."""
         try:
             request = protocol.decode(body, header_length, self.declared,
-                                      self.cfg.serving.max_rows)
+                                      self.cfg.serving.max_rows, self.supplied_inputs())
             request.id = request.id or uuid.uuid4().hex
             shadow = None
             if routed:

@@ -9,6 +9,10 @@ the version's own spec), which the skew check proves equal to the offline retrie
 inputs are `scoring.inputs.prepare_inputs` under `scoring.missing_features`, batch scoring's
 missing-value policy and float32 feeds.
 
+A request may also carry a view's features itself (inputs `<view>__<feature>`, every feature of
+the view): that view is then not read from the online store, e.g. for a caller that has them
+already. The model inputs are prepared from them exactly as from the store's values.
+
 A row for which one of the model's feature views has no online value is counted per view; with
 `serving.unknown_entities: reject` the request fails with 422 naming rows, view and join keys.
 """
@@ -49,6 +53,19 @@ def raw_frame(columns: dict[str, np.ndarray]) -> pd.DataFrame:
     return pd.DataFrame({name: pd.Series(values, dtype=object if values.dtype == object
                                          else np.float64)
                          for name, values in columns.items()})
+
+
+def supplied_columns(views: list[ViewSpec]) -> list[str]:
+    """The feature columns (`<view>__<feature>`) a request may carry instead of the online
+    store's values (a whole view at a time)."""
+    return [f"{spec.name}__{f}" for spec in views for f in spec.features]
+
+
+def supplied_inputs(views: list[ViewSpec], served: ServedModel) -> dict[str, str]:
+    """`supplied_columns` as optional V2 inputs: text (BYTES) for a categorical model input,
+    numbers (FP64) otherwise."""
+    text = set(served.categorical)
+    return {c: "BYTES" if c in text else "FP64" for c in supplied_columns(views)}
 
 
 def unknown_rows(views: list[ViewSpec], features: pd.DataFrame
@@ -94,7 +111,9 @@ def prepare(cfg: Config, store: FeatureStore, views: list[ViewSpec], served: Ser
     entities = [dict(zip(columns, values)) for values in zip(*columns.values())]
     try:  # timestamps stay timestamps (UTC): request.compute reads them as it reads ISO text
         features = serving_features(store, service_name(cfg, served), served.request_spec,
-                                    entities, list(rows[PREDICTION_TIME]), views)
+                                    entities, list(rows[PREDICTION_TIME]), views,
+                                    {c: raw[c].to_numpy() for c in supplied_columns(views)
+                                     if c in raw.columns})
     except ValueError as exc:  # a request-time feature refusing a value (on_missing: error)
         raise RequestError(str(exc)) from None
     unknown = unknown_rows(views, features)

@@ -132,10 +132,10 @@ def _tensor(spec: Any, declared: dict[str, str], binary: memoryview, offset: int
 
 
 def decode(body: bytes, header_length: str | None, declared: dict[str, str],
-           max_rows: int) -> InferRequest:
+           max_rows: int, optional: dict[str, str] | None = None) -> InferRequest:
     """A V2 inference request (JSON, or JSON + binary tensors) -> columns, checked against the
     model's `declared` inputs (name -> BYTES | FP64): each one present once, the same number of
-    rows, at most `max_rows`."""
+    rows, at most `max_rows`; `optional` inputs (same form) may be given too."""
     split = len(body)
     if header_length is not None:
         if not header_length.isdigit() or int(header_length) > len(body):
@@ -149,8 +149,9 @@ def decode(body: bytes, header_length: str | None, declared: dict[str, str],
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list):
         raise RequestError("request body must be a JSON object with an 'inputs' list")
     binary, offset, columns = memoryview(body)[split:], 0, {}
+    accepted = {**(optional or {}), **declared}
     for spec in request["inputs"]:
-        name, values, used = _tensor(spec, declared, binary, offset)
+        name, values, used = _tensor(spec, accepted, binary, offset)
         if name in columns:
             raise RequestError(f"input {name!r} is given twice")
         columns[name], offset = values, offset + used

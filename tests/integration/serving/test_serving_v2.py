@@ -154,6 +154,47 @@ def test_a_bad_request_gets_a_4xx_naming_the_field(server, served_state):
     assert r.status_code == 404 and "version '9' is not served" in r.json()["error"]
 
 
+def test_a_request_may_carry_a_views_features_instead_of_the_online_store(server,
+                                                                          served_state):
+    """Every feature of every view given in the request (the values batch scoring joined for
+    these rows): the same probabilities as the store's path, bit for bit; other values change
+    them; a view given in part is a 400 naming what is missing. Model metadata lists them."""
+    srv, token, _ = server
+    rows = events(served_state).head(5)
+    meta = srv.http.get(f"/v2/models/{MODEL}", headers=bearer(token)).json()
+    optional = {i["name"]: i["datatype"] for i in meta["parameters"]["optional_inputs"]}
+    assert "weather_fv__temp" in optional and "route_stats_fv__label_rate" in optional
+    assert set(optional.values()) <= {"FP64", "BYTES"}
+    stored = _post(srv, token, v2_request(rows)).json()["outputs"]
+    keys = stored[1]["data"]
+    batch = read_partition(served_state["settings"], SERVED_DAY).set_index("row_key").loc[keys]
+
+    def given(frame: pd.DataFrame) -> list[dict]:
+        return [{"name": c, "datatype": d, "shape": [len(frame)],
+                 "data": [None if pd.isna(v) else (str(v) if d == "BYTES" else float(v))
+                          for v in frame[c]]} for c, d in optional.items()]
+
+    body = v2_request(rows)
+    body["inputs"] += given(batch)
+    r = _post(srv, token, body)
+    assert r.status_code == 200, r.text
+    assert r.json()["outputs"][0]["data"] == stored[0]["data"]
+    assert r.json()["outputs"][1]["data"] == keys
+    other = batch.assign(route_stats_fv__label_rate=1.0, carrier_stats_fv__label_rate=1.0)
+    body = v2_request(rows)
+    body["inputs"] += given(other)
+    changed = _post(srv, token, body).json()["outputs"][0]["data"]
+    assert all(a != b for a, b in zip(changed, stored[0]["data"]))
+    body = v2_request(rows)
+    body["inputs"] += [i for i in given(batch) if i["name"] != "weather_fv__temp"]
+    r = _post(srv, token, body)
+    assert r.status_code == 400 and "weather_fv" in r.json()["error"] \
+        and "weather_fv__temp" in r.json()["error"].split("but not")[1], r.text
+    # the store's answer last: the prediction log keeps a row's latest record, and the
+    # monitoring test below reads these rows' features from it
+    assert _post(srv, token, v2_request(rows)).json()["outputs"] == stored
+
+
 def test_an_unknown_entity_is_scored_as_batch_scores_it_and_counted(server, served_state):
     """serving.unknown_entities=impute (the default): a plane the online store does not know
     is scored with the plane features missing (the model's imputer, as batch scoring does),
