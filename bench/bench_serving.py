@@ -1,26 +1,33 @@
-"""Online serving (`python -m pipelines.serving`) vs `mlflow models serve`, same champion, same
-flights, same load, in the same run.
+"""Online serving (`python -m pipelines.serving`) against the floor and the peer, same
+champion, same flights, same load, in the same run.
 
 State: two weeks of January 2013 ingested, Feast sources and `feast apply`, a model trained by
 the production path (`build_training_set` -> `train_and_register`: the ONNX and, beside it, the
 pickled scikit-learn pipeline) and promoted champion, the online store materialised as of
-2013-01-16 00:00, 2013-01-16 scored by batch scoring (the peer's features).
+2013-01-16 00:00, 2013-01-16 scored by batch scoring (the features batch scoring joined are
+what the requests without the online store carry).
 
-What each side does per request:
-- project: V2 JSON decode of raw flight columns, `entity_rows` (row key, prediction time,
-  route), Feast online features (SQLite) + the request-time calendar, the missing-value
-  policy, onnxruntime, V2 encode, prediction-log hand-off; bearer token checked.
-- peer: MLflow's scoring server on the scikit-learn pipeline with the features already in the
-  request (`dataframe_split` of the model inputs batch scoring used for the same rows: no
-  feature lookup), schema enforcement, `predict`. It loads a pickle, so it runs with
-  MLFLOW_ALLOW_PICKLE_DESERIALIZATION=true in its own process only; the project never does.
+The sides:
+- project, online store: V2 JSON of raw flight columns; `entity_rows` (row key, prediction
+  time, derived columns), the Feast online read (SQLite) + the request-time calendar, the
+  missing-value policy, onnxruntime, V2 encode, prediction-log hand-off; bearer token checked.
+- project, features in the request: the same plus every view's features as inputs, so the
+  online store is not read (the rest of the path is the same).
+- floor: in this process, per request `json.loads` of the features-in-request body, the
+  float32 feed built from it and `sess.run` of the same ONNX (no HTTP, no validation).
+- peer: MLflow's scoring server (`mlflow models serve`) on the scikit-learn pipeline with the
+  features in the request (`dataframe_split`), schema enforcement, `predict`. It loads a
+  pickle, so it runs with MLFLOW_ALLOW_PICKLE_DESERIALIZATION=true in its own process only;
+  the project never does.
+- project, online store, 100% shadow: the challenger alias (the same version: the same work)
+  mirrors every request after the response.
 
-Both run 2 uvicorn workers on 127.0.0.1; wrk (Debian's; 1 thread for 1 connection, else 2)
-shares the same 2 cores.
-Each shape (1 row, `rows` rows per request) is run at 1 connection (latency) and 8 connections
-(throughput) for DURATION seconds per side, one side after the other. Before the load, both
-sides score the flights whose prediction time is the store's as-of time: the answers must agree
-to the ONNX parity tolerance.
+Servers run 2 uvicorn workers on 127.0.0.1 and share the 2 cores with the load generators.
+Latency at a fixed rate: an open-loop asyncio client on 8 keep-alive connections sends at
+RATE requests/s (1 row) or RATE / 10 (100 rows) for FIXED_S seconds and measures each request
+from its scheduled send time (a late send counts: no coordinated omission). Throughput: wrk
+(Debian's) with 8 connections for WRK_S seconds. Before the load, online and batch must
+agree: the flights whose prediction time is the store's as-of time, scored by both paths.
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ import numpy as np
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
-DAY, DURATION = date(2013, 1, 16), 10
+DAY, WRK_S, FIXED_S, RATE = date(2013, 1, 16), 10, 20, 100
 MODEL = "delay_model"
 
 
@@ -132,7 +139,7 @@ def _wrk(url: str, bodies: list[bytes], headers: dict[str, str], connections: in
     with os.fdopen(fd, "w") as fh:
         fh.write("\n".join(lines))
     done = subprocess.run(["wrk", "-t", str(min(2, connections)), "-c", str(connections),
-                           "-d", f"{DURATION}s", "--latency", "-s", str(script), url],
+                           "-d", f"{WRK_S}s", "--latency", "-s", str(script), url],
                           capture_output=True, text=True)
     script.unlink()
     if done.returncode:
@@ -170,9 +177,122 @@ def _stage_means(before: dict[str, float], after: dict[str, float]) -> dict[str,
             for stage in ("preprocess", "predict", "postprocess")}
 
 
+def _supplied_body(rows: pd.DataFrame, declared: dict[str, str], features: pd.DataFrame,
+                   optional: dict[str, str]) -> bytes:
+    """`_v2_body` plus every view's features (the model metadata's optional inputs)."""
+    body = json.loads(_v2_body(rows, declared))
+    body["inputs"] += [{"name": c, "datatype": d, "shape": [len(rows)],
+                        "data": [None if pd.isna(v) else (str(v) if d == "BYTES" else float(v))
+                                 for v in features[c]]} for c, d in optional.items()]
+    return json.dumps(body).encode()
+
+
+async def _open_loop(port: int, path: str, bodies: list[bytes], headers: dict[str, str],
+                     rate: float, seconds: float, connections: int = 8) -> dict:
+    """Send `rate` requests/s for `seconds` on `connections` keep-alive connections; each
+    latency runs from the request's scheduled time (a send delayed by busy connections
+    counts). Returns p50/p99/max (ms), the rate achieved and the non-2xx count."""
+    import asyncio
+
+    extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    wire = [(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: "
+             f"application/json\r\nContent-Length: {len(b)}\r\n{extra}\r\n").encode() + b
+            for b in bodies]
+    pool: asyncio.Queue = asyncio.Queue()
+    for _ in range(connections):
+        pool.put_nowait(await asyncio.open_connection("127.0.0.1", port))
+    loop = asyncio.get_running_loop()
+    latencies: list[float] = []
+    bad = 0
+
+    async def one(request: bytes, due: float) -> None:
+        nonlocal bad
+        reader, writer = await pool.get()
+        writer.write(request)
+        status = int((await reader.readline()).split()[1])
+        length = 0
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            if name.strip().lower() == "content-length":
+                length = int(value)
+        await reader.readexactly(length)
+        latencies.append(loop.time() - due)
+        bad += not 200 <= status < 300
+        pool.put_nowait((reader, writer))
+
+    total = int(rate * seconds)
+    start = loop.time() + 0.1
+    tasks = []
+    for i in range(total):
+        due = start + i / rate
+        await asyncio.sleep(max(0.0, due - loop.time()))
+        tasks.append(asyncio.create_task(one(wire[i % len(wire)], due)))
+    await asyncio.gather(*tasks)
+    elapsed = loop.time() - start
+    while not pool.empty():
+        pool.get_nowait()[1].close()
+    ms = np.asarray(latencies) * 1000
+    return {"rate_asked": rate, "rate_done": round(total / elapsed, 1), "requests": total,
+            "p50_ms": round(float(np.percentile(ms, 50)), 2),
+            "p99_ms": round(float(np.percentile(ms, 99)), 2),
+            "max_ms": round(float(ms.max()), 2), "non_2xx": bad}
+
+
+def _fixed(port: int, path: str, bodies: list[bytes], headers: dict[str, str],
+           rate: float) -> dict:
+    import asyncio
+
+    return asyncio.run(_open_loop(port, path, bodies, headers, rate, FIXED_S))
+
+
+def _floor(onnx: bytes, bodies: list[bytes], numeric: list[str], categorical: list[str]
+           ) -> dict:
+    """Per request in this process: `json.loads` of a features-in-request body, the float32
+    and string feeds from its inputs, `sess.run`: ms p50/p99 over every body, 5 times."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(onnx, opts, providers=["CPUExecutionProvider"])
+    feeds_names = {i.name for i in sess.get_inputs()}
+    probability = sess.get_outputs()[1].name
+    times = []
+    for _ in range(5):
+        for body in bodies:
+            t = time.perf_counter()
+            by_name = {i["name"]: i["data"] for i in json.loads(body)["inputs"]}
+            n = len(next(iter(by_name.values())))
+            feeds = {}
+            for c in numeric:
+                feeds[c] = np.array([np.nan if v is None else v for v in by_name.get(
+                    c, [None] * n)], dtype=np.float32).reshape(-1, 1)
+            for c in categorical:
+                feeds[c] = np.array([v or "" for v in by_name[c]], dtype=object).reshape(-1, 1)
+            sess.run([probability], {k: v for k, v in feeds.items() if k in feeds_names})
+            times.append(time.perf_counter() - t)
+    ms = np.asarray(times) * 1000
+    return {"p50_ms": round(float(np.percentile(ms, 50)), 3),
+            "p99_ms": round(float(np.percentile(ms, 99)), 3)}
+
+
+def _server(state: dict, folder: Path, name: str, port: int, params: Path | None = None
+            ) -> tuple[subprocess.Popen, object]:
+    log = open(folder / f"{name}.log", "w")
+    env = {**os.environ, **state["env"], "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+           "MLOPS_SERVING_PORT": str(port), "MLOPS_SERVING_WORKERS": "2"}
+    if params is not None:
+        env["MLOPS_PARAMS"] = str(params)
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.serving"], cwd=REPO, env=env,
+                            stdout=log, stderr=subprocess.STDOUT)
+    return proc, log
+
+
 def run(rows: int = 100) -> dict:
-    """1-row and `rows`-row requests against both servers; see the module docstring."""
+    """1-row and `rows`-row requests on every side; see the module docstring."""
+    import yaml
+
     from pipelines.data.events import entity_rows
+    from pipelines.model import registry
     from pipelines.scoring.table import read_partition
     from pipelines.serving.auth import ensure_token
     from pipelines.serving.inference import declared_inputs
@@ -187,61 +307,102 @@ def run(rows: int = 100) -> dict:
     columns = [c for c in features.columns if c not in (
         "event_time", "event_timestamp", "probability", "model_name", "model_version")]
     token = Path(ensure_token(settings.token_path)).read_text().strip()
-    ours_port, peer_port = _port(), _port()
-    base_env = {**os.environ, **state["env"], "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
-    logs = {n: open(folder / f"{n}.log", "w") for n in ("ours", "peer")}
-    ours = subprocess.Popen([sys.executable, "-m", "pipelines.serving"], cwd=REPO, env={
-        **base_env, "MLOPS_SERVING_PORT": str(ours_port), "MLOPS_SERVING_WORKERS": "2"},
-        stdout=logs["ours"], stderr=subprocess.STDOUT)
+    auth = {"Authorization": f"Bearer {token}"}
+    path = f"/v2/models/{MODEL}/infer"
+    ours_port, peer_port, shadow_port = _port(), _port(), _port()
+    ours, ours_log = _server(state, folder, "ours", ours_port)
     mlflow = str(Path(sys.executable).parent / "mlflow")
+    peer_log = open(folder / "peer.log", "w")
     peer = subprocess.Popen([mlflow, "models", "serve", "-m",
                              f"runs:/{state['run_id']}/sklearn_model", "--env-manager", "local",
                              "-w", "2", "-h", "127.0.0.1", "-p", str(peer_port)], cwd=folder,
-                            env={**base_env, "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
+                            env={**os.environ, **state["env"],
+                                 "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
                                  "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true",  # peer only
                                  # it runs `uvicorn` from PATH: this environment's
                                  "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
-                            stdout=logs["peer"], stderr=subprocess.STDOUT)
+                            stdout=peer_log, stderr=subprocess.STDOUT)
+    procs, logs = [ours, peer], [ours_log, peer_log]
     try:
         _wait(f"http://127.0.0.1:{ours_port}/v2/health/ready", ours, folder / "ours.log")
         _wait(f"http://127.0.0.1:{peer_port}/ping", peer, folder / "peer.log")
-        ours_url = f"http://127.0.0.1:{ours_port}/v2/models/{MODEL}/infer"
+        ours_url = f"http://127.0.0.1:{ours_port}{path}"
         peer_url = f"http://127.0.0.1:{peer_port}/invocations"
-        auth = {"Authorization": f"Bearer {token}"}
+        with urllib.request.urlopen(urllib.request.Request(
+                f"http://127.0.0.1:{ours_port}/v2/models/{MODEL}", headers=auth),
+                timeout=30) as r:
+            meta = json.loads(r.read())
+        optional = {i["name"]: i["datatype"] for i in meta["parameters"]["optional_inputs"]}
         # the same answer first: flights whose prediction time is the store's as-of time
         at = raw[pd.to_datetime(raw["time_hour"], utc=True) - cfg.dataset.events.prediction_lead
                  == pd.Timestamp(state["as_of"])]
         got = _post(ours_url, _v2_body(at, declared), auth)["outputs"]
         online = pd.Series(got[0]["data"], index=got[1]["data"])
+        given = _post(ours_url, _supplied_body(at, declared, features.loc[at["row_key"]],
+                                               optional), auth)["outputs"]
         # the peer's pyfunc answers `predict` (the class), which training logged as its method
         labels = np.asarray(_post(peer_url, _peer_body(features.loc[online.index], columns),
                                   {})["predictions"], dtype=float)
-        result = {"rows_checked": len(at), "model_version": state["version"],
-                  "ours_max_abs_diff_vs_batch": float(np.abs(
-                      online.to_numpy() - features.loc[online.index, "probability"]).max()),
-                  "peer_labels_agree_with_ours": int(((online.to_numpy() > 0.5) == labels).sum()),
-                  "duration_s_per_run": DURATION, "workers_per_side": 2, "wrk_threads": 2}
-        for shape, n in (("1_row", 1), (f"{rows}_rows", rows)):
+        result: dict = {
+            "rows_checked": len(at), "model_version": state["version"],
+            "ours_max_abs_diff_vs_batch": float(np.abs(
+                online.to_numpy() - features.loc[online.index, "probability"]).max()),
+            "ours_features_in_request_equal_store": given[0]["data"] == got[0]["data"],
+            "peer_labels_agree_with_ours": int(((online.to_numpy() > 0.5) == labels).sum()),
+            "fixed_rate_s": FIXED_S, "wrk_s": WRK_S, "workers_per_server": 2,
+            "fixed_rate_connections": 8, "wrk_connections": 8}
+        described = registry.describe(MODEL, registry.client(settings).get_model_version(
+            MODEL, state["version"]))
+        onnx = registry.load_onnx(settings, described["onnx_uri"], described["onnx_sha256"])
+        for shape, n, rate in (("1_row", 1, RATE), (f"{rows}_rows", rows, RATE / 10)):
             chunks = [raw.iloc[i:i + n] for i in range(0, min(len(raw), 200 * n), n)]
             chunks = [c for c in chunks if len(c) == n][:200]
-            ours_bodies = [_v2_body(c, declared) for c in chunks]
-            peer_bodies = [_peer_body(features.loc[c["row_key"]], columns) for c in chunks]
-            for conns in (1, 8):
-                before = _stage_sums(ours_port, auth)
-                mine = _wrk(ours_url, ours_bodies, auth, conns, folder)
-                mine["server_side_mean_ms"] = _stage_means(before, _stage_sums(ours_port, auth))
-                theirs = _wrk(peer_url, peer_bodies, {"Content-Type": "application/json"},
-                              conns, folder)
-                result[f"{shape}_{conns}_conn"] = {
-                    "project": {**mine, "rows_per_s": round(mine["requests_per_s"] * n)},
-                    "mlflow_models_serve": {**theirs,
-                                            "rows_per_s": round(theirs["requests_per_s"] * n)},
-                    "ratio_project_over_peer_throughput": round(
-                        mine["requests_per_s"] / theirs["requests_per_s"], 2)}
+            sides = {
+                "project_online_store": (ours_port, path, [_v2_body(c, declared)
+                                                           for c in chunks], auth),
+                "project_features_in_request": (ours_port, path, [_supplied_body(
+                    c, declared, features.loc[c["row_key"]], optional) for c in chunks], auth),
+                "mlflow_models_serve": (peer_port, "/invocations", [_peer_body(
+                    features.loc[c["row_key"]], columns) for c in chunks], {})}
+            out: dict = {}
+            for side, (port, route, bodies, headers) in sides.items():
+                fixed = _fixed(port, route, bodies, headers, rate)
+                url = f"http://127.0.0.1:{port}{route}"
+                top = _wrk(url, bodies, {**headers, "Content-Type": "application/json"}, 8,
+                           folder)
+                out[side] = {f"at_{rate:g}_per_s": fixed, "max_throughput": {
+                    **top, "rows_per_s": round(top["requests_per_s"] * n)}}
+            out["floor_json_loads_sess_run"] = _floor(
+                onnx, sides["project_features_in_request"][2], described["numeric"],
+                described["categorical"])
+            peer_rps = out["mlflow_models_serve"]["max_throughput"]["requests_per_s"]
+            for side in ("project_online_store", "project_features_in_request"):
+                out[f"{side}_throughput_over_peer"] = round(
+                    out[side]["max_throughput"]["requests_per_s"] / peer_rps, 2)
+            result[shape] = out
+        # a 100% shadow: the challenger alias (the same version) mirrors every request
+        client = registry.client(settings)
+        client.set_registered_model_alias(MODEL, registry.CHALLENGER, state["version"])
+        params = yaml.safe_load((folder / "params.yaml").read_text())
+        params["serving"]["aliases"] = ["champion", "challenger"]
+        params["serving"]["routing"]["mirror"] = {"alias": "challenger", "percent": 100}
+        (folder / "params-shadow.yaml").write_text(yaml.safe_dump(params))
+        shadowed, shadow_log = _server(state, folder, "shadow", shadow_port,
+                                       folder / "params-shadow.yaml")
+        procs.append(shadowed)
+        logs.append(shadow_log)
+        _wait(f"http://127.0.0.1:{shadow_port}/v2/health/ready", shadowed, folder / "shadow.log")
+        chunks = [raw.iloc[i:i + 1] for i in range(200)]
+        bodies = [_v2_body(c, declared) for c in chunks]
+        with_shadow = _fixed(shadow_port, path, bodies, auth, RATE)
+        without = _fixed(ours_port, path, bodies, auth, RATE)  # again, beside it
+        result["shadow_100_percent_1_row"] = {
+            "without": without, "with": with_shadow,
+            "p99_ratio": round(with_shadow["p99_ms"] / without["p99_ms"], 2)}
         return result
     finally:
-        for proc in (ours, peer):  # the processes this benchmark started, by their pid
+        for proc in procs:  # the processes this benchmark started, by their pid
             proc.terminate()
             proc.wait(timeout=60)
-        for fh in logs.values():
+        for fh in logs:
             fh.close()

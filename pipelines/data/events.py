@@ -212,7 +212,8 @@ def derive_column(df: pd.DataFrame, name: str, spec: DerivedColumn) -> pd.Series
     absent = [c for c in spec.concat if c not in df.columns]
     if absent:
         raise ValueError(f"{what} = concat {list(spec.concat)}: no column {absent}")
-    missing = df[list(spec.concat)].isna().any(axis=1)
+    missing = pd.Series(np.logical_or.reduce([df[c].isna().to_numpy() for c in spec.concat]),
+                        index=df.index)
     parts = zip(*(df[c].astype(str).tolist() for c in spec.concat))
     text = pd.Series([spec.sep.join(p) for p in parts], index=df.index, dtype=object)
     return apply_missing(text, missing, "string", spec.on_missing, spec.fill_value,

@@ -70,8 +70,8 @@ def as_table(rows: pd.DataFrame | pa.Table, columns: list[str]) -> pa.Table:
 
     if isinstance(rows, pa.Table):
         return rows.select(columns)
-    return pa.Table.from_pandas(rows[columns], preserve_index=False,
-                                nthreads=1).replace_schema_metadata(None)
+    # column by column: `Table.from_pandas` converts each the same way, with more overhead
+    return pa.Table.from_arrays([pa.Array.from_pandas(rows[c]) for c in columns], names=columns)
 
 
 def _float64(col: pd.Series | pa.ChunkedArray) -> np.ndarray:
@@ -80,6 +80,9 @@ def _float64(col: pd.Series | pa.ChunkedArray) -> np.ndarray:
     import pyarrow.compute as pc
 
     if isinstance(col, pd.Series):
+        if col.dtype == object:  # e.g. a feature store's Python values: as `to_numpy` below
+            return np.array([np.nan if v is None or v is pd.NA or v is pd.NaT else v
+                             for v in col.tolist()], dtype=np.float64)  # with less overhead
         return col.to_numpy(dtype=np.float64, na_value=np.nan)
     if not (pa.types.is_floating(col.type) or pa.types.is_integer(col.type)
             or pa.types.is_boolean(col.type) or pa.types.is_null(col.type)):

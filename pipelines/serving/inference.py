@@ -50,9 +50,8 @@ def declared_inputs(cfg: Config) -> dict[str, str]:
 
 def raw_frame(columns: dict[str, np.ndarray]) -> pd.DataFrame:
     """Decoded request columns as the raw event rows `entity_rows` reads (None / NaN missing)."""
-    return pd.DataFrame({name: pd.Series(values, dtype=object if values.dtype == object
-                                         else np.float64)
-                         for name, values in columns.items()})
+    return pd.DataFrame({name: values if values.dtype == object else
+                         values.astype(np.float64, copy=False) for name, values in columns.items()})
 
 
 def supplied_columns(views: list[ViewSpec]) -> list[str]:
