@@ -196,8 +196,11 @@ class DataPlane:
         return served, shadow if shadow is not None and shadow.alias != served.alias else None
 
     def _shadow_score(self, job: ShadowJob) -> np.ndarray:
-        """The shadow's probabilities for a mirrored request (its own features and inputs)."""
+        """The shadow's probabilities for a mirrored request: its own features and inputs, or
+        the primary's when it would prepare the very same ones."""
         assert self.store is not None
+        if inference.same_inputs(self.cfg, job.primary, job.shadow):  # e.g. a retraining
+            return job.shadow.predict(job.inputs, self.cfg.scoring.batch_rows)
         views = self.views(inference.service_name(self.cfg, job.shadow))
         inputs, _ = inference.prepare(self.cfg, self.store, views, job.shadow,
                                       inference.raw_frame(job.columns))

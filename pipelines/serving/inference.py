@@ -42,6 +42,13 @@ def service_name(cfg: Config, served: ServedModel) -> str:
     return served.described.get("feature_service") or cfg.features.service
 
 
+def same_inputs(cfg: Config, a: ServedModel, b: ServedModel) -> bool:
+    """Whether `prepare` gives both versions the same model inputs for any request: the same
+    feature service, request-time features and model inputs (e.g. a retraining)."""
+    return (service_name(cfg, a) == service_name(cfg, b) and a.request_spec == b.request_spec
+            and a.numeric == b.numeric and a.categorical == b.categorical)
+
+
 def declared_inputs(cfg: Config) -> dict[str, str]:
     """The V2 inputs of the served model: raw event columns, text as BYTES, numbers as FP64."""
     text, numeric = request_columns(cfg)
