@@ -95,16 +95,37 @@ def drive(start: date, end: date, timeout: float, initial_training: bool) -> Non
         airflow("dags", "unpause", dag_id)
     nights = (end - start).days + 1
 
+    shown = [""]
+
     def done() -> bool:
-        daily_done = all(len(rs := runs(d)) >= nights and all(r["state"] in TERMINAL for r in rs)
-                         for d in DAILY)
-        training_done = all(r["state"] in TERMINAL for r in runs("training"))
+        by_dag = {d: runs(d) for d in [*DAILY, "training"]}
+        line = progress(by_dag, start, nights)
+        if line != shown[0]:  # a line when something moved, with the time since the start
+            print(f"demo: [{time.monotonic() - t0:5.0f}s] {line}", flush=True)
+            shown[0] = line
+        daily_done = all(len(rs) >= nights and all(r["state"] in TERMINAL for r in rs)
+                         for d, rs in by_dag.items() if d in DAILY)
+        training_done = all(r["state"] in TERMINAL for r in by_dag["training"])
         return daily_done and training_done and not retrain_queued()
 
     wait_until(done, timeout, "the scheduled runs", every=15)
     for dag_id in DAILY:
         airflow("dags", "pause", dag_id)
     print(f"demo: nights up to {end} done in {time.monotonic() - t0:.0f}s", flush=True)
+
+
+def progress(by_dag: dict[str, list[dict[str, Any]]], start: date, nights: int) -> str:
+    """One line: the night the slowest daily DAG is on, each DAG's finished nights, what runs
+    now (DAG and night), and the drift-triggered retrainings."""
+    finished = {d: sum(r["state"] in TERMINAL for r in by_dag[d]) for d in DAILY}
+    night = min(min(finished.values()) + 1, nights)
+    running = [f"{d} {(r['logical_date'].date() if r['logical_date'] else '')}"
+               for d, rs in by_dag.items() for r in rs if r["state"] not in TERMINAL]
+    retrains = [r for r in by_dag["training"] if "asset" in r["run_type"].lower()]
+    return (f"night {night} of {nights} (from {start}): "
+            + ", ".join(f"{d} {n}/{nights}" for d, n in finished.items())
+            + f"; running: {', '.join(running) or 'nothing'}"
+            + (f"; drift-triggered retrainings: {len(retrains)}" if retrains else ""))
 
 
 def _history_line(e: dict[str, Any]) -> str:

@@ -59,3 +59,27 @@ def test_the_airflow_login_is_generated_privately_and_never_printed(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert password not in out.stdout + out.stderr
     assert json.loads(file.read_text()) == {"admin": password}
+
+
+def test_the_demo_says_which_night_and_dag_it_is_on():
+    """`make demo`'s progress line: the night the slowest daily DAG is on, each DAG's finished
+    nights, what runs now and the drift-triggered retrainings."""
+    from datetime import date, datetime
+
+    from pipelines.demo import progress
+
+    def run(state: str, day: datetime | None = None, kind: str = "scheduled") -> dict:
+        return {"state": state, "logical_date": day, "run_type": kind}
+
+    line = progress({
+        "feature_materialization": [run("success"), run("success"),
+                                    run("running", datetime(2013, 6, 3))],
+        "batch_scoring": [run("success"), run("queued", datetime(2013, 6, 2))],
+        "drift_monitor": [run("failed")],
+        "training": [run("success", kind="manual"),
+                     run("running", datetime(2013, 6, 2), "asset_triggered")]},
+        date(2013, 6, 1), 7)
+    assert line == ("night 2 of 7 (from 2013-06-01): feature_materialization 2/7, "
+                    "batch_scoring 1/7, drift_monitor 1/7; running: feature_materialization "
+                    "2013-06-03, batch_scoring 2013-06-02, training 2013-06-02; "
+                    "drift-triggered retrainings: 1")
