@@ -258,20 +258,24 @@ def _replays(env: dict[str, str], root: Path, db: Path, day: date) -> dict[str, 
     for dag_id in DAILY:
         (run_id,) = _query(db, "SELECT run_id FROM dag_run WHERE dag_id = ? AND "
                                "substr(data_interval_start, 1, 10) = ?", dag_id, day.isoformat())[0]
-        tasks = [t for (t,) in _query(db, "SELECT DISTINCT task_id FROM task_instance WHERE "
-                                          "dag_id = ? AND run_id = ? AND state = 'success'",
-                                      dag_id, run_id)]
-        for task_id in tasks:
+        # every task and map index, in the order they ran: each replay reads what the replays
+        # before it returned (the run's staged files are gone once it published)
+        tasks = _query(db, "SELECT task_id, map_index FROM task_instance WHERE dag_id = ? AND "
+                           "run_id = ? AND state = 'success' ORDER BY start_date", dag_id, run_id)
+        results = Path(tempfile.mkdtemp(prefix=f"replay-{dag_id}-", dir=root))
+        for task_id, index in tasks:
+            name = f"{dag_id}.{task_id}" + (f"[{index}]" if index >= 0 else "")
             res = subprocess.run([str(BIN / "python"), "-m", "bench.nightly_replay",
                                   str(root / "dags" / f"{dag_id}.py"), dag_id, task_id, run_id,
-                                  str(db)], env=env, cwd=REPO, capture_output=True, text=True)
+                                  str(db), str(max(index, 0)), str(results)], env=env, cwd=REPO,
+                                 capture_output=True, text=True)
             if res.returncode != 0:
-                out[f"{dag_id}.{task_id}"] = {"error": res.stderr[-600:]}
+                out[name] = {"error": res.stderr[-600:]}
                 continue
             line = res.stdout.strip().splitlines()[-1]
             r = json.loads(line)
-            out[f"{dag_id}.{task_id}"] = {k: r[k] for k in ("parse_s", "imports_s", "setup_s",
-                                                             "work_s", "body_s")}
+            out[name] = {k: r[k] for k in ("parse_s", "imports_s", "setup_s", "work_s",
+                                           "body_s")}
     return out
 
 

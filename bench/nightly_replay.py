@@ -1,7 +1,8 @@
 """Replay one task of a finished `bench nightly` run in a fresh process and split its time.
 
-`python -m bench.nightly_replay DAGS_FOLDER DAG_ID TASK_ID RUN_ID AIRFLOW_DB` (run by
-bench_nightly.py with the benchmark's environment). A LocalExecutor task is a process forked
+`python -m bench.nightly_replay DAGS_FOLDER DAG_ID TASK_ID RUN_ID AIRFLOW_DB [MAP_INDEX
+RESULTS_DIR]` (run by bench_nightly.py with the benchmark's environment, on every task of the
+run in the order they ran). A LocalExecutor task is a process forked
 from a worker that has Airflow imported, which then parses the DAG file and runs the task's
 body; so here Airflow is imported before the clock starts, and then, timed:
 
@@ -11,9 +12,11 @@ body; so here Airflow is imported before the clock starts, and then, timed:
   Feast store, the MLflow client, the GX context, a DuckDB connection), their imports excluded;
 - `work`: the rest of the body.
 
-The task's inputs are its XCom inputs of that run, read from the metadata DB, so the replay
-does what the run did (every stage is idempotent: a replay rewrites the same outputs). Prints
-one JSON line.
+The task's inputs are what the replays of its upstream tasks returned (RESULTS_DIR, one JSON
+file per task and map index), else its XCom inputs of that run from the metadata DB. So a
+replay does what the run did (every stage is idempotent: a replay rewrites the same outputs),
+on files the replays before it staged again: the run's own staged chunks and parts are gone
+once it published. Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -26,12 +29,16 @@ import sqlite3
 import sys
 import time
 from collections import defaultdict
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 SETUP = [("pipelines.core.orchestration", "stage"), ("pipelines.features.store", "get_store"),
          ("pipelines.model.registry", "client"), ("pipelines.data.data_docs", "context"),
          ("pipelines.core.duck", "connect")]
+
+
+_MISSING = object()
 
 
 class Clock:
@@ -109,16 +116,32 @@ def _xcom(db: str, dag_id: str, run_id: str, task_id: str, map_index: int | None
     return [values[i] for i in sorted(values)]  # a mapped task's results, in map order
 
 
-def _resolve(value: Any, db: str, dag_id: str, run_id: str) -> Any:
+def _replayed(results: Path | None, task_id: str, mapped: bool) -> Any:
+    """What the replays of `task_id` returned (a mapped task: the list, in map order)."""
+    if results is None:
+        return _MISSING
+    if not mapped:
+        f = results / f"{task_id}.json"
+        return json.loads(f.read_text()) if f.exists() else _MISSING
+    files = sorted(results.glob(f"{task_id}.*.json"), key=lambda f: int(f.name.split(".")[-2]))
+    return [json.loads(f.read_text()) for f in files] if files else _MISSING
+
+
+def _resolve(value: Any, db: str, dag_id: str, run_id: str, results: Path | None) -> Any:
     operator = getattr(value, "operator", None)
     if operator is None:
         return value
     mapped = type(operator).__name__.endswith("MappedOperator")
+    got = _replayed(results, operator.task_id, mapped)
+    if got is not _MISSING:
+        return got
     return _xcom(db, dag_id, run_id, operator.task_id, None if mapped else -1)
 
 
 def main(argv: list[str]) -> int:
-    dags_folder, dag_id, task_id, run_id, db = argv
+    dags_folder, dag_id, task_id, run_id, db = argv[:5]
+    index = int(argv[5]) if len(argv) > 5 else 0
+    results = Path(argv[6]) if len(argv) > 6 else None
     from datetime import datetime
 
     import airflow.sdk  # noqa: F401  (the worker has it: not timed)
@@ -136,17 +159,19 @@ def main(argv: list[str]) -> int:
     from datetime import UTC
 
     when = when.replace(tzinfo=UTC)
-    if type(task).__name__.endswith("MappedOperator"):
+    mapped = type(task).__name__.endswith("MappedOperator")
+    if mapped:
         fn, partial = task.python_callable, task.partial_kwargs
-        kwargs = {k: _resolve(v, db, dag_id, run_id) for k, v in
+        kwargs = {k: _resolve(v, db, dag_id, run_id, results) for k, v in
                   (partial.get("op_kwargs") or {}).items()}
         (name, source), = task._get_specified_expand_input().value.items()
-        kwargs[name] = _resolve(source, db, dag_id, run_id)[0]  # the first chunk
+        kwargs[name] = _resolve(source, db, dag_id, run_id, results)[index]
         args: list[Any] = []
     else:
         fn = task.python_callable
-        args = [_resolve(v, db, dag_id, run_id) for v in task.op_args or ()]
-        kwargs = {k: _resolve(v, db, dag_id, run_id) for k, v in (task.op_kwargs or {}).items()}
+        args = [_resolve(v, db, dag_id, run_id, results) for v in task.op_args or ()]
+        kwargs = {k: _resolve(v, db, dag_id, run_id, results)
+                  for k, v in (task.op_kwargs or {}).items()}
     context = {"data_interval_start": when, "logical_date": when, "run_id": f"replay-{run_id}",
                "params": {k: dag.params[k] for k in dag.params}, "dag_run": None,
                "outlet_events": defaultdict(SimpleNamespace), "ti": SimpleNamespace(
@@ -156,9 +181,12 @@ def main(argv: list[str]) -> int:
     clock = Clock()
     clock.arm([fn.__globals__])
     t0 = time.perf_counter()
-    fn(*args, **kwargs)
+    returned = fn(*args, **kwargs)
     total = time.perf_counter() - t0
     builtins.__import__ = clock._real_import
+    if results is not None:  # what the replays downstream read
+        name = f"{task_id}.{index}.json" if mapped else f"{task_id}.json"
+        (results / name).write_text(json.dumps(returned, default=str))
     print(json.dumps({"dag": dag_id, "task": task_id, "parse_s": round(parse, 3),
                       "body_s": round(total, 3), "imports_s": round(clock.imports, 3),
                       "setup_s": round(clock.setup, 3),
