@@ -71,12 +71,16 @@ def _env(root: Path, port: int, nights: int) -> dict[str, str]:
         "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "30",
         "AIRFLOW__API__HOST": "127.0.0.1", "AIRFLOW__API__PORT": str(port),
         "AIRFLOW__API__WORKERS": "1",
+        # the embedded default's executor (scripts/env.sh): workers preload the libraries
+        "AIRFLOW__CORE__EXECUTOR": "pipelines.core.executor.PreloadingLocalExecutor",
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
         "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(_free_port()),
         "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(_free_port()),
         "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
         "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
     })
+    if "MLOPS_EXECUTOR_PRELOAD" in os.environ:  # e.g. "" to measure without the preload
+        env["MLOPS_EXECUTOR_PRELOAD"] = os.environ["MLOPS_EXECUTOR_PRELOAD"]
     return env
 
 

@@ -40,6 +40,8 @@ The online model server (`python -m pipelines.serving`, `make serve`):
     MLOPS_SERVING_LOG_FLUSH_SECONDS=5        a worker writes its prediction log at least this often
     PROMETHEUS_MULTIPROC_DIR                 per-process metric files, summed by /metrics (default
                                              <state>/serving/metrics, emptied by the launcher)
+    MLOPS_EXECUTOR_PRELOAD=<PRELOAD>         modules an Airflow LocalExecutor worker imports before
+                                             its first task (pipelines.core.executor; "" = none)
 """
 
 from __future__ import annotations
@@ -50,6 +52,10 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO_ROOT / "examples"
+
+
+# What the daily tasks import (pipelines.core.executor loads them once per Airflow worker)
+PRELOAD = "pandas,pyarrow.parquet,duckdb,sklearn,onnxruntime,mlflow,feast,great_expectations,evidently"
 
 
 def _env(name: str, default: str) -> str:
@@ -94,6 +100,7 @@ class Settings:
     serving_token_file: str = ""  # MLOPS_SERVING_TOKEN_FILE ('': <state>/serving/token)
     serving_log_flush_seconds: float = 5.0  # MLOPS_SERVING_LOG_FLUSH_SECONDS
     serving_metrics_dir: str = ""  # PROMETHEUS_MULTIPROC_DIR ('': <state>/serving/metrics)
+    executor_preload: tuple[str, ...] = ()  # MLOPS_EXECUTOR_PRELOAD (pipelines.core.executor)
 
     def mlflow_env(self) -> dict[str, str]:
         """The MLflow client settings every process of the project runs with."""
@@ -238,4 +245,6 @@ def get_settings() -> Settings:
         serving_token_file=_env("MLOPS_SERVING_TOKEN_FILE", ""),
         serving_log_flush_seconds=_float_env("MLOPS_SERVING_LOG_FLUSH_SECONDS", 5.0),
         serving_metrics_dir=_env("PROMETHEUS_MULTIPROC_DIR", ""),
+        executor_preload=tuple(m.strip() for m in os.environ.get(
+            "MLOPS_EXECUTOR_PRELOAD", PRELOAD).split(",") if m.strip()),
     )

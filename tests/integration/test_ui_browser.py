@@ -135,6 +135,8 @@ def _env(root: Path, port: int) -> dict[str, str]:
         "AIRFLOW__API__HOST": "127.0.0.1", "AIRFLOW__API__PORT": str(port),
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
         "AIRFLOW__API__WORKERS": "1", "AIRFLOW__CORE__PARALLELISM": "2",
+        # the embedded default's executor (scripts/env.sh): workers preload the libraries
+        "AIRFLOW__CORE__EXECUTOR": "pipelines.core.executor.PreloadingLocalExecutor",
         "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
         "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
     })

@@ -310,3 +310,36 @@ def test_expressions_are_data_never_executed(tmp_path):
     frame = pd.DataFrame({"distance": [100.0, 0.0]})
     assert Expression("log1p(distance) if distance > 0 else -1").evaluate(frame).tolist() == \
         pytest.approx([np.log1p(100.0), -1])
+
+
+def test_the_preloading_executor_is_a_local_executor_that_imports_before_its_first_task(
+        monkeypatch):
+    """`airflow standalone` takes it as a local executor; while it spawns a worker the worker
+    loop is ours, which imports the configured modules (a missing one is skipped, for the
+    task to raise itself), then runs Airflow's own loop."""
+    import sys
+
+    from airflow.executors import local_executor
+
+    from pipelines.core import executor
+    from pipelines.core.settings import get_settings
+
+    airflows = local_executor._run_worker
+    assert executor.PreloadingLocalExecutor.is_local and executor._run_worker is airflows
+    seen = []
+    monkeypatch.setattr(local_executor.LocalExecutor, "_spawn_worker",
+                        lambda self: seen.append(local_executor._run_worker))
+    executor.PreloadingLocalExecutor._spawn_worker(object.__new__(
+        executor.PreloadingLocalExecutor))
+    assert seen == [executor._run_preloaded_worker]
+    assert local_executor._run_worker is airflows
+
+    monkeypatch.setenv("MLOPS_EXECUTOR_PRELOAD", "colorsys, no_such_module_here")
+    monkeypatch.delitem(sys.modules, "colorsys", raising=False)
+    ran = []
+    monkeypatch.setattr(executor, "_run_worker", lambda **kw: ran.append(kw))
+    executor._run_preloaded_worker(input="queue")
+    assert "colorsys" in sys.modules and ran == [{"input": "queue"}]
+    assert list(executor.preload(["json", "no_such_module_here"])) == ["json"]
+    monkeypatch.setenv("MLOPS_EXECUTOR_PRELOAD", "")
+    assert get_settings().executor_preload == ()
