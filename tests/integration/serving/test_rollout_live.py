@@ -20,6 +20,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -116,6 +117,17 @@ def _challenger(settings, srv, version: str) -> None:
     srv.wait(f"/v2/models/{MODEL}/versions/challenger/ready", timeout=30)
 
 
+def _ready_when(srv, check, what: str, timeout: float = 30) -> dict:
+    """The server's model ready body, once `check` holds for it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body = srv.http.get(f"/v2/models/{MODEL}/ready").json()
+        if check(body):
+            return body
+        time.sleep(0.1)
+    raise AssertionError(f"{what}: still {body} after {timeout}s")
+
+
 def _events(settings, actor: str) -> list[dict]:
     return sorted((e for e in registry.history(settings) if e.get("actor") == actor),
                   key=lambda e: e["at"])
@@ -166,6 +178,11 @@ def test_a_healthy_challenger_goes_through_every_step_and_is_promoted(live, serv
     assert str(registry.by_alias(c, MODEL, registry.CHAMPION).version) == v2
     assert routing.current(settings, cfg).shares == {"champion": 1.0}
     assert _champion_events(v2) == before + 1  # the champion asset, for the scoring DAGs
+    # the promotion took the challenger alias off v2: the server serves v2 as its champion and
+    # follows no challenger, which is no failure
+    ready = _ready_when(srv, lambda b: b["versions"]["champion"] == v2
+                        and b["absent"] == ["challenger"], "champion v2, no challenger")
+    assert ready["ready"] is True and ready["stale"] == []
 
     history = _events(settings, dr.run_id)  # the run's id is the actor of its events
     assert [e["action"] for e in history] == ["rollout_step"] * 3 + ["promote"]
