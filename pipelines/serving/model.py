@@ -186,7 +186,7 @@ class Repository:
 
     def start(self) -> None:
         """Load every alias once, then follow them in the background: a worker starts taking
-        requests only after its first attempt (a failed one leaves it live, not ready)."""
+        requests only after its first attempt (without its first alias: live, not ready)."""
         self._poll()
         self._thread.start()
 
