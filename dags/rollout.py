@@ -17,7 +17,12 @@ and, for a canary, its steps and the hold time per step:
   significantly better, rolled back when worse, inconclusive when the budget runs out.
 
 Each step, its evidence, a roll-back and the promotion are in the promotion history.
-The servers must follow the challenger (`serving.aliases: [champion, challenger]`).
+The outcome at a glance: promoted, the run succeeds (and emits the champion asset); **rolled
+back, `finish_rollout` fails** with the step and the breach (the run is red and the failure
+alert fires: the roll-back worked, but the challenger failed on live traffic); shadow mode or
+an inconclusive A/B, `finish_rollout` is skipped with the reason. The servers follow the
+challenger by default (`serving.aliases: [champion, challenger]`; the challenger is optional,
+loaded once the registry holds it), so no configuration changes before a rollout.
 """
 
 from __future__ import annotations
@@ -92,12 +97,16 @@ def rollout():
 
     @task(pool=REGISTRY_POOL, outlets=[Asset(CHAMPION_ASSET)])
     def finish_rollout(outcome: dict, **context) -> dict:
-        from airflow.exceptions import AirflowSkipException
+        from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-        from pipelines.model.rollout_run import finish
+        from pipelines.model.rollout_run import RolledBack, finish
 
         cfg, settings = stage()
-        event = finish(settings, cfg, outcome, context["run_id"], user=triggering_user(context))
+        try:
+            event = finish(settings, cfg, outcome, context["run_id"],
+                           user=triggering_user(context))
+        except RolledBack as exc:  # failed, not retried: the run is red and alerts
+            raise AirflowFailException(str(exc)) from exc
         if event is None:
             raise AirflowSkipException(f"nothing to promote: {outcome['outcome']}")
         context["outlet_events"][Asset(CHAMPION_ASSET)].extra = {"version": event["to_version"]}

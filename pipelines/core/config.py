@@ -184,8 +184,10 @@ class ShadowConfig(_Frozen):
 class ServingConfig(_Frozen):
     """The online model server (pipelines.serving); where it listens is in the environment."""
     # the registry aliases the server follows; the first is what /v2/models/<name>/infer
-    # serves, every one is addressable as /v2/models/<name>/versions/<alias>/infer
-    aliases: tuple[str, ...] = ("champion",)
+    # serves, every one is addressable as /v2/models/<name>/versions/<alias>/infer. The first
+    # is required (ready once loaded); the others are optional: not held by the registry is
+    # not a failure (the challenger between rollouts), followed once it is set
+    aliases: tuple[str, ...] = ("champion", "challenger")
     poll_seconds: float = Field(2.0, gt=0, le=60)  # how often each worker asks the registry
     max_rows: int = Field(1000, gt=0)  # rows per request (more: 413)
     max_body_mb: float = Field(8.0, gt=0)  # request body (more: 413)

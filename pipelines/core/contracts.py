@@ -192,6 +192,7 @@ class ModelReady(TypedDict):
     ready: bool
     versions: dict[str, str | None]  # alias -> the version served (None: nothing loaded)
     stale: list[str]  # aliases whose last move could not be followed (see the metadata)
+    absent: list[str]  # optional aliases the registry does not hold (nothing to serve)
 
 
 class Mirror(TypedDict):

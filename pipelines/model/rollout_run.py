@@ -9,7 +9,10 @@ it (`rollout.judge_step`) and records the step with its evidence in the promotio
 (`rollout_step`). A breach resets routing to the champion at once and is recorded
 (`rollout_rolled_back`); an A/B rollout stops at the first significant look. The outcome says
 what `finish` does: `promote` (through `registry.promote`, as training promotes: history,
-serialised alias move) then routing back to the champion alone, which is now the new version.
+serialised alias move) then routing back to the champion alone, which is now the new version;
+`rolled_back` raises `RolledBack` (the DAG fails its last task with it: an automatic roll-back
+is the rollout working, but the challenger failed on live traffic, which must be seen and
+alerted like any failure); `inconclusive` and `observed` promote nothing and raise nothing.
 """
 
 from __future__ import annotations
@@ -232,10 +235,19 @@ def _roll_back(settings: Settings, cfg: Config, version: str, mode: str,
     return out
 
 
+class RolledBack(RuntimeError):
+    """A rollout that breached an SLO and was rolled back (routing was already reset)."""
+
+
 def finish(settings: Settings, cfg: Config, outcome: Outcome, actor: str,
            user: str | None = None) -> dict[str, Any] | None:
     """Promote a rollout that earned it (the registry's own path), then routing to the
-    champion alone; anything else: nothing (routing was already reset)."""
+    champion alone; a rolled-back one raises `RolledBack` naming the step and the breach;
+    anything else: nothing (routing was already reset)."""
+    if outcome["outcome"] == "rolled_back":
+        raise RolledBack(f"v{outcome['version']} was rolled back automatically at "
+                         f"{outcome['reason']} (champion unchanged, routing back to the champion "
+                         f"alone; each step and its evidence are in the promotion history)")
     if outcome["outcome"] != "promote":
         return None
     event = registry.promote(settings, cfg.registry.model_name, outcome["version"], actor,

@@ -2,8 +2,9 @@
 over the data plane, a bearer token on everything but the health routes, and `/metrics`.
 
     GET  /v2/health/live                                   open: the process answers
-    GET  /v2/health/ready                                  open: every followed alias is loaded
-    GET  /v2/models/<model>[/versions/<v>]/ready           open (V2 health): versions, stale aliases
+    GET  /v2/health/ready                                  open: the first alias is loaded
+    GET  /v2/models/<model>[/versions/<v>]/ready           open (V2 health): versions, stale and
+                                                           absent aliases
     GET  /v2                                               server metadata
     GET  /v2/models                                        the model served
     GET  /v2/models/<model>[/versions/<v>]                 model metadata (+ what each alias
@@ -15,7 +16,8 @@ over the data plane, a bearer token on everything but the health routes, and `/m
 routing (`model.routing`: weights per alias, a sticky key) picks the alias, by default the first
 of `serving.aliases`; the `x-model-variant` header and `parameters.variant` name it. Errors are `{"error": "..."}` with 400 (a bad request, naming the
 field), 401, 404, 413, 422 (rows the unknown-entity or missing-feature policy rejects), 503
-(not loaded yet) or 500.
+(not loaded yet) or 500; a versioned path of an optional alias the registry does not hold
+(no challenger) is a 404 naming it.
 
 `create_app` is the uvicorn factory each worker runs (`python -m pipelines.serving` starts
 them); the OpenAPI pages are off: nothing but the V2 routes is served.

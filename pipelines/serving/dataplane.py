@@ -102,12 +102,16 @@ class DataPlane:
         return list(self.repository.followers.values())
 
     def model_ready(self, model_name: str, model_version: str | None) -> tuple[bool, ModelReady]:
+        """The model is ready when its first alias is loaded; a versioned path, when that
+        alias is (an optional alias the registry does not hold is `absent`, not ready)."""
         followers = self.followers(model_name, model_version)
+        loaded = followers[0].current is not None if model_version else self.repository.ready()
         body: ModelReady = {
             "name": model_name,
-            "ready": self.store is not None and all(f.current is not None for f in followers),
+            "ready": self.store is not None and loaded,
             "versions": {f.alias: f.current.version if f.current else None for f in followers},
-            "stale": [f.alias for f in followers if f.failure is not None]}
+            "stale": [f.alias for f in followers if f.failure is not None],
+            "absent": [f.alias for f in followers if f.absent]}
         return body["ready"], body
 
     def server_metadata(self) -> dict[str, Any]:
@@ -117,6 +121,8 @@ class DataPlane:
     def model_metadata(self, model_name: str, model_version: str | None) -> dict[str, Any]:
         """V2 model metadata, plus what each alias serves and why a move was not followed."""
         followers = self.followers(model_name, model_version)
+        if model_version:
+            self._held(followers[0])
         return {
             "name": model_name,
             "versions": [f.current.version for f in followers if f.current is not None],
@@ -127,6 +133,7 @@ class DataPlane:
                 "served": {f.alias: f.current.info(self.cfg) if f.current else None
                            for f in followers},
                 "load_failures": {f.alias: f.failure for f in followers if f.failure},
+                "absent": [f.alias for f in followers if f.absent],
                 # a whole view's features may be given instead of the store's (optional)
                 "optional_inputs": [{"name": n, "datatype": d, "shape": [-1]}
                                     for n, d in self.supplied_inputs().items()],
@@ -160,9 +167,17 @@ class DataPlane:
 
     # -- inference --------------------------------------------------------------------------
 
+    def _held(self, follower: AliasFollower) -> None:
+        """404 for an optional alias the registry does not hold now (nothing under it)."""
+        if follower.absent and follower.current is None:
+            raise RequestError(f"{self.name} {follower.alias}: the registry holds no "
+                               f"{follower.alias!r} alias now, so nothing is served under it "
+                               f"(it is followed: once set, it is loaded)", status=404)
+
     def served(self, model_name: str, model_version: str | None) -> ServedModel:
         """The version that answers this request (taken once)."""
         follower = self.follower(model_name, model_version)
+        self._held(follower)
         served = follower.current
         if served is None or self.store is None:
             why = follower.failure["error"] if follower.failure else "loading"

@@ -11,6 +11,11 @@ session, so requests under way end on the old version. A load that fails (sha256
 unreadable ONNX, an unreachable registry) keeps the old version, is logged, counted in
 `/metrics` and shown in the model metadata; the same broken version is not retried until the
 alias or its ONNX tags change, an unreachable registry is asked again at the next poll.
+
+The first alias is required: a server is ready once it is loaded. The others are optional: one
+the registry does not hold (no challenger: the normal state between rollouts) is `absent`, not
+a failure (nothing logged at error level, counted or marked stale); when it appears it is loaded
+and followed, and when it is removed the version it served is dropped.
 """
 
 from __future__ import annotations
@@ -88,10 +93,12 @@ class ServedModel:
 class AliasFollower:
     """Keeps one alias's version loaded; `current` is what requests use."""
 
-    def __init__(self, settings: Settings, name: str, alias: str) -> None:
-        self.settings, self.name, self.alias = settings, name, alias
+    def __init__(self, settings: Settings, name: str, alias: str, required: bool = True
+                 ) -> None:
+        self.settings, self.name, self.alias, self.required = settings, name, alias, required
         self.current: ServedModel | None = None
         self.failure: LoadFailure | None = None
+        self.absent = False  # an optional alias the registry does not hold (not a failure)
         self._refused: tuple[str, str | None] | None = None  # (version, sha256) that failed
 
     def poll(self, client: registry.GuardedClient) -> None:
@@ -101,7 +108,11 @@ class AliasFollower:
         except registry.RegistryUnavailable as exc:
             return self._fail(None, str(exc))
         if mv is None:
-            return self._fail(None, f"{self.name} has no {self.alias!r} alias in the registry")
+            if self.required:
+                return self._fail(None, f"{self.name} has no {self.alias!r} alias in the "
+                                        f"registry")
+            return self._absent()
+        self.absent = False
         version, sha = str(mv.version), dict(mv.tags).get("onnx_sha256")
         cur = self.current
         if cur is not None and (cur.version, cur.described["onnx_sha256"]) == (version, sha):
@@ -129,6 +140,20 @@ class AliasFollower:
         self._ok()
         return None
 
+    def _absent(self) -> None:
+        """An optional alias the registry does not hold: nothing to serve under it, which is
+        not a failure. A version it served is dropped (requests under way finish on it)."""
+        cur = self.current
+        if not self.absent or cur is not None:  # logged once, when it becomes absent
+            log.info("serving: %s %s: the registry holds no %r alias; %s", self.name,
+                     self.alias, self.alias, f"v{cur.version} is no longer served" if cur
+                     else "nothing served under it until it does")
+        self.current, self._refused, self.absent = None, None, True
+        if cur is not None:
+            metrics.MODEL_INFO.labels(self.name, self.alias, cur.version,
+                                      cur.described["onnx_sha256"]).set(0)
+        self._ok()
+
     def _ok(self) -> None:
         if self.failure is not None:
             metrics.STALE.labels(self.name, self.alias).set(0)
@@ -147,20 +172,21 @@ class AliasFollower:
 
 
 class Repository:
-    """The followers of `serving.aliases`: loaded once at startup, then polled by one
-    background thread per worker."""
+    """The followers of `serving.aliases` (the first required, the others optional): loaded
+    once at startup, then polled by one background thread per worker."""
 
     def __init__(self, settings: Settings, cfg: Config) -> None:
         self.name, self.poll_seconds = cfg.registry.model_name, cfg.serving.poll_seconds
         self.settings = settings
-        self.followers = {a: AliasFollower(settings, self.name, a) for a in cfg.serving.aliases}
+        self.followers = {a: AliasFollower(settings, self.name, a, required=i == 0)
+                          for i, a in enumerate(cfg.serving.aliases)}
         self._client: registry.GuardedClient | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="alias-follower", daemon=True)
 
     def start(self) -> None:
         """Load every alias once, then follow them in the background: a worker starts taking
-        requests only after its first attempt (a failed one leaves it live, not ready)."""
+        requests only after its first attempt (without its first alias: live, not ready)."""
         self._poll()
         self._thread.start()
 
@@ -182,7 +208,8 @@ class Repository:
             self._poll()
 
     def ready(self) -> bool:
-        return all(f.current is not None for f in self.followers.values())
+        """The first alias is loaded (the optional ones may be absent, or failing: stale)."""
+        return next(iter(self.followers.values())).current is not None
 
     def find(self, version: str | None) -> AliasFollower | None:
         """The follower for a V2 model version: None -> the first alias; an alias name; or

@@ -181,3 +181,21 @@ def test_a_breach_rolls_back_whatever_the_mode():
         move, why = next_move(mode, verdict)
         assert move == "roll_back" and why.startswith("p99_latency_ms")
     assert final_outcome("canary")[0] == "promote" and final_outcome("shadow")[0] == "observed"
+
+
+@pytest.mark.parametrize("outcome", ["rolled_back", "inconclusive", "observed"])
+def test_finish_promotes_nothing_and_only_a_roll_back_raises(outcome):
+    """What `finish_rollout` shows: a roll-back raises (the task fails, naming the version,
+    step and breach), an inconclusive A/B or a shadow rollout returns nothing (skipped). None of
+    them reaches the registry (no settings needed)."""
+    from pipelines.core.config import load_config
+    from pipelines.model.rollout_run import RolledBack, finish
+
+    done = {"version": "7", "mode": "canary", "outcome": outcome, "steps": [],
+            "reason": "25%: error_rate 0.2 > 0.01"}
+    if outcome == "rolled_back":
+        with pytest.raises(RolledBack, match=r"v7 was rolled back automatically at 25%: "
+                                             r"error_rate 0\.2 > 0\.01 \(champion unchanged"):
+            finish(None, load_config(), done, "run-1")
+    else:
+        assert finish(None, load_config(), done, "run-1") is None

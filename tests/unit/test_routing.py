@@ -91,12 +91,15 @@ def test_without_routing_the_first_alias_answers_everything(cfg):
 
 def test_config_refuses_routing_to_an_alias_not_followed():
     base = load_config()
+    assert base.serving.aliases == ("champion", "challenger")  # the default follows both
     with pytest.raises(ValidationError, match="does not follow"):
-        with_params(base, serving__routing__candidates={"champion": 90, "challenger": 10})
+        with_params(base, serving__aliases=["champion"],
+                    serving__routing__candidates={"champion": 90, "challenger": 10})
+    with pytest.raises(ValidationError, match="does not follow"):
+        with_params(base, serving__routing__mirror={"alias": "shadow", "percent": 10})
     with pytest.raises(ValidationError, match="exactly one"):
         with_params(base, serving__routing__sticky={"header": "x-a", "input": "b"})
-    ok = with_params(base, serving__aliases=["champion", "challenger"],
-                     serving__routing__candidates={"champion": 90, "challenger": 10})
+    ok = with_params(base, serving__routing__candidates={"champion": 90, "challenger": 10})
     assert routing.configured(ok).shares == {"challenger": 0.1, "champion": 0.9}
 
 

@@ -1,9 +1,11 @@
-"""Following registry aliases: readiness per alias, the versions route, an alias move while a
-request is in flight, a version whose ONNX fails its sha256, the reject policy.
+"""Following registry aliases: readiness per alias, an optional alias (the challenger) absent,
+set and removed, the versions route, an alias move while a request is in flight, a version
+whose ONNX fails its sha256, the reject policy.
 
 The server is the real app with one fault injected around it (`slow_app`: a request may ask
-`predict` to sleep first), following `champion` and `challenger` every 0.3 s, with
-`serving.unknown_entities: reject` and a 50 kB body limit. Aliases are moved by the project's own registry functions.
+`predict` to sleep first), following `champion` and `challenger` (the default aliases) every
+0.3 s, with `serving.unknown_entities: reject` and a 50 kB body limit. Aliases are moved by the
+project's own registry functions.
 """
 
 from __future__ import annotations
@@ -27,8 +29,7 @@ MODEL = "delay_model"
 @pytest.fixture(scope="module")
 def server(served_state):
     params = yaml.safe_load(Path(served_state["env"]["MLOPS_PARAMS"]).read_text())
-    params["serving"] = {"aliases": ["champion", "challenger"], "poll_seconds": 0.3,
-                         "unknown_entities": "reject", "max_body_mb": 0.05,
+    params["serving"] = {"poll_seconds": 0.3, "unknown_entities": "reject", "max_body_mb": 0.05,
                          "log": {"batch_rows": 10}}
     path = served_state["root"] / "params-aliases.yaml"
     path.write_text(yaml.safe_dump(params))
@@ -57,42 +58,70 @@ def _infer(srv, token, rows, version: str | None = None, delay: float = 0.0):
                          content=json.dumps(v2_request(rows)).encode())
 
 
-def _wait_for(srv, check, what: str, timeout: float = 30) -> dict:
+def _wait_for(srv, check, what: str, timeout: float = 30,
+              path: str = f"/v2/models/{MODEL}/versions/champion/ready") -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        body = srv.http.get(f"/v2/models/{MODEL}/versions/champion/ready").json()
+        body = srv.http.get(path).json()
         if check(body):
             return body
         time.sleep(0.1)
     raise AssertionError(f"{what}: still {body} after {timeout}s")
 
 
-def test_an_alias_is_ready_once_its_version_is_loaded(server, served_state):
-    """No `challenger` yet: the server is live but not ready, champion answers, challenger is
-    a 503 naming the missing alias. Once the registry gives v2 the alias, it is served under
-    its alias and its version number."""
+def test_an_optional_alias_is_served_while_the_registry_holds_it(server, served_state):
+    """No `challenger` yet (the normal state): the server is ready on its champion, the
+    challenger is `absent`, not stale, its paths are a 404 naming the alias, nothing is logged
+    as an error or counted as a load failure, however many polls pass. Once the registry gives
+    v2 the alias, it is served under its alias and its version number; once the alias is
+    removed, it is no longer served."""
     srv, token = server
     rows = known_events(served_state).head(3)
-    assert srv.http.get("/v2/health/live").status_code == 200
-    not_ready = srv.http.get("/v2/health/ready")
-    assert not_ready.status_code == 503 and not_ready.json() == {"ready": False}
+    v2 = served_state["v2"]
+    assert srv.http.get("/v2/health/ready").status_code == 200
     everything = srv.http.get(f"/v2/models/{MODEL}/ready")
-    assert everything.status_code == 503 and everything.json()["stale"] == ["challenger"]
-    r = _infer(srv, token, rows, "challenger")
-    assert r.status_code == 503 and "has no 'challenger' alias" in r.json()["error"]
+    assert everything.status_code == 200 and everything.json() == {
+        "name": MODEL, "ready": True, "versions": {"champion": "1", "challenger": None},
+        "stale": [], "absent": ["challenger"]}
+    alone = srv.http.get(f"/v2/models/{MODEL}/versions/challenger/ready")
+    assert alone.status_code == 503 and alone.json()["absent"] == ["challenger"]
+    for r in (_infer(srv, token, rows, "challenger"),
+              srv.http.get(f"/v2/models/{MODEL}/versions/challenger", headers=bearer(token))):
+        assert r.status_code == 404 and "holds no 'challenger' alias now" in r.json()["error"]
+    meta = srv.http.get(f"/v2/models/{MODEL}", headers=bearer(token)).json()["parameters"]
+    assert meta["absent"] == ["challenger"] and meta["load_failures"] == {}
+    assert meta["served"]["challenger"] is None
     assert _infer(srv, token, rows).json()["model_version"] == "1"
+    time.sleep(1.0)  # three more polls: an absent optional alias is still no failure
+    samples = srv.metrics(token)
+    assert metric(samples, "serving_model_load_failures_total", alias="challenger") == 0
+    assert metric(samples, "serving_model_stale", alias="challenger") == 0
+    assert "could not be followed" not in srv.log_path.read_text()
 
     c = registry.client(served_state["settings"])
-    c.set_registered_model_alias(MODEL, "challenger", served_state["v2"])
-    srv.wait()
-    for version in ("challenger", served_state["v2"]):
+    c.set_registered_model_alias(MODEL, "challenger", v2)
+    srv.wait(f"/v2/models/{MODEL}/versions/challenger/ready", timeout=30)
+    for version in ("challenger", v2):
         body = _infer(srv, token, rows, version).json()
-        assert body["model_version"] == served_state["v2"]
+        assert body["model_version"] == v2
         assert body["parameters"] == {"variant": "challenger"}
     meta = srv.http.get(f"/v2/models/{MODEL}", headers=bearer(token)).json()
-    assert meta["versions"] == ["1", served_state["v2"]]
+    assert meta["versions"] == ["1", v2] and meta["parameters"]["absent"] == []
     assert meta["parameters"]["served"]["challenger"]["onnx_sha256"]
     assert meta["parameters"]["load_failures"] == {}
+    assert metric(srv.metrics(token), "serving_model_info", alias="challenger", version=v2) == 1
+
+    c.delete_registered_model_alias(MODEL, "challenger")
+    _wait_for(srv, lambda b: b["absent"] == ["challenger"], "challenger removed",
+              path=f"/v2/models/{MODEL}/ready")
+    r = _infer(srv, token, rows, "challenger")
+    assert r.status_code == 404 and "holds no 'challenger' alias now" in r.json()["error"]
+    r = _infer(srv, token, rows, v2)
+    assert r.status_code == 404 and f"version '{v2}' is not served" in r.json()["error"]
+    samples = srv.metrics(token)
+    assert metric(samples, "serving_model_info", alias="challenger", version=v2) == 0
+    assert metric(samples, "serving_model_load_failures_total", alias="challenger") == 0
+    assert "could not be followed" not in srv.log_path.read_text()
 
 
 def test_a_body_over_max_body_mb_is_a_413_with_or_without_a_length(server):
@@ -166,7 +195,7 @@ def test_a_version_failing_its_sha256_is_refused_and_the_old_one_kept(server, se
 
     ready = _wait_for(srv, lambda b: b["stale"] == ["champion"], "refusal of v3")
     assert ready == {"name": MODEL, "ready": True, "versions": {"champion": v2},
-                     "stale": ["champion"]}
+                     "stale": ["champion"], "absent": []}
     failure = srv.http.get(f"/v2/models/{MODEL}", headers=bearer(token)).json()[
         "parameters"]["load_failures"]["champion"]
     assert failure["version"] == v3 and "does not match the registry" in failure["error"]

@@ -106,7 +106,10 @@ def test_everything_but_health_needs_the_bearer_token(server, served_state):
     for path in ("/v2/health/live", "/v2/health/ready", f"/v2/models/{MODEL}/ready"):
         assert srv.http.get(path).status_code == 200, path
     ready = srv.http.get(f"/v2/models/{MODEL}/ready").json()
-    assert ready == {"name": MODEL, "ready": True, "versions": {"champion": "1"}, "stale": []}
+    # the default aliases: champion, and the challenger once the registry holds one (not yet)
+    assert ready == {"name": MODEL, "ready": True, "versions": {"champion": "1",
+                                                                 "challenger": None},
+                     "stale": [], "absent": ["challenger"]}
     for method, path in (("GET", "/v2"), ("GET", f"/v2/models/{MODEL}"), ("GET", "/metrics"),
                          ("POST", f"/v2/models/{MODEL}/infer")):
         for headers in ({}, {"Authorization": "Bearer " + "x" * 43},
