@@ -67,7 +67,7 @@ async def _body(request: Request, limit: int) -> bytes:
 
 
 class BearerToken:
-    """The bearer token on every route but the health ones (plain ASGI: Starlette's
+    """The bearer token on every path but the health ones (plain ASGI: Starlette's
     `@app.middleware("http")` costs about a millisecond a request)."""
 
     def __init__(self, app: ASGIApp, token: str) -> None:
