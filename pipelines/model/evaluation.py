@@ -32,9 +32,10 @@ def _version_scorer(settings: Settings, mv: Any) -> tuple[onnx_model.OnnxScorer,
 CALENDAR = {"event_month": "month", "event_weekday": "weekday", "event_hour": "hour"}
 
 
-def slice_values(eval_df: pd.DataFrame, columns: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """Slice columns of the evaluation set; event_month/event_weekday/event_hour come from
-    the event time."""
+def slice_values(eval_df: pd.DataFrame, columns: tuple[str, ...],
+                 key: str = "gates.slices.columns") -> dict[str, np.ndarray]:
+    """Slice (or group) columns of the evaluation set; event_month/event_weekday/event_hour
+    come from the event time. `key`: the config key that named them, for the error."""
     out = {}
     for col in columns:
         if col in eval_df:
@@ -42,8 +43,8 @@ def slice_values(eval_df: pd.DataFrame, columns: tuple[str, ...]) -> dict[str, n
         elif col in CALENDAR:
             out[col] = getattr(eval_df["event_time"].dt, CALENDAR[col]).astype(str).to_numpy()
         else:
-            raise ValueError(f"slice column {col!r} is neither in the evaluation set nor one of "
-                             f"{sorted(CALENDAR)}")
+            raise ValueError(f"{key}: column {col!r} is neither in the evaluation set nor one "
+                             f"of {sorted(CALENDAR)}")
     return out
 
 
@@ -98,7 +99,10 @@ def evaluate_challenger(cfg: Config, settings: Settings, version: str) -> dict[s
             onnx_model.to_native_frame(eval_df, champ.numeric, champ.categorical))
     report = gates.evaluate(cfg.gates, y, p_chal, p_champ, parity,
                             slices=slice_values(eval_df, cfg.gates.slices.columns),
-                            serving=serving, behaviour=behaviour)
+                            serving=serving, behaviour=behaviour,
+                            groups=slice_values(eval_df, cfg.gates.fairness.columns,
+                                                "gates.fairness.columns"),
+                            intervals=True)
     report.update({"model": name, "version": str(version),
                    "champion_version": str(champ_mv.version) if champ_mv else None})
     uri = locations.gate_report(settings, name, version)
