@@ -16,7 +16,7 @@ import pandas as pd
 from pipelines.core import locations, storage
 from pipelines.core.config import Config
 from pipelines.core.settings import Settings
-from pipelines.model import gates, onnx_model, registry
+from pipelines.model import card, gates, onnx_model, registry
 from pipelines.model.registry import load_onnx
 
 log = logging.getLogger(__name__)
@@ -113,6 +113,7 @@ def evaluate_challenger(cfg: Config, settings: Settings, version: str) -> dict[s
         mlflow.log_text(gates.render_markdown(report, version), "gates/gate_report.md")
         mlflow.set_tag("gate_verdict", "pass" if report["passed"] else "fail")
     c.set_model_version_tag(name, version, "gate_verdict", "pass" if report["passed"] else "fail")
+    card.write_card(cfg, settings, str(version))  # every gated version has a card, rejected too
     log.info("gates: v%s vs champion %s -> %s %s", version, report["champion_version"],
              "PASS" if report["passed"] else "FAIL", report["failed"])
     return {"passed": report["passed"], "failed": report["failed"], "report_uri": uri,

@@ -21,7 +21,7 @@ from pipelines.core.contracts import (
     Window,
 )
 from pipelines.core.settings import Settings
-from pipelines.model import registry
+from pipelines.model import card, registry
 
 PROMOTE, FORCED, AWAIT, REJECT = "promote", "forced", "await_approval", "reject"
 APPROVE_OPTION, REJECT_OPTION = "Approve", "Reject"  # the options a person chooses between
@@ -63,6 +63,8 @@ def conclude(cfg: Config, settings: Settings, report: GateVerdict, window: Windo
     decision = decide(report, force, approval or cfg.registry.approval)
     why = reason_for(window, reason)
     record_decision(settings, cfg.registry.model_name, report, decision, actor, why, user)
+    if decision not in (PROMOTE, FORCED):  # those are written once the alias has moved
+        card.write_card(cfg, settings, report["version"])  # the decision (and who) in the card
     return {"decision": decision, "version": report["version"],  # type: ignore[typeddict-item]
             "champion_version": report["champion_version"], "passed": report["passed"],
             "reason": why, "needs_approval": decision == AWAIT, "report_uri": report["report_uri"]}
@@ -106,10 +108,13 @@ def promote_decided(cfg: Config, settings: Settings, decided: PromotionDecision,
                 "from_version": decided["champion_version"], "actor": actor, "user": who,
                 "reason": decided["reason"], "gate_report": decided["report_uri"]}
             event["history_uri"] = registry.record(settings, event)
+            card.write_card(cfg, settings, decided["version"])
             return event
         user = who or user
-    return registry.promote(settings, name, decided["version"], actor, decided["reason"],
-                            decided["report_uri"], forced=forced, user=user)
+    moved = registry.promote(settings, name, decided["version"], actor, decided["reason"],
+                             decided["report_uri"], forced=forced, user=user)
+    card.write_card(cfg, settings, decided["version"])  # the approver in the card
+    return moved
 
 
 def promote_approved(settings: Settings, name: str, version: str, actor: str, reason: str,
