@@ -23,7 +23,6 @@ from pipelines.core import locations, storage
 from pipelines.core.config import Config
 from pipelines.core.settings import Settings
 from pipelines.model import registry
-from pipelines.model.metrics import METRICS
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +103,8 @@ def _ci(lo: Any, hi: Any) -> str:
 def metric_rows(src: dict[str, Any]) -> list[dict[str, Any]]:
     """The card's overall metrics: the gate report's (with intervals) once the gates ran, else
     the run's (the same scores and functions, no intervals yet)."""
+    from pipelines.model.metrics import METRICS
+
     gate = src["gate_report"]
     if gate and gate.get("metric_intervals"):
         return [{"type": k, "name": METRIC_NAMES[k], **gate["metric_intervals"][k]} for k in METRICS]

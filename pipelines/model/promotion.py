@@ -21,10 +21,16 @@ from pipelines.core.contracts import (
     Window,
 )
 from pipelines.core.settings import Settings
-from pipelines.model import card, registry
+from pipelines.model import registry
 
 PROMOTE, FORCED, AWAIT, REJECT = "promote", "forced", "await_approval", "reject"
 APPROVE_OPTION, REJECT_OPTION = "Approve", "Reject"  # the options a person chooses between
+
+
+def _write_card(cfg: Config, settings: Settings, version: str) -> str:
+    from pipelines.model.card import write_card  # numpy and yaml: not at DAG parse time
+
+    return write_card(cfg, settings, version)
 
 
 def decide(report: GateVerdict | dict[str, Any], force: bool, approval: str) -> str:
@@ -64,7 +70,7 @@ def conclude(cfg: Config, settings: Settings, report: GateVerdict, window: Windo
     why = reason_for(window, reason)
     record_decision(settings, cfg.registry.model_name, report, decision, actor, why, user)
     if decision not in (PROMOTE, FORCED):  # those are written once the alias has moved
-        card.write_card(cfg, settings, report["version"])  # the decision (and who) in the card
+        _write_card(cfg, settings, report["version"])  # the decision (and who) in the card
     return {"decision": decision, "version": report["version"],  # type: ignore[typeddict-item]
             "champion_version": report["champion_version"], "passed": report["passed"],
             "reason": why, "needs_approval": decision == AWAIT, "report_uri": report["report_uri"]}
@@ -108,19 +114,20 @@ def promote_decided(cfg: Config, settings: Settings, decided: PromotionDecision,
                 "from_version": decided["champion_version"], "actor": actor, "user": who,
                 "reason": decided["reason"], "gate_report": decided["report_uri"]}
             event["history_uri"] = registry.record(settings, event)
-            card.write_card(cfg, settings, decided["version"])
+            _write_card(cfg, settings, decided["version"])
             return event
         user = who or user
     moved = registry.promote(settings, name, decided["version"], actor, decided["reason"],
                              decided["report_uri"], forced=forced, user=user)
-    card.write_card(cfg, settings, decided["version"])  # the approver in the card
+    _write_card(cfg, settings, decided["version"])  # the approver in the card
     return moved
 
 
 def promote_approved(settings: Settings, name: str, version: str, actor: str, reason: str,
-                     force: bool = False, user: str | None = None) -> HistoryEvent:
+                     force: bool = False, user: str | None = None,
+                     cfg: Config | None = None) -> HistoryEvent:
     """Promote a version by hand (the `promote` DAG): its gate verdict must be 'pass' unless
-    forced."""
+    forced. With `cfg`, the version's model card is rewritten with this promotion."""
     c = registry.client(settings)
     if version == "challenger":
         mv = registry.by_alias(c, name, registry.CHALLENGER)
@@ -134,6 +141,9 @@ def promote_approved(settings: Settings, name: str, version: str, actor: str, re
             f"{name} v{version} has gate verdict {verdict!r}; promote it only with force=true "
             f"(recorded as a forced promotion)")
     report_uri = locations.gate_report(settings, name, version)
-    return registry.promote(settings, name, version, actor, reason,
-                            report_uri if storage.exists(report_uri) else None,
-                            forced=verdict != "pass", user=user)
+    moved = registry.promote(settings, name, version, actor, reason,
+                             report_uri if storage.exists(report_uri) else None,
+                             forced=verdict != "pass", user=user)
+    if cfg is not None:
+        _write_card(cfg, settings, version)
+    return moved

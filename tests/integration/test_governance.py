@@ -195,3 +195,14 @@ def test_datasheet_describes_the_training_set_and_is_linked(cfg, fair):
     shap_summary = json.loads((folder / "shap_importance.json").read_text())
     assert shap_summary["space"] == "log-odds" and shap_summary["sample_rows"] == 500
     assert shap_summary["additivity_max_abs_error"] <= shap_summary["additivity_tolerance"]
+
+
+def test_a_promotion_by_hand_is_recorded_in_the_card(cfg, unfair):
+    """The `promote` DAG's function (forced: the version failed its gates). Runs last: it makes
+    the rejected version champion."""
+    settings, version = unfair["settings"], unfair["trained"]["version"]
+    promotion.promote_approved(settings, cfg.registry.model_name, version, "manual__x",
+                               "accepted risk, see ticket", force=True, user="carol", cfg=cfg)
+    _, body = _card(settings, cfg, version)
+    assert "status: **forced_promote** (by carol)" in body
+    assert "**rejected** by alice" in body  # the earlier decision stays in the approval record
