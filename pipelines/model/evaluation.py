@@ -104,7 +104,8 @@ def evaluate_challenger(cfg: Config, settings: Settings, version: str) -> dict[s
                                                 "gates.fairness.columns"),
                             intervals=True)
     report.update({"model": name, "version": str(version),
-                   "champion_version": str(champ_mv.version) if champ_mv else None})
+                   "champion_version": str(champ_mv.version) if champ_mv else None,
+                   "card_uri": locations.model_card(settings, name, str(version))})
     uri = locations.gate_report(settings, name, version)
     storage.write_json(uri, report)
     storage.write_bytes(uri.replace(".json", ".md"), gates.render_markdown(report, version).encode())

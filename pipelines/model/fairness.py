@@ -17,13 +17,17 @@ from pipelines.core.config import FairnessGate
 from pipelines.model.metrics import RATE_NEEDS, hard_labels, rate_function
 
 
-def _why_not_gated(cfg: FairnessGate, y: np.ndarray) -> str | None:
-    if len(y) < cfg.min_size:
-        return f"{len(y)} rows < min_size {cfg.min_size}"
+def _undefined(cfg: FairnessGate, y: np.ndarray) -> str | None:
+    """Why the rate has no value on these rows (None: it has one)."""
     need = RATE_NEEDS[cfg.metric]
-    if need is not None and not (y == need).any():
+    if len(y) == 0 or (need is not None and not (y == need).any()):
         return f"{cfg.metric} is undefined: no {'positive' if need else 'negative'} rows"
     return None
+
+
+def _why_not_gated(cfg: FairnessGate, y: np.ndarray) -> str | None:
+    return _undefined(cfg, y) or (f"{len(y)} rows < min_size {cfg.min_size}"
+                                  if len(y) < cfg.min_size else None)
 
 
 def _interval(frame: Any, name: str) -> tuple[Any, Any]:
@@ -49,7 +53,7 @@ def group_report(cfg: FairnessGate, column: str, y: Any, p: Any,
     for level in sorted(set(groups)):
         mask = groups == level
         why = _why_not_gated(cfg, y[mask])
-        value = None if why and why.startswith(cfg.metric) else float(fn(y[mask], labels[mask]))
+        value = None if _undefined(cfg, y[mask]) else float(fn(y[mask], labels[mask]))
         rows.append({"group": level, "n": int(mask.sum()), "positives": int(y[mask].sum()),
                      "value": value, "ci_low": None, "ci_high": None, "gated": why is None,
                      "reason": why})

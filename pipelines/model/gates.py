@@ -253,6 +253,9 @@ def render_markdown(report: dict[str, Any], version: str | None = None) -> str:
              f"**Verdict: {'PASS' if report['passed'] else 'FAIL'}**"]
     if report["failed"]:
         lines += ["", "Failed: " + ", ".join(report["failed"])]
+    if report.get("card_uri"):
+        lines += ["", f"Model card: `{report['card_uri']}` (numbers with intervals, per slice, "
+                      f"explanations, datasheet)"]
     lines += ["", "| gate | passed | value | threshold | detail |", "|---|---|---|---|---|"]
     for c in report["checks"]:
         lines.append(f"| {c['gate']} | {'yes' if c['passed'] else 'NO'} | {_num(c['value'])} "

@@ -104,6 +104,8 @@ def test_fairness_gate_rejects_a_model_that_treats_one_group_worse(cfg, unfair):
     assert check["value"] == rep["gap"] and UNFAIR_TO in check["detail"]
     md = Path(verdict["report_uri"].replace(".json", ".md")).read_text()
     assert f"## Fairness by {GROUP}" in md and f"| {UNFAIR_TO} |" in md
+    card_uri = report["card_uri"]
+    assert f"Model card: `{card_uri}`" in md and Path(card_uri).exists()  # the report links it
 
 
 def test_fairness_gate_passes_the_same_model_without_the_disparity(fair):

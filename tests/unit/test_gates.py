@@ -268,6 +268,11 @@ def test_fairness_groups_too_small_or_undefined_are_reported_not_gated():
     by = {g["group"]: g for g in rep["groups"]}
     assert not rep["gated"] and "nothing to compare" in rep["reason"]
     assert by["b"]["value"] is None and "no positive rows" in by["b"]["reason"]
+    # a small group without positives: undefined (never a false negative rate of 0), not gated
+    tiny_neg = evaluate(_fair_cfg(), np.where(groups == "tiny", 0, y), p, None, PARITY_OK,
+                        groups={"grp": groups})["fairness"][0]["groups"]
+    tiny = next(g for g in tiny_neg if g["group"] == "tiny")
+    assert tiny["value"] is None and not tiny["gated"] and "undefined" in tiny["reason"]
     # the selection rate needs no positives: the same groups are gated on it
     sel = evaluate(_fair_cfg(metric="selection_rate"), y, p, None, PARITY_OK,
                    groups={"grp": groups})
