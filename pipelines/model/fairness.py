@@ -26,8 +26,9 @@ def _undefined(cfg: FairnessGate, y: np.ndarray) -> str | None:
 
 
 def _why_not_gated(cfg: FairnessGate, y: np.ndarray) -> str | None:
-    return _undefined(cfg, y) or (f"{len(y)} rows < min_size {cfg.min_size}"
-                                  if len(y) < cfg.min_size else None)
+    reasons = [f"{len(y)} rows < min_size {cfg.min_size}" if len(y) < cfg.min_size else None,
+               _undefined(cfg, y)]
+    return "; ".join(r for r in reasons if r) or None
 
 
 def _interval(frame: Any, name: str) -> tuple[Any, Any]:
