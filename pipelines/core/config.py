@@ -130,7 +130,7 @@ class FairnessGate(_Frozen):
     threshold: float = Field(0.5, gt=0, lt=1)
     max_gap: float = Field(0.1, ge=0, le=1)
     min_size: int = Field(300, gt=0)  # smaller groups are reported, not gated
-    n_bootstrap: int = Field(200, ge=0)  # fairlearn MetricFrame's bootstrap (0: no intervals)
+    n_bootstrap: int = Field(100, ge=0)  # fairlearn MetricFrame's bootstrap (0: no intervals)
     confidence: float = Field(0.95, gt=0, lt=1)
     seed: int = 0
 
@@ -158,6 +158,9 @@ class CardConfig(_Frozen):
     out_of_scope_use: tuple[str, ...] = ()
     license: str = "other"  # the Hugging Face card's `license` field
     language: str | None = None
+    # resamples of the bootstrap intervals of the card's metrics, overall and per slice (in the
+    # gate report; gates.compare's confidence and seed)
+    n_bootstrap: int = Field(100, gt=0)
 
 
 class ExplainConfig(_Frozen):

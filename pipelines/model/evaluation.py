@@ -102,7 +102,7 @@ def evaluate_challenger(cfg: Config, settings: Settings, version: str) -> dict[s
                             serving=serving, behaviour=behaviour,
                             groups=slice_values(eval_df, cfg.gates.fairness.columns,
                                                 "gates.fairness.columns"),
-                            intervals=True)
+                            intervals=cfg.governance.card.n_bootstrap)
     report.update({"model": name, "version": str(version),
                    "champion_version": str(champ_mv.version) if champ_mv else None,
                    "card_uri": locations.model_card(settings, name, str(version))})

@@ -64,13 +64,14 @@ def paired_bootstrap(y: np.ndarray, p_new: np.ndarray, p_old: np.ndarray | None,
     return out
 
 
-def metric_intervals(cfg: GatesConfig, y: np.ndarray, p: np.ndarray) -> dict[str, Any]:
-    """Every metric of one model with its bootstrap CI (gates.compare's resamples, confidence
-    and seed): what the model card reports beside each number."""
+def metric_intervals(cfg: GatesConfig, y: np.ndarray, p: np.ndarray,
+                     n_bootstrap: int) -> dict[str, Any]:
+    """Every metric of one model with its bootstrap CI (`n_bootstrap` resamples; gates.compare's
+    confidence and seed): what the model card reports beside each number."""
     c = cfg.compare
     out = {}
     for name in METRICS:
-        b = paired_bootstrap(y, p, None, name, c.n_bootstrap, c.confidence, c.seed)
+        b = paired_bootstrap(y, p, None, name, n_bootstrap, c.confidence, c.seed)
         out[name] = {"value": b["observed"], "ci_low": b["ci_low"], "ci_high": b["ci_high"],
                      "confidence": c.confidence, "n_bootstrap": b["n_bootstrap"],
                      "undefined": b["undefined"]}
@@ -78,7 +79,7 @@ def metric_intervals(cfg: GatesConfig, y: np.ndarray, p: np.ndarray) -> dict[str
 
 
 def slice_metrics(cfg: GatesConfig, y: np.ndarray, p: np.ndarray,
-                  slices: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+                  slices: dict[str, np.ndarray], n_bootstrap: int) -> list[dict[str, Any]]:
     """The challenger's slice metric in every slice, with its CI when the slice has at least
     `gates.slices.min_size` rows; smaller slices are listed with `below_min_size` (a known
     limitation: too few rows to judge)."""
@@ -90,7 +91,7 @@ def slice_metrics(cfg: GatesConfig, y: np.ndarray, p: np.ndarray,
         for level in sorted(set(values)):
             mask = values == level
             small = int(mask.sum()) < s.min_size
-            b = paired_bootstrap(y[mask], p[mask], None, s.metric, 0 if small else c.n_bootstrap,
+            b = paired_bootstrap(y[mask], p[mask], None, s.metric, 0 if small else n_bootstrap,
                                  c.confidence, c.seed)
             out.append({"slice": f"{column}={level}", "column": column, "level": level,
                         "n": int(mask.sum()), "metric": s.metric, "value": b["observed"],
@@ -171,14 +172,15 @@ def evaluate(cfg: GatesConfig, y: np.ndarray, p_challenger: np.ndarray,
              serving: dict[str, float] | None = None,
              behaviour: list[dict[str, Any]] | None = None,
              groups: dict[str, np.ndarray] | None = None,
-             intervals: bool = False) -> dict[str, Any]:
+             intervals: int = 0) -> dict[str, Any]:
     """Run every gate; `passed` is True only if all of them pass.
 
     The first model (no champion) faces the floors, parity, budgets, behaviour and fairness
     checks; the comparison and the per-slice non-regression need a champion. `groups`: the
-    values of each `gates.fairness.columns` column on the evaluation set. With `intervals` the
-    report also holds the challenger's metrics with their bootstrap intervals, overall and per
-    slice (the model card's numbers; evaluation.py always asks for them).
+    values of each `gates.fairness.columns` column on the evaluation set. With `intervals` (a
+    number of resamples) the report also holds the challenger's metrics with their bootstrap
+    intervals, overall and per slice (the model card's numbers; evaluation.py asks for
+    governance.card.n_bootstrap).
     """
     from pipelines.model.fairness import fairness_checks
 
@@ -229,8 +231,10 @@ def evaluate(cfg: GatesConfig, y: np.ndarray, p_challenger: np.ndarray,
         "comparison": comparison,
         "has_champion": p_champion is not None,
         "fairness": fairness,
-        "metric_intervals": metric_intervals(cfg, y, p_challenger) if intervals else None,
-        "slice_metrics": slice_metrics(cfg, y, p_challenger, slices or {}) if intervals else None,
+        "metric_intervals": (metric_intervals(cfg, y, p_challenger, intervals)
+                             if intervals else None),
+        "slice_metrics": (slice_metrics(cfg, y, p_challenger, slices or {}, intervals)
+                          if intervals else None),
     }
 
 

@@ -297,7 +297,7 @@ def test_report_intervals_are_the_metrics_with_their_bootstrap():
     cfg = GatesConfig(compare=CompareGate(n_bootstrap=100, seed=1),
                       slices={"columns": ["s"], "min_size": 300})
     assert evaluate(cfg, y, p, None, PARITY_OK)["metric_intervals"] is None  # asked for only
-    report = evaluate(cfg, y, p, None, PARITY_OK, slices={"s": seg}, intervals=True)
+    report = evaluate(cfg, y, p, None, PARITY_OK, slices={"s": seg}, intervals=100)
     for name, m in report["metric_intervals"].items():
         assert m["value"] == report["metrics"][name]  # the same function, the same number
         assert m["ci_low"] <= m["value"] <= m["ci_high"] and m["n_bootstrap"] == 100
