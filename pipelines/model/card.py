@@ -41,17 +41,18 @@ def run_path(name: str) -> str:
 
 
 def publish(settings: Settings, model: str, version: str, run_id: str,
-            files: dict[str, bytes]) -> str:
-    """Write card files to the version's run (`card/`) and its reports folder; returns the
-    folder."""
+            files: dict[str, bytes], to_run: bool = True) -> str:
+    """Write card files to the version's reports folder and (`to_run`) its run's `card/`;
+    returns the folder."""
     folder = locations.card_folder(settings, model, version)
-    c = registry.client(settings)
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, data in files.items():
-            storage.write_bytes(storage.join(folder, name), data)
-            with open(os.path.join(tmp, name), "wb") as fh:
-                fh.write(data)
-        c.log_artifacts(run_id, tmp, RUN_FOLDER)
+    for name, data in files.items():
+        storage.write_bytes(storage.join(folder, name), data)
+    if to_run:
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, data in files.items():
+                with open(os.path.join(tmp, name), "wb") as fh:
+                    fh.write(data)
+            registry.client(settings).log_artifacts(run_id, tmp, RUN_FOLDER)
     return folder
 
 
@@ -59,12 +60,12 @@ def _read_json(uri: str) -> Any:
     return storage.read_json_if_exists(uri)
 
 
-def gather(cfg: Config, settings: Settings, version: str) -> dict[str, Any]:
-    """Everything the card of `version` says: the registry's version and run, the files its
-    training run and gates wrote, the promotion history."""
+def gather(cfg: Config, settings: Settings, version: str, mv: Any = None) -> dict[str, Any]:
+    """Everything the card of `version` says: the registry's version (`mv` if the caller has
+    just read it) and run, the files its training run and gates wrote, the promotion history."""
     name = cfg.registry.model_name
     c = registry.client(settings)
-    mv = c.get_model_version(name, str(version))
+    mv = mv if mv is not None else c.get_model_version(name, str(version))
     run = c.get_run(mv.run_id)
     folder = locations.card_folder(settings, name, str(version))
     history = sorted(registry.history(settings), key=lambda e: e.get("at") or "")
@@ -255,11 +256,17 @@ def approval(src: dict[str, Any]) -> list[str]:
             f"{': ' + e['reason'] if e.get('reason') else ''}" for e in src["events"]]
 
 
-def write_card(cfg: Config, settings: Settings, version: str) -> str:
-    """Render the card of `version` from its sources and publish it (run and reports)."""
-    src = gather(cfg, settings, version)
+def write_card(cfg: Config, settings: Settings, version: str, mv: Any = None,
+               files: dict[str, bytes] | None = None) -> str:
+    """Render the card of `version` from its sources and publish it (run and reports), with
+    `files` (the datasheet and SHAP summary the training run made) beside it: one artifact
+    upload. `mv`: the registry's version, if the caller has just read it."""
+    name = cfg.registry.model_name
+    if files:  # the card reads them from the reports folder; uploaded with it below
+        publish(settings, name, str(version), "", files, to_run=False)
+    src = gather(cfg, settings, version, mv)
     publish(settings, src["model"], src["version"], src["run_id"],
-            {MODEL_CARD: render(cfg, src).encode("utf-8")})
+            {**(files or {}), MODEL_CARD: render(cfg, src).encode("utf-8")})
     uri = locations.model_card(settings, src["model"], src["version"])
     log.info("model card: %s v%s (%s) -> %s", src["model"], src["version"], status(src)[0], uri)
     return uri

@@ -114,7 +114,7 @@ def evaluate_challenger(cfg: Config, settings: Settings, version: str) -> dict[s
         mlflow.log_text(gates.render_markdown(report, version), "gates/gate_report.md")
         mlflow.set_tag("gate_verdict", "pass" if report["passed"] else "fail")
     c.set_model_version_tag(name, version, "gate_verdict", "pass" if report["passed"] else "fail")
-    card.write_card(cfg, settings, str(version))  # every gated version has a card, rejected too
+    card.write_card(cfg, settings, str(version), mv=mv)  # every gated version has one
     log.info("gates: v%s vs champion %s -> %s %s", version, report["champion_version"],
              "PASS" if report["passed"] else "FAIL", report["failed"])
     return {"passed": report["passed"], "failed": report["failed"], "report_uri": uri,

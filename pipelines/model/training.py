@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from pipelines.core import storage
+from pipelines.core import locations, storage
 from pipelines.core.config import Config, params_hash
 from pipelines.core.contracts import Trained, TrainingSet
 from pipelines.core.settings import REPO_ROOT, Settings
@@ -240,8 +240,9 @@ def train_and_register(cfg: Config, settings: Settings, training_set: TrainingSe
     if explanation is not None:
         files.update({card.SHAP_JSON: json.dumps(explanation[0], indent=1).encode(),
                       card.SHAP_PNG: explanation[1]})
-    folder = card.publish(settings, cfg.registry.model_name, str(mv.version), run_id, files)
-    card_uri = card.write_card(cfg, settings, str(mv.version))  # gates pending; rewritten later
+    # gates pending; rewritten after the gates and the decision
+    card_uri = card.write_card(cfg, settings, str(mv.version), mv=mv, files=files)
+    folder = locations.card_folder(settings, cfg.registry.model_name, str(mv.version))
     log.info("train: version %s run %s roc_auc=%s onnx max|diff|=%.2e (%s)", mv.version, run_id,
              metrics["roc_auc"], parity["max_abs_diff"], "ok" if parity["passed"] else "FAIL")
     return {"run_id": run_id, "version": str(mv.version), "onnx_sha256": sha,

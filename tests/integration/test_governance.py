@@ -46,7 +46,7 @@ def cfg() -> Config:
 
 @pytest.fixture(scope="module")
 def flights(tmp_path_factory, cfg) -> dict:
-    return flights_training_set(tmp_path_factory.mktemp("ts"), cfg)
+    return flights_training_set(tmp_path_factory.mktemp("ts"), cfg, days=14)
 
 
 def _relabelled(flights: dict, cfg: Config, unfair: bool, out: Path) -> dict:
