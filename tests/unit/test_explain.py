@@ -77,3 +77,18 @@ def test_a_model_shap_cannot_explain_fails_loudly():
     pipe, x = _fitted("sklearn.linear_model.LogisticRegression", {})
     with pytest.raises(ValueError, match="governance.explain: .*LogisticRegression.*enabled: false"):
         contributions(pipe, x.head(50), ["a", "b", "noise"], ["g"])
+
+
+def test_top_contributions_are_each_rows_largest_in_absolute_value():
+    from pipelines.model.explain import top_contributions
+
+    pipe, x = _fitted("sklearn.ensemble.GradientBoostingClassifier",
+                      {"n_estimators": 40, "max_depth": 3, "random_state": 0})
+    c = contributions(pipe, x.head(100), ["a", "b", "noise"], ["g"])
+    top = top_contributions(c, 2)
+    assert list(top.columns) == ["top1_feature", "top1_shap", "top2_feature", "top2_shap"]
+    for i in range(100):
+        row = dict(zip(c["inputs"], c["values"][i], strict=True))
+        ranked = sorted(row, key=lambda f: -abs(row[f]))
+        assert [top.at[i, "top1_feature"], top.at[i, "top2_feature"]] == ranked[:2]
+        assert top.at[i, "top1_shap"] == row[ranked[0]]
