@@ -66,13 +66,15 @@ def _relabelled(flights: dict, cfg: Config, unfair: bool, out: Path) -> dict:
 def _train_and_gate(cfg, root: Path, training_set: dict) -> dict:
     settings = isolated_settings(root)
     trained = train_and_register(cfg, settings, training_set, {"run_id": "t", "trigger": "manual"})
+    registered = card.read_card(settings, cfg.registry.model_name, trained["version"])
     verdict = evaluate_challenger(cfg, settings, trained["version"])
     window = {"start": training_set["start"], "end": training_set["end"], "trigger": "manual",
               "evidence": None}
     decided = promotion.conclude(cfg, settings, verdict, window, force=False, approval="manual",
                                  reason="governance test", actor="t", user="alice")
     return {"settings": settings, "trained": trained, "verdict": verdict, "decided": decided,
-            "report": storage.read_json(verdict["report_uri"]), "training_set": training_set}
+            "report": storage.read_json(verdict["report_uri"]), "training_set": training_set,
+            "card_at_registration": registered}
 
 
 @pytest.fixture(scope="module")
@@ -166,6 +168,17 @@ def test_card_numbers_are_the_registrys_and_the_gate_reports(cfg, fair):
     # the run holds the same card as the reports folder
     assert _run_card(settings, mv.run_id) == card.read_card(settings, cfg.registry.model_name,
                                                             version)
+
+
+def test_a_card_exists_from_registration_on(cfg, fair, unfair):
+    for run in (fair, unfair):  # before its gates ran: the run's numbers, "not run yet"
+        text = run["card_at_registration"]
+        assert "status: **gates not run yet**" in text and "The gates have not run yet." in text
+        meta = yaml.safe_load(text.split("---\n")[1])
+        (result,) = meta["model-index"][0]["results"]
+        assert {m["type"]: m["value"] for m in result["metrics"]} == {
+            k: v for k, v in run["trained"]["metrics"].items()
+            if k in ("roc_auc", "pr_auc", "brier", "calibration_error") and v is not None}
 
 
 def test_a_rejected_version_has_its_card_too(cfg, unfair):
