@@ -48,7 +48,7 @@ def promote():
         p = context["params"]
         event = promote_approved(settings, cfg.registry.model_name, str(p["version"]),
                                  context["run_id"], p["reason"], force=p["force"],
-                                 user=triggering_user(context))
+                                 user=triggering_user(context), cfg=cfg)
         context["outlet_events"][Asset(CHAMPION_ASSET)].extra = {"version": event["to_version"]}
         print(f"promote_version: champion {event.get('from_version')} -> {event['to_version']}")
         return event

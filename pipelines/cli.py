@@ -161,7 +161,7 @@ def cmd_promote(a: argparse.Namespace) -> Any:
 
     cfg, s = _ctx()
     return promote_approved(s, cfg.registry.model_name, a.version, "cli", a.reason,
-                            force=a.force, user=_user())
+                            force=a.force, user=_user(), cfg=cfg)
 
 
 def cmd_draft_suite(a: argparse.Namespace) -> Any:

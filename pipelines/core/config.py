@@ -118,12 +118,63 @@ class BehaviourCheck(_Frozen):
     tolerance: float = 0.001
 
 
+GroupRate = Literal["false_negative_rate", "false_positive_rate", "selection_rate",
+                    "true_positive_rate"]
+
+
+class FairnessGate(_Frozen):
+    """Fairness by group: per group column, the largest gap of a rate between the groups with at
+    least `min_size` rows must not exceed `max_gap`. No columns (the default): no gate."""
+    columns: tuple[str, ...] = ()  # columns of the evaluation set, or event_month/_weekday/_hour
+    metric: GroupRate = "false_negative_rate"  # of the labels `probability >= threshold`
+    threshold: float = Field(0.5, gt=0, lt=1)
+    max_gap: float = Field(0.1, ge=0, le=1)
+    min_size: int = Field(300, gt=0)  # smaller groups are reported, not gated
+    n_bootstrap: int = Field(100, ge=0)  # fairlearn MetricFrame's bootstrap (0: no intervals)
+    confidence: float = Field(0.95, gt=0, lt=1)
+    seed: int = 0
+
+    @field_validator("columns")
+    @classmethod
+    def _distinct(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(v)) != len(v) or any(not c for c in v):
+            raise ValueError(f"gates.fairness.columns: distinct, non-empty column names, got "
+                             f"{list(v)}")
+        return v
+
+
 class GatesConfig(_Frozen):
     floors: dict[str, float] = Field(default_factory=dict)
     compare: CompareGate = CompareGate()
     slices: SliceGate = SliceGate()
     budgets: Budgets = Budgets()
     behaviour: tuple[BehaviourCheck, ...] = ()
+    fairness: FairnessGate = FairnessGate()
+
+
+class CardConfig(_Frozen):
+    """What the model card says that no measurement can: the model's purpose and its limits."""
+    intended_use: str = "not stated (governance.card.intended_use in params.yaml)"
+    out_of_scope_use: tuple[str, ...] = ()
+    license: str = "other"  # the Hugging Face card's `license` field
+    language: str | None = None
+    # resamples of the bootstrap intervals of the card's metrics, overall and per slice (in the
+    # gate report; gates.compare's confidence and seed)
+    n_bootstrap: int = Field(100, gt=0)
+
+
+class ExplainConfig(_Frozen):
+    """SHAP global importance of the fitted estimator (TreeExplainer) in the training run."""
+    enabled: bool = True
+    sample_rows: int = Field(500, gt=0)  # rows of the evaluation set explained
+    seed: int = 0
+    top: int = Field(20, gt=0)  # features shown in the card's plot and table
+
+
+class GovernanceConfig(_Frozen):
+    """The model card and datasheet logged for every registered version."""
+    card: CardConfig = CardConfig()
+    explain: ExplainConfig = ExplainConfig()
 
 
 class ScoringConfig(_Frozen):
@@ -367,6 +418,7 @@ class Config(_Frozen):
     training: TrainingConfig
     registry: RegistryConfig
     gates: GatesConfig = GatesConfig()
+    governance: GovernanceConfig = GovernanceConfig()
     scoring: ScoringConfig = ScoringConfig()
     serving: ServingConfig = ServingConfig()
     rollout: RolloutConfig = RolloutConfig()

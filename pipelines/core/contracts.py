@@ -78,6 +78,8 @@ class Trained(TypedDict):
     onnx_sha256: str
     metrics: dict[str, float | None]
     parity: dict[str, Any]
+    card_uri: str  # the version's model card (rewritten after its gates and decision)
+    datasheet_uri: str  # the training set's datasheet (Markdown; `.json` beside it)
 
 
 class GateVerdict(TypedDict):

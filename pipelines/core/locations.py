@@ -19,6 +19,8 @@ Partitions are named by data interval (`pipelines.core.intervals`): `date=D` for
     registry/drift/reference/<model>/v<N>/        a version's scored drift reference
     reports/validation/<name>/<partition>.{json,md}, reports/data_docs/<name>/<partition>/
     reports/gates/<model>-v<N>.{json,md}          a version's gate report
+    reports/cards/<model>-v<N>/model_card.md      a version's model card, its training set's
+        datasheet.{json,md}, shap_importance.{json,png}   datasheet and its SHAP summary
     reports/drift/date=D/{evidently.html,history.png}
 """
 
@@ -90,6 +92,18 @@ def training_set(settings: Settings, start: str, end: str) -> str:
 def gate_report(settings: Settings, model: str, version: str) -> str:
     """A version's gate report (JSON; the Markdown rendering has the same name, `.md`)."""
     return join(settings.reports_uri, "gates", f"{model}-v{version}.json")
+
+
+def card_folder(settings: Settings, model: str, version: str) -> str:
+    """A version's card folder, a copy of its MLflow run's `card/`: `model_card.md`, the
+    datasheet of its training set (`datasheet.{json,md}`) and its SHAP summary
+    (`shap_importance.{json,png}`), so the card's relative links work in both places."""
+    return join(settings.reports_uri, "cards", f"{model}-v{version}")
+
+
+def model_card(settings: Settings, model: str, version: str) -> str:
+    """A version's model card (Markdown with YAML front matter)."""
+    return join(card_folder(settings, model, version), "model_card.md")
 
 
 def history(settings: Settings) -> str:

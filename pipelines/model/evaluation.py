@@ -16,7 +16,7 @@ import pandas as pd
 from pipelines.core import locations, storage
 from pipelines.core.config import Config
 from pipelines.core.settings import Settings
-from pipelines.model import gates, onnx_model, registry
+from pipelines.model import card, gates, onnx_model, registry
 from pipelines.model.registry import load_onnx
 
 log = logging.getLogger(__name__)
@@ -32,9 +32,10 @@ def _version_scorer(settings: Settings, mv: Any) -> tuple[onnx_model.OnnxScorer,
 CALENDAR = {"event_month": "month", "event_weekday": "weekday", "event_hour": "hour"}
 
 
-def slice_values(eval_df: pd.DataFrame, columns: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """Slice columns of the evaluation set; event_month/event_weekday/event_hour come from
-    the event time."""
+def slice_values(eval_df: pd.DataFrame, columns: tuple[str, ...],
+                 key: str = "gates.slices.columns") -> dict[str, np.ndarray]:
+    """Slice (or group) columns of the evaluation set; event_month/event_weekday/event_hour
+    come from the event time. `key`: the config key that named them, for the error."""
     out = {}
     for col in columns:
         if col in eval_df:
@@ -42,8 +43,8 @@ def slice_values(eval_df: pd.DataFrame, columns: tuple[str, ...]) -> dict[str, n
         elif col in CALENDAR:
             out[col] = getattr(eval_df["event_time"].dt, CALENDAR[col]).astype(str).to_numpy()
         else:
-            raise ValueError(f"slice column {col!r} is neither in the evaluation set nor one of "
-                             f"{sorted(CALENDAR)}")
+            raise ValueError(f"{key}: column {col!r} is neither in the evaluation set nor one "
+                             f"of {sorted(CALENDAR)}")
     return out
 
 
@@ -98,9 +99,13 @@ def evaluate_challenger(cfg: Config, settings: Settings, version: str) -> dict[s
             onnx_model.to_native_frame(eval_df, champ.numeric, champ.categorical))
     report = gates.evaluate(cfg.gates, y, p_chal, p_champ, parity,
                             slices=slice_values(eval_df, cfg.gates.slices.columns),
-                            serving=serving, behaviour=behaviour)
+                            serving=serving, behaviour=behaviour,
+                            groups=slice_values(eval_df, cfg.gates.fairness.columns,
+                                                "gates.fairness.columns"),
+                            intervals=cfg.governance.card.n_bootstrap)
     report.update({"model": name, "version": str(version),
-                   "champion_version": str(champ_mv.version) if champ_mv else None})
+                   "champion_version": str(champ_mv.version) if champ_mv else None,
+                   "card_uri": locations.model_card(settings, name, str(version))})
     uri = locations.gate_report(settings, name, version)
     storage.write_json(uri, report)
     storage.write_bytes(uri.replace(".json", ".md"), gates.render_markdown(report, version).encode())
@@ -109,6 +114,7 @@ def evaluate_challenger(cfg: Config, settings: Settings, version: str) -> dict[s
         mlflow.log_text(gates.render_markdown(report, version), "gates/gate_report.md")
         mlflow.set_tag("gate_verdict", "pass" if report["passed"] else "fail")
     c.set_model_version_tag(name, version, "gate_verdict", "pass" if report["passed"] else "fail")
+    card.write_card(cfg, settings, str(version), mv=mv)  # every gated version has one
     log.info("gates: v%s vs champion %s -> %s %s", version, report["champion_version"],
              "PASS" if report["passed"] else "FAIL", report["failed"])
     return {"passed": report["passed"], "failed": report["failed"], "report_uri": uri,

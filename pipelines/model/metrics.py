@@ -84,3 +84,24 @@ def compute_metrics(y: Any, p: Any) -> dict[str, float | int | None]:
     out.update(n=int(y.size), positive_rate=float(y.mean()) if y.size else None,
                mean_prediction=float(p.mean()) if y.size else None)
     return out
+
+
+# Rates of hard labels (`probability >= threshold`): what the fairness gate compares between
+# groups. fairlearn's definitions (sklearn's confusion matrix underneath); each needs rows of
+# the class it divides by (`RATE_NEEDS`: 1 = positives, 0 = negatives, None = any row).
+RATE_NEEDS: dict[str, int | None] = {"false_negative_rate": 1, "true_positive_rate": 1,
+                                     "false_positive_rate": 0, "selection_rate": None}
+
+
+def rate_function(name: str) -> Callable[[Any, Any], float]:
+    """fairlearn's function of a rate of `RATE_NEEDS` (y_true, y_pred labels) -> float."""
+    import fairlearn.metrics as fm
+
+    if name not in RATE_NEEDS:
+        raise ValueError(f"unknown rate {name!r}; one of {sorted(RATE_NEEDS)}")
+    return getattr(fm, name)
+
+
+def hard_labels(p: Any, threshold: float) -> np.ndarray:
+    """The labels a probability means at `threshold` (1 when p >= threshold)."""
+    return (np.asarray(p, dtype="float64").ravel() >= threshold).astype(int)

@@ -27,6 +27,12 @@ PROMOTE, FORCED, AWAIT, REJECT = "promote", "forced", "await_approval", "reject"
 APPROVE_OPTION, REJECT_OPTION = "Approve", "Reject"  # the options a person chooses between
 
 
+def _write_card(cfg: Config, settings: Settings, version: str) -> str:
+    from pipelines.model.card import write_card  # numpy and yaml: not at DAG parse time
+
+    return write_card(cfg, settings, version)
+
+
 def decide(report: GateVerdict | dict[str, Any], force: bool, approval: str) -> str:
     if not report["passed"] and not force:
         return REJECT
@@ -63,6 +69,8 @@ def conclude(cfg: Config, settings: Settings, report: GateVerdict, window: Windo
     decision = decide(report, force, approval or cfg.registry.approval)
     why = reason_for(window, reason)
     record_decision(settings, cfg.registry.model_name, report, decision, actor, why, user)
+    if decision not in (PROMOTE, FORCED):  # those are written once the alias has moved
+        _write_card(cfg, settings, report["version"])  # the decision (and who) in the card
     return {"decision": decision, "version": report["version"],  # type: ignore[typeddict-item]
             "champion_version": report["champion_version"], "passed": report["passed"],
             "reason": why, "needs_approval": decision == AWAIT, "report_uri": report["report_uri"]}
@@ -106,16 +114,20 @@ def promote_decided(cfg: Config, settings: Settings, decided: PromotionDecision,
                 "from_version": decided["champion_version"], "actor": actor, "user": who,
                 "reason": decided["reason"], "gate_report": decided["report_uri"]}
             event["history_uri"] = registry.record(settings, event)
+            _write_card(cfg, settings, decided["version"])
             return event
         user = who or user
-    return registry.promote(settings, name, decided["version"], actor, decided["reason"],
-                            decided["report_uri"], forced=forced, user=user)
+    moved = registry.promote(settings, name, decided["version"], actor, decided["reason"],
+                             decided["report_uri"], forced=forced, user=user)
+    _write_card(cfg, settings, decided["version"])  # the approver in the card
+    return moved
 
 
 def promote_approved(settings: Settings, name: str, version: str, actor: str, reason: str,
-                     force: bool = False, user: str | None = None) -> HistoryEvent:
+                     force: bool = False, user: str | None = None,
+                     cfg: Config | None = None) -> HistoryEvent:
     """Promote a version by hand (the `promote` DAG): its gate verdict must be 'pass' unless
-    forced."""
+    forced. With `cfg`, the version's model card is rewritten with this promotion."""
     c = registry.client(settings)
     if version == "challenger":
         mv = registry.by_alias(c, name, registry.CHALLENGER)
@@ -129,6 +141,9 @@ def promote_approved(settings: Settings, name: str, version: str, actor: str, re
             f"{name} v{version} has gate verdict {verdict!r}; promote it only with force=true "
             f"(recorded as a forced promotion)")
     report_uri = locations.gate_report(settings, name, version)
-    return registry.promote(settings, name, version, actor, reason,
-                            report_uri if storage.exists(report_uri) else None,
-                            forced=verdict != "pass", user=user)
+    moved = registry.promote(settings, name, version, actor, reason,
+                             report_uri if storage.exists(report_uri) else None,
+                             forced=verdict != "pass", user=user)
+    if cfg is not None:
+        _write_card(cfg, settings, version)
+    return moved

@@ -16,12 +16,12 @@ from typing import Any
 
 import pandas as pd
 
-from pipelines.core import storage
+from pipelines.core import locations, storage
 from pipelines.core.config import Config, params_hash
 from pipelines.core.contracts import Trained, TrainingSet
 from pipelines.core.settings import REPO_ROOT, Settings
 from pipelines.data.events import PREDICTION_TIME, ROW_KEY
-from pipelines.model import gates, onnx_model, registry
+from pipelines.model import card, datasheet, explain, gates, onnx_model, registry
 
 log = logging.getLogger(__name__)
 
@@ -165,9 +165,15 @@ def train_and_register(cfg: Config, settings: Settings, training_set: TrainingSe
     p_native = pipe.predict_proba(x_eval)[:, 1]
     onnx_bytes = onnx_model.export(pipe, numeric, categorical)
     scorer = onnx_model.OnnxScorer(onnx_bytes, numeric, categorical)
-    parity = onnx_model.parity(p_native, scorer.predict_proba(x_eval),
-                               cfg.registry.onnx_parity_tolerance)
-    metrics = gates.compute_metrics(eval_df[label].to_numpy(), p_native)
+    p_onnx = scorer.predict_proba(x_eval)
+    parity = onnx_model.parity(p_native, p_onnx, cfg.registry.onnx_parity_tolerance)
+    # the metrics of what is served (the ONNX file), as the gates measure them: the run's
+    # numbers, the gate report's and the model card's are one set
+    metrics = gates.compute_metrics(eval_df[label].to_numpy(), p_onnx)
+    sheet = datasheet.build(cfg, settings, training_set, df, len(train_df), numeric, categorical)
+    explanation = (explain.global_importance(cfg.governance.explain, pipe, x_eval, numeric,
+                                             categorical)
+                   if cfg.governance.explain.enabled else None)
     sha = onnx_model.sha256(onnx_bytes)
     lineage = {
         "training_data_sha256": training_set["sha256"],
@@ -229,7 +235,16 @@ def train_and_register(cfg: Config, settings: Settings, training_set: TrainingSe
     registry.record(settings, {"action": "register", "model": cfg.registry.model_name,
                                "to_version": str(mv.version), "actor": lineage["airflow_run_id"],
                                "reason": "new challenger", "run_id": run_id})
+    files = {card.DATASHEET_JSON: json.dumps(sheet, indent=1).encode(),
+             card.DATASHEET_MD: datasheet.render_markdown(sheet).encode()}
+    if explanation is not None:
+        files.update({card.SHAP_JSON: json.dumps(explanation[0], indent=1).encode(),
+                      card.SHAP_PNG: explanation[1]})
+    # gates pending; rewritten after the gates and the decision
+    card_uri = card.write_card(cfg, settings, str(mv.version), mv=mv, files=files)
+    folder = locations.card_folder(settings, cfg.registry.model_name, str(mv.version))
     log.info("train: version %s run %s roc_auc=%s onnx max|diff|=%.2e (%s)", mv.version, run_id,
              metrics["roc_auc"], parity["max_abs_diff"], "ok" if parity["passed"] else "FAIL")
     return {"run_id": run_id, "version": str(mv.version), "onnx_sha256": sha,
-            "metrics": metrics, "parity": parity}
+            "metrics": metrics, "parity": parity, "card_uri": card_uri,
+            "datasheet_uri": storage.join(folder, card.DATASHEET_MD)}

@@ -40,6 +40,7 @@ def summary(days: int, partition: date | None) -> dict[str, Any]:
     chosen = partition.isoformat() if partition else (parts[0] if parts else None)
     models, registry_error = data.models_or_error(settings, name)
     return {"model": name, "models": models, "registry_error": registry_error,
+            "cards": data.model_cards(settings, name, models) if models is not None else None,
             "history": data.promotion_history(settings, name),
             "trend": trends.trend(trends.source_for(settings), days),
             "live": live.live_serving(settings, cfg),
@@ -64,7 +65,8 @@ def create_app() -> FastAPI:
         html = page.model_page(model=s["model"], models=s["models"],
                                registry_error=s["registry_error"], history=s["history"],
                                trend=s["trend"], partitions=s["partitions"], lineage=s["lineage"],
-                               selected=s["selected"], days=days, href=href, live=s["live"])
+                               selected=s["selected"], days=days, href=href, live=s["live"],
+                               cards=s["cards"])
         return HTMLResponse(html, headers={"Cache-Control": "no-store"})
 
     @app.get("/api/summary")

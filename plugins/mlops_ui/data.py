@@ -55,6 +55,41 @@ def gate_report_uri(settings: Settings, name: str, version: str) -> str | None:
     return uri if storage.exists(uri) else None
 
 
+def card_uri(settings: Settings, name: str, version: str) -> str | None:
+    """A version's model card (`pipelines.model.card`), if it has one."""
+    uri = locations.model_card(settings, name, version)
+    return uri if storage.exists(uri) else None
+
+
+def model_cards(settings: Settings, name: str,
+                models: dict[str, dict[str, Any] | None] | None) -> dict[str, dict[str, Any] | None]:
+    """The champion's and the challenger's model cards, side by side: each card's text with
+    its datasheet and SHAP plot, or `error` saying plainly that the version has none and where
+    it was looked for (never an empty card). None for a role no version holds."""
+    from pipelines.model.card import DATASHEET_MD, SHAP_PNG
+
+    out: dict[str, dict[str, Any] | None] = {}
+    for role in (registry.CHAMPION, registry.CHALLENGER):
+        m = (models or {}).get(role)
+        if m is None:
+            out[role] = None
+            continue
+        version = str(m["version"])
+        uri = locations.model_card(settings, name, version)
+        extra = {key: storage.join(locations.card_folder(settings, name, version), f)
+                 for key, f in (("datasheet_uri", DATASHEET_MD), ("plot_uri", SHAP_PNG))}
+        card = {"role": role, "version": version, "uri": uri, "text": None, "error": None,
+                **{k: v if storage.exists(v) else None for k, v in extra.items()}}
+        if storage.exists(uri):
+            card["text"] = storage.read_bytes(uri).decode("utf-8")
+        else:
+            card["error"] = (f"{name} v{version} has no model card: nothing at {uri}. It was "
+                             f"registered without one (before model cards existed, or its "
+                             f"training run failed before writing it); retrain to get one")
+        out[role] = card
+    return out
+
+
 def describe_version(c: MlflowClient, settings: Settings, name: str, version: str,
                      role: str | None = None) -> dict[str, Any]:
     """One registered version: its run's metrics and params, lineage tags, gate verdict."""
@@ -73,6 +108,7 @@ def describe_version(c: MlflowClient, settings: Settings, name: str, version: st
                                           "window_end") if k in params},
         "tags": {k: tags[k] for k in LINEAGE_TAGS if k in tags},
         "gate_report_uri": gate_report_uri(settings, name, str(mv.version)),
+        "card_uri": card_uri(settings, name, str(mv.version)),
     }
 
 
@@ -131,6 +167,7 @@ def promotion_history(settings: Settings, name: str, limit: int = 50) -> list[di
             "failed_gates": e.get("failed_gates") or [], "moves_champion": e.get("action") in MOVES,
             "gate_report": own or fallback, "gate_report_of_version": bool(fallback),
             "history_uri": e.get("history_uri"), "run_id": e.get("run_id"),
+            "card": card_uri(settings, name, str(version)) if version is not None else None,
         })
     return out
 

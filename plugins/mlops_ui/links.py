@@ -10,7 +10,8 @@ to what its upstream tasks in the DAG produced, the nearest first. A validation 
 starts with the verb `validate`, as task names are the verbs of the functions they call) that
 returns no report links to the validation index of its window or interval; every task of a DAG
 tagged `monitoring` links to the model page's trends, every task of the `rollout` DAG to its
-live serving section (the split, per-variant evidence, the rollout's steps).
+live serving section (the split, per-variant evidence, the rollout's steps). A task whose
+value names a model version links to that version's model card and datasheet once written.
 
 Every URI from XCom is accepted only in normal form under the served trees (`files.href`):
 anything else (another scheme, `..`, the landing zone) yields no link and is never read.
@@ -43,8 +44,9 @@ GATE_REPORT, EVIDENTLY, DRIFT_PLOT = "Gate report", "Evidently report", "Drift h
 DATA_DOCS, MANIFEST, LINEAGE, MODEL_PAGE = "GX Data Docs", "Partition manifest", "Partition lineage", "Model page"
 REPORT = "Report"  # any other report a task returns (e.g. an online/offline skew check)
 LIVE_SERVING = "Live serving"  # the model page's split, per-variant evidence, rollout steps
+MODEL_CARD, DATASHEET = "Model card", "Datasheet"  # of the version a task trained or judged
 NAMES = (MLFLOW_RUN, MLFLOW_VERSION, GATE_REPORT, EVIDENTLY, DRIFT_PLOT, DATA_DOCS, MANIFEST,
-         LINEAGE, MODEL_PAGE, REPORT, LIVE_SERVING)
+         LINEAGE, MODEL_PAGE, REPORT, LIVE_SERVING, MODEL_CARD, DATASHEET)
 ROLLOUT_DAG = "rollout"  # dags/rollout.py: every task links to the live evidence
 
 VALIDATE_VERB = "validate"  # task names are verbs (STYLE 12): validate_batch, validate_raw, ...
@@ -172,9 +174,21 @@ def value_links(settings: Settings, value: Any, model_name: str) -> dict[str, st
         out.setdefault(MLFLOW_RUN, urls.mlflow_run(run_id))
     version = next((facts[k] for k in VERSION_KEYS if facts.get(k) not in (None, "")), None)
     if version is not None and str(version).isdigit():
-        out.setdefault(MLFLOW_VERSION, urls.mlflow_version(str(facts.get("model") or model_name),
-                                                           str(version)))
+        model = str(facts.get("model") or model_name)
+        out.setdefault(MLFLOW_VERSION, urls.mlflow_version(model, str(version)))
+        _card_links(settings, model, str(version), out)
     return {k: v for k, v in out.items() if v}
+
+
+def _card_links(settings: Settings, model: str, version: str, out: dict[str, str]) -> None:
+    """The version's model card and its training set's datasheet, once written."""
+    from pipelines.model.card import DATASHEET_MD
+
+    card = locations.model_card(settings, model, version)
+    sheet = storage.join(locations.card_folder(settings, model, version), DATASHEET_MD)
+    for name, uri in ((MODEL_CARD, card), (DATASHEET, sheet)):
+        if storage.exists(uri):
+            out.setdefault(name, files.href(settings, uri) or "")
 
 
 def links_for(settings: Settings, task: TaskOutput, model_name: str) -> dict[str, str]:

@@ -97,7 +97,9 @@ def model_card(role: str, m: dict[str, Any] | None, champion: dict[str, Any] | N
     links = " · ".join([_link(urls.mlflow_run(m["run_id"]), "MLflow run") if m.get("run_id") else "",
                         _link(urls.mlflow_version(m["model"], m["version"]), "model version"),
                         _link(href(_md(report)) or href(report), "gate report")
-                        if report else "no gate report"])
+                        if report else "no gate report",
+                        _link(href(m.get("card_uri")), "model card") if m.get("card_uri")
+                        else "no model card"])
     return (f'<div class="card" data-role="{_e(role)}" data-version="{_e(m["version"])}">'
             f'<h3>{title} · v{_e(m["version"])}</h3><p>{_verdict(tags.get("gate_verdict"))}</p>'
             f'<table>{"".join(rows)}</table><p>{links}</p></div>')
@@ -127,12 +129,51 @@ def history_table(events: list[dict[str, Any]], href: Href) -> str:
         failed = f'<br><span class="fail badge">failed: {_e(", ".join(e["failed_gates"]))}</span>' \
             if e.get("failed_gates") else ""
         strong = ' style="font-weight:600"' if e.get("moves_champion") else ""
+        card = _link(href(e.get("card")), f"v{e['to_version']} card") if e.get("card") else "—"
         rows.append(f'<tr class="event" data-action="{_e(e["action"])}"{strong}><td class="mono">'
                     f'{_e((e.get("at") or "")[:19])}</td><td>{_e(e["action"])}</td><td>{move}</td>'
                     f'<td>{_e(e.get("reason"))}{failed}</td><td class="mono">{_by(e)}</td>'
-                    f'<td>{_link(href(_md(report)) or href(report), label) if report else "—"}</td></tr>')
+                    f'<td>{_link(href(_md(report)) or href(report), label) if report else "—"}</td>'
+                    f'<td>{card}</td></tr>')
     return ("<table><tr><th>when (UTC)</th><th>action</th><th>version</th><th>reason</th>"
-            f"<th>by</th><th>gate report</th></tr>{''.join(rows)}</table>")
+            f"<th>by</th><th>gate report</th><th>model card</th></tr>{''.join(rows)}</table>")
+
+
+def card_column(role: str, card: dict[str, Any] | None, href: Href) -> str:
+    """One model card as written (Markdown shown as text, its YAML front matter folded), with
+    its datasheet and SHAP plot; or the error saying it has none."""
+    title = ROLE_TITLES.get(role, role)
+    if card is None:
+        return (f'<div class="card model-card" data-role="{_e(role)}"><h3>{title}</h3>'
+                f'<p class="muted">no version holds this alias</p></div>')
+    head = f'<h3>{title} · v{_e(card["version"])}</h3>'
+    if card.get("error"):
+        return (f'<div class="card model-card" data-role="{_e(role)}" data-version="'
+                f'{_e(card["version"])}">{head}<p class="alert fail card-error">'
+                f'{_e(card["error"])}</p></div>')
+    text = card["text"]
+    meta, body = "", text
+    if text.startswith("---\n") and "\n---\n" in text[4:]:
+        meta, body = text[4:].split("\n---\n", 1)
+    links = " · ".join(x for x in (
+        _link(href(card["uri"]), "card (Markdown)"),
+        _link(href(card.get("datasheet_uri")), "datasheet") if card.get("datasheet_uri") else "",
+    ) if x)
+    plot = (f'<p><img src="{_e(href(card["plot_uri"]))}" alt="SHAP global importance" '
+            f'style="max-width:100%"></p>' if card.get("plot_uri") and href(card["plot_uri"]) else "")
+    return (f'<div class="card model-card" data-role="{_e(role)}" data-version="'
+            f'{_e(card["version"])}">{head}<p>{links}</p>{plot}'
+            f'<details><summary>metadata (YAML front matter, model-index)</summary>'
+            f'<pre class="mono">{_e(meta)}</pre></details>'
+            f'<pre class="mono card-text" style="white-space:pre-wrap">{_e(body)}</pre></div>')
+
+
+def card_section(cards: dict[str, Any] | None, registry_error: str | None, href: Href) -> str:
+    """The champion's and the challenger's model cards side by side."""
+    if cards is None:  # the registry could not be asked: said once, in the models section
+        return f'<p class="muted">{"not known: the registry could not be asked (above)" if registry_error else "not loaded"}</p>'
+    return ('<div class="cards">' + "".join(card_column(role, cards.get(role), href)
+                                            for role in ("champion", "challenger")) + "</div>")
 
 
 def trend_section(t: dict[str, Any], href: Href) -> str:
@@ -229,19 +270,23 @@ def model_cards(models: dict[str, Any] | None, registry_error: str | None, href:
 def model_page(*, model: str, models: dict[str, Any] | None, history: list[dict[str, Any]],
                trend: dict[str, Any], partitions: list[str], lineage: dict[str, Any] | None,
                selected: str | None, days: int, href: Href, registry_error: str | None = None,
-               live: dict[str, Any] | None = None) -> str:
+               live: dict[str, Any] | None = None,
+               cards: dict[str, Any] | None = None) -> str:
     """The whole model page; `models` is None when the registry could not be asked."""
-    cards = model_cards(models, registry_error, href)
+    boxes = model_cards(models, registry_error, href)
     period = f"{trend['start']} .. {trend['end']}" if trend["start"] else "no checks yet"
     days_form = (f'<form method="get" action="{_e(urls.page("/"))}"><label>last <input name="days" '
                  f'type="number" min="1" max="366" value="{days}" style="width:4em"> days</label>'
                  f'{f"<input type=hidden name=partition value={_e(selected)}>" if selected else ""}'
                  f' <button type="submit">show</button></form>')
     body = (f'<header><h1>Model <span id="model-name">{_e(model)}</span></h1>'
-            f'<a href="#models">models</a><a href="#history">promotion history</a>'
+            f'<a href="#models">models</a><a href="#cards">model cards</a>'
+            f'<a href="#history">promotion history</a>'
             f'<a href="#serving">live serving</a>'
             f'<a href="#trends">drift &amp; quality</a><a href="#lineage">lineage</a></header><main>'
-            f'<section id="models"><h2>Champion and challenger</h2><div class="cards">{cards}</div></section>'
+            f'<section id="models"><h2>Champion and challenger</h2><div class="cards">{boxes}</div></section>'
+            f'<section id="cards"><h2>Model cards</h2>{card_section(cards, registry_error, href)}'
+            f'</section>'
             f'<section id="serving"><h2>Live serving</h2>{serving_section(live)}</section>'
             f'<section id="history"><h2>Promotion history</h2>{history_table(history, href)}</section>'
             f'<section id="trends"><h2>Drift and live quality, last {days} days ({_e(period)}) '

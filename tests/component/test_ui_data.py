@@ -28,6 +28,8 @@ EVIL_SVG = (b'<svg xmlns="http://www.w3.org/2000/svg"><script>fetch("/api/v2/var
             b'<circle r="4"/></svg>')
 SHA = {"1": "a" * 64, "2": "b" * 64, "3": "c" * 64}
 METRICS = {"1": 0.70, "2": 0.72, "3": 0.69}
+CARD_V2 = ("---\nmodel-index:\n- name: delay_model-v2\n---\n\n# Model card: delay_model v2\n\n"
+           "## Intended use\n\nRanks <things> & more\n")
 
 
 def _gate_report(settings, version: str, passed: bool, champion: str | None) -> str:
@@ -102,6 +104,12 @@ def state(tmp_path_factory):
                                                    "failed": ["beats_champion:roc_auc"],
                                                    "report_uri": report3},
                                   promotion.REJECT, "manual__t4", "manual training")
+
+        # the champion's model card folder as pipelines.model.card writes it; v3 has none
+        cards = locations.card_folder(settings, NAME, "2")
+        storage.write_bytes(locations.model_card(settings, NAME, "2"), CARD_V2.encode())
+        storage.write_bytes(storage.join(cards, "datasheet.md"), b"# Datasheet\n")
+        storage.write_bytes(storage.join(cards, "shap_importance.png"), b"\x89PNG\r\n\x1a\n")
 
         drift = storage.join(settings.registry_uri, "drift")
         for k in range(10):
@@ -454,7 +462,12 @@ def test_links_of_train_point_at_mlflow(state, monkeypatch):
     got = _links(settings, "train", {"run_id": runs["2"], "version": "2", "metrics": {}})
     assert got == {links.MLFLOW_RUN: f"http://mlflow.example:5000/#/runs/{runs['2']}",
                    links.MLFLOW_VERSION: f"http://mlflow.example:5000/#/models/{NAME}/versions/2",
-                   links.MODEL_PAGE: "/mlops/#models"}
+                   links.MODEL_PAGE: "/mlops/#models",
+                   links.MODEL_CARD: f"/mlops/files/reports/cards/{NAME}-v2/model_card.md",
+                   links.DATASHEET: f"/mlops/files/reports/cards/{NAME}-v2/datasheet.md"}
+    # a version without a card (v3: registered before cards) gets no card links, not dead ones
+    got = _links(settings, "train", {"run_id": runs["3"], "version": "3", "metrics": {}})
+    assert links.MODEL_CARD not in got and links.DATASHEET not in got and links.MLFLOW_VERSION in got
 
 
 def _gates(settings):
@@ -580,7 +593,11 @@ def test_links_refuse_xcom_uris_outside_the_roots_or_not_normalised(state, value
              else value.format(**fill))
     got = links.links_for(settings, links.TaskOutput("training", "check_skew", value), NAME)
     assert not set(got) & set(FILE_LINKS), got
-    assert not any("/files/" in url for url in got.values()), got
+    # a version's card and datasheet come from where locations puts them, not from a URI
+    by_version = {links.MODEL_CARD: f"/mlops/files/reports/cards/{NAME}-v2/model_card.md",
+                  links.DATASHEET: f"/mlops/files/reports/cards/{NAME}-v2/datasheet.md"}
+    assert all(got[k] == url for k, url in by_version.items() if k in got), got
+    assert not any("/files/" in url for k, url in got.items() if k not in by_version), got
 
 
 def test_links_refuse_a_validation_report_pointing_into_the_landing_zone(state):
@@ -719,6 +736,33 @@ def test_model_page_renders_everything_and_escapes(state):
     assert f'href="/mlops/files/reports/gates/{NAME}-v2.md"' in html
     assert html.count("<svg") == 3 and "manifest and registry agree" in html
     assert 'data-step="ONNX sha256"' in html
+
+
+def test_model_page_shows_both_cards_side_by_side_and_a_missing_one_as_an_error(state):
+    settings, _ = state
+    models = data.models(settings, NAME)
+    cards = data.model_cards(settings, NAME, models)
+    assert cards["champion"]["text"] == CARD_V2 and cards["champion"]["error"] is None
+    assert cards["challenger"]["text"] is None
+    assert cards["challenger"]["error"].startswith(f"{NAME} v3 has no model card: nothing at ")
+    html = page.model_page(model=NAME, models=models, history=data.promotion_history(settings, NAME),
+                           trend=trends.trend(trends.source_for(settings), 10), partitions=[],
+                           lineage=None, selected=None, days=10,
+                           href=lambda uri: files.href(settings, uri), cards=cards)
+    section = html[html.index('<section id="cards">'):html.index('<section id="serving">')]
+    champion = section[section.index('data-role="champion"'):section.index('data-role="challenger"')]
+    challenger = section[section.index('data-role="challenger"'):]
+    assert 'data-version="2"' in champion and "# Model card: delay_model v2" in champion
+    assert "Ranks &lt;things&gt; &amp; more" in champion and "<things>" not in html  # escaped
+    assert "model-index:" in champion.split("<details>")[1]  # the front matter, folded
+    assert f'src="/mlops/files/reports/cards/{NAME}-v2/shap_importance.png"' in champion
+    assert f'href="/mlops/files/reports/cards/{NAME}-v2/datasheet.md"' in champion
+    # the challenger has no card: a clear error, not a blank
+    assert 'data-version="3"' in challenger and 'class="alert fail card-error"' in challenger
+    assert f"{NAME} v3 has no model card" in challenger
+    # the summary boxes and the promotion history link the cards that exist
+    assert html.count(f'href="/mlops/files/reports/cards/{NAME}-v2/model_card.md"') >= 3
+    assert "no model card" in html
 
 
 def test_urls_default_and_configured(monkeypatch):

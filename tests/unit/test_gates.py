@@ -205,3 +205,104 @@ def test_bootstrap_with_no_usable_resample_gives_no_interval_and_rejects():
     cfg = GatesConfig(floors={}, compare=CompareGate(n_bootstrap=3, seed=52))
     report = evaluate(cfg, y, p_new, p_old, PARITY_OK)
     assert report["failed"] == ["beats_champion:roc_auc"]
+
+
+# -- fairness by group (issue 20) ---------------------------------------------------------------
+
+def _grouped(disparity: bool, seed: int = 21):
+    """Scores of two large groups and one tiny one. With `disparity`, the model misses most
+    positives of group "b": its positives score like negatives (a high false negative rate)."""
+    rng = np.random.default_rng(seed)
+    groups = np.array(["a"] * 1500 + ["b"] * 1500 + ["tiny"] * 40)
+    y = rng.integers(0, 2, len(groups))
+    p = np.clip(0.5 + (y - 0.5) * 0.6 + rng.normal(0, 0.15, len(y)), 0, 1)
+    if disparity:
+        hit = (groups == "b") & (y == 1)
+        p[hit] = np.clip(0.3 + rng.normal(0, 0.15, hit.sum()), 0, 1)
+    return y, p, groups
+
+
+def _fair_cfg(**kw):
+    from pipelines.core.config import FairnessGate
+
+    return GatesConfig(floors={"roc_auc": 0.6}, fairness=FairnessGate(
+        columns=("grp",), metric=kw.pop("metric", "false_negative_rate"), max_gap=0.1,
+        min_size=100, n_bootstrap=40, seed=3, **kw))
+
+
+def test_fairness_gate_rejects_a_model_that_misses_one_groups_positives():
+    y, p, groups = _grouped(disparity=True)
+    report = evaluate(_fair_cfg(), y, p, None, PARITY_OK, groups={"grp": groups})
+    assert not report["passed"] and report["failed"] == ["fairness:grp"]
+    check = next(c for c in report["checks"] if c["gate"] == "fairness:grp")
+    (rep,) = report["fairness"]
+    by = {g["group"]: g for g in rep["groups"]}
+    # the evidence: the gap is b's rate minus a's, each with its interval
+    assert rep["highest"] == "b" and rep["lowest"] == "a"
+    assert check["value"] == pytest.approx(by["b"]["value"] - by["a"]["value"]) and check["value"] > 0.5
+    assert rep["gap_ci_low"] <= rep["gap"] <= rep["gap_ci_high"] and rep["gap_ci_low"] > 0.1
+    for g in ("a", "b"):
+        assert by[g]["gated"] and by[g]["ci_low"] <= by[g]["value"] <= by[g]["ci_high"]
+    # the tiny group is reported with its numbers, not gated
+    assert not by["tiny"]["gated"] and by["tiny"]["n"] == 40 and by["tiny"]["value"] is not None
+    assert "min_size 100" in by["tiny"]["reason"]
+    md = render_markdown(report, "3")
+    assert "## Fairness by grp" in md and "| tiny | 40 |" in md and "no: 40 rows < min_size" in md
+    json.dumps(report, allow_nan=False)
+
+
+def test_fairness_gate_passes_a_model_without_the_disparity():
+    y, p, groups = _grouped(disparity=False)
+    report = evaluate(_fair_cfg(), y, p, None, PARITY_OK, groups={"grp": groups})
+    check = next(c for c in report["checks"] if c["gate"] == "fairness:grp")
+    assert report["passed"], report["failed"]
+    assert check["passed"] and 0 <= check["value"] <= 0.1
+
+
+def test_fairness_groups_too_small_or_undefined_are_reported_not_gated():
+    y, p, groups = _grouped(disparity=True)
+    y = np.where(groups == "b", 0, y)  # b has no positives: its false negative rate is undefined
+    report = evaluate(_fair_cfg(), y, p, None, PARITY_OK, groups={"grp": groups})
+    assert not any(c["gate"].startswith("fairness") for c in report["checks"])
+    (rep,) = report["fairness"]
+    by = {g["group"]: g for g in rep["groups"]}
+    assert not rep["gated"] and "nothing to compare" in rep["reason"]
+    assert by["b"]["value"] is None and "no positive rows" in by["b"]["reason"]
+    # a small group without positives: undefined (never a false negative rate of 0), not gated
+    tiny_neg = evaluate(_fair_cfg(), np.where(groups == "tiny", 0, y), p, None, PARITY_OK,
+                        groups={"grp": groups})["fairness"][0]["groups"]
+    tiny = next(g for g in tiny_neg if g["group"] == "tiny")
+    assert tiny["value"] is None and not tiny["gated"] and "undefined" in tiny["reason"]
+    # the selection rate needs no positives: the same groups are gated on it
+    sel = evaluate(_fair_cfg(metric="selection_rate"), y, p, None, PARITY_OK,
+                   groups={"grp": groups})
+    assert any(c["gate"] == "fairness:grp" for c in sel["checks"])
+
+
+def test_fairness_columns_must_exist():
+    from pipelines.model.evaluation import slice_values
+
+    y, p, groups = _grouped(disparity=False)
+    with pytest.raises(ValueError, match=r"gates.fairness.columns \['grp'\]"):
+        evaluate(_fair_cfg(), y, p, None, PARITY_OK, groups={})
+    import pandas as pd
+
+    with pytest.raises(ValueError, match="gates.fairness.columns: column 'nope'"):
+        slice_values(pd.DataFrame({"x": [1]}), ("nope",), "gates.fairness.columns")
+
+
+def test_report_intervals_are_the_metrics_with_their_bootstrap():
+    y, p = scores(800, 1.0, 12)
+    seg = np.array(["big"] * 700 + ["small"] * 100)
+    cfg = GatesConfig(compare=CompareGate(n_bootstrap=100, seed=1),
+                      slices={"columns": ["s"], "min_size": 300})
+    assert evaluate(cfg, y, p, None, PARITY_OK)["metric_intervals"] is None  # asked for only
+    report = evaluate(cfg, y, p, None, PARITY_OK, slices={"s": seg}, intervals=100)
+    for name, m in report["metric_intervals"].items():
+        assert m["value"] == report["metrics"][name]  # the same function, the same number
+        assert m["ci_low"] <= m["value"] <= m["ci_high"] and m["n_bootstrap"] == 100
+    big, small = report["slice_metrics"]
+    assert big["slice"] == "s=big" and not big["below_min_size"] and big["ci_low"] is not None
+    assert big["value"] == roc_auc(y[:700], p[:700])
+    assert small["below_min_size"] and small["ci_low"] is None and small["value"] is not None
+    assert small["undefined"] is None
