@@ -11,6 +11,7 @@ MLServer do (`metrics`).
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 import uuid
@@ -67,9 +68,32 @@ class DataPlane:
 
         self.store = get_store(self.settings)  # refuses a registry that holds code
         self.repository.start()
+        self.warm_up()
         self.routing.start()
         self.log.start()
         self.shadow.start()
+        # what start-up made (libraries, registry, store: ~400,000 objects here) never becomes
+        # garbage: frozen, a full collection no longer walks it (it took 210 ms, a pause that
+        # now and then held a request: p99 at 100 requests/s 245 -> 87-144 ms)
+        gc.freeze()
+
+    def warm_up(self) -> None:
+        """Read each served version's views and ask the online store for one entity no view
+        holds, before the first request: Feast imports its online store's modules on its first
+        read (about a second here), which the first caller of each worker would wait for."""
+        assert self.store is not None
+        for follower in self.repository.followers.values():
+            if follower.current is None:
+                continue
+            views = self.views(inference.service_name(self.cfg, follower.current))
+            try:
+                for spec in views[:1]:
+                    self.store.get_online_features(
+                        features=[f"{spec.name}:{spec.features[0]}"],
+                        entity_rows=[{k: "__warm_up__" for _, k in spec.join_keys}])
+            except Exception as exc:  # noqa: BLE001 - a request would raise it with its context
+                log.warning("serving: warm-up read of the online store failed (%s: %s)",
+                            type(exc).__name__, exc)
 
     def stop(self) -> None:
         self.repository.stop()

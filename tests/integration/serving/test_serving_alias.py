@@ -146,8 +146,8 @@ def test_the_reject_policy_names_the_row_view_and_key(server, served_state):
 def test_a_moved_alias_is_swapped_in_and_requests_in_flight_finish_on_the_old_version(
         server, served_state):
     """A request that took v1 is still predicting (6 s) when v2 is promoted: the new version
-    is loaded off the request path and swapped in; the next request gets v2; the one in flight
-    answers with v1's session and v1's exact probabilities."""
+    is loaded off the request path and swapped in while it runs; the next request gets v2; the
+    one in flight answers with v1's session and v1's exact probabilities."""
     srv, token = server
     settings, v2 = served_state["settings"], served_state["v2"]
     rows = known_events(served_state)
@@ -160,8 +160,10 @@ def test_a_moved_alias_is_swapped_in_and_requests_in_flight_finish_on_the_old_ve
     time.sleep(1.0)  # the request has taken v1 and sleeps in predict
     registry.promote(settings, MODEL, v2, "serving-test", "alias move under load", None)
     _wait_for(srv, lambda b: b["versions"] == {"champion": v2}, "champion -> v2")
-    after = _infer(srv, token, rows).json()
     assert thread.is_alive(), "the slow request ended before the swap: nothing was tested"
+    # sent while v1's request is in flight: it takes v2 at once (and, one request at a time
+    # per worker, is answered after it)
+    after = _infer(srv, token, rows).json()
     thread.join()
     assert after["model_version"] == v2
     assert after["outputs"][0]["data"] != before["outputs"][0]["data"]
