@@ -111,6 +111,25 @@ def _wait(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180) -> 
     raise TimeoutError(f"{url} not ready after {timeout}s\n{log.read_text()[-3000:]}")
 
 
+def _settled(procs: list[subprocess.Popen], quiet: float = 0.05, timeout: float = 180) -> None:
+    """Until the servers' processes (workers included) use under `quiet` of a core for 2 s:
+    a server answers once one worker is up while the others still import and load."""
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            tree = [q for p in procs for q in [psutil.Process(p.pid),
+                                               *psutil.Process(p.pid).children(recursive=True)]]
+            before = sum(sum(q.cpu_times()[:2]) for q in tree)
+            time.sleep(2)
+            if sum(sum(q.cpu_times()[:2]) for q in tree) - before < 2 * quiet:
+                return
+        except psutil.NoSuchProcess:  # a process came or went: look again
+            continue
+    raise TimeoutError(f"the servers still busy after {timeout:.0f}s")
+
+
 def _post(url: str, body: bytes, headers: dict[str, str]) -> dict:
     req = urllib.request.Request(url, body, {"Content-Type": "application/json", **headers})
     with urllib.request.urlopen(req, timeout=60) as r:
@@ -332,6 +351,7 @@ def run(rows: int = 100) -> dict:
     try:
         _wait(f"http://127.0.0.1:{ours_port}/v2/health/ready", ours, folder / "ours.log")
         _wait(f"http://127.0.0.1:{peer_port}/ping", peer, folder / "peer.log")
+        _settled([ours, peer])  # one worker answering is not both started
         ours_url = f"http://127.0.0.1:{ours_port}{path}"
         peer_url = f"http://127.0.0.1:{peer_port}/invocations"
         with urllib.request.urlopen(urllib.request.Request(
@@ -398,6 +418,7 @@ def run(rows: int = 100) -> dict:
         procs.append(shadowed)
         logs.append(shadow_log)
         _wait(f"http://127.0.0.1:{shadow_port}/v2/health/ready", shadowed, folder / "shadow.log")
+        _settled([shadowed])
         chunks = [raw.iloc[i:i + 1] for i in range(200)]
         bodies = [_v2_body(c, declared) for c in chunks]
         with_shadow = _fixed(shadow_port, path, bodies, auth, RATE)
