@@ -119,7 +119,7 @@ def progress(by_dag: dict[str, list[dict[str, Any]]], start: date, nights: int) 
     now (DAG and night), and the drift-triggered retrainings."""
     finished = {d: sum(r["state"] in TERMINAL for r in by_dag[d]) for d in DAILY}
     night = min(min(finished.values()) + 1, nights)
-    running = [f"{d} {(r['logical_date'].date() if r['logical_date'] else '')}"
+    running = [f"{d} {r['logical_date'].date() if r['logical_date'] else r['run_type']}"
                for d, rs in by_dag.items() for r in rs if r["state"] not in TERMINAL]
     retrains = [r for r in by_dag["training"] if "asset" in r["run_type"].lower()]
     return (f"night {night} of {nights} (from {start}): "

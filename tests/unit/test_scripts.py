@@ -77,9 +77,9 @@ def test_the_demo_says_which_night_and_dag_it_is_on():
         "batch_scoring": [run("success"), run("queued", datetime(2013, 6, 2))],
         "drift_monitor": [run("failed")],
         "training": [run("success", kind="manual"),
-                     run("running", datetime(2013, 6, 2), "asset_triggered")]},
+                     run("running", None, "asset_triggered")]},
         date(2013, 6, 1), 7)
     assert line == ("night 2 of 7 (from 2013-06-01): feature_materialization 2/7, "
                     "batch_scoring 1/7, drift_monitor 1/7; running: feature_materialization "
-                    "2013-06-03, batch_scoring 2013-06-02, training 2013-06-02; "
+                    "2013-06-03, batch_scoring 2013-06-02, training asset_triggered; "
                     "drift-triggered retrainings: 1")
