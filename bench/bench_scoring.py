@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from sklearn.pipeline import Pipeline
 
 from pipelines.core import storage
-from pipelines.core.config import load_config
+from pipelines.core.config import Config, load_config
 from pipelines.model.onnx_model import OnnxScorer, export, to_native_frame
 from pipelines.model.training import make_pipeline
 
@@ -31,6 +32,15 @@ def _data() -> pd.DataFrame:
     return df[df["arr_delay"].notna()]
 
 
+def fitted(cfg: Config) -> tuple[pd.DataFrame, Pipeline, OnnxScorer]:
+    """The flights, the project's pipeline fitted on 50,000 of them, and its ONNX scorer."""
+    df = _data()
+    train = df.sample(50_000, random_state=0)
+    pipe = make_pipeline(cfg, NUMERIC, CATEGORICAL)
+    pipe.fit(to_native_frame(train, NUMERIC, CATEGORICAL), (train["arr_delay"] > 15).astype(int))
+    return df, pipe, OnnxScorer(export(pipe, NUMERIC, CATEGORICAL), NUMERIC, CATEGORICAL)
+
+
 def _best_of(fn, repeats: int = 3) -> float:
     times = []
     for _ in range(repeats):
@@ -42,11 +52,7 @@ def _best_of(fn, repeats: int = 3) -> float:
 
 def run(rows: int = 1_000_000) -> dict:
     cfg = load_config(Path(__file__).resolve().parents[1] / "params.yaml")
-    df = _data()
-    train = df.sample(50_000, random_state=0)
-    pipe = make_pipeline(cfg, NUMERIC, CATEGORICAL)
-    pipe.fit(to_native_frame(train, NUMERIC, CATEGORICAL), (train["arr_delay"] > 15).astype(int))
-    scorer = OnnxScorer(export(pipe, NUMERIC, CATEGORICAL), NUMERIC, CATEGORICAL)
+    df, pipe, scorer = fitted(cfg)
     big = df.sample(rows, replace=True, random_state=1)
     frame = to_native_frame(big, NUMERIC, CATEGORICAL)
 

@@ -78,22 +78,22 @@ class DataPlane:
         gc.freeze()
 
     def warm_up(self) -> None:
-        """Read each served version's views and ask the online store for one entity no view
-        holds, before the first request: Feast imports its online store's modules on its first
-        read (about a second here), which the first caller of each worker would wait for."""
+        """Read each served version's views, then ask the online store once for an entity no
+        view holds, before the first request: Feast imports its online store's modules on its
+        first read (about a second here), which the first caller of each worker would wait for."""
         assert self.store is not None
-        for follower in self.repository.followers.values():
-            if follower.current is None:
-                continue
-            views = self.views(inference.service_name(self.cfg, follower.current))
-            try:
-                for spec in views[:1]:
-                    self.store.get_online_features(
-                        features=[f"{spec.name}:{spec.features[0]}"],
-                        entity_rows=[{k: "__warm_up__" for _, k in spec.join_keys}])
-            except Exception as exc:  # noqa: BLE001 - a request would raise it with its context
-                log.warning("serving: warm-up read of the online store failed (%s: %s)",
-                            type(exc).__name__, exc)
+        views = [spec for f in self.repository.followers.values() if f.current is not None
+                 for spec in self.views(inference.service_name(self.cfg, f.current))]
+        if not views:
+            return
+        spec = views[0]
+        try:
+            self.store.get_online_features(
+                features=[f"{spec.name}:{spec.features[0]}"],
+                entity_rows=[{k: "__warm_up__" for _, k in spec.join_keys}])
+        except Exception as exc:  # noqa: BLE001 - a request would raise it with its context
+            log.warning("serving: warm-up read of the online store failed (%s: %s)",
+                        type(exc).__name__, exc)
 
     def stop(self) -> None:
         self.repository.stop()
