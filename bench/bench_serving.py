@@ -21,6 +21,8 @@ The sides:
   the project never does.
 - project, online store, 100% shadow: the challenger alias (the same version: the same work)
   mirrors every request after the response.
+- project, online store, requests that waited while a worker was busy scored one by one
+  (`serving.max_batch_requests: 1`) against together (the default), 1 row.
 
 Servers run 2 uvicorn workers on 127.0.0.1 and share the 2 cores with the load generators.
 Latency at a fixed rate: an open-loop asyncio client on CALLERS keep-alive connections sends
@@ -426,6 +428,28 @@ def run(rows: int = 100) -> dict:
         result["shadow_100_percent_1_row"] = {
             "without": without, "with": with_shadow,
             "p99_ratio": round(with_shadow["p99_ms"] / without["p99_ms"], 2)}
+        shadowed.terminate()
+        shadowed.wait(timeout=60)
+        # requests that wait together scored one by one (serving.max_batch_requests: 1)
+        params = yaml.safe_load((folder / "params.yaml").read_text())
+        params["serving"]["max_batch_requests"] = 1
+        (folder / "params-one.yaml").write_text(yaml.safe_dump(params))
+        one_port = _port()
+        one, one_log = _server(state, folder, "one-by-one", one_port, folder / "params-one.yaml")
+        procs.append(one)
+        logs.append(one_log)
+        _wait(f"http://127.0.0.1:{one_port}/v2/health/ready", one, folder / "one-by-one.log")
+        _settled([one])
+        sides = {}
+        for name, port in (("one_by_one", one_port), ("together", ours_port)):
+            top = _wrk(f"http://127.0.0.1:{port}{path}", bodies,
+                       {**auth, "Content-Type": "application/json"}, 8, folder)
+            sides[name] = {f"at_{RATE:g}_per_s": _fixed(port, path, bodies, auth, RATE),
+                           "max_throughput": top}
+        sides["throughput_ratio"] = round(sides["together"]["max_throughput"]["requests_per_s"]
+                                          / sides["one_by_one"]["max_throughput"][
+                                              "requests_per_s"], 2)
+        result["waiting_requests_1_row_online_store"] = sides
         return result
     finally:
         for proc in procs:  # the processes this benchmark started, by their pid

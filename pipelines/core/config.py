@@ -242,6 +242,9 @@ class ServingConfig(_Frozen):
     poll_seconds: float = Field(2.0, gt=0, le=60)  # how often each worker asks the registry
     max_rows: int = Field(1000, gt=0)  # rows per request (more: 413)
     max_body_mb: float = Field(8.0, gt=0)  # request body (more: 413)
+    # requests that arrived while a worker was busy are prepared and scored in one pass, up
+    # to this many (1: one by one); each still gets exactly its own answer
+    max_batch_requests: int = Field(32, gt=0)
     # a row for which a feature view of the model has no online value (an entity the store
     # does not know, a missing join key, or a value expired by the view's TTL):
     # impute = scored like batch scoring scores it (scoring.missing_features decides);

@@ -101,11 +101,12 @@ def serving_features(store: "FeatureStore", service_name: str, request_time: req
                                 else [as_of[i] for i in known], ttls)
         for col in found.columns:
             values[col][known] = found[col].to_numpy(dtype=object)
-    features = pd.DataFrame(values, index=pd.RangeIndex(n), dtype=object)
-    if not request_time:
-        return features
-    return pd.concat([features, request.compute(
-        request_time, request.serving_frame(entity_rows, request_time))], axis=1)
+    columns: dict[str, Any] = values  # object arrays: None where missing
+    if request_time:
+        computed = request.compute(request_time,
+                                   request.serving_frame(entity_rows, request_time))
+        columns = {**values, **{c: computed[c] for c in computed.columns}}
+    return pd.DataFrame(columns, index=pd.RangeIndex(n))
 
 
 def plain(v: Any) -> Any:

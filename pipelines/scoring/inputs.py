@@ -18,6 +18,8 @@ import pandas as pd
 from pipelines.data.events import PREDICTION_TIME, ROW_KEY
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     import pyarrow as pa
 
     from pipelines.model.onnx_model import OnnxScorer
@@ -46,6 +48,13 @@ class ModelInputs:
     def __len__(self) -> int:
         return self.table.num_rows
 
+    def slice(self, start: int, stop: int) -> ModelInputs:
+        """Rows [start, stop) (views, no copy)."""
+        return ModelInputs(self.table.slice(start, stop - start), self.numeric_names,
+                           self.categorical_names, self.numeric[:, start:stop],
+                           self.numeric32[:, start:stop], [s[start:stop] for s in self.strings],
+                           [a.slice(start, stop - start) for a in self.categorical])
+
     def feeds(self, start: int, stop: int) -> dict[str, np.ndarray]:
         """onnxruntime inputs for rows [start, stop): one (n, 1) array per model input."""
         out = {c: self.numeric32[i, start:stop].reshape(-1, 1)
@@ -64,8 +73,10 @@ class ModelInputs:
         return probs
 
 
-def as_table(rows: pd.DataFrame | pa.Table, columns: list[str]) -> pa.Table:
-    """`columns` of a pandas frame (e.g. Feast's output) or an Arrow table, as Arrow."""
+def as_table(rows: pd.DataFrame | Mapping[str, pd.Series] | pa.Table, columns: list[str]
+             ) -> pa.Table:
+    """`columns` of a pandas frame (e.g. Feast's output), pandas columns by name or an Arrow
+    table, as Arrow."""
     import pyarrow as pa
 
     if isinstance(rows, pa.Table):
@@ -100,7 +111,8 @@ def _dictionary_strings(codes: np.ndarray, values: list[str]) -> np.ndarray:
     return np.array([*values, ""], dtype=object).astype(str)[codes]
 
 
-def _categorical(rows: pd.DataFrame | pa.Table, name: str) -> tuple[np.ndarray, pa.Array]:
+def _categorical(rows: pd.DataFrame | Mapping[str, pd.Series] | pa.Table, name: str
+                 ) -> tuple[np.ndarray, pa.Array]:
     """A categorical column as the model sees it (numpy str) and as it is stored (Arrow string,
     null where missing).
 
@@ -134,12 +146,12 @@ def _categorical(rows: pd.DataFrame | pa.Table, name: str) -> tuple[np.ndarray, 
         zero_copy_only=False))
 
 
-def prepare_inputs(rows: pd.DataFrame | pa.Table, numeric: list[str], categorical: list[str],
-                   policy: str) -> tuple[ModelInputs, dict[str, Any]]:
+def prepare_inputs(rows: pd.DataFrame | Mapping[str, pd.Series] | pa.Table, numeric: list[str],
+                   categorical: list[str], policy: str) -> tuple[ModelInputs, dict[str, Any]]:
     """Apply `scoring.missing_features` to a chunk; count what was missing, by reason.
 
-    `rows`: a pandas frame (what Feast returns) or an Arrow table; either way no column makes a
-    round trip through the other. `missing` is a null value (e.g. Feast had no row for the
+    `rows`: a pandas frame (what Feast returns), pandas columns by name (same index) or an Arrow
+    table; either way no column makes a round trip through the other. `missing` is a null value (e.g. Feast had no row for the
     entity; NaN counts as null), `non_finite` is +-inf. impute: non-finite numerics become
     missing, which the model's imputer fills (a missing categorical is the unknown category);
     reject: the row is dropped and counted.

@@ -15,6 +15,7 @@ import gc
 import logging
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version as package_version
 from typing import TYPE_CHECKING, Any
@@ -41,6 +42,20 @@ log = logging.getLogger(__name__)
 OUTPUTS = {"probability": "FP64", "row_key": "BYTES"}
 VARIANT_HEADER = "x-model-variant"  # the alias that answered (also `parameters.variant`)
 VIEWS_TTL_S = 60.0  # how long a worker keeps a feature service's views (Feast caches 600 s)
+
+
+@dataclass(frozen=True)
+class Call:
+    """An inference request as the HTTP layer hands it over (see `DataPlane.infer`)."""
+    served: ServedModel
+    routed: bool
+    body: bytes
+    header_length: str | None
+    sticky_header: str | None
+    started: float
+
+
+Answer = tuple[bytes, dict[str, str]] | Exception
 
 
 class DataPlane:
@@ -251,53 +266,113 @@ class DataPlane:
         on the unversioned path, where `routed` lets the live routing choose);
         `sticky_header`: the value of `serving.routing.sticky.header`, if any; `started`:
         when the request arrived."""
-        try:
-            request = protocol.decode(body, header_length, self.declared,
-                                      self.cfg.serving.max_rows, self.supplied_inputs())
-            request.id = request.id or uuid.uuid4().hex
-            shadow = None
-            if routed:
-                served, shadow = self.route(served, self.sticky_key(request, sticky_header))
-            out = self._infer(served, request, started, shadow)
-        except RequestError as exc:
-            metrics.FAILURE.labels(self.name, served.version, served.alias, str(exc.status)).inc()
-            raise
-        except Exception:
-            metrics.FAILURE.labels(self.name, served.version, served.alias, "500").inc()
-            raise
-        metrics.SUCCESS.labels(self.name, served.version, served.alias).inc()
-        return out
+        answer = self.infer_many([Call(served, routed, body, header_length, sticky_header,
+                                       started)])[0]
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
 
-    def _infer(self, served: ServedModel, request: InferRequest, started: float,
-               shadow: ServedModel | None = None) -> tuple[bytes, dict[str, str]]:
+    def infer_many(self, calls: list[Call]) -> list[Answer]:
+        """Requests that waited together for this worker, answered together: each decoded
+        and routed on its own, then the requests that share a version and input columns
+        prepared and scored as one (a row's features and score depend on that row alone, so
+        each request gets what it would get alone, at one pass's fixed cost). A group that
+        fails is answered request by request, so an error names its own request's rows and
+        fails nobody else. Each answer: the response and its headers, or the exception."""
+        answers: list[Answer | None] = [None] * len(calls)
+        groups: dict[tuple, list[tuple[int, Call, ServedModel, InferRequest,
+                                       ServedModel | None]]] = {}
+        for i, call in enumerate(calls):
+            served = call.served
+            try:
+                request = protocol.decode(call.body, call.header_length, self.declared,
+                                          self.cfg.serving.max_rows, self.supplied_inputs())
+                request.id = request.id or uuid.uuid4().hex
+                shadow = None
+                if call.routed:
+                    served, shadow = self.route(served, self.sticky_key(request,
+                                                                        call.sticky_header))
+            except Exception as exc:  # noqa: BLE001 - this request's answer
+                answers[i] = self._failed(served, exc)
+                continue
+            key = (id(served), tuple(request.columns))
+            groups.setdefault(key, []).append((i, call, served, request, shadow))
+        for group in groups.values():
+            if len(group) > 1:
+                try:
+                    done = self._infer(group[0][2], [g[3] for g in group],
+                                       [g[1].started for g in group], [g[4] for g in group])
+                except Exception:  # noqa: BLE001 - answered one by one below, with its cause
+                    pass
+                else:
+                    metrics.BATCH.labels(self.name).observe(len(group))
+                    for (i, _, served, _, _), out in zip(group, done):
+                        metrics.SUCCESS.labels(self.name, served.version, served.alias).inc()
+                        answers[i] = out
+                    continue
+            for i, call, served, request, shadow in group:
+                metrics.BATCH.labels(self.name).observe(1)
+                try:
+                    (answers[i],) = self._infer(served, [request], [call.started], [shadow])
+                except Exception as exc:  # noqa: BLE001 - this request's answer
+                    answers[i] = self._failed(served, exc)
+                else:
+                    metrics.SUCCESS.labels(self.name, served.version, served.alias).inc()
+        return answers  # type: ignore[return-value]
+
+    def _failed(self, served: ServedModel, exc: Exception) -> Exception:
+        status = str(exc.status) if isinstance(exc, RequestError) else "500"
+        metrics.FAILURE.labels(self.name, served.version, served.alias, status).inc()
+        return exc
+
+    def _infer(self, served: ServedModel, requests: list[InferRequest], started: list[float],
+               shadows: list[ServedModel | None]) -> list[tuple[bytes, dict[str, str]]]:
+        """Requests with the same version and input columns, prepared and scored in one pass;
+        each request's response, log record and shadow from its own rows."""
         cfg, store = self.cfg, self.store
         assert store is not None  # `served` checked it
         views = self.views(inference.service_name(cfg, served))
+        columns = requests[0].columns if len(requests) == 1 else {
+            c: np.concatenate([r.columns[c] for r in requests]) for c in requests[0].columns}
         inputs, unknown = inference.prepare(cfg, store, views, served,
-                                            inference.raw_frame(request.columns))
+                                            inference.raw_frame(columns))
         for view, n in unknown.items():
             metrics.UNKNOWN.labels(self.name, view, cfg.serving.unknown_entities).inc(n)
         predicted = time.perf_counter()
-        metrics.PREPROCESS.labels(self.name).observe(predicted - started)
+        for at in started:
+            metrics.PREPROCESS.labels(self.name).observe(predicted - at)
         probabilities = served.predict(inputs, cfg.scoring.batch_rows)
         if not np.isfinite(probabilities).all():  # as batch scoring: never a NaN prediction
             raise RuntimeError(f"{served.name} v{served.version} returned non-finite "
-                               f"probabilities for request {request.id}")
+                               f"probabilities for request(s) "
+                               f"{', '.join(str(r.id) for r in requests)}")
         encoding = time.perf_counter()
-        metrics.PREDICT.labels(self.name).observe(encoding - predicted)
+        for _ in requests:  # per request, as KServe's: each waited for the whole pass
+            metrics.PREDICT.labels(self.name).observe(encoding - predicted)
         keys = inputs.table["row_key"].to_numpy(zero_copy_only=False)
-        body_out, headers = protocol.encode(
-            request, self.name, served.version,
-            {"probability": ("FP64", probabilities), "row_key": ("BYTES", keys)},
-            {"variant": served.alias})
-        headers[VARIANT_HEADER] = served.alias
-        done = time.perf_counter()
-        if shadow is not None:  # logged with the shadow's answer, after it
-            self.shadow.submit(ShadowJob(served, shadow, request.columns, inputs, probabilities,
-                                         request.id, done - started, datetime.now(UTC)))
-        else:
-            self.log.append(log_table(inputs, probabilities, served.described, request.id,
-                                      served.alias, done - started, datetime.now(UTC)))
-        metrics.POSTPROCESS.labels(self.name).observe(time.perf_counter() - encoding)
+        out, bounds, first = [], [], 0
+        for request in requests:  # every response first: a request that fails here (e.g. an
+            last = first + request.rows  # unknown output) leaves nothing logged to retry
+            body_out, headers = protocol.encode(
+                request, self.name, served.version,
+                {"probability": ("FP64", probabilities[first:last]),
+                 "row_key": ("BYTES", keys[first:last])}, {"variant": served.alias})
+            headers[VARIANT_HEADER] = served.alias
+            out.append((body_out, headers))
+            bounds.append((first, last))
+            first = last
+        done, now = time.perf_counter(), datetime.now(UTC)
+        for request, at, shadow, (first, last) in zip(requests, started, shadows, bounds):
+            mine = inputs if len(requests) == 1 else inputs.slice(first, last)
+            p = probabilities[first:last]
+            if shadow is not None:  # logged with the shadow's answer, after it
+                self.shadow.submit(ShadowJob(served, shadow, request.columns, mine, p,
+                                             request.id, done - at, now))
+            else:
+                self.log.append(log_table(mine, p, served.described, request.id,
+                                          served.alias, done - at, now))
+        finished = time.perf_counter()
+        for _ in requests:
+            metrics.POSTPROCESS.labels(self.name).observe(finished - encoding)
         metrics.ROWS.labels(self.name, served.version, served.alias).inc(len(inputs))
-        return body_out, headers
+        return out

@@ -125,11 +125,13 @@ def prepare(cfg: Config, store: FeatureStore, views: list[ViewSpec], served: Ser
     unknown = unknown_rows(views, features)
     if unknown and cfg.serving.unknown_entities == "reject":
         _reject_unknown(rows, unknown)
-    frame = pd.concat([rows.reset_index(drop=True), features], axis=1)
+    # the entity rows' and the features' columns side by side (a concatenated frame costs
+    # more than the rest of a one-row request's preparation)
+    frame = {**{c: rows[c] for c in rows.columns}, **{c: features[c] for c in features.columns}}
     inputs, counts = prepare_inputs(frame, served.numeric, served.categorical,
                                     cfg.scoring.missing_features)
     if counts["rejected_rows"]:
-        raise RequestError(f"{counts['rejected_rows']} of {len(frame)} rows have missing or "
+        raise RequestError(f"{counts['rejected_rows']} of {len(rows)} rows have missing or "
                            f"non-finite model inputs ({counts['by_feature']}) and "
                            f"scoring.missing_features=reject", status=422)
     return inputs, {view: len(idx) for view, (idx, _) in unknown.items()}

@@ -7,7 +7,8 @@
 - MLServer's request counters (`mlserver/handlers/dataplane.py`): `model_infer_request_success`
   and `model_infer_request_failure` (exposed with `_total`), with KServe's `model_name` and the
   version and variant (alias) that answered; a failure also has its HTTP `status`.
-- This server's own: rows scored, rows with an unknown entity per view and policy, the version
+- This server's own: rows scored, requests answered per pass (`serving_batch_requests`:
+  those that waited while the worker was busy go together), rows with an unknown entity per view and policy, the version
   each alias serves in each worker (`serving_model_info`, 1 = served), load failures, whether
   an alias is stale (its last move could not be followed), the routing shares in force and
   failed reads of the routing document, the shadow's outcomes, queue and disagreement with the
@@ -50,6 +51,9 @@ SUCCESS = Counter("model_infer_request_success", "Model infer request success co
 FAILURE = Counter("model_infer_request_failure", "Model infer request failure count",
                   [*ANSWER, "status"])
 ROWS = Counter("model_infer_rows", "Rows scored", ANSWER)
+BATCH = Histogram("serving_batch_requests",
+                  "Requests answered by one pass of a worker (those that waited together)",
+                  MODEL, buckets=(1, 2, 4, 8, 16, 32, 64))
 UNKNOWN = Counter("serving_unknown_entity_rows",
                   "Rows for which a feature view had no online value (unknown entity, missing "
                   "join key or expired)", ["model_name", "view", "policy"])

@@ -157,6 +157,51 @@ def test_a_bad_request_gets_a_4xx_naming_the_field(server, served_state):
     assert r.status_code == 404 and "version '9' is not served" in r.json()["error"]
 
 
+def _at_once(srv: Server, token: str, bodies: list[dict]) -> list:
+    """Each body POSTed from its own thread, all released together."""
+    start, answers = threading.Barrier(len(bodies)), [None] * len(bodies)
+
+    def send(i: int) -> None:
+        start.wait()
+        answers[i] = _post(srv, token, bodies[i])
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(bodies))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return answers
+
+
+def test_requests_that_wait_together_are_scored_together_each_with_its_own_answer(
+        server, served_state):
+    """Requests sent at once queue while a worker is busy and go through in one pass
+    (`serving_batch_requests` counts a pass of more than one); each still gets exactly the
+    answer it gets alone; a bad request among them gets its own 400 and fails nobody else."""
+    srv, token, _ = server
+    rows = events(served_state)
+    picks = [i % len(rows) for i in range(24)]
+    alone = {i: _post(srv, token, v2_request(rows.iloc[[i]])).json()["outputs"]
+             for i in set(picks)}
+    before = srv.metrics(token)
+    answers = _at_once(srv, token, [v2_request(rows.iloc[[i]]) for i in picks])
+    assert [a.json()["outputs"] for a in answers] == [alone[i] for i in picks]
+    after = srv.metrics(token)
+    grown = {k: metric(after, f"serving_batch_requests_{k}", **({"le": "1.0"} if k == "bucket"
+                                                                else {}))
+             - metric(before, f"serving_batch_requests_{k}", **({"le": "1.0"} if k == "bucket"
+                                                                 else {}))
+             for k in ("bucket", "count", "sum")}
+    assert grown["sum"] == len(picks)  # every request answered in exactly one pass
+    assert grown["count"] - grown["bucket"] >= 1, grown  # and a pass of several requests
+
+    bad = v2_request(rows.iloc[[0]], time_hour={"data": ["2013-01-09 02:00:00"]})
+    answers = _at_once(srv, token, [bad] + [v2_request(rows.iloc[[i]]) for i in picks])
+    assert answers[0].status_code == 400 and "without a UTC offset" in answers[0].json()[
+        "error"]
+    assert [a.json()["outputs"] for a in answers[1:]] == [alone[i] for i in picks]
+
+
 def test_a_request_may_carry_a_views_features_instead_of_the_online_store(server,
                                                                           served_state):
     """Every feature of every view given in the request (the values batch scoring joined for
