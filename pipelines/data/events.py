@@ -67,32 +67,50 @@ def row_keys(df: pd.DataFrame, key: tuple[str, ...]) -> pd.Series:
                       for p in parts], index=df.index, dtype=object)
 
 
-def _model_rows(cfg: Config, raw: pd.DataFrame) -> pd.DataFrame:
-    """A copy of the raw rows with the derived columns, event and prediction times and row key."""
-    ev = cfg.dataset.events
+def _derived_rows(cfg: Config, raw: pd.DataFrame) -> pd.DataFrame:
+    """A copy of the raw rows with the derived columns."""
     df = raw.copy()
-    for name, spec in ev.derived.items():
+    for name, spec in cfg.dataset.events.derived.items():
         df[name] = derive_column(df, name, spec)
-    df[EVENT_TIME] = parse_utc(df[ev.timestamp], f"{ev.table}.{ev.timestamp}")
-    df[PREDICTION_TIME] = df[EVENT_TIME] - ev.prediction_lead
-    df[ROW_KEY] = row_keys(df, ev.key)
     return df
 
 
-def _select(cfg: Config, df: pd.DataFrame, keep: list[str]) -> pd.DataFrame:
-    """`keep` + the join keys, passthrough features and request-time inputs (join keys as text)."""
+def _times_and_key(cfg: Config, df: pd.DataFrame) -> dict[str, pd.Series]:
+    """The event time (UTC), the prediction time (event time - lead) and the row key of each
+    row (the key's columns are raw event columns: `deduplicate` checks it)."""
+    ev = cfg.dataset.events
+    event_time = parse_utc(df[ev.timestamp], f"{ev.table}.{ev.timestamp}")
+    return {EVENT_TIME: event_time, PREDICTION_TIME: event_time - ev.prediction_lead,
+            ROW_KEY: row_keys(df, ev.key)}
+
+
+def _model_rows(cfg: Config, raw: pd.DataFrame) -> pd.DataFrame:
+    """A copy of the raw rows with the derived columns, event and prediction times and row key."""
+    df = _derived_rows(cfg, raw)
+    for name, values in _times_and_key(cfg, df).items():
+        df[name] = values
+    return df
+
+
+def _select(cfg: Config, df: pd.DataFrame, keep: list[str],
+            computed: dict[str, pd.Series] | None = None) -> pd.DataFrame:
+    """`keep` + the join keys, passthrough features and request-time inputs (join keys as
+    text), from `df` or `computed` (columns of the same rows not set in `df`)."""
+    computed = computed or {}
     keep = list(keep)
     keep += [k for k in cfg.features.join_keys if k not in keep]
     keep += [c for c in model_passthrough(cfg) if c not in keep]
     keep += [c for c in cfg.features.request_inputs if c not in keep]
-    absent = [c for c in keep if c not in df.columns]
+    absent = [c for c in keep if c not in df.columns and c not in computed]
     if absent:
         raise ValueError(f"{cfg.dataset.events.table}: no column {absent} (join keys, "
                          f"passthrough features and request-time inputs must be event columns "
                          f"or derived ones)")
     text = set(cfg.features.join_keys)
-    return pd.DataFrame({c: df[c].astype("string") if c in text else df[c].copy()
-                         for c in keep}, index=df.index)
+    columns = {c: computed[c] if c in computed else df[c] for c in keep}
+    # one frame built from the columns (it copies them): each `df[c] = ...` costs about as much
+    return pd.DataFrame({c: v.astype("string") if c in text else v
+                         for c, v in columns.items()}, index=df.index)
 
 
 def prepare_events(cfg: Config, raw: pd.DataFrame) -> pd.DataFrame:
@@ -181,7 +199,8 @@ def entity_rows(cfg: Config, raw: pd.DataFrame) -> pd.DataFrame:
     """Raw event rows whose outcome is not known yet -> the rows a model scores, in the given
     order: row key, prediction and event time, join keys, passthrough features and request
     inputs, exactly as `prepare_events` makes them (no label). The online server's path."""
-    return _select(cfg, _model_rows(cfg, raw), [ROW_KEY, PREDICTION_TIME, EVENT_TIME])
+    df = _derived_rows(cfg, raw)
+    return _select(cfg, df, [ROW_KEY, PREDICTION_TIME, EVENT_TIME], _times_and_key(cfg, df))
 
 
 def request_columns(cfg: Config) -> tuple[list[str], list[str]]:

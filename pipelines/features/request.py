@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Mapping
 
+import numpy as np
 import pandas as pd
 
 from pipelines.core.expressions import Expression, apply_missing, derive
@@ -71,8 +72,9 @@ def _calendar(name: str, feat: CalendarFeature, frame: pd.DataFrame) -> dict[str
     local = _timestamps(frame[feat.input], f"{what}: {feat.input}").dt.tz_convert(feat.timezone)
     missing = local.isna()
     out = {}
-    for fld in feat.fields:
-        values = getattr(local.dt, fld).astype("float64")  # NaT -> NaN
+    for fld in feat.fields:  # the array's fields: numpy, without a Series per step
+        values = pd.Series(np.asarray(getattr(local.array, fld), dtype=np.float64),
+                           index=local.index)  # NaT -> NaN
         out[fld] = apply_missing(values, missing, "int64", feat.on_missing, feat.fill_value,
                                  f"{what}.{fld} ({feat.input} in {feat.timezone})")
     return out
@@ -96,6 +98,9 @@ def _input_frame(rows: "pd.DataFrame | pa.Table", spec: Spec) -> pd.DataFrame:
     wanted = inputs(spec)
     if isinstance(rows, pa.Table):
         return rows.select(wanted).to_pandas()
+    index = rows.index
+    if isinstance(index, pd.RangeIndex) and index.start == 0 and index.step == 1:
+        return rows  # positions already (the features read only their inputs)
     return rows[wanted].reset_index(drop=True)
 
 
@@ -110,6 +115,18 @@ def compute(spec: Spec, rows: "pd.DataFrame | pa.Table") -> "pd.DataFrame | pa.T
     import pyarrow as pa
 
     n = rows.num_rows if isinstance(rows, pa.Table) else len(rows)
+    arrays = compute_arrays(spec, rows)
+    table = pa.table(arrays) if arrays else pa.table({"__n": pa.nulls(n)}).drop(["__n"])
+    if isinstance(rows, pa.Table):
+        return table
+    # each column as `table.to_pandas()` makes it (int64 with nulls: float64), less overhead
+    return pd.DataFrame({c: a.to_pandas() for c, a in arrays.items()}, index=pd.RangeIndex(n))
+
+
+def compute_arrays(spec: Spec, rows: "pd.DataFrame | pa.Table") -> "dict[str, pa.Array]":
+    """`compute`'s columns as Arrow arrays (what it makes its result of)."""
+    import pyarrow as pa
+
     frame = _input_frame(rows, spec)
     arrays: dict[str, pa.Array] = {}
     for name, feat in spec.items():
@@ -119,11 +136,7 @@ def compute(spec: Spec, rows: "pd.DataFrame | pa.Table") -> "pd.DataFrame | pa.T
             dtype = feat.outputs[fld]
             arrays[f"{name}__{fld}"] = pa.array(series, type=pa.int64() if dtype == "int64"
                                                 else pa.float64(), from_pandas=True)
-    table = pa.table(arrays) if arrays else pa.table({"__n": pa.nulls(n)}).drop(["__n"])
-    if isinstance(rows, pa.Table):
-        return table
-    # each column as `table.to_pandas()` makes it (int64 with nulls: float64), less overhead
-    return pd.DataFrame({c: a.to_pandas() for c, a in arrays.items()}, index=pd.RangeIndex(n))
+    return arrays
 
 
 def serving_frame(entity_rows: list[Mapping[str, Any]], spec: Spec) -> pd.DataFrame:

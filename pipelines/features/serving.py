@@ -30,6 +30,13 @@ def online_features(store: "FeatureStore", refs: list[str], entity_rows: list[di
                     ttls: dict[str, timedelta | None]) -> pd.DataFrame:
     """Online values (`<view>__<feature>`) with each view's TTL applied at `as_of` (one time
     for all rows, or one per row)."""
+    return pd.DataFrame(online_values(store, refs, entity_rows, as_of, ttls))
+
+
+def online_values(store: "FeatureStore", refs: list[str], entity_rows: list[dict[str, Any]],
+                  as_of: datetime | Sequence[datetime],
+                  ttls: dict[str, timedelta | None]) -> dict[str, list[Any]]:
+    """`online_features` as a list of values per column."""
     resp = store.get_online_features(features=refs, entity_rows=entity_rows,
                                      full_feature_names=True).to_dict(include_event_timestamps=True)
     times = [as_of] * len(entity_rows) if isinstance(as_of, datetime) else list(as_of)
@@ -45,20 +52,33 @@ def online_features(store: "FeatureStore", refs: list[str], entity_rows: list[di
             values = [v if ts >= low else None
                       for v, ts, low in zip(values, resp[f"{col}__ts"], oldest[ttl])]
         out[col] = values
-    return pd.DataFrame(out)
+    return out
 
 
 def serving_features(store: "FeatureStore", service_name: str, request_time: request.Spec,
                      entity_rows: list[dict[str, Any]], as_of: datetime | Sequence[datetime],
                      views: "list[pit.ViewSpec] | None" = None,
                      given: Mapping[str, np.ndarray] | None = None) -> pd.DataFrame:
-    """The features an online model server gives a model, one row per request row.
+    """`serving_columns` as a frame."""
+    return pd.DataFrame(serving_columns(store, service_name, request_time, entity_rows, as_of,
+                                        views, given), index=pd.RangeIndex(len(entity_rows)))
+
+
+def serving_columns(store: "FeatureStore", service_name: str, request_time: request.Spec,
+                    entity_rows: list[dict[str, Any]], as_of: datetime | Sequence[datetime],
+                    views: "list[pit.ViewSpec] | None" = None,
+                    given: Mapping[str, np.ndarray] | None = None
+                    ) -> dict[str, np.ndarray | pd.Series]:
+    """The features an online model server gives a model, one value per request row, by
+    column (store features: object arrays, None where missing; request-time features: as
+    `request.compute` gives them).
 
     `entity_rows`: the join keys and the request columns (`request.inputs(request_time)`) as
-    JSON-like values (ISO timestamps with an offset, or timezone-aware timestamps). Returns the service's online features
-    (each view's TTL applied at `as_of`: one time, or each row's prediction time as the
-    offline join applies it) and the request-time features computed by
-    `request.compute` (the code training and batch scoring run), named as offline.
+    JSON-like values (ISO timestamps with an offset, or timezone-aware timestamps). Returns
+    the service's online features (each view's TTL applied at `as_of`: one time, or each
+    row's prediction time as the offline join applies it) and the request-time features
+    computed by `request.compute` (the code training and batch scoring run), named as
+    offline.
     `views`: the service's `pit.service_views`, when the caller keeps them (a server: reading
     them asks Feast's registry without its cache, on every call).
     `given`: feature columns (`<view>__<feature>`, one value per row) the caller supplies: a
@@ -95,18 +115,18 @@ def serving_features(store: "FeatureStore", service_name: str, request_time: req
         reads = [([r for refs, _, _, _ in reads for r in refs], list(range(n)), keys,
                   {v: t for *_, ttls in reads for v, t in ttls.items()})]
     for refs, known, keys, ttls in reads:
-        found = online_features(store, refs, [{k: entity_rows[i][k] for k in keys}
-                                              for i in known],
-                                as_of if isinstance(as_of, datetime)
-                                else [as_of[i] for i in known], ttls)
-        for col in found.columns:
-            values[col][known] = found[col].to_numpy(dtype=object)
-    columns: dict[str, Any] = values  # object arrays: None where missing
-    if request_time:
-        computed = request.compute(request_time,
-                                   request.serving_frame(entity_rows, request_time))
-        columns = {**values, **{c: computed[c] for c in computed.columns}}
-    return pd.DataFrame(columns, index=pd.RangeIndex(n))
+        found = online_values(store, refs, [{k: entity_rows[i][k] for k in keys}
+                                            for i in known],
+                              as_of if isinstance(as_of, datetime)
+                              else [as_of[i] for i in known], ttls)
+        for col, found_values in found.items():
+            values[col][known] = found_values
+    if not request_time:
+        return dict(values)
+    computed = request.compute_arrays(request_time,
+                                      request.serving_frame(entity_rows, request_time))
+    # each column as `request.compute` gives it, without the frame around them
+    return {**values, **{c: a.to_pandas() for c, a in computed.items()}}
 
 
 def plain(v: Any) -> Any:

@@ -19,10 +19,14 @@ from pipelines.data.events import PREDICTION_TIME, ROW_KEY
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
+    from typing import TypeAlias
 
     import pyarrow as pa
 
     from pipelines.model.onnx_model import OnnxScorer
+
+    # a chunk's columns: a pandas frame, pandas or numpy columns by name, or an Arrow table
+    Rows: TypeAlias = pd.DataFrame | Mapping[str, pd.Series | np.ndarray] | pa.Table
 
 META = [ROW_KEY, "event_time", PREDICTION_TIME]
 
@@ -73,8 +77,7 @@ class ModelInputs:
         return probs
 
 
-def as_table(rows: pd.DataFrame | Mapping[str, pd.Series] | pa.Table, columns: list[str]
-             ) -> pa.Table:
+def as_table(rows: Rows, columns: list[str]) -> pa.Table:
     """`columns` of a pandas frame (e.g. Feast's output), pandas columns by name or an Arrow
     table, as Arrow."""
     import pyarrow as pa
@@ -85,15 +88,17 @@ def as_table(rows: pd.DataFrame | Mapping[str, pd.Series] | pa.Table, columns: l
     return pa.Table.from_arrays([pa.Array.from_pandas(rows[c]) for c in columns], names=columns)
 
 
-def _float64(col: pd.Series | pa.ChunkedArray) -> np.ndarray:
+def _float64(col: pd.Series | np.ndarray | pa.ChunkedArray) -> np.ndarray:
     """A numeric column as float64 with NaN for null (`to_numpy(float64, na_value=nan)`)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    if isinstance(col, pd.Series):
+    if isinstance(col, (pd.Series, np.ndarray)):
         if col.dtype == object:  # e.g. a feature store's Python values: as `to_numpy` below
             return np.array([np.nan if v is None or v is pd.NA or v is pd.NaT else v
                              for v in col.tolist()], dtype=np.float64)  # with less overhead
+        if isinstance(col, np.ndarray):
+            return col.astype(np.float64)
         return col.to_numpy(dtype=np.float64, na_value=np.nan)
     if not (pa.types.is_floating(col.type) or pa.types.is_integer(col.type)
             or pa.types.is_boolean(col.type) or pa.types.is_null(col.type)):
@@ -111,8 +116,7 @@ def _dictionary_strings(codes: np.ndarray, values: list[str]) -> np.ndarray:
     return np.array([*values, ""], dtype=object).astype(str)[codes]
 
 
-def _categorical(rows: pd.DataFrame | Mapping[str, pd.Series] | pa.Table, name: str
-                 ) -> tuple[np.ndarray, pa.Array]:
+def _categorical(rows: Rows, name: str) -> tuple[np.ndarray, pa.Array]:
     """A categorical column as the model sees it (numpy str) and as it is stored (Arrow string,
     null where missing).
 
@@ -124,6 +128,8 @@ def _categorical(rows: pd.DataFrame | Mapping[str, pd.Series] | pa.Table, name: 
     import pyarrow.compute as pc
 
     col = rows[name]
+    if isinstance(col, np.ndarray):  # e.g. a feature store's values, None where missing
+        col = pd.Series(col)
     if isinstance(col, pd.Series):
         codes, uniques = pd.factorize(col, use_na_sentinel=True)
         values = list(uniques)
@@ -146,15 +152,15 @@ def _categorical(rows: pd.DataFrame | Mapping[str, pd.Series] | pa.Table, name: 
         zero_copy_only=False))
 
 
-def prepare_inputs(rows: pd.DataFrame | Mapping[str, pd.Series] | pa.Table, numeric: list[str],
-                   categorical: list[str], policy: str) -> tuple[ModelInputs, dict[str, Any]]:
+def prepare_inputs(rows: Rows, numeric: list[str], categorical: list[str], policy: str
+                   ) -> tuple[ModelInputs, dict[str, Any]]:
     """Apply `scoring.missing_features` to a chunk; count what was missing, by reason.
 
-    `rows`: a pandas frame (what Feast returns), pandas columns by name (same index) or an Arrow
-    table; either way no column makes a round trip through the other. `missing` is a null value (e.g. Feast had no row for the
-    entity; NaN counts as null), `non_finite` is +-inf. impute: non-finite numerics become
-    missing, which the model's imputer fills (a missing categorical is the unknown category);
-    reject: the row is dropped and counted.
+    `rows`: a pandas frame (what Feast returns), pandas or numpy columns by name, or an Arrow
+    table; either way no column makes a round trip through the other. `missing` is a null
+    value (e.g. Feast had no row for the entity; NaN counts as null), `non_finite` is +-inf.
+    impute: non-finite numerics become missing, which the model's imputer fills (a missing
+    categorical is the unknown category); reject: the row is dropped and counted.
     """
     import pyarrow as pa
 

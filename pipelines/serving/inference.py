@@ -19,7 +19,7 @@ A row for which one of the model's feature views has no online value is counted 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
 import pandas as pd
@@ -74,13 +74,13 @@ def supplied_inputs(views: list[ViewSpec], served: ServedModel) -> dict[str, str
     return {c: "BYTES" if c in text else "FP64" for c in supplied_columns(views)}
 
 
-def unknown_rows(views: list[ViewSpec], features: pd.DataFrame
+def unknown_rows(views: list[ViewSpec], features: Mapping[str, np.ndarray | pd.Series]
                  ) -> dict[str, tuple[list[int], tuple[str, ...]]]:
     """Per feature view: the rows with no online value of any of its features, and the view's
     join keys."""
     out = {}
     for spec in views:
-        empty = np.logical_and.reduce([pd.isna(features[f"{spec.name}__{f}"].to_numpy())
+        empty = np.logical_and.reduce([pd.isna(np.asarray(features[f"{spec.name}__{f}"]))
                                        for f in spec.features])
         if empty.any():
             out[spec.name] = (np.flatnonzero(empty).tolist(), tuple(k for _, k in spec.join_keys))
@@ -105,7 +105,7 @@ def prepare(cfg: Config, store: FeatureStore, views: list[ViewSpec], served: Ser
     """The model inputs of a request's rows, in request order, and the rows without an online
     value per view (`views`: `pit.service_views` of the version's feature service). Raises
     RequestError (400: a bad value, naming the column; 422: rows the policies reject)."""
-    from pipelines.features.serving import serving_features
+    from pipelines.features.serving import serving_columns
     from pipelines.scoring.inputs import prepare_inputs
 
     try:
@@ -116,7 +116,7 @@ def prepare(cfg: Config, store: FeatureStore, views: list[ViewSpec], served: Ser
     columns = {c: [None if pd.isna(v) else v for v in rows[c]] for c in wanted}
     entities = [dict(zip(columns, values)) for values in zip(*columns.values())]
     try:  # timestamps stay timestamps (UTC): request.compute reads them as it reads ISO text
-        features = serving_features(store, service_name(cfg, served), served.request_spec,
+        features = serving_columns(store, service_name(cfg, served), served.request_spec,
                                     entities, list(rows[PREDICTION_TIME]), views,
                                     {c: raw[c].to_numpy() for c in supplied_columns(views)
                                      if c in raw.columns})
@@ -127,7 +127,7 @@ def prepare(cfg: Config, store: FeatureStore, views: list[ViewSpec], served: Ser
         _reject_unknown(rows, unknown)
     # the entity rows' and the features' columns side by side (a concatenated frame costs
     # more than the rest of a one-row request's preparation)
-    frame = {**{c: rows[c] for c in rows.columns}, **{c: features[c] for c in features.columns}}
+    frame = {**{c: rows[c] for c in rows.columns}, **features}
     inputs, counts = prepare_inputs(frame, served.numeric, served.categorical,
                                     cfg.scoring.missing_features)
     if counts["rejected_rows"]:

@@ -7,12 +7,13 @@
 - MLServer's request counters (`mlserver/handlers/dataplane.py`): `model_infer_request_success`
   and `model_infer_request_failure` (exposed with `_total`), with KServe's `model_name` and the
   version and variant (alias) that answered; a failure also has its HTTP `status`.
-- This server's own: rows scored, requests answered per pass (`serving_batch_requests`:
-  those that waited while the worker was busy go together), rows with an unknown entity per view and policy, the version
-  each alias serves in each worker (`serving_model_info`, 1 = served), load failures, whether
-  an alias is stale (its last move could not be followed), the routing shares in force and
-  failed reads of the routing document, the shadow's outcomes, queue and disagreement with the
-  primary (|dp| histogram, label disagreements), the prediction log's rows.
+- This server's own: rows scored, requests answered per pass
+  (`serving_batch_requests`: those that waited while the worker was busy go together), rows
+  with an unknown entity per view and policy, the version each alias serves in each worker
+  (`serving_model_info`, 1 = served), load failures, whether an alias is stale (its last
+  move could not be followed), the routing shares in force and failed reads of the routing
+  document, the shadow's outcomes, queue and disagreement with the primary (|dp| histogram,
+  label disagreements), the prediction log's rows.
 
 With several workers the launcher sets PROMETHEUS_MULTIPROC_DIR: each process writes its
 values there and `/metrics` (any worker) sums counters and histograms over all of them; gauges
