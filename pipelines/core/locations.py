@@ -11,6 +11,7 @@ Partitions are named by data interval (`pipelines.core.intervals`): `date=D` for
     features/<source>/date=D.parquet              a Feast source partition (snapshot.parquet)
     training_sets/<start>_<end>.parquet           a window's point-in-time training set
     predictions/date=D/{part-*.parquet,_manifest.json}   a published prediction partition
+    predictions/date=D/contrib-*.parquet          its per-row top contributions (optional)
     predictions/_staging/date=D/                  chunk inputs of a scoring run in progress
     prediction_log/date=D/<stamp>-<host>-<pid>-<seq>.parquet   online predictions, by event day
     registry/history/<stamp>-<action>-v<N>.json   the promotion history (one event per file)
@@ -116,6 +117,12 @@ def history(settings: Settings) -> str:
 def predictions(settings: Settings, day: When) -> str:
     """A prediction partition folder."""
     return join(settings.predictions_uri, partition(day))
+
+
+def contributions_name(chunk: int, sha256: str) -> str:
+    """The per-row top contributions of a chunk (`scoring.explain_top_k`): a file in its
+    prediction partition, named by content like a part file and published by the manifest."""
+    return f"contrib-{chunk:05d}-{sha256[:16]}.parquet"
 
 
 def manifest(settings: Settings, day: When) -> str:
