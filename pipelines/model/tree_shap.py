@@ -32,7 +32,12 @@ TREE_OPS = ("TreeEnsembleRegressor", "TreeEnsembleClassifier")
 # |base + sum(contributions) - the tree operator's output| allowed, in its space: onnxruntime
 # adds the float32 leaf values in float32, TreeSHAP in float64 (measured: below 1e-6)
 ADDITIVITY_TOLERANCE = 1e-5
-WORK_ELEMENTS = 1 << 21  # leaves x rows per coefficient array: bounds memory per pass
+ROWS_PER_PASS = 2048  # rows explained together; x WORK_ELEMENTS: measured on this project's
+WORK_ELEMENTS = 1 << 17  # model, leaves x rows per pass small enough to stay in the CPU cache
+# Leaves with at most this many distinct features on their path get a table of their
+# contributions for each of the 2^d patterns of followed branches (built once per model), looked
+# up per row; deeper ones are computed per row.
+TABLE_MAX_FEATURES = 8
 
 
 def tree_node(graph: Any) -> Any | None:
@@ -178,7 +183,8 @@ class TreeShap:
 
     def _groups(self, leaves: list[tuple[float, dict[int, tuple[float, list[int]]]]],
                 n_splits: int) -> None:
-        """Leaves by the number d of distinct features on their path, as arrays."""
+        """Leaves by the number d of distinct features on their path, as arrays; for small d,
+        the contributions of every pattern of followed branches, tabulated."""
         self.groups = []
         self.n_splits = n_splits
         for d in sorted({len(p) for _, p in leaves} - {0}):
@@ -186,28 +192,36 @@ class TreeShap:
             depth = max(len(lits) for _, p in mine for _, lits in p.values())
             literals = np.full((len(mine), d, depth), 2 * n_splits, dtype=np.int64)  # pad: true
             z = np.empty((len(mine), d))
-            owner = np.empty((len(mine), d), dtype=np.int64)
+            hot = np.zeros((d, len(mine), len(self.inputs)))
             for li, (_, path) in enumerate(mine):
                 for j, (f, (zf, lits)) in enumerate(sorted(path.items())):
                     literals[li, j, :len(lits)] = lits
-                    z[li, j], owner[li, j] = zf, self.owner[f]
-            weights = np.array([factorial(s) * factorial(d - 1 - s) / factorial(d)
-                                for s in range(d)])
-            self.groups.append((np.array([v for v, _ in mine]), literals, z, owner, weights))
+                    z[li, j] = zf
+                    hot[j, li, self.owner[f]] = 1.0
+            values = np.array([v for v, _ in mine])
+            table = None
+            if d <= TABLE_MAX_FEATURES:
+                bits = (np.arange(2 ** d)[None, :] >> np.arange(d)[:, None]) & 1  # (d, 2^d)
+                table = _shares(values, z, np.broadcast_to(bits, (len(mine), d, 2 ** d)))
+            self.groups.append((literals, hot, values, z, table))
 
     def decisions(self, x: np.ndarray) -> np.ndarray:
         """(2 * splits + 1, rows) booleans: row goes to the true branch of split k (row k), to
         its false branch (row splits + k), and an always-true row for padding."""
-        cols = x[:, self.feature]
+        cols = np.ascontiguousarray(x.T)[self.feature]  # (splits, rows)
         out = np.empty((2 * self.n_splits + 1, len(x)), dtype=bool)
         true = out[:self.n_splits]
-        for mode in set(self.mode):
-            sel = np.array([m == mode for m in self.mode])
-            true[sel] = _COMPARE[mode](cols[:, sel], self.threshold[sel]).T
-        missing = np.isnan(cols).T
-        if missing.any():
+        modes = set(self.mode)
+        for mode in modes:
+            if len(modes) == 1:
+                _COMPARE[mode](cols, self.threshold[:, None], out=true)
+            else:
+                sel = np.array([m == mode for m in self.mode])
+                true[sel] = _COMPARE[mode](cols[sel], self.threshold[sel, None])
+        if np.isnan(x).any():
+            missing = np.isnan(cols)
             true[:] = np.where(missing, self.nan_true[:, None], true)
-        out[self.n_splits:2 * self.n_splits] = ~true
+        np.logical_not(true, out=out[self.n_splits:2 * self.n_splits])
         out[-1] = True
         return out
 
@@ -215,45 +229,54 @@ class TreeShap:
         """Contributions (rows, inputs) of the rows `x` of the encoded tensor the trees read
         (float32, as onnxruntime gives it); each row sums to its raw output - base_value."""
         x = np.asarray(x, dtype=np.float32)
+        if len(x) > ROWS_PER_PASS:
+            return np.concatenate([self.values(x[r:r + ROWS_PER_PASS])
+                                   for r in range(0, len(x), ROWS_PER_PASS)])
         out = np.zeros((len(x), len(self.inputs)))
         lit = self.decisions(x)
-        for values, literals, z, owner, weights in self.groups:
-            d = z.shape[1]
-            step = max(1, WORK_ELEMENTS // max(1, len(x)))
-            for lo in range(0, len(values), step):
+        step = max(1, WORK_ELEMENTS // max(1, len(x)))
+        for literals, hot, values, z, table in self.groups:
+            for lo in range(0, len(literals), step):
                 sl = slice(lo, lo + step)
-                out += self._leaf_block(lit, values[sl], literals[sl], z[sl], owner[sl], weights, d)
+                followed = lit[literals[sl]].all(axis=2)  # (leaves, d, rows)
+                if table is None:
+                    shares = _shares(values[sl], z[sl], followed.astype(np.float64))
+                    out += np.tensordot(shares, hot[:, sl], axes=([0, 1], [0, 1]))
+                    continue
+                n, d, patterns = *followed.shape[:2], table.shape[2]
+                entry = np.repeat((np.arange(n) * patterns)[:, None], len(x), axis=1)
+                for k in range(d):  # the entry of the leaf's table for the branches followed
+                    entry |= followed[:, k].astype(np.intp) << k
+                for j in range(d):  # per path feature: a lookup, then into its model input
+                    out += np.take(table[j, sl].reshape(-1), entry).T @ hot[j, sl]
         return out
 
-    def _leaf_block(self, lit: np.ndarray, v: np.ndarray, literals: np.ndarray, z: np.ndarray,
-                    owner: np.ndarray, weights: np.ndarray, d: int) -> np.ndarray:
-        """The contributions of a block of leaves with d distinct path features, all rows."""
-        o = lit[literals].all(axis=2).astype(np.float64)  # (leaves, d, rows)
-        n_leaves, rows = len(v), lit.shape[1]
-        p = [np.ones((n_leaves, rows))] + [np.zeros((n_leaves, rows)) for _ in range(d)]
-        for k in range(d):  # p(t) = prod_k (z_k + o_k t), coefficients by degree
-            zk, ok = z[:, k, None], o[:, k]
-            for s in range(k + 1, 0, -1):
-                p[s] = zk * p[s] + ok * p[s - 1]
-            p[0] = zk * p[0]
-        out = np.zeros((rows, len(self.inputs)))
-        for j in range(d):
-            zj, oj = z[:, j, None], o[:, j]
-            # p(t) / (z_j + o_j t): synthetic division by (t + z_j) where o_j = 1, else by z_j
-            total_one, q = np.zeros((n_leaves, rows)), p[d]
-            for s in range(d - 1, -1, -1):
-                total_one += weights[s] * q
-                q = p[s] - zj * q
-            total_zero = np.zeros((n_leaves, rows))
-            for s in range(d):
-                total_zero += weights[s] * p[s]
-            total_zero = np.divide(total_zero, zj, out=np.zeros_like(total_zero),
-                                   where=zj > 0)
-            share = v[:, None] * (oj - zj) * np.where(oj > 0, total_one, total_zero)
-            hot = np.zeros((n_leaves, len(self.inputs)))
-            hot[np.arange(n_leaves), owner[:, j]] = 1.0
-            out += share.T @ hot
-        return out
+
+def _shares(v: np.ndarray, z: np.ndarray, o: np.ndarray) -> np.ndarray:
+    """(d, leaves, columns): each leaf's contribution to its j-th path feature, where a column
+    follows the path's branches on feature k iff `o[leaf, k, column]` (z: their cover
+    fractions, v: the leaf values). Algorithm 2's EXTEND (a product of linear polynomials) and
+    UNWIND (dividing one factor out) on coefficient arrays."""
+    n_leaves, d, columns = o.shape
+    weights = [factorial(s) * factorial(d - 1 - s) / factorial(d) for s in range(d)]
+    p = [np.ones((n_leaves, columns))] + [np.zeros((n_leaves, columns)) for _ in range(d)]
+    for k in range(d):  # p(t) = prod_k (z_k + o_k t), coefficients by degree
+        zk, ok = z[:, k, None], o[:, k]
+        for s in range(k + 1, 0, -1):
+            p[s] = zk * p[s] + ok * p[s - 1]
+        p[0] = zk * p[0]
+    out = np.empty((d, n_leaves, columns))
+    for j in range(d):
+        zj, oj = z[:, j, None], o[:, j]
+        # p(t) / (z_j + o_j t): synthetic division by (t + z_j) where o_j = 1, else by z_j
+        total_one, q = np.zeros((n_leaves, columns)), p[d]
+        for s in range(d - 1, -1, -1):
+            total_one += weights[s] * q
+            q = p[s] - zj * q
+        total_zero = sum(weights[s] * p[s] for s in range(d))
+        total_zero = np.divide(total_zero, zj, out=np.zeros((n_leaves, columns)), where=zj > 0)
+        out[j] = v[:, None] * (oj - zj) * np.where(oj > 0, total_one, total_zero)
+    return out
 
 
 class ExplainingScorer(OnnxScorer):

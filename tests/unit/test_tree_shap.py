@@ -13,6 +13,7 @@ from test_explain import _fitted
 
 from pipelines.core.config import load_config
 from pipelines.core.settings import REPO_ROOT
+from pipelines.model import tree_shap
 from pipelines.model.explain import contributions
 from pipelines.model.onnx_model import export, feeds, to_native_frame
 from pipelines.model.tree_shap import (
@@ -34,7 +35,14 @@ SHAP_TOLERANCE = 1e-6  # vs shap on the estimator: the ONNX trees hold float32 l
     ("sklearn.ensemble.RandomForestClassifier",
      {"n_estimators": 15, "max_depth": 5, "random_state": 0}, "probability"),
 ])
-def test_onnx_tree_shap_equals_shap_and_adds_up_to_the_onnx_output(estimator, params, space):
+@pytest.mark.parametrize("tables", [True, False], ids=["tabulated", "per-row"])
+def test_onnx_tree_shap_equals_shap_and_adds_up_to_the_onnx_output(estimator, params, space,
+                                                                   tables, monkeypatch):
+    if not tables:  # every leaf computed per row, as leaves with many path features are,
+        monkeypatch.setattr(tree_shap, "TABLE_MAX_FEATURES", 0)
+        # and in many passes of a few rows and leaves each
+        monkeypatch.setattr(tree_shap, "ROWS_PER_PASS", 64)
+        monkeypatch.setattr(tree_shap, "WORK_ELEMENTS", 64 * 10)
     pipe, x = _fitted(estimator, params)
     x = x.head(400)
     scorer = ExplainingScorer(export(pipe, NUMERIC, CATEGORICAL), NUMERIC, CATEGORICAL)
