@@ -14,7 +14,9 @@ Vectorised over rows: a leaf's contribution to feature j is
 `prod_{k != j} (z_k + o_k t)` over the d distinct features on its path (z: the cover fraction of
 the path's branches on the feature, o: whether the row follows them all), which is what
 Algorithm 2's EXTEND and UNWIND compute one row at a time; leaves with the same d are done
-together, one numpy array per coefficient.
+together, one numpy array per coefficient. As o is 0 or 1, a leaf with few path features (d <= 8)
+has only 2^d possible contributions per feature: they are computed once when the model is loaded
+and looked up per row.
 """
 
 from __future__ import annotations
@@ -30,10 +32,12 @@ from pipelines.model.onnx_model import OnnxScorer
 METADATA_KEY = "mlops.tree_shap"  # ONNX metadata_props: {"owners": [...], "covers": [[...]]}
 TREE_OPS = ("TreeEnsembleRegressor", "TreeEnsembleClassifier")
 # |base + sum(contributions) - the tree operator's output| allowed, in its space: onnxruntime
-# adds the float32 leaf values in float32, TreeSHAP in float64 (measured: below 1e-6)
+# adds the float32 leaf values in float32, TreeSHAP in float64 (measured: about 1e-6)
 ADDITIVITY_TOLERANCE = 1e-5
-ROWS_PER_PASS = 2048  # rows explained together; x WORK_ELEMENTS: measured on this project's
-WORK_ELEMENTS = 1 << 17  # model, leaves x rows per pass small enough to stay in the CPU cache
+# Rows explained together, and leaves x rows per pass: small enough for the arrays to stay in
+# the CPU cache (the fastest of those measured on this project's model)
+ROWS_PER_PASS = 2048
+WORK_ELEMENTS = 1 << 17
 # Leaves with at most this many distinct features on their path get a table of their
 # contributions for each of the 2^d patterns of followed branches (built once per model), looked
 # up per row; deeper ones are computed per row.
@@ -151,7 +155,7 @@ class TreeShap:
         self._groups(leaves, len(split_of))
 
     def _outputs(self, model: Any, node: Any, a: dict[str, Any]
-                 ) -> tuple[str, str, dict[tuple[int, int], float], float]:
+                 ) -> tuple[str, dict[tuple[int, int], float], float]:
         """(space, leaf value of the positive class by (tree, node), base value); sets the
         output tensor (and its column) the contributions add up to."""
         if node.op_type == "TreeEnsembleRegressor":

@@ -177,8 +177,9 @@ def publish(cfg: Config, settings: Settings, day: Interval | date, chunks: list[
                     "publish_s": round(time.perf_counter() - t0, 3)},
     }
     storage.write_json(storage.join(base, locations.MANIFEST), manifest)  # the commit point
-    for name in storage.listdir(base):  # parts of earlier runs, and leftovers of killed ones
-        if name != locations.MANIFEST and name not in files + [c["file"] for c in explained]:
+    keep = {locations.MANIFEST, *files, *(c["file"] for c in explained)}
+    for name in storage.listdir(base):  # files of earlier runs, and leftovers of killed ones
+        if name not in keep:
             storage.remove(storage.join(base, name))
     storage.remove(locations.staging(settings, day), recursive=True)
     log.info("score: published %s: %d of %d rows with %s v%s into %s", day.key, stats["rows"],

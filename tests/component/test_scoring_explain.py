@@ -77,7 +77,8 @@ def test_contributions_beside_the_partition_add_up_to_the_onnx_output(env):
     assert len(meta["files"]) == len(manifest["files"])
     assert set(_files(settings, DAY)) == {*manifest["files"], *meta["files"]}
 
-    preds, contrib = scoring.read_partition(settings, DAY), scoring.read_contributions(settings, DAY)
+    preds = scoring.read_partition(settings, DAY)
+    contrib = scoring.read_contributions(settings, DAY)
     assert len(preds) == manifest["output_rows"] > 800
     assert contrib["row_key"].tolist() == preds["row_key"].tolist()
     assert (contrib["base_value"] == meta["base_value"]).all()
