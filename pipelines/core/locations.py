@@ -160,11 +160,16 @@ def monitoring_state(settings: Settings) -> str:
     return join(settings.registry_uri, "drift")
 
 
+def monitoring_records(settings: Settings, kind: str) -> str:
+    """The folder of every interval's record of `kind` (verdicts, quality, decisions, triggers)."""
+    return join(monitoring_state(settings), kind)
+
+
 def monitoring_record(settings: Settings, kind: str, day: When | str) -> str:
     """One interval's record of `kind` (verdicts, quality, decisions, triggers), named by its
     key (`registry/drift/verdicts/2013-06-01.json`)."""
     name = day if isinstance(day, str) else key(day)
-    return join(monitoring_state(settings), kind, f"{name}.json")
+    return join(monitoring_records(settings, kind), f"{name}.json")
 
 
 def drift_reference(settings: Settings, model: str, version: str) -> str:
