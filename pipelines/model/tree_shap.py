@@ -39,9 +39,9 @@ ADDITIVITY_TOLERANCE = 1e-5
 ROWS_PER_PASS = 2048
 WORK_ELEMENTS = 1 << 17
 # Leaves with at most this many distinct features on their path get a table of their
-# contributions for each of the 2^d patterns of followed branches (built once per model), looked
-# up per row; deeper ones are computed per row.
-TABLE_MAX_FEATURES = 8
+# contributions for each of the 2^d patterns of followed branches (built once per model: at most
+# d * 2^d = 384 floats a leaf), looked up per row; deeper ones are computed per row.
+TABLE_MAX_FEATURES = 6
 
 
 def tree_node(graph: Any) -> Any | None:
@@ -196,18 +196,17 @@ class TreeShap:
             depth = max(len(lits) for _, p in mine for _, lits in p.values())
             literals = np.full((len(mine), d, depth), 2 * n_splits, dtype=np.int64)  # pad: true
             z = np.empty((len(mine), d))
-            hot = np.zeros((d, len(mine), len(self.inputs)))
+            owner = np.empty((len(mine), d), dtype=np.intp)  # the model input of each feature
             for li, (_, path) in enumerate(mine):
                 for j, (f, (zf, lits)) in enumerate(sorted(path.items())):
                     literals[li, j, :len(lits)] = lits
-                    z[li, j] = zf
-                    hot[j, li, self.owner[f]] = 1.0
+                    z[li, j], owner[li, j] = zf, self.owner[f]
             values = np.array([v for v, _ in mine])
             table = None
             if d <= TABLE_MAX_FEATURES:
                 bits = (np.arange(2 ** d)[None, :] >> np.arange(d)[:, None]) & 1  # (d, 2^d)
                 table = _shares(values, z, np.broadcast_to(bits, (len(mine), d, 2 ** d)))
-            self.groups.append((literals, hot, values, z, table))
+            self.groups.append((literals, owner, values, z, table))
 
     def decisions(self, x: np.ndarray) -> np.ndarray:
         """(2 * splits + 1, rows) booleans: row goes to the true branch of split k (row k), to
@@ -239,20 +238,23 @@ class TreeShap:
         out = np.zeros((len(x), len(self.inputs)))
         lit = self.decisions(x)
         step = max(1, WORK_ELEMENTS // max(1, len(x)))
-        for literals, hot, values, z, table in self.groups:
+        for literals, owner, values, z, table in self.groups:
             for lo in range(0, len(literals), step):
                 sl = slice(lo, lo + step)
                 followed = lit[literals[sl]].all(axis=2)  # (leaves, d, rows)
+                n, d = followed.shape[:2]
                 if table is None:
                     shares = _shares(values[sl], z[sl], followed.astype(np.float64))
-                    out += np.tensordot(shares, hot[:, sl], axes=([0, 1], [0, 1]))
-                    continue
-                n, d, patterns = *followed.shape[:2], table.shape[2]
-                entry = np.repeat((np.arange(n) * patterns)[:, None], len(x), axis=1)
-                for k in range(d):  # the entry of the leaf's table for the branches followed
-                    entry |= followed[:, k].astype(np.intp) << k
-                for j in range(d):  # per path feature: a lookup, then into its model input
-                    out += np.take(table[j, sl].reshape(-1), entry).T @ hot[j, sl]
+                else:
+                    patterns = table.shape[2]
+                    entry = np.repeat((np.arange(n) * patterns)[:, None], len(x), axis=1)
+                    for k in range(d):  # the entry of the leaf's table for the branches followed
+                        entry |= followed[:, k].astype(np.intp) << k
+                    shares = [np.take(table[j, sl].reshape(-1), entry) for j in range(d)]
+                for j in range(d):  # each path feature's share into its model input
+                    hot = np.zeros((n, len(self.inputs)))
+                    hot[np.arange(n), owner[sl, j]] = 1.0
+                    out += shares[j].T @ hot
         return out
 
 
