@@ -21,20 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.bench_scoring import CATEGORICAL, NUMERIC, fitted
+from bench.bench_scoring import CATEGORICAL, NUMERIC, _best_of, fitted
 from pipelines.core.config import load_config
 from pipelines.model.onnx_model import export, to_native_frame
 
 TOP_K = 3
-
-
-def _best_of(fn, repeats: int = 3) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def run(rows: int = 50_000) -> dict:
