@@ -12,7 +12,8 @@ champion at the end of the interval per the promotion history) → **plan_chunks
 interval's entity rows as chunks of `scoring.chunk_rows` → **score_chunk** (one mapped task per
 chunk, run in parallel): Feast point-in-time features, missing-feature policy, onnxruntime in
 batches of `scoring.batch_rows` (ONNX only, sha256 checked, MLflow pickle loading off) → one
-content-addressed part file → **validate_predictions**: the staged parts against the
+content-addressed part file (with `scoring.explain_top_k` > 0, each row's top contributions in a
+file beside it) → **validate_predictions**: the staged parts against the
 `predictions` expectation suite (skipped with the score tasks when the interval is empty) →
 **score**: check the whole output (row count = input − rejected, probabilities in [0, 1], no
 nulls, unique row keys), write `predictions/date=YYYY-MM-DD/_manifest.json` (the interval's

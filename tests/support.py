@@ -160,4 +160,4 @@ def scoring_state(root: Path, first: date, last: date, train: tuple[date, date],
                             {"request_features": request_spec_json(spec)} if spec else None)
     registry.promote(settings, cfg.registry.model_name, version, "test", "first", None)
     return {"cfg": cfg, "settings": settings, "train": frame, "version": version,
-            "fit": (numeric, categorical)}
+            "fit": (numeric, categorical), "pipe": pipe}

@@ -182,6 +182,8 @@ class ScoringConfig(_Frozen):
     batch_rows: int = Field(10_000, gt=0)  # rows per onnxruntime call inside a chunk
     missing_features: Literal["impute", "reject"] = "impute"
     backfill_model: Literal["current", "champion_at_interval"] = "current"
+    # per-row top contributions (TreeSHAP over the ONNX trees) beside each partition; 0: off
+    explain_top_k: int = Field(0, ge=0)
 
 
 class ServingLogConfig(_Frozen):

@@ -158,6 +158,9 @@ class Part(TypedDict):
     model_version: str
     missing_features: dict[str, Any]
     seconds: float
+    # the chunk's per-row top contributions (scoring.explain_top_k > 0), else None:
+    # file, sha256, rows, top_k, space, base_value
+    contributions: dict[str, Any] | None
 
 
 class Published(TypedDict):

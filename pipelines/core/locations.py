@@ -11,6 +11,7 @@ Partitions are named by data interval (`pipelines.core.intervals`): `date=D` for
     features/<source>/date=D.parquet              a Feast source partition (snapshot.parquet)
     training_sets/<start>_<end>.parquet           a window's point-in-time training set
     predictions/date=D/{part-*.parquet,_manifest.json}   a published prediction partition
+    predictions/date=D/contrib-*.parquet          its per-row top contributions (optional)
     predictions/_staging/date=D/                  chunk inputs of a scoring run in progress
     prediction_log/date=D/<stamp>-<host>-<pid>-<seq>.parquet   online predictions, by event day
     registry/history/<stamp>-<action>-v<N>.json   the promotion history (one event per file)
@@ -118,6 +119,12 @@ def predictions(settings: Settings, day: When) -> str:
     return join(settings.predictions_uri, partition(day))
 
 
+def contributions_name(chunk: int, sha256: str) -> str:
+    """The per-row top contributions of a chunk (`scoring.explain_top_k`): a file in its
+    prediction partition, named by content like a part file and published by the manifest."""
+    return f"contrib-{chunk:05d}-{sha256[:16]}.parquet"
+
+
 def manifest(settings: Settings, day: When) -> str:
     """A partition's manifest: the commit point, written last."""
     return join(predictions(settings, day), MANIFEST)
@@ -153,11 +160,16 @@ def monitoring_state(settings: Settings) -> str:
     return join(settings.registry_uri, "drift")
 
 
+def monitoring_records(settings: Settings, kind: str) -> str:
+    """The folder of every interval's record of `kind` (verdicts, quality, decisions, triggers)."""
+    return join(monitoring_state(settings), kind)
+
+
 def monitoring_record(settings: Settings, kind: str, day: When | str) -> str:
     """One interval's record of `kind` (verdicts, quality, decisions, triggers), named by its
     key (`registry/drift/verdicts/2013-06-01.json`)."""
     name = day if isinstance(day, str) else key(day)
-    return join(monitoring_state(settings), kind, f"{name}.json")
+    return join(monitoring_records(settings, kind), f"{name}.json")
 
 
 def drift_reference(settings: Settings, model: str, version: str) -> str:

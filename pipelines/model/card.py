@@ -6,7 +6,7 @@ Every number is read, never recomputed: the metrics and their intervals, per sli
 gates from the gate report (`gates/gate_report.json`, the run's metrics before the gates ran:
 the same ONNX scores, the same functions), the training data from the datasheet the training run
 logged, the explanation from its SHAP summary, the decision and approver from the promotion
-history. The card is written when the version is registered and again after its gates, its
+history, the previous champion's drift verdicts from monitoring's records. The card is written when the version is registered and again after its gates, its
 decision and its promotion or approval, so a rejected version has one too.
 """
 
@@ -85,7 +85,22 @@ def gather(cfg: Config, settings: Settings, version: str, mv: Any = None) -> dic
             "events": [e for e in history if e.get("model") == name
                        and str(e.get("to_version")) == str(version)],
             "champion_events": [e for e in history if champion and e.get("model") == name
-                                and str(e.get("to_version")) == str(champion)]}
+                                and str(e.get("to_version")) == str(champion)],
+            "champion_verdicts": champion_verdicts(settings, name, champion) if champion else []}
+
+
+def champion_verdicts(settings: Settings, name: str, version: str) -> list[dict[str, Any]]:
+    """The drift verdicts monitoring recorded for the intervals `version` of `name` scored
+    (`locations.monitoring_record`), oldest first."""
+    folder = locations.monitoring_records(settings, "verdicts")
+    out = []
+    for file in storage.listdir(folder):
+        if not file.endswith(".json") or file.startswith("."):  # ".tmp-*": a write under way
+            continue
+        verdict = _read_json(storage.join(folder, file)) or {}
+        if verdict.get("model") == name and str(verdict.get("model_version")) == str(version):
+            out.append({k: verdict.get(k) for k in ("date", "drift", "drift_share", "reason")})
+    return sorted(out, key=lambda v: str(v["date"]))
 
 
 def fmt(v: Any) -> str:
@@ -246,7 +261,22 @@ def limitations(cfg: Config, src: dict[str, Any]) -> list[str]:
     if gate.get("champion_version"):
         moves = "; ".join(f"{e.get('at', '')[:19]} {e['action']}" for e in src["champion_events"])
         out.append(f"- Previous champion v{gate['champion_version']}'s history: {moves or 'none'}")
+        out.append(drift_history(gate["champion_version"], src.get("champion_verdicts") or []))
     return out
+
+
+def drift_history(champion: str, verdicts: list[dict[str, Any]], shown: int = 10) -> str:
+    """One line: how many intervals the previous champion's drift checks covered, and the last
+    `shown` of those that found drift."""
+    if not verdicts:
+        return f"- Previous champion v{champion}'s drift verdicts: none recorded"
+    drifted = [v for v in verdicts if v.get("drift")]
+    line = (f"- Previous champion v{champion}'s drift verdicts: {len(verdicts)} intervals "
+            f"checked ({verdicts[0]['date']} to {verdicts[-1]['date']}), {len(drifted)} with drift")
+    if drifted:
+        line += ": " + "; ".join(f"{v['date']} (drift share {fmt(v.get('drift_share'))}: "
+                                 f"{v.get('reason')})" for v in drifted[-shown:])
+    return line
 
 
 def approval(src: dict[str, Any]) -> list[str]:

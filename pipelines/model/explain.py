@@ -74,21 +74,6 @@ def contributions(pipe: Any, frame: pd.DataFrame, numeric: list[str],
             "additivity_max_abs_error": errors[space]}
 
 
-def top_contributions(c: dict[str, Any], k: int) -> pd.DataFrame:
-    """Per row of `contributions(...)`, the `k` inputs with the largest absolute contribution:
-    `top<i>_feature` and `top<i>_shap` (in `c["space"]`), largest first. The shape a per-row
-    explanation of a batch partition would take; `bench/bench_explain.py` measures its cost."""
-    values = np.asarray(c["values"], float)
-    k = min(k, values.shape[1])
-    order = np.argsort(-np.abs(values), axis=1, kind="stable")[:, :k]
-    names = np.asarray(c["inputs"], dtype=object)
-    out = {}
-    for i in range(k):
-        out[f"top{i + 1}_feature"] = names[order[:, i]]
-        out[f"top{i + 1}_shap"] = values[np.arange(len(values)), order[:, i]]
-    return pd.DataFrame(out)
-
-
 def global_importance(cfg: ExplainConfig, pipe: Any, frame: pd.DataFrame, numeric: list[str],
                       categorical: list[str]) -> tuple[dict[str, Any], bytes]:
     """(summary, PNG plot): mean |SHAP| per model input on a sample of `frame` (the evaluation

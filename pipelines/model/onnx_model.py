@@ -21,10 +21,16 @@ def export(pipeline: Any, numeric: list[str], categorical: list[str]) -> bytes:
     inputs += [(c, StringTensorType([None, 1])) for c in categorical]
     # A fixed graph name: skl2onnx otherwise names the graph with a random uuid, and the same
     # model would get a different sha256 on every export.
+    from pipelines.model import tree_shap
+
     onx = convert_sklearn(pipeline, name="model", initial_types=inputs,
                           target_opset={"": 17, "ai.onnx.ml": 3},
                           options={id(pipeline): {"zipmap": False}})
-    return binary_trees_as_regressor(onx).SerializeToString()
+    onx = binary_trees_as_regressor(onx)
+    # the trees' node covers and the input of each encoded column, for TreeSHAP at scoring
+    # (inside the file, so its sha256 covers them)
+    tree_shap.record(onx, pipeline, numeric, categorical)
+    return onx.SerializeToString()
 
 
 def binary_trees_as_regressor(model: Any) -> Any:

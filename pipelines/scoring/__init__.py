@@ -15,6 +15,7 @@ _EXPORTS = {
     "score_interval": "run",
     "read_manifest": "io",
     "read_partition": "table",
+    "read_contributions": "table",
     "read_log": "table",
     "read_log_interval": "table",
     "predictions_relation": "table",

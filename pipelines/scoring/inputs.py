@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from pipelines.model.onnx_model import OnnxScorer
+    from pipelines.model.tree_shap import ExplainingScorer
 
     # a chunk's columns: a pandas frame, pandas or numpy columns by name, or an Arrow table
     Rows: TypeAlias = pd.DataFrame | Mapping[str, pd.Series | np.ndarray] | pa.Table
@@ -75,6 +76,16 @@ class ModelInputs:
             (out,) = scorer.session.run([scorer.prob_output], self.feeds(start, stop))
             probs[start:stop] = np.asarray(out)[:, 1].astype(np.float64)
         return probs
+
+    def explain(self, scorer: ExplainingScorer, batch_rows: int) -> tuple[np.ndarray, np.ndarray]:
+        """P(label = 1) per row (as `predict`) and its contributions (rows, `scorer.shap.inputs`),
+        `batch_rows` rows per onnxruntime call; the scorer checks that they add up."""
+        probs = np.empty(len(self), dtype=np.float64)
+        values = np.empty((len(self), len(scorer.shap.inputs)), dtype=np.float64)
+        for start in range(0, len(self), batch_rows):
+            stop = min(start + batch_rows, len(self))
+            probs[start:stop], _, values[start:stop] = scorer.explain(self.feeds(start, stop))
+        return probs, values
 
 
 def as_table(rows: Rows, columns: list[str]) -> pa.Table:

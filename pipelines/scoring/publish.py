@@ -86,11 +86,18 @@ def part_uris(settings: Settings, day: When, parts: list[dict[str, Any]]) -> lis
 
 
 def _check_staged(base: str, part: dict[str, Any], version: str) -> None:
-    uri = storage.join(base, part["file"])
-    if not storage.exists(uri):
-        raise FileNotFoundError(f"staged part {uri} is gone; re-run the interval")
-    if hashlib.sha256(storage.read_bytes(uri)).hexdigest() != part["sha256"]:
-        raise ValueError(f"staged part {uri} does not hold the bytes its task wrote")
+    for staged in [part, part.get("contributions") or {}]:
+        if not staged:
+            continue
+        uri = storage.join(base, staged["file"])
+        if not storage.exists(uri):
+            raise FileNotFoundError(f"staged file {uri} is gone; re-run the interval")
+        if hashlib.sha256(storage.read_bytes(uri)).hexdigest() != staged["sha256"]:
+            raise ValueError(f"staged file {uri} does not hold the bytes its task wrote")
+    if part.get("contributions") and part["contributions"]["rows"] != part["rows"]:
+        raise ValueError(f"{part['contributions']['file']} explains "
+                         f"{part['contributions']['rows']} rows, {part['file']} holds "
+                         f"{part['rows']}")
     if part["model_version"] != version:
         raise ValueError(f"{part['file']} was scored by v{part['model_version']}, the run pinned "
                          f"v{version}")
@@ -120,6 +127,11 @@ def publish(cfg: Config, settings: Settings, day: Interval | date, chunks: list[
     if policies != {cfg.scoring.missing_features}:
         raise ValueError(f"{day}: parts scored under missing_features {sorted(policies)}, this "
                          f"run is configured with {cfg.scoring.missing_features!r}; re-run it")
+    top_k = {(p.get("contributions") or {}).get("top_k", 0) for p in parts}
+    if top_k != {cfg.scoring.explain_top_k}:
+        raise ValueError(f"{day}: parts scored with explain_top_k {sorted(top_k)}, this run is "
+                         f"configured with scoring.explain_top_k={cfg.scoring.explain_top_k}; "
+                         f"re-run it")
     counts: dict[str, Any] = {}
     for part in parts:
         counts = add_counts(counts, {k: v for k, v in part["missing_features"].items()
@@ -128,6 +140,7 @@ def publish(cfg: Config, settings: Settings, day: Interval | date, chunks: list[
     stats = validate_parts(part_uris(settings, day, parts), input_rows - counts["rejected_rows"],
                            version)
     files = [p["file"] for p in parts]
+    explained = [p["contributions"] for p in parts if p.get("contributions")]
     manifest = {
         "date": day.key, "interval": [day.start.isoformat(), day.end.isoformat()],
         "files": files, "input_rows": input_rows,
@@ -146,6 +159,17 @@ def publish(cfg: Config, settings: Settings, day: Interval | date, chunks: list[
         "data_version": {**lineage(cfg, settings, [*lookback(cfg, day), day]),
                          "input_sha256": hashlib.sha256(
                              "".join(c["sha256"] for c in chunks).encode()).hexdigest()},
+        # per-row top contributions beside the parts (scoring.explain_top_k; None when off):
+        # base_value + top<i>_shap + rest_shap is each row's model output in `space`
+        "contributions": None if not explained else {
+            "top_k": cfg.scoring.explain_top_k,
+            "method": "path-dependent TreeSHAP over the ONNX trees (covers recorded at export)",
+            "space": next((c["space"] for c in explained if c["space"]), None),
+            "base_value": next((c["base_value"] for c in explained if c["space"]), None),
+            "files": [c["file"] for c in explained],
+            "parts": [{"chunk": p["chunk"], **{k: p["contributions"][k]
+                                               for k in ("file", "rows", "sha256")}}
+                      for p in parts]},
         "chunk_rows": cfg.scoring.chunk_rows, "batch_rows": cfg.scoring.batch_rows,
         "timings": {"plan_s": chunks[0]["plan_s"] if chunks else 0.0,
                     "score_s_total": round(sum(p["seconds"] for p in parts), 3),
@@ -153,8 +177,9 @@ def publish(cfg: Config, settings: Settings, day: Interval | date, chunks: list[
                     "publish_s": round(time.perf_counter() - t0, 3)},
     }
     storage.write_json(storage.join(base, locations.MANIFEST), manifest)  # the commit point
-    for name in storage.listdir(base):  # parts of earlier runs, and leftovers of killed ones
-        if name != locations.MANIFEST and name not in files:
+    keep = {locations.MANIFEST, *files, *(c["file"] for c in explained)}
+    for name in storage.listdir(base):  # files of earlier runs, and leftovers of killed ones
+        if name not in keep:
             storage.remove(storage.join(base, name))
     storage.remove(locations.staging(settings, day), recursive=True)
     log.info("score: published %s: %d of %d rows with %s v%s into %s", day.key, stats["rows"],

@@ -109,8 +109,10 @@ def plan_interval(cfg: Config, settings: Settings, day: Interval | date) -> list
 
 # -- score: one chunk -> one part file -----------------------------------------------------------
 
-def load_scorer(settings: Settings, model: ModelPin | dict[str, Any]) -> OnnxScorer:
-    """An onnxruntime session for the pinned version.
+def load_scorer(settings: Settings, model: ModelPin | dict[str, Any],
+                explain_top_k: int = 0) -> OnnxScorer:
+    """An onnxruntime session for the pinned version (with `explain_top_k`, one that also
+    explains each row by TreeSHAP over the file's own trees).
 
     The ONNX location, its sha256 and the inputs are read again from the registry by name and
     version (never trusted from the task payload), must agree with what the run pinned, and the
@@ -118,6 +120,7 @@ def load_scorer(settings: Settings, model: ModelPin | dict[str, Any]) -> OnnxSco
     """
     from pipelines.model.onnx_model import OnnxScorer
     from pipelines.model.registry import load_onnx
+    from pipelines.model.tree_shap import ExplainingScorer
 
     pinned = describe_version(settings, model["model"], str(model["version"]))
     for key in ("onnx_uri", "onnx_sha256", "numeric", "categorical", "request_features"):
@@ -126,7 +129,14 @@ def load_scorer(settings: Settings, model: ModelPin | dict[str, Any]) -> OnnxSco
                 f"{model['model']} v{model['version']}: the run pinned {key}={model[key]!r} "
                 f"but the registry holds {pinned[key]!r}; refusing to score")
     data = load_onnx(settings, pinned["onnx_uri"], pinned["onnx_sha256"])
-    return OnnxScorer(data, pinned["numeric"], pinned["categorical"])
+    if not explain_top_k:
+        return OnnxScorer(data, pinned["numeric"], pinned["categorical"])
+    try:
+        return ExplainingScorer(data, pinned["numeric"], pinned["categorical"])
+    except ValueError as exc:
+        raise ValueError(f"scoring.explain_top_k={explain_top_k}: {model['model']} "
+                         f"v{model['version']} cannot be explained per row: {exc}; retrain it "
+                         f"or set scoring.explain_top_k: 0") from exc
 
 
 def read_chunk(chunk: Chunk) -> pa.Table:
@@ -153,7 +163,7 @@ def score_chunk(cfg: Config, settings: Settings, day: Interval | date, chunk: Ch
     t0 = time.perf_counter()
     day = cfg.grain.interval(day)
     rows = read_chunk(chunk)
-    scorer = load_scorer(settings, model)
+    scorer = load_scorer(settings, model, cfg.scoring.explain_top_k)
     spec = model.get("request_features")  # a payload without it: the registry's
     if spec is None:
         spec = describe_version(settings, model["model"], str(model["version"]))["request_features"]

@@ -38,6 +38,22 @@ def read_partition(settings: Settings, day: When) -> pd.DataFrame:
     return pa.concat_tables(tables).to_pandas() if tables else pd.DataFrame()
 
 
+def read_contributions(settings: Settings, day: When) -> pd.DataFrame:
+    """The per-row top contributions published beside an interval's predictions
+    (`scoring.explain_top_k`; `parts.contributions_schema`), in the partition's row order."""
+    import pyarrow as pa
+
+    manifest = read_manifest(settings, day)
+    if manifest is None:
+        raise FileNotFoundError(f"no published prediction partition for {day}")
+    if not manifest.get("contributions"):
+        raise FileNotFoundError(f"the partition of {day} was published without contributions "
+                                f"(scoring.explain_top_k was 0)")
+    base = locations.predictions(settings, day)
+    files = manifest["contributions"]["files"]
+    return pa.concat_tables([read_table(storage.join(base, f)) for f in files]).to_pandas()
+
+
 # What a prediction-log row holds besides the columns of a prediction partition
 # (`parts.output_schema`): the V2 request id, the alias that served it, the server-side time from
 # request to response, and when it was served.

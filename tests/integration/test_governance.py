@@ -221,3 +221,30 @@ def test_a_promotion_by_hand_is_recorded_in_the_card(cfg, unfair):
     _, body = _card(settings, cfg, version)
     assert "status: **forced_promote** (by carol)" in body
     assert "**rejected** by alice" in body  # the earlier decision stays in the approval record
+
+
+def test_the_previous_champions_drift_verdicts_are_in_the_challengers_card(cfg, fair):
+    """Monitoring's drift verdicts of the intervals the champion scored, as `check_interval`
+    records them (`locations.monitoring_record`), listed in the next challenger's card."""
+    from pipelines.core import locations
+
+    settings, champion = fair["settings"], fair["trained"]["version"]
+    name = cfg.registry.model_name
+    assert registry.resolve_champion(settings, name)["version"] == champion
+    records = [("2013-02-02", champion, True, 0.5, "3 of 6 features drifted"),
+               ("2013-02-01", champion, False, 0.0, "no drift"),
+               ("2013-01-31", "99", True, 0.9, "another version's")]
+    for day, version, drift, share, reason in records:
+        storage.write_json(locations.monitoring_record(settings, "verdicts", day),
+                           {"date": day, "model": name, "model_version": version, "drift": drift,
+                            "drift_share": share, "reason": reason, "thresholds": {}})
+    assert [v["date"] for v in card.champion_verdicts(settings, name, champion)] == [
+        "2013-02-01", "2013-02-02"]
+
+    challenger = _train_and_gate(cfg, Path(settings.state_uri), fair["training_set"])
+    assert challenger["report"]["champion_version"] == champion
+    _, body = _card(settings, cfg, challenger["trained"]["version"])
+    assert (f"- Previous champion v{champion}'s drift verdicts: 2 intervals checked (2013-02-01 "
+            f"to 2013-02-02), 1 with drift: 2013-02-02 (drift share 0.5000: 3 of 6 features "
+            f"drifted)") in body
+    assert "another version's" not in body

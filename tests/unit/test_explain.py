@@ -80,13 +80,17 @@ def test_a_model_shap_cannot_explain_fails_loudly():
 
 
 def test_top_contributions_are_each_rows_largest_in_absolute_value():
-    from pipelines.model.explain import top_contributions
+    import pyarrow as pa
+
+    from pipelines.scoring.parts import contributions_table  # what batch scoring writes
 
     pipe, x = _fitted("sklearn.ensemble.GradientBoostingClassifier",
                       {"n_estimators": 40, "max_depth": 3, "random_state": 0})
     c = contributions(pipe, x.head(100), ["a", "b", "noise"], ["g"])
-    top = top_contributions(c, 2)
-    assert list(top.columns) == ["top1_feature", "top1_shap", "top2_feature", "top2_shap"]
+    top = contributions_table(pa.array([str(i) for i in range(100)]), c["values"], c["inputs"],
+                              c["base_value"], 2).to_pandas()
+    assert list(top.columns) == ["row_key", "top1_feature", "top1_shap", "top2_feature",
+                                 "top2_shap", "rest_shap", "base_value"]
     for i in range(100):
         row = dict(zip(c["inputs"], c["values"][i], strict=True))
         ranked = sorted(row, key=lambda f: -abs(row[f]))
