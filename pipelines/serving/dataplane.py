@@ -362,6 +362,13 @@ class DataPlane:
             bounds.append((first, last))
             first = last
         done, now = time.perf_counter(), datetime.now(UTC)
+        if len(requests) > 1 and not any(shadows):  # one log table: each row its request's
+            rows = [r.rows for r in requests]
+            self.log.append(log_table(
+                inputs, probabilities, served.described,
+                np.repeat(np.array([r.id for r in requests], dtype=object), rows),
+                served.alias, np.repeat([done - at for at in started], rows), now))
+            shadows = []  # nothing left to log one by one
         for request, at, shadow, (first, last) in zip(requests, started, shadows, bounds):
             mine = inputs if len(requests) == 1 else inputs.slice(first, last)
             p = probabilities[first:last]

@@ -40,10 +40,12 @@ Shadowed = tuple[str, str, "np.ndarray | None", str]
 
 
 def log_table(inputs: ModelInputs, probabilities: np.ndarray, model: dict[str, Any],
-              request_id: str, variant: str, latency_s: float, served_at: datetime,
-              shadow: Shadowed | None = None) -> pa.Table:
+              request_id: str | np.ndarray, variant: str, latency_s: float | np.ndarray,
+              served_at: datetime, shadow: Shadowed | None = None) -> pa.Table:
     """A request's rows as prediction-log rows: the partition's columns + LOG_COLUMNS
-    (`shadow`: the mirror's alias, version, probabilities or None, and status)."""
+    (`shadow`: the mirror's alias, version, probabilities or None, and status). Requests
+    answered in one pass may be logged in one table: `request_id` and `latency_s` then give
+    each row its request's."""
     import pyarrow as pa
 
     from pipelines.scoring.parts import part_table
@@ -51,9 +53,12 @@ def log_table(inputs: ModelInputs, probabilities: np.ndarray, model: dict[str, A
 
     table, n = part_table(inputs, probabilities, model), len(inputs)
     alias, version, shadow_p, status = shadow or (None, None, None, None)
-    extra = [pa.repeat(pa.scalar(request_id, pa.string()), n),
+    per_row = isinstance(request_id, np.ndarray)
+    extra = [pa.array(request_id, pa.string()) if per_row
+             else pa.repeat(pa.scalar(request_id, pa.string()), n),
              pa.repeat(pa.scalar(variant, pa.string()), n),
-             pa.repeat(pa.scalar(round(latency_s * 1000, 3), pa.float64()), n),
+             pa.array(np.round(np.asarray(latency_s, dtype=np.float64) * 1000, 3))
+             if per_row else pa.repeat(pa.scalar(round(latency_s * 1000, 3), pa.float64()), n),
              pa.repeat(pa.scalar(served_at, pa.timestamp("us", tz="UTC")), n),
              pa.repeat(pa.scalar(alias, pa.string()), n),
              pa.repeat(pa.scalar(version, pa.string()), n),
