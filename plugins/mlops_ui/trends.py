@@ -40,9 +40,8 @@ class VerdictFiles:
 
     def _days(self, kind: str) -> list[date]:
         """Days with a record of `kind`: the names in its folder that are its records."""
-        folder = locations.monitoring_record(self.settings, kind, date.min).rsplit("/", 1)[0]
         out = []
-        for name in storage.listdir(folder):
+        for name in storage.listdir(locations.monitoring_records(self.settings, kind)):
             try:
                 day = date.fromisoformat(name.rsplit(".", 1)[0])
             except ValueError:
