@@ -268,7 +268,7 @@ class DataPlane:
         when the request arrived."""
         answer = self.infer_many([Call(served, routed, body, header_length, sticky_header,
                                        started)])[0]
-        if isinstance(answer, BaseException):
+        if isinstance(answer, Exception):
             raise answer
         return answer
 
@@ -282,11 +282,12 @@ class DataPlane:
         answers: list[Answer | None] = [None] * len(calls)
         groups: dict[tuple, list[tuple[int, Call, ServedModel, InferRequest,
                                        ServedModel | None]]] = {}
+        optional = self.supplied_inputs()  # the same for every request of the pass
         for i, call in enumerate(calls):
             served = call.served
             try:
                 request = protocol.decode(call.body, call.header_length, self.declared,
-                                          self.cfg.serving.max_rows, self.supplied_inputs())
+                                          self.cfg.serving.max_rows, optional)
                 request.id = request.id or uuid.uuid4().hex
                 shadow = None
                 if call.routed:
@@ -368,16 +369,16 @@ class DataPlane:
                 inputs, probabilities, served.described,
                 np.repeat(np.array([r.id for r in requests], dtype=object), rows),
                 served.alias, np.repeat([done - at for at in started], rows), now))
-            shadows = []  # nothing left to log one by one
-        for request, at, shadow, (first, last) in zip(requests, started, shadows, bounds):
-            mine = inputs if len(requests) == 1 else inputs.slice(first, last)
-            p = probabilities[first:last]
-            if shadow is not None:  # logged with the shadow's answer, after it
-                self.shadow.submit(ShadowJob(served, shadow, request.columns, mine, p,
-                                             request.id, done - at, now))
-            else:
-                self.log.append(log_table(mine, p, served.described, request.id,
-                                          served.alias, done - at, now))
+        else:
+            for request, at, shadow, (first, last) in zip(requests, started, shadows, bounds):
+                mine = inputs if len(requests) == 1 else inputs.slice(first, last)
+                p = probabilities[first:last]
+                if shadow is not None:  # logged with the shadow's answer, after it
+                    self.shadow.submit(ShadowJob(served, shadow, request.columns, mine, p,
+                                                 request.id, done - at, now))
+                else:
+                    self.log.append(log_table(mine, p, served.described, request.id,
+                                              served.alias, done - at, now))
         finished = time.perf_counter()
         for _ in requests:
             metrics.POSTPROCESS.labels(self.name).observe(finished - encoding)
