@@ -314,10 +314,31 @@ def _server(state: dict, folder: Path, name: str, port: int, params: Path | None
     return proc, log
 
 
-def run(rows: int = 100) -> dict:
-    """1-row and `rows`-row requests on every side; see the module docstring."""
+def _variant(state: dict, folder: Path, name: str, procs: list, logs: list,
+             serving: dict) -> tuple[subprocess.Popen, int]:
+    """Our server with `serving` settings changed in its params.yaml (merged key by key),
+    started and settled (its process and log kept in `procs` and `logs`); the process and its
+    port."""
     import yaml
 
+    def merged(base: dict, over: dict) -> dict:
+        return {**base, **{k: merged(base[k], v) if isinstance(v, dict)
+                           and isinstance(base.get(k), dict) else v for k, v in over.items()}}
+
+    params = yaml.safe_load((folder / "params.yaml").read_text())
+    params["serving"] = merged(params["serving"], serving)
+    (folder / f"params-{name}.yaml").write_text(yaml.safe_dump(params))
+    port = _port()
+    proc, log = _server(state, folder, name, port, folder / f"params-{name}.yaml")
+    procs.append(proc)
+    logs.append(log)
+    _wait(f"http://127.0.0.1:{port}/v2/health/ready", proc, folder / f"{name}.log")
+    _settled([proc])
+    return proc, port
+
+
+def run(rows: int = 100) -> dict:
+    """1-row and `rows`-row requests on every side; see the module docstring."""
     from pipelines.data.events import entity_rows
     from pipelines.model import registry
     from pipelines.scoring.table import read_partition
@@ -336,7 +357,7 @@ def run(rows: int = 100) -> dict:
     token = Path(ensure_token(settings.token_path)).read_text().strip()
     auth = {"Authorization": f"Bearer {token}"}
     path = f"/v2/models/{MODEL}/infer"
-    ours_port, peer_port, shadow_port = _port(), _port(), _port()
+    ours_port, peer_port = _port(), _port()
     ours, ours_log = _server(state, folder, "ours", ours_port)
     mlflow = str(Path(sys.executable).parent / "mlflow")
     peer_log = open(folder / "peer.log", "w")
@@ -411,16 +432,9 @@ def run(rows: int = 100) -> dict:
         # a 100% shadow: the challenger alias (the same version) mirrors every request
         client = registry.client(settings)
         client.set_registered_model_alias(MODEL, registry.CHALLENGER, state["version"])
-        params = yaml.safe_load((folder / "params.yaml").read_text())
-        params["serving"]["aliases"] = ["champion", "challenger"]
-        params["serving"]["routing"]["mirror"] = {"alias": "challenger", "percent": 100}
-        (folder / "params-shadow.yaml").write_text(yaml.safe_dump(params))
-        shadowed, shadow_log = _server(state, folder, "shadow", shadow_port,
-                                       folder / "params-shadow.yaml")
-        procs.append(shadowed)
-        logs.append(shadow_log)
-        _wait(f"http://127.0.0.1:{shadow_port}/v2/health/ready", shadowed, folder / "shadow.log")
-        _settled([shadowed])
+        shadowed, shadow_port = _variant(state, folder, "shadow", procs, logs, {
+            "aliases": ["champion", "challenger"],
+            "routing": {"mirror": {"alias": "challenger", "percent": 100}}})
         chunks = [raw.iloc[i:i + 1] for i in range(200)]
         bodies = [_v2_body(c, declared) for c in chunks]
         with_shadow = _fixed(shadow_port, path, bodies, auth, RATE)
@@ -431,15 +445,8 @@ def run(rows: int = 100) -> dict:
         shadowed.terminate()
         shadowed.wait(timeout=60)
         # requests that wait together scored one by one (serving.max_batch_requests: 1)
-        params = yaml.safe_load((folder / "params.yaml").read_text())
-        params["serving"]["max_batch_requests"] = 1
-        (folder / "params-one.yaml").write_text(yaml.safe_dump(params))
-        one_port = _port()
-        one, one_log = _server(state, folder, "one-by-one", one_port, folder / "params-one.yaml")
-        procs.append(one)
-        logs.append(one_log)
-        _wait(f"http://127.0.0.1:{one_port}/v2/health/ready", one, folder / "one-by-one.log")
-        _settled([one])
+        _, one_port = _variant(state, folder, "one-by-one", procs, logs,
+                               {"max_batch_requests": 1})
         sides = {}
         for name, port in (("one_by_one", one_port), ("together", ours_port)):
             top = _wrk(f"http://127.0.0.1:{port}{path}", bodies,
