@@ -134,7 +134,7 @@ def training():
     @task(pool=REGISTRY_POOL, outlets=[Asset(CHAMPION_ASSET)],
           trigger_rule="none_failed_min_one_success")
     def promote(**context) -> dict:
-        from airflow.exceptions import AirflowSkipException
+        from airflow.sdk.exceptions import AirflowSkipException
 
         from pipelines.model.promotion import promote_decided
 
