@@ -58,7 +58,6 @@ def _mlflow_tracking_uri_does_not_leak():
     _restore_tracking_uri(before)
 
 
-
 # The longest files first. `make test` hands whole files to its workers (`--dist loadfile`) in
 # collection order, and a file that starts last is waited for alone: longest first keeps the
 # workers busy to the end. Seconds of one file alone, CI run of 2026-12-06 (2 workers, 2 cores).
@@ -80,6 +79,7 @@ def pytest_collection_modifyitems(config, items):  # noqa: ARG001 - pytest hook 
     the order they were collected (the browser tests share one session in file order)."""
     rank = {path: i for i, path in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))
+
 
 def pytest_sessionfinish(session, exitstatus):  # noqa: ARG001 - pytest hook signature
     """Remove the session's state folder unless asked to keep it for debugging."""
