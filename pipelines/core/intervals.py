@@ -40,6 +40,13 @@ class Interval:
     nominal_days: float = 1.0  # its length by the calendar (a 23-hour DST day counts as 1)
 
     @property
+    def last(self) -> datetime:
+        """Its last instant (`end` minus 1 µs): what a closed window over it ends at. Feast's
+        materialisation and the point-in-time join both include their end; the row stamped
+        exactly at `end` belongs to the next interval and may not have landed yet."""
+        return self.end - timedelta(microseconds=1)
+
+    @property
     def label(self) -> str:
         """The partition folder name (`date=2013-06-01`)."""
         return f"{self.prefix}={self.key}"

@@ -4,7 +4,10 @@ Feast's `materialize(start, end)` loads the latest row per entity with an event 
 [start, end] and overwrites the online value unconditionally (the SQLite store does not compare
 timestamps), and its online read does not apply TTLs. So, per interval:
 
-- the end is the later of the interval's end and the latest end any view was materialised to:
+- the end is the later of the interval's last instant (`Interval.last`: intervals are
+  half-open, Feast's windows closed, so the row stamped exactly at the interval's end is the
+  next interval's, whether or not its sources are built yet) and the latest end any view was
+  materialised to:
   re-running an old interval rewrites the values the store already holds instead of rolling it
   back, so a re-run changes nothing;
 - the start reaches back `lateness_days` before the interval (late rows of those days are
@@ -62,7 +65,7 @@ def materialization_plan(store: "FeatureStore", day: Interval | date, lateness_d
     iv = as_interval(day)
     views = [fv for fv in store.list_feature_views() if fv.online and getattr(fv, "enabled", True)]
     ends = [_utc(fv.most_recent_end_time) for fv in views if fv.most_recent_end_time]
-    end = max([iv.end, *ends])
+    end = max([iv.last, *ends])
     earliest = iv.start - timedelta(days=lateness_days)
     return end, {fv.name: (min(earliest, end - fv.ttl) if fv.ttl else EPOCH) for fv in views}
 

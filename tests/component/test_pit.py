@@ -371,6 +371,30 @@ def test_check_skew_serves_sampled_events_with_the_configured_request_features(f
     assert summary["request_rows"] == n and summary["compared"] > n * 2
 
 
+def test_the_next_intervals_sources_built_between_materialize_and_check_are_no_skew(flights):
+    """Intervals are half-open: the weather row stamped exactly at 8 January 00:00 is the next
+    interval's. The scoring DAG, running beside the materialisation, may build 8 January's
+    sources between `materialize` and `check_skew` of 7 January; the check must still compare
+    the same rows the store was loaded with (it failed on this race before)."""
+    from datetime import date
+
+    from pipelines.core.settings import get_settings
+    from pipelines.data.ingest import ingest
+    from pipelines.features.online import check_skew, materialize
+    from pipelines.features.sources import build_feature_sources
+
+    cfg, _, _ = flights
+    settings = get_settings()
+    done = materialize(cfg, settings, date(2013, 1, 7))
+    assert done["as_of"] == "2013-01-07T23:59:59.999999+00:00"
+    ingest(cfg, settings.landing_uri, date(2013, 1, 8), date(2013, 1, 9))
+    build_feature_sources(cfg, settings, date(2013, 1, 8))
+    weather = pd.read_parquet(f"{settings.features_uri}/weather/date=2013-01-08.parquet")
+    assert (weather["event_timestamp"] == pd.Timestamp("2013-01-08", tz="UTC")).any()
+    summary = check_skew(cfg, settings, done["as_of"])
+    assert summary["compared"] > 0
+
+
 # -- lineage: a model is scored with the request-time spec it was trained with -----------------
 
 def test_a_model_is_scored_with_the_request_spec_it_was_trained_with(flights, tmp_path,
