@@ -89,6 +89,8 @@ def airflow_env(root: Path, db_url: str, broker_url: str, api_port: int) -> dict
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": sqla,
         "AIRFLOW__CELERY__BROKER_URL": broker_url,
         "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + sqla,
+        # Airflow's Celery settings, and workers that import the heavy libraries before forking
+        "AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS": "pipelines.core.celery_config.CELERY_CONFIG",
         "AIRFLOW__CORE__FERNET_KEY": keys["AIRFLOW__CORE__FERNET_KEY"],
         "AIRFLOW__API_AUTH__JWT_SECRET": keys["AIRFLOW__API_AUTH__JWT_SECRET"],
         "AIRFLOW__API__SECRET_KEY": keys["AIRFLOW__API__SECRET_KEY"],

@@ -40,8 +40,9 @@ The online model server (`python -m pipelines.serving`, `make serve`):
     MLOPS_SERVING_LOG_FLUSH_SECONDS=5        a worker writes its prediction log at least this often
     PROMETHEUS_MULTIPROC_DIR                 per-process metric files, summed by /metrics (default
                                              <state>/serving/metrics, emptied by the launcher)
-    MLOPS_EXECUTOR_PRELOAD=<PRELOAD>         modules an Airflow LocalExecutor worker imports before
-                                             its first task (pipelines.core.executor; "" = none)
+    MLOPS_EXECUTOR_PRELOAD=<PRELOAD>         modules an Airflow worker imports before its first task
+                                             (LocalExecutor: pipelines.core.executor; Celery:
+                                             pipelines.core.celery_config; "" = none)
 """
 
 from __future__ import annotations
