@@ -29,7 +29,10 @@ from pipelines.core import locations
 
 REPO = Path(__file__).resolve().parents[3]
 SERVED_DAY = date(2013, 1, 9)  # scored by batch and online
-AS_OF_TIME = "2013-01-09T02:00:00Z"  # events whose prediction time is the store's as-of time
+# events whose prediction time (2 hours before) is the last hour the online store holds: it is
+# materialised for 8 January, as of its last instant (2013-01-08T23:59:59.999999; a row stamped
+# at midnight is the next interval's), so batch scoring's offline join sees the same rows
+AS_OF_TIME = "2013-01-09T01:00:00Z"
 ENV_KEYS = ("MLOPS_STATE_URI", "MLOPS_PARAMS", "FEAST_REGISTRY_PATH", "FEAST_ONLINE_PATH",
             "MLFLOW_TRACKING_URI")
 

@@ -54,8 +54,8 @@ def infer_inputs(client, token: str, rows: pd.DataFrame, binary: bool = True) ->
 
 def test_online_scores_are_batch_scores_and_the_log_reads_as_their_partition(server,
                                                                                served_state):
-    """The flights whose prediction time is the online store's as-of time, scored through the
-    server (binary tensors, then JSON), get exactly the probabilities batch scoring published
+    """The flights whose prediction time is the last hour the online store holds, scored
+    through the server (binary tensors, then JSON), get exactly the probabilities batch scoring published
     for them, under the same row keys; the prediction log reads back as `read_partition` reads
     those rows (every column, dtype and value)."""
     srv, token, _ = server
