@@ -67,14 +67,18 @@ def _timestamps(values: pd.Series, what: str) -> pd.Series:
     return parse_utc(values, what)
 
 
-def _calendar(name: str, feat: CalendarFeature, frame: pd.DataFrame) -> dict[str, pd.Series]:
+def _calendar(name: str, feat: CalendarFeature, frame: pd.DataFrame
+              ) -> dict[str, pd.Series | np.ndarray]:
     what = f"features.request_time.{name}"
     local = _timestamps(frame[feat.input], f"{what}: {feat.input}").dt.tz_convert(feat.timezone)
     missing = local.isna()
     out = {}
     for fld in feat.fields:  # the array's fields: numpy, without a Series per step
-        values = pd.Series(np.asarray(getattr(local.array, fld), dtype=np.float64),
-                           index=local.index)  # NaT -> NaN
+        field = getattr(local.array, fld)
+        if not missing.any():  # whole numbers, nothing to null, fill or refuse
+            out[fld] = np.asarray(field, dtype=np.int64)
+            continue
+        values = pd.Series(np.asarray(field, dtype=np.float64), index=local.index)  # NaT: NaN
         out[fld] = apply_missing(values, missing, "int64", feat.on_missing, feat.fill_value,
                                  f"{what}.{fld} ({feat.input} in {feat.timezone})")
     return out
