@@ -179,7 +179,8 @@ def _view_sql(con: "duckdb.DuckDBPyConnection", spec: ViewSpec, i: int, cutoff: 
 
 def retrieve(entities: "pd.DataFrame", specs: list[ViewSpec], timestamp_col: str,
              cutoff: bool = True, con: "duckdb.DuckDBPyConnection | None" = None) -> "pa.Table":
-    """Feature columns (`<view>__<feature>`) for every entity row, in entity row order.
+    """Feature columns (`<view>__<feature>`) for every entity row, in entity row order
+    (both checked: `_join`).
 
     `entities` holds `timestamp_col` (timezone-aware) and every view's entity join columns.
     Exactly one output row per entity row, duplicates included.
@@ -234,7 +235,15 @@ def retrieve_table(entities: "pa.Table", specs: list[ViewSpec], timestamp_col: s
 
 def _join(con: "duckdb.DuckDBPyConnection", entities: "pa.Table", specs: list[ViewSpec],
           cutoff: bool) -> "pa.Table":
-    """The point-in-time join of `entities` (ROW, AT, entity join columns) with every view."""
+    """The point-in-time join of `entities` (ROW = 0..n-1, AT, entity join columns) with every
+    view: the feature columns, one row per entity row in entity row order.
+
+    Both are checked here, where the order is produced: the query also returns each output
+    row's entity row number, which must be exactly 0..n-1 (then dropped: with no view, the
+    output is that column alone, as it always was).
+    """
+    import numpy as np
+
     con.register("__entities", entities)
     ctes = [f"e AS (SELECT * REPLACE ({AT}::TIMESTAMPTZ AS {AT}) FROM __entities)"]
     joins, cols = [], []
@@ -243,13 +252,18 @@ def _join(con: "duckdb.DuckDBPyConnection", entities: "pa.Table", specs: list[Vi
         ctes += c
         joins.append(j)
         cols += out
-    sql = (f"WITH {', '.join(ctes)} SELECT {', '.join(cols) or 'e.' + ROW} FROM e "
+    sql = (f"WITH {', '.join(ctes)} SELECT {', '.join([f'e.{ROW} AS {ROW}', *cols])} FROM e "
            f"{' '.join(joins)} ORDER BY e.{ROW}")
     try:
         table = con.sql(sql).to_arrow_table()
     finally:
         con.unregister("__entities")
-    if table.num_rows != entities.num_rows:
-        raise ValueError(f"point-in-time join returned {table.num_rows} rows for "
-                         f"{entities.num_rows} entity rows")
-    return table
+    n = entities.num_rows
+    if table.num_rows != n:
+        raise ValueError(f"point-in-time join returned {table.num_rows} rows for {n} entity rows")
+    row = table[ROW].to_numpy()
+    wrong = np.flatnonzero(row != np.arange(n, dtype=row.dtype))
+    if wrong.size:
+        raise ValueError(f"point-in-time join returned rows out of entity-row order: output row "
+                         f"{wrong[0]} is entity row {row[wrong[0]]} ({wrong.size} rows misplaced)")
+    return table.drop_columns([ROW]) if cols else table

@@ -6,6 +6,11 @@ The fast path is `pipelines.features.pit` (DuckDB ASOF joins proven equal to Fea
 Feast does not make: exactly one output row per entity row, in order, dtypes as the feature
 views declare, timezone-aware timestamps only. With `features.created_timestamp_cutoff` a row
 at time T sees only values known by T: a correction never leaks into rows before it arrived.
+
+The order is checked where it is produced: in `pit._join` (the entity row numbers the join
+returns must be 0..n-1) and in `_feast_features` (Feast's rows are put in entity row order by
+their row keys, each of which must be found exactly once). The output holds the entity rows'
+own columns, so the order cannot be checked on it afterwards.
 """
 
 from __future__ import annotations
@@ -128,6 +133,14 @@ def historical_features_table(store: "FeatureStore", service_name: str, rows: "p
 
 def _feast_features(store: "FeatureStore", service_name: str, entity_df: pd.DataFrame,
                     cutoff: bool) -> pd.DataFrame:
+    """Feast's features for the entity rows, in their order.
+
+    Feast returns its rows in an order of its own: they are put in entity row order by their
+    row keys, which must be the entity rows' keys, each exactly once (the entity rows' keys
+    are unique), so that the reordering is a permutation onto the entity rows.
+    """
+    import numpy as np
+
     service = store.get_feature_service(service_name)
     out = store.get_historical_features(entity_df=entity_df, features=service,
                                         full_feature_names=True,
@@ -135,8 +148,13 @@ def _feast_features(store: "FeatureStore", service_name: str, entity_df: pd.Data
     if len(out) != len(entity_df) or out[ROW_KEY].duplicated().any():
         raise ValueError(f"feature retrieval returned {len(out)} rows for {len(entity_df)} entity "
                          f"rows ({int(out[ROW_KEY].duplicated().sum())} duplicated keys)")
-    order = pd.Series(range(len(out)), index=out[ROW_KEY])
-    out = out.iloc[order.reindex(entity_df[ROW_KEY]).to_numpy()].reset_index(drop=True)
+    position = pd.Series(np.arange(len(out)), index=out[ROW_KEY]).reindex(entity_df[ROW_KEY])
+    missing = position.isna().to_numpy()
+    if missing.any():
+        raise ValueError(f"feature retrieval returned no row for {int(missing.sum())} of "
+                         f"{len(entity_df)} entity rows, e.g. {ROW_KEY} "
+                         f"{entity_df[ROW_KEY].to_numpy()[missing][0]!r}")
+    out = out.iloc[position.to_numpy(dtype=np.int64)].reset_index(drop=True)
     return out[feature_columns(out)]
 
 
@@ -162,10 +180,16 @@ def _dtype_ok(declared: object, series: pd.Series) -> bool:
 
 def check_retrieval(out: pd.DataFrame, rows: pd.DataFrame,
                     schema: dict[str, tuple[str, str, object]]) -> None:
-    """Exactly one output row per entity row, in order, and dtypes as the views declare."""
-    if len(out) != len(rows) or not out[ROW_KEY].equals(rows[ROW_KEY].reset_index(drop=True)):
-        raise ValueError(f"feature retrieval returned {len(out)} rows for {len(rows)} entity rows "
-                         "(or not in their order)")
+    """Exactly one output row per entity row, and dtypes as the views declare.
+
+    `out` is `rows` with the feature columns appended, so its keys are `rows`' own whatever
+    the retrieval did: the order is checked where it is produced (`pit._join`,
+    `_feast_features`), not here. The row count catches feature rows that do not line up with
+    the entity rows in `pd.concat` (more of them, or another index, add rows); fewer feature
+    rows would be filled with nulls, which the retrievals' own row counts refuse.
+    """
+    if len(out) != len(rows):
+        raise ValueError(f"feature retrieval returned {len(out)} rows for {len(rows)} entity rows")
     _check_schema(out.columns, schema, lambda col: out[col].dtype,
                   lambda declared, col: _dtype_ok(declared, out[col]))
 
@@ -197,10 +221,15 @@ def _arrow_dtype_ok(declared: object, col: "pa.ChunkedArray") -> bool:
 
 def check_retrieval_table(out: "pa.Table", rows: "pa.Table",
                           schema: dict[str, tuple[str, str, object]]) -> None:
-    """`check_retrieval` of an Arrow retrieval (dtypes as `to_pandas()` would give them)."""
-    if out.num_rows != rows.num_rows or not out[ROW_KEY].equals(rows[ROW_KEY]):
+    """`check_retrieval` of an Arrow retrieval (dtypes as `to_pandas()` would give them).
+
+    As there, the order is checked where it is produced (`pit._join`), not here. The row count
+    is for an `out` built otherwise: `historical_features_table` builds it with
+    `append_column`, which already refuses a column of another length.
+    """
+    if out.num_rows != rows.num_rows:
         raise ValueError(f"feature retrieval returned {out.num_rows} rows for {rows.num_rows} "
-                         "entity rows (or not in their order)")
+                         "entity rows")
     _check_schema(out.column_names, schema, lambda col: out[col].type,
                   lambda declared, col: _arrow_dtype_ok(declared, out[col]))
 

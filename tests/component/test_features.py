@@ -12,6 +12,7 @@ import sqlite3
 from dataclasses import replace
 from datetime import date, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -152,12 +153,22 @@ def test_retrieval_check_accepts_nullable_ints_and_names_bad_dtypes():
     assert "plane_fv.year: declared Float64, got object" in str(err.value)
 
 
-@pytest.mark.parametrize("out_keys", [["a"], ["a", "b", "b"], ["b", "a"]])
-def test_retrieval_check_demands_one_row_per_entity_row_in_order(out_keys):
+@pytest.mark.parametrize("out_keys", [["a"], ["a", "b", "b"]])
+def test_retrieval_check_demands_one_row_per_entity_row(out_keys):
+    """(The order is not judged here but where it is produced: pit._join, _feast_features.)"""
     rows = pd.DataFrame({ROW_KEY: ["a", "b"]})
     out = pd.DataFrame({ROW_KEY: out_keys, "plane_fv__engines": 1, "plane_fv__year": 1.0})
     with pytest.raises(ValueError, match="feature retrieval returned"):
         check_retrieval(out, rows, _schema())
+
+
+def test_retrieval_check_catches_feature_rows_that_do_not_line_up():
+    """More feature rows than entity rows, or another index: `pd.concat` adds rows."""
+    rows = pd.DataFrame({ROW_KEY: ["a", "b"]})
+    for feats in (pd.DataFrame({"plane_fv__engines": [1, 2, 3], "plane_fv__year": 1.0}),
+                  pd.DataFrame({"plane_fv__engines": [1, 2], "plane_fv__year": 1.0}, index=[1, 2])):
+        with pytest.raises(ValueError, match="returned 3 rows for 2 entity rows"):
+            check_retrieval(pd.concat([rows, feats], axis=1), rows, _schema())
 
 
 # -- a tiny Feast repo --------------------------------------------------------------------------
@@ -360,6 +371,42 @@ def test_historical_features_reject_naive_times_and_duplicate_row_keys(sensors):
         historical_features(store, "sensors_v1", rows, ["sensor_id"], engine="duckdb", cutoff=True)
 
 
+class _AlteredFeast:
+    """The real FeatureStore whose historical retrieval's frame comes back through `fault`
+    (a fault injected into the real client: Feast's own retrieval runs as it is)."""
+
+    def __init__(self, store, fault):
+        self._store, self._fault = store, fault
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+    def get_historical_features(self, **kwargs):
+        job = self._store.get_historical_features(**kwargs)
+        return SimpleNamespace(to_df=lambda: self._fault(job.to_df()))
+
+
+def test_feast_rows_are_put_in_entity_row_order_by_their_row_keys(sensors):
+    """Feast's rows come in an order of its own: `_feast_features` puts them in entity row
+    order by their keys, and refuses rows whose keys are not the entity rows' ones."""
+    store, _ = sensors
+    at = [_at(0, 11), _at(1, 12), _at(2, 11), _at(2, 23)]
+    rows = pd.DataFrame({ROW_KEY: ["r0", "r1", "r2", "r3"], PREDICTION_TIME: at,
+                         "sensor_id": ["s1", "s2", "s1", "s3"]})
+    want = historical_features(store, "sensors_v1", rows, ["sensor_id"], engine="duckdb",
+                               cutoff=True)
+    reversed_ = _AlteredFeast(store, lambda df: df.iloc[::-1])
+    got = historical_features(reversed_, "sensors_v1", rows, ["sensor_id"], engine="feast",
+                              cutoff=True)
+    pd.testing.assert_frame_equal(got, want, check_dtype=False)
+    assert got["reading_fv__value"].tolist() == [1.0, 5.0, 3.0, 8.0]
+
+    renamed = _AlteredFeast(store, lambda df: df.assign(**{ROW_KEY: df[ROW_KEY].replace("r2", "x")}))
+    with pytest.raises(ValueError, match="returned no row for 1 of 4 entity rows, e.g. row_key 'r2'"):
+        historical_features(renamed, "sensors_v1", rows, ["sensor_id"], engine="feast",
+                            cutoff=True)
+
+
 # --------------------------------------------------------------------------- object store
 
 
@@ -532,9 +579,12 @@ def test_arrow_retrieval_check_judges_dtypes_as_the_pandas_check():
             assert error in pandas_error
             with pytest.raises(TypeError, match=error):
                 check_retrieval_table(out, rows, _schema())
-    with pytest.raises(ValueError, match="feature retrieval returned"):
-        check_retrieval_table(pa.table({ROW_KEY: ["b", "a"], "plane_fv__engines": [1, 2],
-                                        "plane_fv__year": [1.0, 2.0]}), rows, _schema())
+    three = pa.table({ROW_KEY: ["a", "b", "b"], "plane_fv__engines": [1, 2, 2],
+                      "plane_fv__year": [1.0, 2.0, 2.0]})
+    for check, args in ((check_retrieval, (three.to_pandas(), rows.to_pandas())),
+                        (check_retrieval_table, (three, rows))):
+        with pytest.raises(ValueError, match="feature retrieval returned 3 rows for 2 entity"):
+            check(*args, _schema())
 
 
 # -- request-time features: one function offline, in batch scoring and online -----------------

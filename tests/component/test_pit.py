@@ -14,7 +14,9 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
+import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -178,6 +180,44 @@ def test_null_join_keys_match_nothing(scratch, keys, expected):
     out = pit.retrieve(entities, [_spec("keys", scratch / "keys.parquet", "k", None)],
                        PREDICTION_TIME)
     assert out.column("keys__value").to_pylist() == expected
+
+
+# -- the order of the output rows ---------------------------------------------------------------
+
+class _Swapping:
+    """A real DuckDB connection whose query results come back with their first two rows
+    swapped (a fault injected into the real client: the join's own SQL runs as it is)."""
+
+    def __init__(self, con):
+        self._con = con
+
+    def __getattr__(self, name):
+        return getattr(self._con, name)
+
+    def sql(self, query: str):
+        table = self._con.sql(query).to_arrow_table()
+        return SimpleNamespace(
+            to_arrow_table=lambda: table.take([1, 0, *range(2, table.num_rows)]))
+
+
+@pytest.mark.parametrize("arrow", [False, True], ids=["retrieve", "retrieve_table"])
+def test_rows_out_of_entity_row_order_fail_the_join(scratch, arrow):
+    _write_source(scratch / "order.parquet", [("a", _t(0), _t(0), 1), ("b", _t(0), _t(0), 2)])
+    entities = pd.DataFrame({"k": ["a", "b", "a"],
+                             PREDICTION_TIME: pd.to_datetime([_t(1)] * 3, utc=True)})
+    retrieve = pit.retrieve_table if arrow else pit.retrieve
+    ents = pa.Table.from_pandas(entities, preserve_index=False) if arrow else entities
+    specs = [_spec("order", scratch / "order.parquet", "k", None)]
+    out = retrieve(ents, specs, PREDICTION_TIME)
+    assert out.column_names == ["order__value", "order__half"]  # the row numbers are dropped
+    assert out.column("order__value").to_pylist() == [1, 2, 1]
+    with duckdb.connect() as con:
+        swapped = _Swapping(con)
+        assert swapped.sql("SELECT 1 AS x UNION ALL SELECT 2 ORDER BY x").to_arrow_table() \
+            .column("x").to_pylist() == [2, 1]  # the fault is real: unchecked, row 0 gets b's 2
+        with pytest.raises(ValueError, match="point-in-time join returned rows out of "
+                                             "entity-row order: output row 0 is entity row 1"):
+            retrieve(ents, specs, PREDICTION_TIME, con=swapped)
 
 
 # -- Feast itself agrees with the reference ----------------------------------------------------
