@@ -6,7 +6,9 @@
                                        workers); returns once all are up
     python -m stack status             which processes are alive
     python -m stack down               stop everything (Airflow, MLflow, then the data servers)
-    python -m stack restart NAME       stop and start one Airflow process (scheduler, worker-1)
+    python -m stack restart NAME       stop and start one process: an Airflow one (scheduler,
+                                       worker-1, ...) or the model server (model-server, on
+                                       its port; prediction logs flushed by its shutdown)
     python -m stack env                the client environment (`eval "$(python -m stack env)"`)
 
 The folder is `$MLOPS_STACK_DIR`, default `<repo>/.state/stack`. Every credential is generated
@@ -277,18 +279,35 @@ def down(root: Path, timeout: float | None = None) -> list[str]:
     return stopped
 
 
+def _model_server_env(env: dict[str, str]) -> dict[str, str]:
+    """The model server's environment out of the stack's: the clients' (S3, Redis, the MLflow
+    login, the settings given to `up`), without Airflow's settings and secrets and without the
+    server's own address (its launcher sets those)."""
+    return {k: v for k, v in env.items() if not k.startswith("AIRFLOW")
+            and k not in ("MLOPS_SERVING_URL", "MLOPS_SERVING_TOKEN_FILE")}
+
+
 def restart(root: Path, name: str) -> Service:
-    """Stop one Airflow process (if alive) and start it again with the stack's configuration:
-    a scheduler restart, or a worker back after a crash."""
+    """Stop one process (if alive) and start it again with the stack's configuration: a
+    scheduler restart, a worker back after a crash, or the model server (on the same port, so
+    its URL in stack.env stays right; a graceful stop flushes its prediction log)."""
     listed = load(root)
     env = json.loads(_manifest(root).read_text())["env"]
     old = next((s for s in listed if s.name == name), None)
-    if old is None or not name.startswith(("worker-", "scheduler", "dag-processor", "triggerer")):
-        raise SystemExit(f"{name!r} is not an Airflow process of the stack in {root}")
+    airflow_process = name.startswith(("worker-", "scheduler", "dag-processor", "triggerer"))
+    if old is None or not (airflow_process or name == serving.NAME):
+        raise SystemExit(f"{name!r} is not a process of the stack in {root} (Airflow's: "
+                         f"scheduler, worker-N, dag-processor, triggerer; or {serving.NAME})")
     if old.alive():
         old.stop()
-    new = (airflow.start_worker(root, env, int(name.split("-", 1)[1]))
-           if name.startswith("worker-") else airflow.start_process(root, env, name))
+    if name == serving.NAME:
+        new = serving.start_model_server(root, _model_server_env(env),
+                                         workers=int(old.extra.get("workers", SERVING_WORKERS)),
+                                         port=old.port)
+    elif name.startswith("worker-"):
+        new = airflow.start_worker(root, env, int(name.split("-", 1)[1]))
+    else:
+        new = airflow.start_process(root, env, name)
     _save(root, [new if s.name == name else s for s in listed], env)
     return new
 
@@ -303,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds each process gets to stop before SIGKILL (default: its own)")
     sub.add_parser("status")
     sub.add_parser("env")
-    p_restart = sub.add_parser("restart", help="restart one Airflow process (scheduler, worker-1, ...)")
+    p_restart = sub.add_parser("restart", help="restart one process (scheduler, worker-1, "
+                                               "model-server, ...)")
     p_restart.add_argument("name")
     args = parser.parse_args(argv)
     os.umask(0o077)  # logs, keys, data: owner only, in this process and every one it starts

@@ -22,13 +22,14 @@ NAME = "model-server"
 
 
 def start_model_server(root: Path, env: dict[str, str], workers: int = 2,
-                       timeout: float = 180.0) -> Service:
+                       timeout: float = 180.0, port: int | None = None) -> Service:
     """Start the server with `env` (the stack's client environment: S3, Redis, MLflow and
-    its login; no Airflow secret) on a free loopback port; returns once it is live."""
+    its login; no Airflow secret) on loopback (`port`, or a free one); returns once it is
+    live."""
     home = Path(root).resolve() / "serving"
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
     log = home / "model-server.log"
-    port = free_port()
+    port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     token_file = home / "token"
     server_env = {

@@ -484,6 +484,42 @@ def test_the_model_server_serves_the_champion(stack, stack_settings):
     assert (logged["model_version"] == "1").all() and (logged["variant"] == "champion").all()
 
 
+def test_the_model_server_restarts_on_its_url_and_serves_the_champion_again(stack):
+    """`stack restart model-server` (as a person would run it): the server stops gracefully and
+    comes back on the same URL (stack.env stays right) with the same token, both new workers
+    ready with v1; a name that is no process of the stack is refused, naming the ones that are."""
+    import httpx
+
+    senv = stack["senv"]
+    url, token = senv["MLOPS_SERVING_URL"], Path(senv["MLOPS_SERVING_TOKEN_FILE"]).read_text().strip()
+
+    def loaded() -> set[str]:
+        with httpx.Client(base_url=url, timeout=30) as http:
+            if http.get("/v2/health/ready").status_code != 200:
+                return set()
+            return {dict(ls)["pid"] for (n, ls), v in _served(http, token).items()
+                    if n == "serving_model_info" and v == 1 and dict(ls)["version"] == "1"}
+
+    before = loaded()
+    assert len(before) == 2, before
+    out = _stack(stack["env"], "restart", "model-server")
+    assert "restarted model-server" in out
+    deadline, after = time.monotonic() + 90, set()
+    while time.monotonic() < deadline and len(after) < 2:
+        try:
+            after = loaded() - before  # the new workers' (the old ones' files are gone)
+        except httpx.TransportError:
+            after = set()
+        time.sleep(1)
+    assert len(after) == 2, (before, after)
+    assert json.loads((stack["root"] / "stack.json").read_text())["env"][
+        "MLOPS_SERVING_URL"] == url
+    refused = subprocess.run([sys.executable, "-m", "stack", "restart", "no-such-process"],
+                             cwd=REPO, env=stack["env"], capture_output=True, text=True,
+                             timeout=60)
+    assert refused.returncode != 0 and "model-server" in refused.stderr, refused.stderr
+
+
 def test_the_object_store_takes_nothing_unsigned(stack):
     """SeaweedFS's master, volume and filer servers listen on loopback beside the S3 gateway:
     without the JWT keys or the client certificate that only the server holds, nothing in."""
