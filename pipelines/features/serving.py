@@ -37,8 +37,7 @@ def online_values(store: "FeatureStore", refs: list[str], entity_rows: list[dict
                   as_of: datetime | Sequence[datetime],
                   ttls: dict[str, timedelta | None]) -> dict[str, list[Any]]:
     """`online_features` as a list of values per column."""
-    resp = store.get_online_features(features=refs, entity_rows=entity_rows,
-                                     full_feature_names=True).to_dict(include_event_timestamps=True)
+    resp = online_read(store, refs, entity_rows)
     times = [as_of] * len(entity_rows) if isinstance(as_of, datetime) else list(as_of)
     oldest: dict[timedelta, list[float]] = {}  # per TTL: each row's oldest valid time
     out = {}
@@ -52,6 +51,69 @@ def online_values(store: "FeatureStore", refs: list[str], entity_rows: list[dict
             values = [v if ts >= low else None
                       for v, ts, low in zip(values, resp[f"{col}__ts"], oldest[ttl])]
         out[col] = values
+    return out
+
+
+def online_read(store: "FeatureStore", refs: list[str], entity_rows: list[dict[str, Any]]
+                ) -> dict[str, list[Any]]:
+    """What `store.get_online_features(refs, entity_rows, full_feature_names=True)
+    .to_dict(include_event_timestamps=True)` returns (`<view>__<feature>` values and their
+    `__ts` event seconds), by Feast's own steps, without its response.
+
+    The same request context (Feast's cached resolution of the refs), the same entity value
+    protos, the same de-duplicated entity keys and the same `OnlineStore.online_read` (SQLite,
+    Redis, ...) as `get_online_features`; the values converted as its `to_dict` converts them.
+    What it skips is building and converting the response protos (about two thirds of a
+    1-row read here). Anything that path does beyond plain feature views (on-demand views,
+    request data, entityless views, versioned reads) goes through `get_online_features`
+    itself. `tests/component/test_pit.py` checks the two are equal.
+    """
+    from feast import utils as feast_utils
+    from feast.type_map import (
+        feast_value_type_to_python_type,
+        python_values_to_proto_values,
+    )
+    from feast.value_type import ValueType
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    (_, on_demand, entity_join_keys, entity_types, join_keys, grouped, _, request_data,
+     entityless) = feast_utils._get_cached_request_context(store.registry, store.project, refs,
+                                                            True)
+    versioned = any(getattr(t.projection, "version_tag", None) is not None for t, _ in grouped)
+    if on_demand or request_data or entityless or versioned or not entity_rows:
+        return store.get_online_features(features=refs, entity_rows=entity_rows,
+                                         full_feature_names=True).to_dict(
+            include_event_timestamps=True)
+    n = len(entity_rows)
+    columns = {k: [row[k] for row in entity_rows] for k in entity_rows[0]}
+    protos = {k: python_values_to_proto_values(v, entity_types.get(k, ValueType.UNKNOWN))
+              for k, v in columns.items() if k in join_keys}
+    provider = store._get_provider()
+    out: dict[str, list[Any]] = {}
+    for table, requested in grouped:
+        entities, positions, _ = feast_utils._get_unique_entities(table, protos,
+                                                                  entity_join_keys)
+        read = provider.online_read(config=store.config, table=table,
+                                    entity_keys=feast_utils._get_entity_key_protos(entities),
+                                    requested_features=requested)
+        types = {f.name: f.dtype.to_value_type() for f in table.features}
+        name = table.projection.name_to_use()
+        seconds = [0] * n
+        values = {f: [None] * n for f in requested}
+        for (at, data), rows in zip(read, positions):
+            if at is not None:
+                stamp = Timestamp()
+                stamp.FromDatetime(at)
+                for i in rows:
+                    seconds[i] = stamp.seconds
+            for feature, value in (data or {}).items():
+                if feature in values:
+                    python = feast_value_type_to_python_type(value, types.get(feature))
+                    for i in rows:
+                        values[feature][i] = python
+        for feature in requested:
+            out[f"{name}__{feature}"] = values[feature]
+            out[f"{name}__{feature}__ts"] = list(seconds)
     return out
 
 

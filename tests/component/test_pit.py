@@ -435,6 +435,40 @@ def test_the_next_intervals_sources_built_between_materialize_and_check_are_no_s
     assert summary["compared"] > 0
 
 
+def test_online_read_equals_feasts_get_online_features(flights):
+    """`serving.online_read` (Feast's steps without its response protos) gives exactly what
+    `get_online_features(...).to_dict(include_event_timestamps=True)` gives: every view of the
+    service at once, known entities, repeated ones, unknown ones (NOPLANE, XXX-YYY), values and
+    event seconds; and one view alone."""
+    from datetime import date
+
+    from pipelines.core.settings import get_settings
+    from pipelines.features.online import materialize
+    from pipelines.features.serving import online_read
+
+    cfg, store, rows = flights
+    materialize(cfg, get_settings(), date(2013, 1, 5))
+    specs = pit.service_views(store, cfg.features.service)
+    refs = [f"{s.name}:{f}" for s in specs for f in s.features]
+    keys = list(dict.fromkeys(ek for s in specs for _, ek in s.join_keys))
+    sample = pd.concat([rows.head(150), rows.tail(60), rows.head(5)])  # tail: the unknown ones
+    entity_rows = [{k: str(r[k]) for k in keys} for _, r in sample.iterrows()]
+    want = store.get_online_features(features=refs, entity_rows=entity_rows,
+                                     full_feature_names=True).to_dict(include_event_timestamps=True)
+    got = online_read(store, refs, entity_rows)
+    features = {k: v for k, v in want.items() if k not in keys and k.removesuffix("__ts")
+                not in keys}
+    assert got == features
+    plane = [c for c in got if c.startswith("plane_fv__") and not c.endswith("__ts")][0]
+    assert None in got[plane] and any(v is not None for v in got[plane])  # known and unknown
+    one = [r for r in refs if r.startswith("carrier_stats_fv:")]
+    want_one = store.get_online_features(features=one, entity_rows=entity_rows[:20],
+                                         full_feature_names=True).to_dict(
+        include_event_timestamps=True)
+    assert online_read(store, one, entity_rows[:20]) == {
+        k: v for k, v in want_one.items() if k.removesuffix("__ts") not in keys}
+
+
 # -- lineage: a model is scored with the request-time spec it was trained with -----------------
 
 def test_a_model_is_scored_with_the_request_spec_it_was_trained_with(flights, tmp_path,
