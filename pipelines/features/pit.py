@@ -240,7 +240,7 @@ def _join(con: "duckdb.DuckDBPyConnection", entities: "pa.Table", specs: list[Vi
 
     Both are checked here, where the order is produced: the query also returns each output
     row's entity row number, which must be exactly 0..n-1 (then dropped: with no view, the
-    output is that column alone, as it always was).
+    output has no column and one row per entity row).
     """
     import numpy as np
 
@@ -266,4 +266,4 @@ def _join(con: "duckdb.DuckDBPyConnection", entities: "pa.Table", specs: list[Vi
     if wrong.size:
         raise ValueError(f"point-in-time join returned rows out of entity-row order: output row "
                          f"{wrong[0]} is entity row {row[wrong[0]]} ({wrong.size} rows misplaced)")
-    return table.drop_columns([ROW]) if cols else table
+    return table.drop_columns([ROW])  # no view: no column, still one row per entity row

@@ -218,6 +218,9 @@ def test_rows_out_of_entity_row_order_fail_the_join(scratch, arrow):
         with pytest.raises(ValueError, match="point-in-time join returned rows out of "
                                              "entity-row order: output row 0 is entity row 1"):
             retrieve(ents, specs, PREDICTION_TIME, con=swapped)
+    # no feature view (a service of request-time features only): no column, every entity row
+    alone = retrieve(ents, [], PREDICTION_TIME)
+    assert alone.column_names == [] and alone.num_rows == 3
 
 
 # -- Feast itself agrees with the reference ----------------------------------------------------
