@@ -72,10 +72,11 @@ def _calendar(name: str, feat: CalendarFeature, frame: pd.DataFrame
     what = f"features.request_time.{name}"
     local = _timestamps(frame[feat.input], f"{what}: {feat.input}").dt.tz_convert(feat.timezone)
     missing = local.isna()
+    complete = not missing.any()  # whole numbers: nothing to null, fill or refuse
     out = {}
     for fld in feat.fields:  # the array's fields: numpy, without a Series per step
         field = getattr(local.array, fld)
-        if not missing.any():  # whole numbers, nothing to null, fill or refuse
+        if complete:
             out[fld] = np.asarray(field, dtype=np.int64)
             continue
         values = pd.Series(np.asarray(field, dtype=np.float64), index=local.index)  # NaT: NaN

@@ -101,8 +101,7 @@ def read_log_interval(settings: Settings, iv: Interval, variant: str | None = "c
     overlaps, cut to its events); empty when none were logged."""
     from datetime import timedelta
 
-    first, last = iv.start.astimezone(UTC).date(), (iv.end - timedelta(microseconds=1)
-                                                    ).astimezone(UTC).date()
+    first, last = iv.start.astimezone(UTC).date(), iv.last.astimezone(UTC).date()
     days = [first + timedelta(days=n) for n in range((last - first).days + 1)]
     frames = []
     for day in days:
