@@ -79,6 +79,60 @@ def validate_day(cfg: Config, settings: Settings, day: Interval | date,
     return results
 
 
+def _day_outcome(cfg: Config, settings: Settings, iv: Interval, tables: list[str]
+                 ) -> tuple[list[dict[str, Any]], str | None]:
+    """`validate_day`'s results, or its DataValidationError's message (a worker's answer)."""
+    from pipelines.data.validation import DataValidationError
+
+    try:
+        return validate_day(cfg, settings, iv, tables), None
+    except DataValidationError as exc:
+        return [], str(exc)
+
+
+def _fork_pool(processes: int, jobs: int):
+    """A pool of `processes` forked workers, or None where there must be none: one job or
+    one process, no fork on this platform, or this process is a daemon (e.g. a Celery prefork
+    child), which may not start children."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    if (min(processes, jobs) < 2 or "fork" not in mp.get_all_start_methods()
+            or mp.current_process().daemon):
+        return None
+    return ProcessPoolExecutor(min(processes, jobs), mp_context=mp.get_context("fork"))
+
+
+def validate_days(cfg: Config, settings: Settings, days: list[tuple[Interval, list[str]]]
+                  ) -> list[dict[str, Any]]:
+    """`validate_day` of each (interval, tables), in `validation.processes` forked processes
+    (a window's batches are independent: each has its own report and quarantine folder).
+
+    Every interval is validated (each bad batch quarantined) before the one DataValidationError
+    that names all the failed intervals is raised; results come back in the intervals' order.
+    A batch with a passing report for the same bytes is not validated again, in any process.
+    """
+    from pipelines.data.validation import DataValidationError
+
+    pool = _fork_pool(cfg.validation.processes, len(days))
+    if pool is None:
+        outcomes = [_day_outcome(cfg, settings, iv, tables) for iv, tables in days]
+    else:
+        with pool:
+            outcomes = list(pool.map(_day_outcome, *zip(*[(cfg, settings, iv, tables)
+                                                          for iv, tables in days])))
+    failed = [(iv, error) for (iv, _), (_, error) in zip(days, outcomes) if error]
+    if failed:
+        shown = 3
+        more = (f"\n\n... and {len(failed) - shown} more intervals: "
+                f"{', '.join(iv.key for iv, _ in failed[shown:])}" if len(failed) > shown else "")
+        raise DataValidationError(
+            f"{len(failed)} of {len(days)} intervals failed validation "
+            f"({', '.join(iv.key for iv, _ in failed)}):\n\n"
+            + "\n\n".join(error for _, error in failed[:shown]) + more)
+    return [r for results, _ in outcomes for r in results]
+
+
 def validate_snapshots(cfg: Config, settings: Settings) -> list[dict[str, Any]]:
     from pipelines.data.validation import validate_batch
 

@@ -40,15 +40,16 @@ def training_window(cfg: Config, params: dict[str, Any], events: list[dict[str, 
 
 def validate_window(cfg: Config, settings: Settings, window: dict[str, Any]) -> dict[str, Any]:
     from pipelines.core import locations, storage
-    from pipelines.data.checks import validate_day, validate_snapshots
+    from pipelines.data.checks import validate_days, validate_snapshots
 
     results = validate_snapshots(cfg, settings)
-    missing = []
+    missing, days = [], []
     for iv in window_intervals(cfg, window):
         present = [t for t in cfg.dataset.daily_tables
                    if storage.exists(locations.batch(settings.landing_uri, t, iv))]
         missing += [f"{t}/{iv.key}" for t in cfg.dataset.daily_tables if t not in present]
-        results += validate_day(cfg, settings, iv, present) if present else []
+        days += [(iv, present)] if present else []
+    results += validate_days(cfg, settings, days)
     rows = sum(r.get("rows", 0) for r in results)
     print(f"validate_raw: {len(results)} batches, {rows} rows passed; "
           f"{len(missing)} batches absent: {missing[:5]}")
