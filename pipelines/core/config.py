@@ -387,8 +387,6 @@ class AlertsConfig(_Frozen):
 
 class ValidationConfig(_Frozen):
     max_file_mb: float = 200
-    # a training window's raw batches are validated by this many forked processes at once
-    processes: int = Field(default=2, ge=1)
 
 
 class OrchestrationConfig(_Frozen):

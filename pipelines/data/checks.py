@@ -81,7 +81,7 @@ def validate_day(cfg: Config, settings: Settings, day: Interval | date,
 
 def _day_outcome(cfg: Config, settings: Settings, iv: Interval, tables: list[str]
                  ) -> tuple[list[dict[str, Any]], str | None]:
-    """`validate_day`'s results, or its DataValidationError's message (a worker's answer)."""
+    """`validate_day`'s results, or its DataValidationError's message."""
     from pipelines.data.validation import DataValidationError
 
     try:
@@ -90,37 +90,17 @@ def _day_outcome(cfg: Config, settings: Settings, iv: Interval, tables: list[str
         return [], str(exc)
 
 
-def _fork_pool(processes: int, jobs: int):
-    """A pool of `processes` forked workers, or None where there must be none: one job or
-    one process, no fork on this platform, or this process is a daemon (e.g. a Celery prefork
-    child), which may not start children."""
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
-    if (min(processes, jobs) < 2 or "fork" not in mp.get_all_start_methods()
-            or mp.current_process().daemon):
-        return None
-    return ProcessPoolExecutor(min(processes, jobs), mp_context=mp.get_context("fork"))
-
-
 def validate_days(cfg: Config, settings: Settings, days: list[tuple[Interval, list[str]]]
                   ) -> list[dict[str, Any]]:
-    """`validate_day` of each (interval, tables), in `validation.processes` forked processes
-    (a window's batches are independent: each has its own report and quarantine folder).
+    """`validate_day` of each (interval, tables) of a window, in order.
 
     Every interval is validated (each bad batch quarantined) before the one DataValidationError
-    that names all the failed intervals is raised; results come back in the intervals' order.
-    A batch with a passing report for the same bytes is not validated again, in any process.
+    that names all the failed intervals is raised, so one run names every problem of the
+    window. A batch with a passing report for the same bytes is not validated again.
     """
     from pipelines.data.validation import DataValidationError
 
-    pool = _fork_pool(cfg.validation.processes, len(days))
-    if pool is None:
-        outcomes = [_day_outcome(cfg, settings, iv, tables) for iv, tables in days]
-    else:
-        with pool:
-            outcomes = list(pool.map(_day_outcome, *zip(*[(cfg, settings, iv, tables)
-                                                          for iv, tables in days])))
+    outcomes = [_day_outcome(cfg, settings, iv, tables) for iv, tables in days]
     failed = [(iv, error) for (iv, _), (_, error) in zip(days, outcomes) if error]
     if failed:
         shown = 3
