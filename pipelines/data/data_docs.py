@@ -1,7 +1,7 @@
 """What people read after a validation: GX Data Docs (HTML) and the expectations report (Markdown).
 
-Each GX run is a Checkpoint with `UpdateDataDocsAction` in an ephemeral context whose one docs
-site is a temporary local folder; the site GX builds there is then copied through
+Each GX run is a ValidationDefinition in an ephemeral context whose one docs site is a
+temporary local folder, where GX builds what a Checkpoint's `UpdateDataDocsAction` would; the site GX builds there is then copied through
 `pipelines.core.storage` to `docs_uri` (a local folder or an object-store prefix), one site per batch:
 
     <docs_uri>/index.html                                    the batch's latest run and its suite
