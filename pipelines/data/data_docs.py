@@ -1,8 +1,9 @@
 """What people read after a validation: GX Data Docs (HTML) and the expectations report (Markdown).
 
 Each GX run is a ValidationDefinition in an ephemeral context whose one docs site is a
-temporary local folder, where GX builds what a Checkpoint's `UpdateDataDocsAction` would; the site GX builds there is then copied through
-`pipelines.core.storage` to `docs_uri` (a local folder or an object-store prefix), one site per batch:
+temporary local folder, where GX builds what a Checkpoint's `UpdateDataDocsAction` would; that
+site is then copied through `pipelines.core.storage` to `docs_uri` (a local folder or an
+object-store prefix), one site per batch:
 
     <docs_uri>/index.html                                    the batch's latest run and its suite
     <docs_uri>/expectations/<suite>.html                     the suite as it was run
