@@ -628,3 +628,55 @@ def test_a_windows_failed_intervals_are_all_named_after_every_batch_is_validated
     assert [r["report_uri"] for r in again] == [
         locations.validation_report(lake.settings, "flights", f"date={d}") for d in good]
     assert all(r["cached"] for r in again)  # same bytes, passing reports: not validated again
+
+
+def _checkpoint_run(df: pd.DataFrame, suite: dict, docs: Path) -> tuple[list[dict], str]:
+    """GX's own way (what `rules.run_gx` did before): a Checkpoint with UpdateDataDocsAction."""
+    import tempfile
+
+    import great_expectations as gx
+    from great_expectations.checkpoint import UpdateDataDocsAction
+
+    from pipelines.data import data_docs, rules
+
+    with tempfile.TemporaryDirectory() as site:
+        context = data_docs.context(site)
+        batch = (context.data_sources.add_pandas("validation").add_dataframe_asset("batch")
+                 .add_batch_definition_whole_dataframe("whole"))
+        definition = context.validation_definitions.add(gx.ValidationDefinition(
+            name="batch", data=batch, suite=context.suites.add(rules._gx_suite(suite))))
+        checkpoint = context.checkpoints.add(gx.Checkpoint(
+            name="batch", validation_definitions=[definition],
+            actions=[UpdateDataDocsAction(name="update_data_docs")],
+            result_format={"result_format": "SUMMARY",
+                           "partial_unexpected_count": rules.MAX_EXAMPLES}))
+        result = checkpoint.run(batch_parameters={"dataframe": df},
+                                run_id=gx.RunIdentifier(run_name="batch"))
+        (validation,) = result.run_results.values()
+        page = data_docs.publish(site, str(docs))
+    records = [rules._record(r.to_json_dict()) for r in validation.results]
+    rules._explain_text_columns(df, suite, records)  # what run_gx adds to GX's words, as there
+    return sorted(records, key=lambda r: (r["column"] != "(table)", r["column"], r["check"])), page
+
+
+def test_a_gx_run_gives_the_records_and_data_docs_of_a_checkpoint(tmp_path: Path, flights) -> None:
+    """`run_gx` runs the ValidationDefinition and builds the Data Docs itself: the same records
+    and pages (run times masked) and the same published files as GX's Checkpoint with its
+    UpdateDataDocsAction, on a passing batch and on one a check fails."""
+    from pipelines.data import rules
+
+    suite = json.loads((REPO_ROOT / "expectations" / "flights.json").read_text())
+    stamp = re.compile(r"\d{8}T\d{6}\.\d+Z|\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(\.\d+)?(\+00:00|Z)?")
+    bad = flights[DAY].copy()
+    bad["dep_delay"] = bad["dep_delay"].astype(object)
+    bad.loc[3, "dep_delay"] = "late"
+    for name, df in (("good", flights[OTHER_DAY]), ("bad", bad)):
+        ours, page = rules.run_gx(df, suite, str(tmp_path / name / "ours"))
+        theirs, their_page = _checkpoint_run(df, suite, tmp_path / name / "checkpoint")
+        assert ours == theirs
+        assert any(not r["success"] for r in ours) == (name == "bad")
+        assert stamp.sub("", _text(Path(page))) == stamp.sub("", _text(Path(their_page)))
+        files = [sorted(stamp.sub("", str(p.relative_to(tmp_path / name / side)))
+                        for p in (tmp_path / name / side).rglob("*") if p.is_file())
+                 for side in ("ours", "checkpoint")]
+        assert files[0] == files[1] and any(f.startswith("validations/") for f in files[0])
