@@ -79,17 +79,6 @@ def validate_day(cfg: Config, settings: Settings, day: Interval | date,
     return results
 
 
-def _day_outcome(cfg: Config, settings: Settings, iv: Interval, tables: list[str]
-                 ) -> tuple[list[dict[str, Any]], str | None]:
-    """`validate_day`'s results, or its DataValidationError's message."""
-    from pipelines.data.validation import DataValidationError
-
-    try:
-        return validate_day(cfg, settings, iv, tables), None
-    except DataValidationError as exc:
-        return [], str(exc)
-
-
 def validate_days(cfg: Config, settings: Settings, days: list[tuple[Interval, list[str]]]
                   ) -> list[dict[str, Any]]:
     """`validate_day` of each (interval, tables) of a window, in order.
@@ -100,8 +89,13 @@ def validate_days(cfg: Config, settings: Settings, days: list[tuple[Interval, li
     """
     from pipelines.data.validation import DataValidationError
 
-    outcomes = [_day_outcome(cfg, settings, iv, tables) for iv, tables in days]
-    failed = [(iv, error) for (iv, _), (_, error) in zip(days, outcomes) if error]
+    results: list[dict[str, Any]] = []
+    failed: list[tuple[Interval, str]] = []
+    for iv, tables in days:
+        try:
+            results += validate_day(cfg, settings, iv, tables)
+        except DataValidationError as exc:  # a bad batch, quarantined: go on to the next day
+            failed.append((iv, str(exc)))
     if failed:
         shown = 3
         more = (f"\n\n... and {len(failed) - shown} more intervals: "
@@ -110,7 +104,7 @@ def validate_days(cfg: Config, settings: Settings, days: list[tuple[Interval, li
             f"{len(failed)} of {len(days)} intervals failed validation "
             f"({', '.join(iv.key for iv, _ in failed)}):\n\n"
             + "\n\n".join(error for _, error in failed[:shown]) + more)
-    return [r for results, _ in outcomes for r in results]
+    return results
 
 
 def validate_snapshots(cfg: Config, settings: Settings) -> list[dict[str, Any]]:
