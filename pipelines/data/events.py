@@ -60,9 +60,21 @@ def instant(cfg: Config, when: date | datetime | str) -> pd.Timestamp:
     return pd.Timestamp(cfg.grain.bound(when))
 
 
+def _text(values: pd.Series) -> list[str]:
+    """`values.astype(str).tolist()`, without the conversion where it would change nothing
+    (text already, or integers): a few rows pay pandas' fixed cost per column otherwise."""
+    if values.dtype.kind in "iub":
+        return [str(v) for v in values.tolist()]
+    if values.dtype == object:
+        listed = values.tolist()
+        if all(type(v) is str for v in listed):
+            return listed
+    return values.astype(str).tolist()
+
+
 def row_keys(df: pd.DataFrame, key: tuple[str, ...]) -> pd.Series:
     """Deterministic 16-hex-digit key from the key columns (stable across runs and machines)."""
-    parts = zip(*(df[c].astype(str).tolist() for c in key))  # a loop: `agg(axis=1)` is
+    parts = zip(*(_text(df[c]) for c in key))  # a loop: `agg(axis=1)` is
     return pd.Series([hashlib.sha256("\x1f".join(p).encode()).hexdigest()[:16]  # 10x slower
                       for p in parts], index=df.index, dtype=object)
 
@@ -96,6 +108,13 @@ def _select(cfg: Config, df: pd.DataFrame, keep: list[str],
             computed: dict[str, pd.Series] | None = None) -> pd.DataFrame:
     """`keep` + the join keys, passthrough features and request-time inputs (join keys as
     text), from `df` or `computed` (columns of the same rows not set in `df`)."""
+    # one frame built from the columns (it copies them): each `df[c] = ...` costs about as much
+    return pd.DataFrame(_selected(cfg, df, keep, computed), index=df.index)
+
+
+def _selected(cfg: Config, df: pd.DataFrame, keep: list[str],
+              computed: dict[str, pd.Series] | None = None) -> dict[str, pd.Series]:
+    """`_select`'s columns, by name (each a Series on `df`'s index)."""
     computed = computed or {}
     keep = list(keep)
     keep += [k for k in cfg.features.join_keys if k not in keep]
@@ -108,9 +127,7 @@ def _select(cfg: Config, df: pd.DataFrame, keep: list[str],
                          f"or derived ones)")
     text = set(cfg.features.join_keys)
     columns = {c: computed[c] if c in computed else df[c] for c in keep}
-    # one frame built from the columns (it copies them): each `df[c] = ...` costs about as much
-    return pd.DataFrame({c: v.astype("string") if c in text else v
-                         for c, v in columns.items()}, index=df.index)
+    return {c: v.astype("string") if c in text else v for c, v in columns.items()}
 
 
 def prepare_events(cfg: Config, raw: pd.DataFrame) -> pd.DataFrame:
@@ -198,9 +215,15 @@ def _sortable(values: pd.Series, what: str) -> pd.Series:
 def entity_rows(cfg: Config, raw: pd.DataFrame) -> pd.DataFrame:
     """Raw event rows whose outcome is not known yet -> the rows a model scores, in the given
     order: row key, prediction and event time, join keys, passthrough features and request
-    inputs, exactly as `prepare_events` makes them (no label). The online server's path."""
+    inputs, exactly as `prepare_events` makes them (no label)."""
+    return pd.DataFrame(entity_columns(cfg, raw), index=raw.index)
+
+
+def entity_columns(cfg: Config, raw: pd.DataFrame) -> dict[str, pd.Series]:
+    """`entity_rows`' columns by name, without the frame around them (the online server's
+    path: for a request of a row or a few, building the frame costs as much as a step)."""
     df = _derived_rows(cfg, raw)
-    return _select(cfg, df, [ROW_KEY, PREDICTION_TIME, EVENT_TIME], _times_and_key(cfg, df))
+    return _selected(cfg, df, [ROW_KEY, PREDICTION_TIME, EVENT_TIME], _times_and_key(cfg, df))
 
 
 def request_columns(cfg: Config) -> tuple[list[str], list[str]]:
@@ -233,7 +256,7 @@ def derive_column(df: pd.DataFrame, name: str, spec: DerivedColumn) -> pd.Series
         raise ValueError(f"{what} = concat {list(spec.concat)}: no column {absent}")
     missing = pd.Series(np.logical_or.reduce([df[c].isna().to_numpy() for c in spec.concat]),
                         index=df.index)
-    parts = zip(*(df[c].astype(str).tolist() for c in spec.concat))
+    parts = zip(*(_text(df[c]) for c in spec.concat))
     text = pd.Series([spec.sep.join(p) for p in parts], index=df.index, dtype=object)
     return apply_missing(text, missing, "string", spec.on_missing, spec.fill_value,
                          f"{what} = concat {list(spec.concat)}")

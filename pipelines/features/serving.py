@@ -132,8 +132,8 @@ def serving_columns(store: "FeatureStore", service_name: str, request_time: requ
                     given: Mapping[str, np.ndarray] | None = None
                     ) -> dict[str, np.ndarray | pd.Series]:
     """The features an online model server gives a model, one value per request row, by
-    column (store features: object arrays, None where missing; request-time features: as
-    `request.compute` gives them).
+    column (store features: object arrays, None where missing; request-time features: numpy
+    arrays of the values `request.compute` gives).
 
     `entity_rows`: the join keys and the request columns (`request.inputs(request_time)`) as
     JSON-like values (ISO timestamps with an offset, or timezone-aware timestamps). Returns
@@ -187,8 +187,9 @@ def serving_columns(store: "FeatureStore", service_name: str, request_time: requ
         return dict(values)
     computed = request.compute_arrays(request_time,
                                       request.serving_frame(entity_rows, request_time))
-    # each column as `request.compute` gives it, without the frame around them
-    return {**values, **{c: a.to_pandas() for c, a in computed.items()}}
+    # each column's values as `request.compute` gives them (an int64 feature with missing
+    # values as float64 with NaN), as numpy: without a Series or a frame around them
+    return {**values, **{c: a.to_numpy(zero_copy_only=False) for c, a in computed.items()}}
 
 
 def plain(v: Any) -> Any:

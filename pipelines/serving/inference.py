@@ -1,7 +1,8 @@
 """A request's rows -> model inputs, by the functions batch scoring and the skew check run.
 
 Raw event columns (what the event feed carries: the key, the timestamp, the inputs of derived
-columns, join keys, passthrough features) become entity rows by `data.events.entity_rows`,
+columns, join keys, passthrough features) become entity rows by `data.events.entity_columns`
+(`entity_rows` without the frame),
 the code that makes batch scoring's rows (row key, prediction time = event time - lead,
 derived columns); the features are `features.serving.serving_features` (the online store
 with each view's TTL applied at each row's prediction time, and the request-time features of
@@ -25,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.core.config import Config
-from pipelines.data.events import PREDICTION_TIME, entity_rows, request_columns
+from pipelines.data.events import PREDICTION_TIME, entity_columns, request_columns
 from pipelines.features.request import inputs as request_inputs
 from pipelines.serving.protocol import RequestError
 
@@ -87,11 +88,11 @@ def unknown_rows(views: list[ViewSpec], features: Mapping[str, np.ndarray | pd.S
     return out
 
 
-def _reject_unknown(rows: pd.DataFrame, unknown: dict[str, tuple[list[int], tuple[str, ...]]]
+def _reject_unknown(rows: Mapping[str, pd.Series], unknown: dict[str, tuple[list[int], tuple[str, ...]]]
                     ) -> None:
     lines = []
     for view, (idx, keys) in unknown.items():
-        shown = ", ".join(f"row {i} ({', '.join(f'{k}={rows.at[i, k]!r}' for k in keys)})"
+        shown = ", ".join(f"row {i} ({', '.join(f'{k}={rows[k].iloc[i]!r}' for k in keys)})"
                           for i in idx[:5])
         lines.append(f"{view} has no online value for {len(idx)} rows: {shown}"
                      + (" ..." if len(idx) > 5 else ""))
@@ -109,7 +110,7 @@ def prepare(cfg: Config, store: FeatureStore, views: list[ViewSpec], served: Ser
     from pipelines.scoring.inputs import prepare_inputs
 
     try:
-        rows = entity_rows(cfg, raw)
+        rows = entity_columns(cfg, raw)
     except ValueError as exc:  # e.g. a timestamp without an offset, named by its column
         raise RequestError(str(exc)) from None
     wanted = list(dict.fromkeys([*cfg.features.join_keys, *request_inputs(served.request_spec)]))
@@ -127,11 +128,11 @@ def prepare(cfg: Config, store: FeatureStore, views: list[ViewSpec], served: Ser
         _reject_unknown(rows, unknown)
     # the entity rows' and the features' columns side by side (a concatenated frame costs
     # more than the rest of a one-row request's preparation)
-    frame = {**{c: rows[c] for c in rows.columns}, **features}
+    frame = {**rows, **features}
     inputs, counts = prepare_inputs(frame, served.numeric, served.categorical,
                                     cfg.scoring.missing_features)
     if counts["rejected_rows"]:
-        raise RequestError(f"{counts['rejected_rows']} of {len(rows)} rows have missing or "
+        raise RequestError(f"{counts['rejected_rows']} of {len(raw)} rows have missing or "
                            f"non-finite model inputs ({counts['by_feature']}) and "
                            f"scoring.missing_features=reject", status=422)
     return inputs, {view: len(idx) for view, (idx, _) in unknown.items()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from datetime import date, timedelta
 from pathlib import Path
@@ -84,6 +85,27 @@ def test_row_keys_are_deterministic_and_order_independent(cfg):
     keys = row_keys(df, cfg.dataset.events.key)
     shuffled = row_keys(df.iloc[::-1], cfg.dataset.events.key)
     assert dict(zip(df["flight"], keys)) == dict(zip(df.iloc[::-1]["flight"], shuffled))
+
+
+@pytest.mark.parametrize("values", [
+    pd.Series(["UA", "B6"], dtype=object), pd.Series(["UA", None, np.nan], dtype=object),
+    pd.Series([b"UA", "UA"], dtype=object), pd.Series([np.str_("UA")], dtype=object),
+    pd.Series(["UA", 1, 1.5], dtype=object), pd.Series([1, -2], dtype="int64"),
+    pd.Series([2**63], dtype="uint64"), pd.Series([True, False]),
+    pd.Series([0.1, np.nan, 1e16], dtype="float64"), pd.Series([0.1], dtype="float32"),
+    pd.Series([1, None], dtype="Int64"), pd.Series(["UA", None], dtype="string"),
+    pd.to_datetime(pd.Series(["2013-01-01T05:00Z", None])), pd.Series([], dtype=object)],
+    ids=lambda v: str(v.dtype))
+def test_row_keys_read_each_value_as_its_text_whatever_the_column_holds(values):
+    """The row key's text of a value is `astype(str)`'s (as every earlier key was made), also
+    where `_text` skips that conversion for text and integer columns."""
+    from pipelines.data.events import _text
+
+    assert _text(values) == values.astype(str).tolist()
+    df = pd.DataFrame({"a": values, "b": values})
+    want = [hashlib.sha256("\x1f".join(p).encode()).hexdigest()[:16]
+            for p in zip(values.astype(str), values.astype(str))]
+    assert row_keys(df, ("a", "b")).tolist() == want
 
 
 def test_aggregate_only_uses_outcomes_known_at_its_timestamp():
