@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     Rows: TypeAlias = pd.DataFrame | Mapping[str, pd.Series | np.ndarray] | pa.Table
 
 META = [ROW_KEY, "event_time", PREDICTION_TIME]
+FEW_ROWS = 64  # a categorical column of up to this many rows skips pandas' factorize
 
 
 @dataclass
@@ -141,6 +142,13 @@ def _categorical(rows: Rows, name: str) -> tuple[np.ndarray, pa.Array]:
     col = rows[name]
     if isinstance(col, np.ndarray):  # e.g. a feature store's values, None where missing
         col = pd.Series(col)
+    if isinstance(col, pd.Series) and len(col) <= FEW_ROWS:  # e.g. a serving request
+        listed = col.tolist()  # text or missing only: what the dictionary path below gives
+        if all(type(v) is str or v is None or v is pd.NA or (type(v) is float and v != v)
+               for v in listed):
+            text = [v if type(v) is str else None for v in listed]
+            return (np.array([v or "" for v in text], dtype=object).astype(str),
+                    pa.array(text, pa.string()))
     if isinstance(col, pd.Series):
         codes, uniques = pd.factorize(col, use_na_sentinel=True)
         values = list(uniques)

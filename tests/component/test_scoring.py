@@ -513,6 +513,24 @@ def test_categoricals_of_any_type_convert_as_training_does():
         assert counts["by_feature"]["s"] == 2
 
 
+@pytest.mark.parametrize("values", [
+    ["JFK", None, "EWR", np.nan, "JFK", ""], pd.array(["JFK", None, "EWR"], dtype="string"),
+    [None, None], [None, pd.NA, float("nan")], ["JFK", pd.NaT], [np.str_("JFK"), "EWR"],
+    [b"JFK", "EWR"], ["1", 1, 1.5, None, True]], ids=str)
+def test_a_few_rows_convert_as_many_rows_do(values, monkeypatch):
+    """A request's few categorical values skip pandas' factorize: the model and the log get
+    what the dictionary path gives them."""
+    from pipelines.scoring import inputs as scoring_inputs
+
+    def categorical(few_rows):
+        monkeypatch.setattr(scoring_inputs, "FEW_ROWS", few_rows)
+        return scoring_inputs._categorical({"c": pd.Series(values)}, "c")
+
+    (fast, fast_stored), (dictionary, stored) = categorical(64), categorical(0)
+    assert fast.dtype == dictionary.dtype and np.array_equal(fast, dictionary)
+    assert fast_stored.type == stored.type == pa.string() and fast_stored.equals(stored)
+
+
 def _pandas_chunk_path(cfg, settings, day, chunk, model, out_settings):
     """`score_chunk` as it was before the Arrow retrieval: the chunk read into pandas, Feast
     features as pandas (`historical_features`, training's retrieval), the frame into
