@@ -2,9 +2,9 @@
 
 Raw event columns (what the event feed carries: the key, the timestamp, the inputs of derived
 columns, join keys, passthrough features) become entity rows by `data.events.entity_columns`
-(`entity_rows` without the frame),
-the code that makes batch scoring's rows (row key, prediction time = event time - lead,
-derived columns); the features are `features.serving.serving_features` (the online store
+(`entity_rows` without the frame), the code that makes batch scoring's rows (row key,
+prediction time = event time - lead, derived columns); the features are
+`features.serving.serving_columns` (`serving_features` without the frame: the online store
 with each view's TTL applied at each row's prediction time, and the request-time features of
 the version's own spec), which the skew check proves equal to the offline retrieval; the model
 inputs are `scoring.inputs.prepare_inputs` under `scoring.missing_features`, batch scoring's
@@ -88,8 +88,8 @@ def unknown_rows(views: list[ViewSpec], features: Mapping[str, np.ndarray | pd.S
     return out
 
 
-def _reject_unknown(rows: Mapping[str, pd.Series], unknown: dict[str, tuple[list[int], tuple[str, ...]]]
-                    ) -> None:
+def _reject_unknown(rows: Mapping[str, pd.Series],
+                    unknown: dict[str, tuple[list[int], tuple[str, ...]]]) -> None:
     lines = []
     for view, (idx, keys) in unknown.items():
         shown = ", ".join(f"row {i} ({', '.join(f'{k}={rows[k].iloc[i]!r}' for k in keys)})"
