@@ -163,3 +163,32 @@ def test_a_failing_or_hanging_shadow_changes_and_delays_no_response(server, serv
     body, _ = _post(srv, token, rows, "shadow-again")
     assert body["outputs"] == champion["outputs"]
     assert set(_records(served_state, {"shadow-again"})["shadow_status"]) == {"ok"}
+
+
+def test_a_model_that_raises_is_a_500_naming_the_cause_and_the_server_keeps_serving(
+        server, served_state):
+    """The challenger's predict raising (the same fault, asked for by its versioned path): a
+    500 whose `{"error": ...}` names the exception, counted as a failure of that variant, the
+    traceback in the server's log; the champion answers the next request."""
+    srv, token, fault = server
+    rows = known_events(served_state).head(2)
+    path = f"/v2/models/{MODEL}/versions/challenger/infer"
+    before = srv.metrics(token)
+    fault.write_text("raise")
+    try:
+        r = srv.http.post(path, headers=bearer(token), content=json.dumps(
+            {**v2_request(rows), "id": "raises-500"}).encode())
+    finally:
+        fault.write_text("none")
+    assert r.status_code == 500, r.text
+    assert r.headers["content-type"] == "application/json"
+    assert r.json() == {"error": "internal error: RuntimeError: injected shadow failure"}
+    after = srv.metrics(token)
+    assert (metric(after, "model_infer_request_failure_total", status="500",
+                   variant="challenger")
+            - metric(before, "model_infer_request_failure_total", status="500",
+                     variant="challenger")) == 1
+    logged = srv.log_path.read_text()
+    assert f"serving: POST {path} failed" in logged and "injected shadow failure" in logged
+    body, _ = _post(srv, token, rows, "after-500", version="champion")
+    assert body["model_version"] == "1"
