@@ -28,7 +28,8 @@ Servers run 2 uvicorn workers on 127.0.0.1 and share the 2 cores with the load g
 Latency at a fixed rate: an open-loop asyncio client on CALLERS keep-alive connections sends
 at RATE requests/s (1 row) or RATE / 10 (100 rows) for FIXED_S seconds, after WARM_S seconds
 not counted, and measures each request from its scheduled send time (a late send counts: no
-coordinated omission). Throughput: wrk
+coordinated omission); `connections_per_worker` says how the server's workers shared the
+connections (an uneven split loads one worker more: read the p99 with it). Throughput: wrk
 (Debian's) with 8 connections for WRK_S seconds. Before the load, online and batch must
 agree: the flights whose prediction time is the last hour the store holds, scored by both paths.
 """
@@ -253,13 +254,29 @@ async def _open_loop(port: int, path: str, bodies: list[bytes], headers: dict[st
         tasks.append(asyncio.create_task(one(wire[i % len(wire)], due)))
     await asyncio.gather(*tasks)
     elapsed = loop.time() - start
+    split = _connections_per_process(port)  # every connection has carried requests by now
     while not pool.empty():
         pool.get_nowait()[1].close()
     ms = np.asarray(latencies) * 1000
     return {"rate_asked": rate, "rate_done": round(total / elapsed, 1), "requests": total,
             "p50_ms": round(float(np.percentile(ms, 50)), 2),
             "p99_ms": round(float(np.percentile(ms, 99)), 2),
-            "max_ms": round(float(ms.max()), 2), "non_2xx": bad}
+            "max_ms": round(float(ms.max()), 2), "non_2xx": bad,
+            "connections_per_worker": split}
+
+
+def _connections_per_process(port: int) -> list[int]:
+    """How the open connections to `port` are spread over the server's worker processes
+    (`ss`), fewest first: the kernel hands each new connection to whichever worker accepts it,
+    and a keep-alive connection stays there, so one worker may carry most of the load (32
+    connections split 4/28, 9/23, 11/21 and 15/17 in four tries on 2026-12-07)."""
+    from collections import Counter
+
+    done = subprocess.run(["ss", "-tnpH", "state", "established", f"( sport = :{port} )"],
+                          capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"ss failed ({done.returncode}): {done.stderr}")
+    return sorted(Counter(re.findall(r"pid=(\d+)", done.stdout)).values())
 
 
 def _fixed(port: int, path: str, bodies: list[bytes], headers: dict[str, str],
