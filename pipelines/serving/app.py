@@ -14,10 +14,11 @@ over the data plane, a bearer token on everything but the health routes, and `/m
 
 `<v>` is an alias (`champion`) or the version number an alias serves now; without it the live
 routing (`model.routing`: weights per alias, a sticky key) picks the alias, by default the first
-of `serving.aliases`; the `x-model-variant` header and `parameters.variant` name it. Errors are `{"error": "..."}` with 400 (a bad request, naming the
-field), 401, 404, 413, 422 (rows the unknown-entity or missing-feature policy rejects), 503
-(not loaded yet) or 500; a versioned path of an optional alias the registry does not hold
-(no challenger) is a 404 naming it.
+of `serving.aliases`; the `x-model-variant` header and `parameters.variant` name it. Errors
+are `{"error": "..."}` with 400 (a bad request, naming the field), 401, 404, 405 (inference is
+a POST), 413, 422 (rows the unknown-entity or missing-feature policy rejects), 503 (not loaded
+yet) or 500; a versioned path of an optional alias the registry does not hold (no challenger)
+is a 404 naming it.
 
 `create_app` is the uvicorn factory each worker runs (`python -m pipelines.serving` starts
 them); the OpenAPI pages are off: nothing but the V2 routes is served. Inference is answered in
@@ -176,10 +177,14 @@ class InferRoute:
         self.sticky = sticky_header.lower().encode("latin-1") if sticky_header else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        found = self.PATH.fullmatch(scope["path"]) if scope["type"] == "http" and \
-            scope["method"] == "POST" else None
+        found = self.PATH.fullmatch(scope["path"]) if scope["type"] == "http" else None
         if found is None:
             await self.app(scope, receive, send)
+            return
+        if scope["method"] != "POST":
+            await _answer(send, 405, json.dumps(
+                {"error": f"{scope['method']} {scope['path']}: inference takes POST"}).encode(),
+                {"content-type": "application/json", "allow": "POST"})
             return
         started = time.perf_counter()
         model_name, model_version = found.groups()
@@ -198,10 +203,14 @@ class InferRoute:
                 log.error("serving: POST %s failed", scope["path"], exc_info=exc)
             status, out = _error(exc)
             extra = {"content-type": "application/json"}
-        await send({"type": "http.response.start", "status": status, "headers": [
-            (b"content-length", str(len(out)).encode()),
-            *((k.encode("latin-1"), v.encode("latin-1")) for k, v in extra.items())]})
-        await send({"type": "http.response.body", "body": out})
+        await _answer(send, status, out, extra)
+
+
+async def _answer(send: Send, status: int, body: bytes, headers: dict[str, str]) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-length", str(len(body)).encode()),
+        *((k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items())]})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _text(value: bytes | None) -> str | None:

@@ -155,6 +155,9 @@ def test_a_bad_request_gets_a_4xx_naming_the_field(server, served_state):
         assert r.status_code == 404 and "'other_model' is not served here" in r.json()["error"]
     r = _post(srv, token, v2_request(rows), path=f"/v2/models/{MODEL}/versions/9/infer")
     assert r.status_code == 404 and "version '9' is not served" in r.json()["error"]
+    r = srv.http.get(f"/v2/models/{MODEL}/infer", headers=bearer(token))
+    assert r.status_code == 405 and r.headers["allow"] == "POST"
+    assert "inference takes POST" in r.json()["error"]
 
 
 def _at_once(srv: Server, token: str, bodies: list[dict]) -> list:
