@@ -80,13 +80,17 @@ async def _body(receive: Receive, declared: str | None, limit: int) -> bytes | N
             return b"".join(chunks)
 
 
+def _error_body(text: str) -> bytes:
+    """`{"error": text}` as JSON bytes (as Starlette's JSONResponse renders it)."""
+    return json.dumps({"error": text}, ensure_ascii=False, separators=(",", ":")).encode()
+
+
 def _error(exc: Exception) -> tuple[int, bytes]:
-    """A failed request's status and `{"error": ...}` body (as the app's exception handlers)."""
-    status = exc.status if isinstance(exc, RequestError) else 500
-    text = str(exc) if isinstance(exc, RequestError) else \
-        f"internal error: {type(exc).__name__}: {exc}"
-    return status, json.dumps({"error": text}, ensure_ascii=False,
-                              separators=(",", ":")).encode()
+    """A failed request's status and body: a RequestError's status and message, anything else
+    a 500 naming the exception (the plain-ASGI inference and FastAPI's handlers alike)."""
+    if isinstance(exc, RequestError):
+        return exc.status, _error_body(str(exc))
+    return 500, _error_body(f"internal error: {type(exc).__name__}: {exc}")
 
 
 class Coalescer:
@@ -182,8 +186,8 @@ class InferRoute:
             await self.app(scope, receive, send)
             return
         if scope["method"] != "POST":
-            await _answer(send, 405, json.dumps(
-                {"error": f"{scope['method']} {scope['path']}: inference takes POST"}).encode(),
+            await _answer(send, 405, _error_body(
+                f"{scope['method']} {scope['path']}: inference takes POST"),
                 {"content-type": "application/json", "allow": "POST"})
             return
         started = time.perf_counter()
@@ -243,14 +247,15 @@ def create_app(settings: Settings | None = None, cfg: Config | None = None) -> F
     app.add_middleware(BearerToken, token=token)
 
     @app.exception_handler(RequestError)
-    async def request_error(_: Request, exc: RequestError) -> JSONResponse:
-        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+    async def request_error(_: Request, exc: RequestError) -> Response:
+        status, body = _error(exc)
+        return Response(body, status_code=status, media_type="application/json")
 
     @app.exception_handler(Exception)
-    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+    async def internal_error(request: Request, exc: Exception) -> Response:
         log.error("serving: %s %s failed", request.method, request.url.path, exc_info=exc)
-        return JSONResponse({"error": f"internal error: {type(exc).__name__}: {exc}"},
-                            status_code=500)
+        status, body = _error(exc)
+        return Response(body, status_code=status, media_type="application/json")
 
     @app.get("/v2/health/live")
     async def live() -> dict[str, bool]:
