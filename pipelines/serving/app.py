@@ -159,9 +159,8 @@ class BearerToken:
             header = next((v.decode("latin-1") for k, v in scope["headers"]
                            if k == b"authorization"), None)
             if not authorized(header, self.token):
-                refused = JSONResponse({"error": "missing or wrong bearer token"},
-                                       status_code=401, headers={"www-authenticate": "Bearer"})
-                await refused(scope, receive, send)
+                await _answer(send, 401, _error_body("missing or wrong bearer token"),
+                              {"content-type": "application/json", "www-authenticate": "Bearer"})
                 return
         await self.app(scope, receive, send)
 
