@@ -61,6 +61,22 @@ class ModelInputs:
                            self.numeric32[:, start:stop], [s[start:stop] for s in self.strings],
                            [a.slice(start, stop - start) for a in self.categorical])
 
+    @classmethod
+    def concat(cls, parts: list[ModelInputs]) -> ModelInputs:
+        """The rows of `parts` (inputs of the same model), one after another."""
+        import pyarrow as pa
+
+        if len(parts) == 1:
+            return parts[0]
+        first = parts[0]
+        return cls(pa.concat_tables([p.table for p in parts]), first.numeric_names,
+                   first.categorical_names, np.concatenate([p.numeric for p in parts], axis=1),
+                   np.concatenate([p.numeric32 for p in parts], axis=1),
+                   [np.concatenate([p.strings[i] for p in parts])
+                    for i in range(len(first.strings))],
+                   [pa.concat_arrays([p.categorical[i] for p in parts])
+                    for i in range(len(first.categorical))])
+
     def feeds(self, start: int, stop: int) -> dict[str, np.ndarray]:
         """onnxruntime inputs for rows [start, stop): one (n, 1) array per model input."""
         out = {c: self.numeric32[i, start:stop].reshape(-1, 1)

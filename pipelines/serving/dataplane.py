@@ -28,7 +28,7 @@ from pipelines.core.settings import Settings
 from pipelines.model import routing
 from pipelines.serving import inference, metrics, protocol
 from pipelines.serving.model import AliasFollower, Repository, ServedModel
-from pipelines.serving.predlog import PredictionLog, log_table
+from pipelines.serving.predlog import LogRecord, PredictionLog
 from pipelines.serving.protocol import InferRequest, RequestError
 from pipelines.serving.routing import RoutingFollower
 from pipelines.serving.shadow import ShadowJob, ShadowRunner
@@ -363,22 +363,15 @@ class DataPlane:
             bounds.append((first, last))
             first = last
         done, now = time.perf_counter(), datetime.now(UTC)
-        if len(requests) > 1 and not any(shadows):  # one log table: each row its request's
-            rows = [r.rows for r in requests]
-            self.log.append(log_table(
-                inputs, probabilities, served.described,
-                np.repeat(np.array([r.id for r in requests], dtype=object), rows),
-                served.alias, np.repeat([done - at for at in started], rows), now))
-        else:
-            for request, at, shadow, (first, last) in zip(requests, started, shadows, bounds):
-                mine = inputs if len(requests) == 1 else inputs.slice(first, last)
-                p = probabilities[first:last]
-                if shadow is not None:  # logged with the shadow's answer, after it
-                    self.shadow.submit(ShadowJob(served, shadow, request.columns, mine, p,
-                                                 request.id, done - at, now))
-                else:
-                    self.log.append(log_table(mine, p, served.described, request.id,
-                                              served.alias, done - at, now))
+        for request, at, shadow, (first, last) in zip(requests, started, shadows, bounds):
+            mine = inputs if len(requests) == 1 else inputs.slice(first, last)
+            p = probabilities[first:last]
+            if shadow is not None:  # logged with the shadow's answer, after it
+                self.shadow.submit(ShadowJob(served, shadow, request.columns, mine, p,
+                                             request.id, done - at, now))
+            else:
+                self.log.append(LogRecord(mine, p, served.described, request.id, served.alias,
+                                          done - at, now))
         finished = time.perf_counter()
         for _ in requests:
             metrics.POSTPROCESS.labels(self.name).observe(finished - encoding)

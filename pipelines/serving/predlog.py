@@ -18,6 +18,7 @@ import logging
 import os
 import socket
 import threading
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -39,32 +40,55 @@ MAX_PENDING_BATCHES = 50
 Shadowed = tuple[str, str, "np.ndarray | None", str]
 
 
-def log_table(inputs: ModelInputs, probabilities: np.ndarray, model: dict[str, Any],
-              request_id: str | np.ndarray, variant: str, latency_s: float | np.ndarray,
-              served_at: datetime, shadow: Shadowed | None = None) -> pa.Table:
-    """A request's rows as prediction-log rows: the partition's columns + LOG_COLUMNS
-    (`shadow`: the mirror's alias, version, probabilities or None, and status). Requests
-    answered in one pass may be logged in one table: `request_id` and `latency_s` then give
-    each row its request's."""
+@dataclass(frozen=True)
+class LogRecord:
+    """A request's rows as the prediction log takes them over: its model inputs as scored,
+    probabilities and version (`ServedModel.described`), request id, the variant (alias) that
+    answered, latency, when served, and a shadow's (alias, version, probabilities or None,
+    status). Turned into Arrow rows by the log's thread (`log_table`), many requests at once."""
+    inputs: ModelInputs
+    probabilities: np.ndarray
+    model: dict[str, Any]
+    request_id: str
+    variant: str
+    latency_s: float
+    served_at: datetime
+    shadow: Shadowed | None = None
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+
+def log_table(records: list[LogRecord]) -> pa.Table:
+    """Requests' rows (answered by one model version) as prediction-log rows: the partition's
+    columns (`scoring.parts.part_table` of all their inputs at once) + LOG_COLUMNS, each row
+    its request's."""
     import pyarrow as pa
 
+    from pipelines.scoring.inputs import ModelInputs
     from pipelines.scoring.parts import part_table
     from pipelines.scoring.table import LOG_COLUMNS
 
-    table, n = part_table(inputs, probabilities, model), len(inputs)
-    alias, version, shadow_p, status = shadow or (None, None, None, None)
-    per_row = isinstance(request_id, np.ndarray)
-    extra = [pa.array(request_id, pa.string()) if per_row
-             else pa.repeat(pa.scalar(request_id, pa.string()), n),
-             pa.repeat(pa.scalar(variant, pa.string()), n),
-             pa.array(np.round(np.asarray(latency_s, dtype=np.float64) * 1000, 3))
-             if per_row else pa.repeat(pa.scalar(round(latency_s * 1000, 3), pa.float64()), n),
-             pa.repeat(pa.scalar(served_at, pa.timestamp("us", tz="UTC")), n),
-             pa.repeat(pa.scalar(alias, pa.string()), n),
-             pa.repeat(pa.scalar(version, pa.string()), n),
-             (pa.array(np.asarray(shadow_p, dtype=np.float64), pa.float64())
-              if shadow_p is not None else pa.nulls(n, pa.float64())),
-             pa.repeat(pa.scalar(status, pa.string()), n)]
+    rows = [len(r) for r in records]
+    table = part_table(ModelInputs.concat([r.inputs for r in records]),
+                       np.concatenate([r.probabilities for r in records]), records[0].model)
+    each = pa.array(np.repeat(np.arange(len(records)), rows))  # row -> its request
+
+    def per_request(values: list[Any], kind: pa.DataType) -> pa.Array:
+        return pa.array(values, kind).take(each)
+
+    shadows = [r.shadow or (None, None, None, None) for r in records]
+    shadow_p = [np.full(n, np.nan) if p is None else np.asarray(p, dtype=np.float64)
+                for (_, _, p, _), n in zip(shadows, rows)]
+    extra = [per_request([r.request_id for r in records], pa.string()),
+             per_request([r.variant for r in records], pa.string()),
+             per_request([round(r.latency_s * 1000, 3) for r in records], pa.float64()),
+             per_request([r.served_at for r in records], pa.timestamp("us", tz="UTC")),
+             per_request([s[0] for s in shadows], pa.string()),
+             per_request([s[1] for s in shadows], pa.string()),
+             pa.array(np.concatenate(shadow_p), pa.float64(), mask=np.concatenate(
+                 [np.full(n, s[2] is None) for s, n in zip(shadows, rows)])),
+             per_request([s[3] for s in shadows], pa.string())]
     for name, column in zip(LOG_COLUMNS, extra):
         table = table.append_column(name, column)
     return table
@@ -75,7 +99,7 @@ class PredictionLog:
 
     def __init__(self, settings: Settings, batch_rows: int, flush_seconds: float) -> None:
         self.settings, self.batch_rows, self.flush_seconds = settings, batch_rows, flush_seconds
-        self._pending: list[pa.Table] = []
+        self._pending: list[LogRecord | pa.Table] = []  # tables: rows of a failed write
         self._rows, self._seq = 0, 0
         self._lock, self._wake, self._stop = threading.Lock(), threading.Event(), threading.Event()
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
@@ -84,13 +108,15 @@ class PredictionLog:
     def start(self) -> None:
         self._thread.start()
 
-    def append(self, table: pa.Table) -> None:
-        """Hand a request's rows over (never blocks on storage)."""
+    def append(self, record: LogRecord) -> None:
+        """Hand a request's rows over (never blocks on storage; made into Arrow rows by this
+        log's thread, with the other requests' of its flush: one table per flush, not one per
+        request, keeps the request path and the flush short)."""
         with self._lock:
-            self._pending.append(table)
-            self._rows += table.num_rows
+            self._pending.append(record)
+            self._rows += len(record)
             full = self._rows >= self.batch_rows
-        metrics.LOG_PENDING.inc(table.num_rows)
+        metrics.LOG_PENDING.inc(len(record))
         if full:
             self._wake.set()
 
@@ -130,30 +156,47 @@ class PredictionLog:
             metrics.LOG_ROWS.labels("written").inc(table.num_rows)
         return written
 
-    def _parts(self, batches: list[pa.Table]) -> list[tuple[str, pa.Table]]:
+    def _parts(self, batches: list[LogRecord | pa.Table]) -> list[tuple[str, pa.Table]]:
         """(folder, rows) per event day and model version (one schema per part)."""
         import pyarrow as pa
         import pyarrow.compute as pc
 
-        by_version: dict[str, list[pa.Table]] = {}
-        for t in batches:
-            by_version.setdefault(t["model_version"][0].as_py(), []).append(t)
+        built: dict[str, list[pa.Table]] = {}
+        records: dict[str, list[LogRecord]] = {}
+        for item in batches:
+            if isinstance(item, LogRecord):
+                records.setdefault(str(item.model["version"]), []).append(item)
+            else:
+                built.setdefault(item["model_version"][0].as_py(), []).append(item)
+        for version, same in records.items():
+            try:
+                built.setdefault(version, []).append(log_table(same))
+            except Exception:  # noqa: BLE001 - the thread must live on for the next requests
+                lost = sum(len(r) for r in same)  # a retry would fail the same way
+                log.exception("prediction log: %d rows of version %s could not be made into "
+                              "log rows; dropped", lost, version)
+                metrics.LOG_PENDING.dec(lost)
+                metrics.LOG_ROWS.labels("dropped").inc(lost)
         out = []
-        for tables in by_version.values():
-            table = pa.concat_tables(tables)
+        for tables in built.values():
+            # one chunk per column: a filter over many small chunks costs ten times the copy,
+            # in this thread, which holds the GIL the requests of this worker wait for
+            table = pa.concat_tables(tables).combine_chunks()
             days = pc.strftime(table["event_time"], format="%Y-%m-%d")
-            for day in sorted(set(days.to_pylist())):
+            found = sorted(pc.unique(days).to_pylist())
+            for day in found:
                 folder = locations.prediction_log(self.settings, date.fromisoformat(day))
-                out.append((folder, table.filter(pc.equal(days, day))))
+                out.append((folder, table if len(found) == 1
+                            else table.filter(pc.equal(days, day))))
         return out
 
-    def _requeue(self, batches: list[pa.Table]) -> None:
+    def _requeue(self, batches: list[LogRecord | pa.Table]) -> None:
         with self._lock:
             self._pending = batches + self._pending
             dropped = self._pending[:max(0, len(self._pending) - MAX_PENDING_BATCHES)]
             self._pending = self._pending[len(dropped):]
-            lost = sum(t.num_rows for t in dropped)
-            self._rows = sum(t.num_rows for t in self._pending)
+            lost = sum(len(t) for t in dropped)
+            self._rows = sum(len(t) for t in self._pending)
         if lost:
             log.error("prediction log: %d rows dropped (more than %d batches waiting)", lost,
                       MAX_PENDING_BATCHES)

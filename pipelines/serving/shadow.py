@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipelines.serving import metrics
-from pipelines.serving.predlog import PredictionLog, log_table
+from pipelines.serving.predlog import LogRecord, PredictionLog
 
 if TYPE_CHECKING:
     from pipelines.scoring.inputs import ModelInputs
@@ -127,7 +127,7 @@ class ShadowRunner:
         alias = job.shadow.alias
         if p is not None and (len(p) != len(job.probabilities) or not np.isfinite(p).all()):
             p, status = None, "error"
-        self._log.append(log_table(job.inputs, job.probabilities, job.primary.described,
+        self._log.append(LogRecord(job.inputs, job.probabilities, job.primary.described,
                                    job.request_id, job.primary.alias, job.latency_s,
                                    job.served_at, (alias, job.shadow.version, p, status)))
         metrics.SHADOW_REQUESTS.labels(self.name, alias, status).inc()
