@@ -2,16 +2,19 @@
 polars' `join_asof` (and Feast's own) on the same data.
 
 1,000,000 entity rows against 5,000,000 feature rows (100,000 entities, 10 features; about 2%
-of entity rows name an unknown entity). The project's path is `pipelines.features.store.
-historical_features` over a real Feast repo (FileSource -> FeatureView -> FeatureService, the
-definitions read from the registry) with the fast engine and the created-timestamp cutoff on;
-the baselines are one DuckDB `ASOF LEFT JOIN` over the same Parquet files, pandas `merge_asof`
-(both frames read from Parquet and sorted on the event timestamp, as it requires) and polars
-`join_asof` (the same reads and sorts, the result converted to pandas). The baselines return
-their join's row order (the comparison sorts them by row key); the project returns entity row
-order and checks it, one output row per entity row. Feast's own
-`get_historical_features` (DuckDB offline store) runs on `feast_rows` entity rows against the
-same 5,000,000 feature rows.
+of entity rows name an unknown entity). The project's path is `pipelines.features.retrieval.
+historical_features` (pandas in and out: training's entry point) over a real Feast repo
+(FileSource -> FeatureView -> FeatureService, the definitions read from the registry) with the
+fast engine and the created-timestamp cutoff on; the baselines are one DuckDB `ASOF LEFT JOIN`
+over the same Parquet files, pandas `merge_asof` (both frames read from Parquet and sorted on
+the event timestamp, as it requires) and polars `join_asof` (the same reads and sorts, the
+result converted to pandas). `project_arrow` is the same retrieval by
+`historical_features_table`, batch scoring's entry point: the entity rows read as Arrow (as the
+DuckDB side reads them, no pandas conversion of the row keys), the result converted to pandas
+like the others; its ratios are reported beside the project's. The baselines return their
+join's row order (the comparison sorts them by row key); the project returns entity row order
+and checks it, one output row per entity row. Feast's own `get_historical_features` (DuckDB
+offline store) runs on `feast_rows` entity rows against the same 5,000,000 feature rows.
 
 Each side runs alone in a fresh child process; its seconds cover reading the entity rows to
 a pandas frame with the features (module imports excluded, the FeatureStore included), and its
@@ -31,6 +34,9 @@ from pathlib import Path
 
 FEATURES = 10
 BASELINES = ("duckdb_asof", "pandas_asof", "polars_asof")
+# the project's two entry points: `historical_features` (pandas in and out: training's) and
+# `historical_features_table` (Arrow in and out: batch scoring's), its result then to pandas
+PROJECT = ("project", "project_arrow")
 
 
 def _generate(tmp: Path, rows: int) -> None:
@@ -97,10 +103,14 @@ def _side(name: str, tmp: str, limit: int, out: mp.Queue) -> None:
 
     if name == "polars_asof":
         import polars as pl
-    if name in ("project", "feast"):
+    if name in ("project", "project_arrow", "feast"):
+        import pyarrow.parquet as pq
         from feast import FeatureStore
 
-        from pipelines.features.retrieval import historical_features
+        from pipelines.features.retrieval import (
+            historical_features,
+            historical_features_table,
+        )
 
         FeatureStore(repo_path=tmp)  # the first store in a process finishes Feast's imports
     t0 = time.perf_counter()
@@ -124,6 +134,11 @@ def _side(name: str, tmp: str, limit: int, out: mp.Queue) -> None:
         feat = pl.read_parquet(f"{tmp}/features.parquet", columns=feat_cols).sort("event_timestamp")
         df = ent.join_asof(feat, on="event_timestamp", by="entity_id", strategy="backward",
                            allow_exact_matches=True, check_sortedness=False).to_pandas()
+    elif name == "project_arrow":  # batch scoring's path: Arrow in, Arrow out, then pandas
+        table = pq.read_table(f"{tmp}/entities.parquet").slice(0, limit)
+        store = FeatureStore(repo_path=tmp)
+        df = historical_features_table(store, "bench_service", table, ["entity_id"],
+                                       engine="duckdb", cutoff=True).to_pandas()
     else:
         rows = pd.read_parquet(f"{tmp}/entities.parquet").head(limit)
         store = FeatureStore(repo_path=tmp)
@@ -178,9 +193,9 @@ def run(rows: int = 1_000_000, feast_rows: int | None = None) -> dict:
         _generate(tmp, rows)
         _repo(tmp)
         setup_s = time.perf_counter() - t
-        sides = {name: _run_side(name, tmp, rows) for name in ("project", *BASELINES)}
+        sides = {name: _run_side(name, tmp, rows) for name in (*PROJECT, *BASELINES)}
         feast = _run_side("feast", tmp, feast_rows)
-        checks = {name: _compare(tmp, name, rows) for name in BASELINES}
+        checks = {name: _compare(tmp, name, rows) for name in (*PROJECT[1:], *BASELINES)}
         feast_check = _compare(tmp, "feast", feast_rows)
     seconds = {name: side["seconds"] for name, side in sides.items()}
     fastest = min(BASELINES, key=seconds.__getitem__)
@@ -197,6 +212,10 @@ def run(rows: int = 1_000_000, feast_rows: int | None = None) -> dict:
                                for name in BASELINES},
         "fastest_baseline": fastest,
         "ratio_project_over_fastest": round(seconds["project"] / seconds[fastest], 2),
+        "ratio_project_arrow_over": {name: round(seconds["project_arrow"] / seconds[name], 2)
+                                     for name in BASELINES},
+        "ratio_project_arrow_over_fastest": round(seconds["project_arrow"] / seconds[fastest],
+                                                  2),
         "feast_entity_rows": feast_rows, "feast_s": feast["seconds"],
         "feast_peak_mb": feast["peak_mb"], "feast_output_rows": feast["rows"],
         "identical_to_feast": feast_check["identical"],
