@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import date, datetime
 
 import numpy as np
@@ -26,6 +26,7 @@ from pipelines.core.intervals import Interval
 from pipelines.core.specs import DerivedColumn
 
 log = logging.getLogger(__name__)
+Columns = pd.DataFrame | Mapping[str, pd.Series]  # event rows: a frame, or its columns by name
 ROW_KEY = "row_key"
 PREDICTION_TIME = "event_timestamp"  # Feast's name for the as-of time of an entity row
 EVENT_TIME, LABEL_AT = "event_time", "label_available_at"
@@ -72,11 +73,11 @@ def _text(values: pd.Series) -> list[str]:
     return values.astype(str).tolist()
 
 
-def row_keys(df: pd.DataFrame, key: tuple[str, ...]) -> pd.Series:
+def row_keys(df: Columns, key: tuple[str, ...]) -> pd.Series:
     """Deterministic 16-hex-digit key from the key columns (stable across runs and machines)."""
     parts = zip(*(_text(df[c]) for c in key))  # a loop: `agg(axis=1)` is
     return pd.Series([hashlib.sha256("\x1f".join(p).encode()).hexdigest()[:16]  # 10x slower
-                      for p in parts], index=df.index, dtype=object)
+                      for p in parts], index=df[key[0]].index, dtype=object)
 
 
 def _derived_rows(cfg: Config, raw: pd.DataFrame) -> pd.DataFrame:
@@ -87,7 +88,19 @@ def _derived_rows(cfg: Config, raw: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def _times_and_key(cfg: Config, df: pd.DataFrame) -> dict[str, pd.Series]:
+def _derived_columns(cfg: Config, raw: pd.DataFrame) -> dict[str, pd.Series]:
+    """`_derived_rows`' columns by name, without copying or growing a frame (for the few rows
+    of a request, inserting a column costs as much as deriving it). A concat reads the columns
+    as they are; an expression is evaluated on a frame of the columns so far."""
+    cols = {c: raw[c] for c in raw.columns}
+    for name, spec in cfg.dataset.events.derived.items():
+        source = cols if spec.concat is not None else pd.DataFrame(cols, index=raw.index)
+        cols[name] = column = derive_column(source, name, spec)
+        column.name = name  # as the frame's column is named
+    return cols
+
+
+def _times_and_key(cfg: Config, df: Columns) -> dict[str, pd.Series]:
     """The event time (UTC), the prediction time (event time - lead) and the row key of each
     row (the key's columns are raw event columns: `deduplicate` checks it)."""
     ev = cfg.dataset.events
@@ -112,7 +125,7 @@ def _select(cfg: Config, df: pd.DataFrame, keep: list[str],
     return pd.DataFrame(_selected(cfg, df, keep, computed), index=df.index)
 
 
-def _selected(cfg: Config, df: pd.DataFrame, keep: list[str],
+def _selected(cfg: Config, df: Columns, keep: list[str],
               computed: dict[str, pd.Series] | None = None) -> dict[str, pd.Series]:
     """`_select`'s columns, by name (each a Series on `df`'s index)."""
     computed = computed or {}
@@ -120,7 +133,7 @@ def _selected(cfg: Config, df: pd.DataFrame, keep: list[str],
     keep += [k for k in cfg.features.join_keys if k not in keep]
     keep += [c for c in model_passthrough(cfg) if c not in keep]
     keep += [c for c in cfg.features.request_inputs if c not in keep]
-    absent = [c for c in keep if c not in df.columns and c not in computed]
+    absent = [c for c in keep if c not in df and c not in computed]
     if absent:
         raise ValueError(f"{cfg.dataset.events.table}: no column {absent} (join keys, "
                          f"passthrough features and request-time inputs must be event columns "
@@ -222,8 +235,9 @@ def entity_rows(cfg: Config, raw: pd.DataFrame) -> pd.DataFrame:
 def entity_columns(cfg: Config, raw: pd.DataFrame) -> dict[str, pd.Series]:
     """`entity_rows`' columns by name, without the frame around them (the online server's
     path: for a request of a row or a few, building the frame costs as much as a step)."""
-    df = _derived_rows(cfg, raw)
-    return _selected(cfg, df, [ROW_KEY, PREDICTION_TIME, EVENT_TIME], _times_and_key(cfg, df))
+    cols = _derived_columns(cfg, raw)
+    return _selected(cfg, cols, [ROW_KEY, PREDICTION_TIME, EVENT_TIME],
+                     _times_and_key(cfg, cols))
 
 
 def request_columns(cfg: Config) -> tuple[list[str], list[str]]:
@@ -241,8 +255,9 @@ def request_columns(cfg: Config) -> tuple[list[str], list[str]]:
     return [c for c in cols if c not in numeric], numeric
 
 
-def derive_column(df: pd.DataFrame, name: str, spec: DerivedColumn) -> pd.Series:
-    """One `dataset.events.derived` column of the event rows `df`.
+def derive_column(df: Columns, name: str, spec: DerivedColumn) -> pd.Series:
+    """One `dataset.events.derived` column of the event rows `df` (a frame; for a concat, the
+    columns by name are enough).
 
     `concat`: the columns' text joined by `sep`, missing (not the text "nan") where any of them
     is missing; `expr`: the expression as its declared dtype. Either way `on_missing` decides
@@ -251,13 +266,14 @@ def derive_column(df: pd.DataFrame, name: str, spec: DerivedColumn) -> pd.Series
     what = f"dataset.events.derived.{name}"
     if spec.concat is None:
         return derive(spec.expression, df, spec.dtype, spec.on_missing, spec.fill_value, what)
-    absent = [c for c in spec.concat if c not in df.columns]
+    absent = [c for c in spec.concat if c not in df]
     if absent:
         raise ValueError(f"{what} = concat {list(spec.concat)}: no column {absent}")
-    missing = pd.Series(np.logical_or.reduce([df[c].isna().to_numpy() for c in spec.concat]),
-                        index=df.index)
+    index = df[spec.concat[0]].index
+    missing = pd.Series(np.logical_or.reduce([pd.isna(df[c].to_numpy()) for c in spec.concat]),
+                        index=index)
     parts = zip(*(_text(df[c]) for c in spec.concat))
-    text = pd.Series([spec.sep.join(p) for p in parts], index=df.index, dtype=object)
+    text = pd.Series([spec.sep.join(p) for p in parts], index=index, dtype=object)
     return apply_missing(text, missing, "string", spec.on_missing, spec.fill_value,
                          f"{what} = concat {list(spec.concat)}")
 

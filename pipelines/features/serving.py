@@ -129,7 +129,8 @@ def serving_features(store: "FeatureStore", service_name: str, request_time: req
 def serving_columns(store: "FeatureStore", service_name: str, request_time: request.Spec,
                     entity_rows: list[dict[str, Any]], as_of: datetime | Sequence[datetime],
                     views: "list[pit.ViewSpec] | None" = None,
-                    given: Mapping[str, np.ndarray] | None = None
+                    given: Mapping[str, np.ndarray] | None = None,
+                    request_rows: pd.DataFrame | None = None
                     ) -> dict[str, np.ndarray | pd.Series]:
     """The features an online model server gives a model, one value per request row, by
     column (store features: object arrays, None where missing; request-time features: numpy
@@ -146,6 +147,9 @@ def serving_columns(store: "FeatureStore", service_name: str, request_time: requ
     `given`: feature columns (`<view>__<feature>`, one value per row) the caller supplies: a
     view whose every feature is given is not read from the store; one given in part is
     refused (ValueError naming the missing columns).
+    `request_rows`: the request columns as a frame, one row per entity row, when the caller
+    has them as columns already (a server: its entity rows' own); otherwise they are read
+    from `entity_rows` (`request.serving_frame`).
     """
     from pipelines.features import pit
 
@@ -185,8 +189,9 @@ def serving_columns(store: "FeatureStore", service_name: str, request_time: requ
             values[col][known] = found_values
     if not request_time:
         return dict(values)
-    computed = request.compute_arrays(request_time,
-                                      request.serving_frame(entity_rows, request_time))
+    if request_rows is None:
+        request_rows = request.serving_frame(entity_rows, request_time)
+    computed = request.compute_arrays(request_time, request_rows)
     # each column's values as `request.compute` gives them (an int64 feature with missing
     # values as float64 with NaN), as numpy: without a Series or a frame around them
     return {**values, **{c: a.to_numpy(zero_copy_only=False) for c, a in computed.items()}}

@@ -113,14 +113,19 @@ def prepare(cfg: Config, store: FeatureStore, views: list[ViewSpec], served: Ser
         rows = entity_columns(cfg, raw)
     except ValueError as exc:  # e.g. a timestamp without an offset, named by its column
         raise RequestError(str(exc)) from None
-    wanted = list(dict.fromkeys([*cfg.features.join_keys, *request_inputs(served.request_spec)]))
-    columns = {c: [None if pd.isna(v) else v for v in rows[c]] for c in wanted}
+    keys = list(cfg.features.join_keys)
+    columns = {c: [None if pd.isna(v) else v for v in rows[c]] for c in keys}
     entities = [dict(zip(columns, values)) for values in zip(*columns.values())]
-    try:  # timestamps stay timestamps (UTC): request.compute reads them as it reads ISO text
+    # the request-time features' inputs as the entity rows hold them (timestamps as UTC
+    # timestamps: request.compute reads them as it reads ISO text)
+    wanted = request_inputs(served.request_spec)
+    request_rows = pd.DataFrame({c: rows[c].array for c in wanted if c in rows},
+                                index=pd.RangeIndex(len(raw)))
+    try:
         features = serving_columns(store, service_name(cfg, served), served.request_spec,
                                     entities, list(rows[PREDICTION_TIME]), views,
                                     {c: raw[c].to_numpy() for c in supplied_columns(views)
-                                     if c in raw.columns})
+                                     if c in raw.columns}, request_rows)
     except ValueError as exc:  # a request-time feature refusing a value (on_missing: error)
         raise RequestError(str(exc)) from None
     unknown = unknown_rows(views, features)
