@@ -5,7 +5,7 @@ Reads where to listen from the environment (`core.settings`: MLOPS_SERVING_HOST,
 bearer token file on first start (0600; its path is printed, never the token), points
 PROMETHEUS_MULTIPROC_DIR at a folder emptied of earlier runs' metric files (so `/metrics`
 sums this run's workers), and runs uvicorn with `pipelines.serving.app:create_app` in each
-worker.
+worker (several workers: one listening socket each, `pipelines.serving.workers`).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ def prepare_metrics_dir(path: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     import uvicorn
+    from uvicorn.config import STARTUP_FAILURE
 
     if argv:
         print("usage: python -m pipelines.serving  (settings come from the environment: see "
@@ -51,11 +52,25 @@ def main(argv: list[str] | None = None) -> int:
     log.info("serving %s (aliases %s) on http://%s:%d with %d worker(s); bearer token in %s",
              cfg.registry.model_name, ", ".join(cfg.serving.aliases), settings.serving_host,
              settings.serving_port, settings.serving_workers, token_file)
-    uvicorn.run("pipelines.serving.app:create_app", factory=True, host=settings.serving_host,
-                port=settings.serving_port, workers=settings.serving_workers,
-                access_log=False, log_level="info", timeout_graceful_shutdown=30,
-                timeout_worker_healthcheck=60)
-    return 0
+    config = uvicorn.Config("pipelines.serving.app:create_app", factory=True,
+                            host=settings.serving_host, port=settings.serving_port,
+                            workers=settings.serving_workers, access_log=False,
+                            log_level="info", timeout_graceful_shutdown=30,
+                            timeout_worker_healthcheck=60)
+    if config.workers > 1:  # one listening socket per worker (pipelines/serving/workers.py)
+        from pipelines.serving import workers
+
+        try:
+            workers.run(config)
+        except KeyboardInterrupt:
+            pass
+        return 0
+    server = uvicorn.Server(config)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    return 0 if server.started else STARTUP_FAILURE
 
 
 if __name__ == "__main__":
