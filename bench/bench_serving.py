@@ -24,7 +24,8 @@ The sides:
 - project, online store, requests that waited while a worker was busy scored one by one
   (`serving.max_batch_requests: 1`) against together (the default), 1 row.
 
-Servers run 2 uvicorn workers on 127.0.0.1 and share the 2 cores with the load generators.
+Servers run 2 uvicorn workers on 127.0.0.1 (ours: a listening socket each) and share the 2
+cores with the load generators.
 Latency at a fixed rate: an open-loop asyncio client on CALLERS keep-alive connections sends
 at RATE requests/s (1 row) or RATE / 10 (100 rows) for FIXED_S seconds, after WARM_S seconds
 not counted, and measures each request from its scheduled send time (a late send counts: no
@@ -267,9 +268,10 @@ async def _open_loop(port: int, path: str, bodies: list[bytes], headers: dict[st
 
 def _connections_per_process(port: int) -> list[int]:
     """How the open connections to `port` are spread over the server's worker processes
-    (`ss`), fewest first: the kernel hands each new connection to whichever worker accepts it,
-    and a keep-alive connection stays there, so one worker may carry most of the load (32
-    connections split 4/28, 9/23, 11/21 and 15/17 in four tries on 2026-12-07)."""
+    (`ss`), fewest first. A keep-alive connection stays with the worker that accepted it: our
+    workers listen on a socket each (SO_REUSEPORT, `pipelines.serving.workers`), so the kernel
+    spreads them by hash (10/22 to 16/16 on 2026-12-07); the peer's share uvicorn's socket,
+    where the first worker to wake takes every connection waiting (1/31 to 15/17)."""
     from collections import Counter
 
     done = subprocess.run(["ss", "-tnpH", "state", "established", f"( sport = :{port} )"],
