@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tritonclient.http as triton
-from conftest import SERVED_DAY, Server, bearer, events, metric, v2_request
+from conftest import REPO, SERVED_DAY, Server, bearer, events, metric, v2_request
 from tritonclient.utils import InferenceServerException
 
 from pipelines.core import locations, storage
@@ -410,3 +410,23 @@ def test_connections_opened_at_once_are_spread_over_both_workers(server):
             c.close()
     # both workers, neither with fewer than 4 (a fair split: less than 1 in 10^5 to fail)
     assert len(per_worker) == 2 and sum(per_worker) >= 32 and per_worker[0] >= 4, per_worker
+
+
+def test_a_second_server_on_a_port_in_use_fails_at_start(server, served_state):
+    """The workers share their port with SO_REUSEPORT, which would also let a second server of
+    the same user join it and take half its connections unseen: the launcher checks first that
+    nothing else holds the port, so a second one fails at start, naming the address."""
+    import os
+    import subprocess
+    import sys
+
+    srv, _, _ = server
+    env = {**os.environ, **served_state["env"], "MLOPS_SERVING_PORT": str(srv.port),
+           "MLOPS_SERVING_WORKERS": "2"}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    second = subprocess.run([sys.executable, "-m", "pipelines.serving"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert second.returncode != 0, second.stderr[-2000:]
+    assert f"cannot listen on 127.0.0.1:{srv.port}" in second.stderr
+    assert "Address already in use" in second.stderr
+    assert srv.http.get("/v2/health/ready").status_code == 200  # the first one still serves
