@@ -13,8 +13,9 @@ listens on (another server of ours included) fails at start, before any worker, 
 shared socket; a port of 0 is resolved there once, so every worker listens on the same one.
 It then holds the address with SO_REUSEPORT alone, without listening (it takes no
 connections), while the workers run, so that check fails for a second launcher even before
-any worker listens. Worker supervision is uvicorn's own (`Multiprocess`: health pings, a dead worker
-replaced, graceful shutdown on SIGTERM); only where a worker's socket comes from differs.
+any worker listens. Worker supervision is uvicorn's own (`Multiprocess`: health pings, a dead
+worker replaced, graceful shutdown on SIGTERM); only where a worker's socket comes from
+differs.
 """
 
 from __future__ import annotations
