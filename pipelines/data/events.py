@@ -82,16 +82,14 @@ def row_keys(df: Columns, key: tuple[str, ...]) -> pd.Series:
 
 def _derived_rows(cfg: Config, raw: pd.DataFrame) -> pd.DataFrame:
     """A copy of the raw rows with the derived columns."""
-    df = raw.copy()
-    for name, spec in cfg.dataset.events.derived.items():
-        df[name] = derive_column(df, name, spec)
-    return df
+    return pd.DataFrame(_derived_columns(cfg, raw), index=raw.index)
 
 
 def _derived_columns(cfg: Config, raw: pd.DataFrame) -> dict[str, pd.Series]:
-    """`_derived_rows`' columns by name, without copying or growing a frame (for the few rows
-    of a request, inserting a column costs as much as deriving it). A concat reads the columns
-    as they are; an expression is evaluated on a frame of the columns so far."""
+    """The raw rows' columns and the derived ones, by name, without copying or growing a
+    frame (for the few rows of a request, inserting a column costs as much as deriving it).
+    A concat reads the columns as they are; an expression is evaluated on a frame of the
+    columns so far."""
     cols = {c: raw[c] for c in raw.columns}
     for name, spec in cfg.dataset.events.derived.items():
         source = cols if spec.concat is not None else pd.DataFrame(cols, index=raw.index)
