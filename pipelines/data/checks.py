@@ -41,6 +41,34 @@ def _stamp() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
 
 
+def _validate_landed(cfg: Config, settings: Settings, table: str,
+                     iv: Interval | None) -> dict[str, Any]:
+    """`validate_batch` of one landed batch (iv None: the table's snapshot), holding the
+    batch's lock (`locks.named_lock` on its report URI): runs that read the same batch at once
+    (a catch-up's nights, batch scoring beside feature materialisation) validate it once, and
+    the others find its passing report for the same bytes and reuse it; nor can two of them
+    quarantine it at once. Absent is checked under the lock: a batch another run has just
+    quarantined is absent, and the error names its report."""
+    from pipelines.core.locks import named_lock
+    from pipelines.data.validation import DataValidationError, validate_batch
+
+    uri = locations.batch(settings.landing_uri, table, iv)
+    partition = locations.partition(iv)
+    uris = _uris(settings, table, partition)
+    when = iv.key if iv else "the snapshot"
+    with named_lock(settings, f"validate:{uris['report_uri']}"):
+        if not storage.exists(uri):
+            report = uris["report_uri"]
+            last = f" (its last report: {report})" if storage.exists(report) else ""
+            raise DataValidationError(f"{uri}: no {table} batch has landed for {when}{last}")
+        return validate_batch(
+            table=table, batch_uri=uri, suite_dir=settings.expectations_dir,
+            interval_start=iv.start if iv else None, interval_end=iv.end if iv else None,
+            timestamp_column=cfg.dataset.sources[table].timestamp if iv else None,
+            max_file_mb=cfg.validation.max_file_mb,
+            quarantine_to=locations.quarantine(settings, table, partition, _stamp()), **uris)
+
+
 def validate_day(cfg: Config, settings: Settings, day: Interval | date,
                  tables: list[str] | None = None) -> list[dict[str, Any]]:
     """Validate the interval's batch of each interval table; raises DataValidationError on a
@@ -51,25 +79,14 @@ def validate_day(cfg: Config, settings: Settings, day: Interval | date,
     header-only batch (an interval without rows) is a batch like any other: its suite says
     whether none is acceptable (expect_table_row_count_to_be_between).
     """
-    from pipelines.data.validation import DataValidationError, validate_batch
+    from pipelines.data.validation import DataValidationError
 
     iv = cfg.grain.interval(day)
     tables = tables or cfg.dataset.daily_tables
     results, errors = [], {}
     for table in tables:
-        source = cfg.dataset.sources[table]
-        uri = locations.batch(settings.landing_uri, table, iv)
-        if not storage.exists(uri):
-            errors[table] = f"{uri}: no {table} batch has landed for {iv.key}"
-            continue
         try:
-            results.append(validate_batch(
-                table=table, batch_uri=uri, suite_dir=settings.expectations_dir,
-                interval_start=iv.start, interval_end=iv.end,
-                timestamp_column=source.timestamp, max_file_mb=cfg.validation.max_file_mb,
-                quarantine_to=locations.quarantine(settings, table, locations.partition(iv),
-                                                   _stamp()),
-                **_uris(settings, table, locations.partition(iv))))
+            results.append(_validate_landed(cfg, settings, table, iv))
         except DataValidationError as exc:
             errors[table] = str(exc)
     if errors:
@@ -108,21 +125,8 @@ def validate_days(cfg: Config, settings: Settings, days: list[tuple[Interval, li
 
 
 def validate_snapshots(cfg: Config, settings: Settings) -> list[dict[str, Any]]:
-    from pipelines.data.validation import validate_batch
-
-    results = []
-    for table, source in cfg.dataset.sources.items():
-        if source.timestamp:
-            continue
-        results.append(validate_batch(
-            table=table, batch_uri=locations.batch(settings.landing_uri, table, None),
-            suite_dir=settings.expectations_dir,
-            interval_start=None, interval_end=None, timestamp_column=None,
-            max_file_mb=cfg.validation.max_file_mb,
-            quarantine_to=locations.quarantine(settings, table, locations.partition(None),
-                                               _stamp()),
-            **_uris(settings, table, locations.partition(None))))
-    return results
+    return [_validate_landed(cfg, settings, table, None)
+            for table, source in cfg.dataset.sources.items() if not source.timestamp]
 
 
 def lookback(cfg: Config, iv: Interval) -> list[Interval]:

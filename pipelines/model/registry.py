@@ -18,8 +18,8 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from pipelines.core import locations, storage
+from pipelines.core.locks import alias_lock
 from pipelines.core.settings import Settings
-from pipelines.model.locks import alias_lock
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient

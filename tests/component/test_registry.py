@@ -6,8 +6,9 @@ import dataclasses
 
 import pytest
 
+from pipelines.core import locks
 from pipelines.core.settings import get_settings
-from pipelines.model import locks, registry
+from pipelines.model import registry
 
 NAME = "registry_test_model"
 

@@ -630,6 +630,61 @@ def test_a_windows_failed_intervals_are_all_named_after_every_batch_is_validated
     assert all(r["cached"] for r in again)  # same bytes, passing reports: not validated again
 
 
+def _validate_day_in_child(settings: Settings, day: str, out) -> None:
+    """A forked child's `validate_day` of the flights batch: its result or its error."""
+    from datetime import date
+
+    from pipelines.core.config import load_config
+    from pipelines.data.checks import validate_day
+
+    try:
+        (result,) = validate_day(load_config(REPO_ROOT / "params.yaml"), settings,
+                                 date.fromisoformat(day), ["flights"])
+        out.put(("ok", result["cached"]))
+    except DataValidationError as exc:
+        out.put(("error", str(exc)))
+
+
+@pytest.mark.parametrize("good", [True, False], ids=["passing", "quarantined"])
+def test_runs_validating_one_batch_at_once_validate_it_once(lake: Lake, flights, good) -> None:
+    """Two runs reading the same batch at once (batch scoring beside feature materialisation,
+    a catch-up's nights): they wait on the batch's lock, which this test holds first (nothing
+    is written while it does), then one validates it and the other reuses its passing report,
+    or finds it quarantined: one quarantine, and the second error names the report."""
+    import multiprocessing
+
+    from pipelines.core.locks import named_lock
+
+    lake.write(DAY, _csv(flights[DAY]) if good else _set("distance", [0], 99999)(flights[DAY]))
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    report = locations.validation_report(lake.settings, "flights", f"date={DAY}")
+    with named_lock(lake.settings, f"validate:{report}"):
+        children = [ctx.Process(target=_validate_day_in_child, args=(lake.settings, DAY, out))
+                    for _ in range(2)]
+        for child in children:
+            child.start()
+        for child in children:
+            child.join(timeout=2.0)  # time enough to validate: both are waiting on the lock
+        assert all(c.is_alive() for c in children) and not Path(report).exists()
+        assert lake.batch(DAY).exists()
+    results = sorted(out.get(timeout=120) for _ in children)
+    for child in children:
+        child.join(timeout=30)
+        assert child.exitcode == 0
+    if good:
+        assert results == [("ok", False), ("ok", True)]  # validated once, then its report reused
+        assert json.loads(Path(report).read_text())["success"] is True
+        return
+    (first, second) = sorted(results, key=lambda r: "no flights batch has landed" in r[1])
+    assert first[0] == second[0] == "error" and "distance" in first[1]
+    assert second[1] == (f"{DAY}: 1 of 1 tables failed validation (flights):\n\n"
+                         f"{lake.batch(DAY)}: no flights batch has landed for {DAY} "
+                         f"(its last report: {report})")
+    assert (lake.quarantined(DAY) / "flights.csv").exists()  # one quarantine folder, not two
+    assert json.loads(Path(report).read_text())["success"] is False
+
+
 def _checkpoint_run(df: pd.DataFrame, suite: dict, docs: Path) -> tuple[list[dict], str]:
     """GX's own way (what `rules.run_gx` did before): a Checkpoint with UpdateDataDocsAction."""
     import tempfile

@@ -116,12 +116,13 @@ def test_stages_on_object_store_redis_postgres(env):
     import redis
 
     from pipelines import cli, features, monitoring, scoring
+    from pipelines.core import locks
     from pipelines.core.config import load_config
     from pipelines.core.settings import get_settings
     from pipelines.data.checks import validate_interval, validate_predictions
     from pipelines.data.ingest import ingest
     from pipelines.features import online
-    from pipelines.model import locks, registry
+    from pipelines.model import registry
     from pipelines.monitoring import history as metrics_store
     from pipelines.scoring.publish import part_uris, publish
 
