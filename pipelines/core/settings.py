@@ -79,7 +79,7 @@ class Settings:
     mlflow_backoff_factor: int = 1
     expectations_dir: str = str(REPO_ROOT / "expectations")  # MLOPS_EXPECTATIONS_DIR
     metrics_db: str = ""  # MLOPS_METRICS_DB: a SQLite path / URL or a Postgres URL ('': default)
-    lock_url: str = ""  # MLOPS_LOCK_URL: Postgres for locks (alias moves, batches) ('': the metrics DB if PG)
+    lock_url: str = ""  # MLOPS_LOCK_URL: Postgres for locks ('': the metrics DB if Postgres)
     alert_webhook_url: str = ""  # MLOPS_ALERT_WEBHOOK_URL (else the Airflow connection)
     schedule_start: str = ""  # MLOPS_SCHEDULE_START / _END override orchestration's span
     schedule_end: str = ""
