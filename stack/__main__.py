@@ -112,6 +112,7 @@ def _feast_apply(env: dict[str, str]) -> None:
 # Data servers: the last to stop (everything else uses them). MLflow stops after Airflow's
 # processes (a task still finishing may talk to it). Within each group nothing depends on another.
 DATA_SERVERS = ("postgres", "redis", "seaweedfs")
+STARTING = "starting"  # `extra` key of a service `up` spawned that was not ready yet
 _ORDER = (*DATA_SERVERS, "mlflow", serving.NAME, *airflow.PROCESSES)
 
 
@@ -174,18 +175,25 @@ def up(root: Path, workers: int) -> dict[str, str]:
     lock = threading.Lock()
 
     def keep(service: Service) -> Service:
-        """Record a service as soon as it is up (from any thread), so a failure or an
-        interrupted `up` stops it, and `down` finds it even if `up` itself is killed."""
+        """Record a service (from any thread), so a failure or an interrupted `up` stops it,
+        and `down` finds it even if `up` itself is killed: once spawned, as `starting` (its
+        process group; no port or environment yet), then as itself once it is up."""
         with lock:
+            started[:] = [s for s in started if s.pid != service.pid]
             started.append(service)
             started.sort(key=_order)
             _save(root, started, env)
         return service
 
+    def starting(name: str, pid: int, log: Path) -> None:
+        keep(Service(name=name, pid=pid, port=0, env={}, log=str(log),
+                     extra={STARTING: "spawned, not ready yet"}))
+
     def timed(what: str, fn, *args, **kwargs):
         with _timed(root, what):
             return fn(*args, **kwargs)
 
+    process.spawn_hook(starting)
     try:
         # 1. The data servers, at once (none needs another).
         def postgres() -> tuple[Service, dict[str, str]]:
@@ -266,6 +274,8 @@ def up(root: Path, workers: int) -> dict[str, str]:
         _stop(root, started, timeout=10)
         _save(root, [], env)
         raise
+    finally:
+        process.spawn_hook(None)
 
 
 def down(root: Path, timeout: float | None = None) -> list[str]:
@@ -347,7 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cmd == "status":
         listed = load(root)
         for s in listed:
-            print(f"{s.name:14} pid {s.pid:<8} {'up' if s.alive() else 'DOWN':5} {s.extra.get('url', '')}")
+            where = s.extra.get('url') or s.extra.get(STARTING, '')
+            print(f"{s.name:14} pid {s.pid:<8} {'up' if s.alive() else 'DOWN':5} {where}")
         if not listed:
             print(f"no stack in {root}")
         return 0 if listed and all(s.alive() for s in listed) else 1

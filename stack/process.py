@@ -180,6 +180,18 @@ def tail(log: Path, n: int = 40) -> str:
     return "\n".join(lines[-n:])
 
 
+# Called with (name, pid, log) for each process `spawn` starts (see `spawn_hook`).
+_spawn_hook: Callable[[str, int, Path], None] | None = None
+
+
+def spawn_hook(hook: Callable[[str, int, Path], None] | None) -> None:
+    """From now on (None: no longer) call `hook(name, pid, log)`, in the spawning thread, for
+    every process `spawn` starts, before it is ready: `stack up` records it at once, so a
+    `down` after an `up` killed mid-start still finds it."""
+    global _spawn_hook
+    _spawn_hook = hook
+
+
 def spawn(name: str, cmd: list[str], log: Path, cwd: Path, env: dict[str, str] | None = None,
           **kwargs: Any) -> subprocess.Popen:
     """Start `cmd` in a session of its own (stopped as a group), stdin closed, output appended
@@ -188,8 +200,12 @@ def spawn(name: str, cmd: list[str], log: Path, cwd: Path, env: dict[str, str] |
     with open(log, "ab") as fh:
         fh.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting {name}\n".encode())
         fh.flush()
-        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
                                 cwd=cwd, env=env, start_new_session=True, close_fds=True, **kwargs)
+    hook = _spawn_hook
+    if hook is not None:
+        hook(name, proc.pid, log)
+    return proc
 
 
 def wait_ready(service: Service, proc: subprocess.Popen, ready: Callable[[], bool], timeout: float,
