@@ -85,14 +85,15 @@ def _derived_rows(cfg: Config, raw: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(_derived_columns(cfg, raw), index=raw.index)
 
 
-def _derived_columns(cfg: Config, raw: pd.DataFrame) -> dict[str, pd.Series]:
-    """The raw rows' columns and the derived ones, by name, without copying or growing a
-    frame (for the few rows of a request, inserting a column costs as much as deriving it).
-    A concat reads the columns as they are; an expression is evaluated on a frame of the
-    columns so far."""
-    cols = {c: raw[c] for c in raw.columns}
+def _derived_columns(cfg: Config, raw: Columns) -> dict[str, pd.Series]:
+    """The raw rows' columns (a frame, or its columns by name on one index) and the derived
+    ones, by name, without copying or growing a frame (for the few rows of a request,
+    inserting a column costs as much as deriving it). A concat reads the columns as they are;
+    an expression is evaluated on a frame of the columns so far."""
+    cols = dict(raw.items())
+    index = next(iter(cols.values())).index if cols else None
     for name, spec in cfg.dataset.events.derived.items():
-        source = cols if spec.concat is not None else pd.DataFrame(cols, index=raw.index)
+        source = cols if spec.concat is not None else pd.DataFrame(cols, index=index)
         cols[name] = column = derive_column(source, name, spec)
         column.name = name  # as the frame's column is named
     return cols
@@ -230,9 +231,10 @@ def entity_rows(cfg: Config, raw: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(entity_columns(cfg, raw), index=raw.index)
 
 
-def entity_columns(cfg: Config, raw: pd.DataFrame) -> dict[str, pd.Series]:
+def entity_columns(cfg: Config, raw: Columns) -> dict[str, pd.Series]:
     """`entity_rows`' columns by name, without the frame around them (the online server's
-    path: for a request of a row or a few, building the frame costs as much as a step)."""
+    path: for a request of a row or a few, building the frame costs as much as a step); `raw`
+    may be the columns by name too (`serving.inference.raw_columns`)."""
     cols = _derived_columns(cfg, raw)
     return _selected(cfg, cols, [ROW_KEY, PREDICTION_TIME, EVENT_TIME],
                      _times_and_key(cfg, cols))

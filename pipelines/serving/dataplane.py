@@ -257,7 +257,7 @@ class DataPlane:
             return job.shadow.predict(job.inputs, self.cfg.scoring.batch_rows)
         views = self.views(inference.service_name(self.cfg, job.shadow))
         inputs, _ = inference.prepare(self.cfg, self.store, views, job.shadow,
-                                      inference.raw_frame(job.columns))
+                                      inference.raw_columns(job.columns))
         return job.shadow.predict(inputs, self.cfg.scoring.batch_rows)
 
     def infer(self, served: ServedModel, routed: bool, body: bytes, header_length: str | None,
@@ -336,7 +336,7 @@ class DataPlane:
         columns = requests[0].columns if len(requests) == 1 else {
             c: np.concatenate([r.columns[c] for r in requests]) for c in requests[0].columns}
         inputs, unknown = inference.prepare(cfg, store, views, served,
-                                            inference.raw_frame(columns))
+                                            inference.raw_columns(columns))
         for view, n in unknown.items():
             metrics.UNKNOWN.labels(self.name, view, cfg.serving.unknown_entities).inc(n)
         predicted = time.perf_counter()

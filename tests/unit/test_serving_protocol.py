@@ -206,8 +206,8 @@ def test_a_request_becomes_the_rows_batch_scoring_makes_of_the_same_events():
     """`entity_rows` of raw flights (as a request carries them: text, numbers) equals
     `prepare_events` of the same flights read from CSV, without the label, in request order."""
     from pipelines.core import storage
-    from pipelines.data.events import entity_rows, prepare_events, request_columns
-    from pipelines.serving.inference import raw_frame
+    from pipelines.data.events import entity_columns, prepare_events, request_columns
+    from pipelines.serving.inference import raw_columns
 
     cfg = load_config(REPO / "params.yaml")
     text, numeric = request_columns(cfg)
@@ -217,10 +217,10 @@ def test_a_request_becomes_the_rows_batch_scoring_makes_of_the_same_events():
     with fs.open(path, "rb") as fh:
         raw = pd.read_csv(fh, compression="zip", nrows=400).sample(frac=1, random_state=0)
     batch = prepare_events(cfg, raw).drop(columns=["label_available_at", "is_late"])
-    request = raw_frame({**{c: np.array([None if pd.isna(v) else str(v) for v in raw[c]],
-                                        dtype=object) for c in text},
-                         **{c: raw[c].to_numpy(dtype=np.float64) for c in numeric}})
-    online = entity_rows(cfg, request)
+    request = raw_columns({**{c: np.array([None if pd.isna(v) else str(v) for v in raw[c]],
+                                          dtype=object) for c in text},
+                           **{c: raw[c].to_numpy(dtype=np.float64) for c in numeric}})
+    online = pd.DataFrame(entity_columns(cfg, request))  # the server's path
     in_order = pd.to_datetime(raw["time_hour"], utc=True).to_numpy()
     assert (online["event_time"].to_numpy() == in_order).all()  # the request's order
     online = online.set_index("row_key").loc[batch["row_key"]].reset_index()
