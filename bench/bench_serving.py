@@ -14,7 +14,13 @@ The sides:
 - project, features in the request: the same plus every view's features as inputs, so the
   online store is not read (the rest of the path is the same).
 - floor: in this process, per request `json.loads` of the features-in-request body, the
-  float32 feed built from it and `sess.run` of the same ONNX (no HTTP, no validation).
+  float32 feed built from it and `sess.run` of the same ONNX (no HTTP, no validation); hot
+  (each body 5 times in a row) and paced (one every 20 ms, as a server worker meets them at
+  100 requests/s): on these machines code that ran 20 ms ago runs 2-2.5x slower than code
+  run again at once, so only the paced numbers compare with a server's.
+- data plane in process: the server's `DataPlane.infer_many` in this process on the
+  features-in-request bodies, hot and paced, with its CPU per call (no HTTP); and each
+  server's CPU per request at the fixed rate (all its processes and threads).
 - peer: MLflow's scoring server (`mlflow models serve`) on the scikit-learn pipeline with the
   features in the request (`dataframe_split`), schema enforcement, `predict`. It loads a
   pickle, so it runs with MLFLOW_ALLOW_PICKLE_DESERIALIZATION=true in its own process only;
@@ -282,19 +288,47 @@ def _connections_per_process(port: int) -> list[int]:
 
 
 def _fixed(port: int, path: str, bodies: list[bytes], headers: dict[str, str],
-           rate: float) -> dict:
+           rate: float, server: subprocess.Popen | None = None) -> dict:
     """`rate` requests/s for FIXED_S seconds on CALLERS connections, after WARM_S seconds of
-    the same that are not counted."""
+    the same that are not counted; with `server`, also its CPU ms per request (every
+    process of it, background threads included) over the counted phase."""
     import asyncio
 
     asyncio.run(_open_loop(port, path, bodies, headers, rate, WARM_S, CALLERS))
-    return asyncio.run(_open_loop(port, path, bodies, headers, rate, FIXED_S, CALLERS))
+    before = _cpu_s([server]) if server else 0.0
+    out = asyncio.run(_open_loop(port, path, bodies, headers, rate, FIXED_S, CALLERS))
+    if server:
+        out["server_cpu_ms_per_request"] = round(
+            (_cpu_s([server]) - before) * 1000 / out["requests"], 2)
+    return out
 
 
-def _floor(onnx: bytes, bodies: list[bytes], numeric: list[str], categorical: list[str]
-           ) -> dict:
+def _paced(call, inputs: list, gap: float) -> dict:
+    """`call(x)` for each of `inputs` 5 times in a row (hot), then once each `gap` seconds
+    apart (as a server worker meets them: at r requests/s on 2 workers, 2 / r apart):
+    ms p50/p99 of wall and of this thread's CPU per call, for both."""
+    out = {}
+    for name, pause, rounds in (("hot", 0.0, 5), (f"paced_{gap * 1000:g}_ms", gap, 1)):
+        wall, cpu = [], []
+        for _ in range(rounds):
+            for x in inputs[:max(20, int(5 / gap))] if pause else inputs:  # paced: <= ~5 s
+                if pause:
+                    time.sleep(pause)
+                t, c = time.perf_counter(), time.thread_time()
+                call(x)
+                wall.append(time.perf_counter() - t)
+                cpu.append(time.thread_time() - c)
+        w, c = np.asarray(wall) * 1000, np.asarray(cpu) * 1000
+        out[name] = {"p50_ms": round(float(np.percentile(w, 50)), 3),
+                     "p99_ms": round(float(np.percentile(w, 99)), 3),
+                     "cpu_p50_ms": round(float(np.percentile(c, 50)), 3)}
+    return out
+
+
+def _floor(onnx: bytes, bodies: list[bytes], numeric: list[str], categorical: list[str],
+           gap: float) -> dict:
     """Per request in this process: `json.loads` of a features-in-request body, the float32
-    and string feeds from its inputs, `sess.run`: ms p50/p99 over every body, 5 times."""
+    and string feeds from its inputs, `sess.run` (see `_paced`)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -302,23 +336,52 @@ def _floor(onnx: bytes, bodies: list[bytes], numeric: list[str], categorical: li
     sess = ort.InferenceSession(onnx, opts, providers=["CPUExecutionProvider"])
     feeds_names = {i.name for i in sess.get_inputs()}
     probability = sess.get_outputs()[1].name
-    times = []
-    for _ in range(5):
-        for body in bodies:
-            t = time.perf_counter()
-            by_name = {i["name"]: i["data"] for i in json.loads(body)["inputs"]}
-            n = len(next(iter(by_name.values())))
-            feeds = {}
-            for c in numeric:
-                feeds[c] = np.array([np.nan if v is None else v for v in by_name.get(
-                    c, [None] * n)], dtype=np.float32).reshape(-1, 1)
-            for c in categorical:
-                feeds[c] = np.array([v or "" for v in by_name[c]], dtype=object).reshape(-1, 1)
-            sess.run([probability], {k: v for k, v in feeds.items() if k in feeds_names})
-            times.append(time.perf_counter() - t)
-    ms = np.asarray(times) * 1000
-    return {"p50_ms": round(float(np.percentile(ms, 50)), 3),
-            "p99_ms": round(float(np.percentile(ms, 99)), 3)}
+
+    def one(body: bytes) -> None:
+        by_name = {i["name"]: i["data"] for i in json.loads(body)["inputs"]}
+        n = len(next(iter(by_name.values())))
+        feeds = {}
+        for c in numeric:
+            feeds[c] = np.array([np.nan if v is None else v for v in by_name.get(
+                c, [None] * n)], dtype=np.float32).reshape(-1, 1)
+        for c in categorical:
+            feeds[c] = np.array([v or "" for v in by_name[c]], dtype=object).reshape(-1, 1)
+        sess.run([probability], {k: v for k, v in feeds.items() if k in feeds_names})
+
+    return _paced(one, bodies, gap)
+
+
+def _data_plane(bodies: list[bytes], gap: float) -> dict:
+    """The server's data plane in this process, without HTTP: `DataPlane.infer_many` of each
+    body alone, as a worker runs it (decode, features, model, encode, prediction log), see
+    `_paced`. Against the floor: the work of the path; against the server: HTTP and the
+    hand-over to the inference thread."""
+    from pipelines.core.config import load_config
+    from pipelines.core.settings import get_settings
+    from pipelines.serving.dataplane import Call, DataPlane
+
+    plane = DataPlane(get_settings(), load_config())
+    plane.start()
+    try:
+        served = plane.served(MODEL, None)
+
+        def one(body: bytes) -> None:
+            (answer,) = plane.infer_many([Call(served, True, body, None, None,
+                                               time.perf_counter())])
+            if isinstance(answer, Exception):
+                raise answer
+
+        return _paced(one, bodies, gap)
+    finally:
+        plane.stop()
+
+
+def _cpu_s(procs: list[subprocess.Popen]) -> float:
+    """User + system CPU seconds of the processes and their children so far."""
+    import psutil
+
+    return sum(sum(q.cpu_times()[:2]) for p in procs for q in [
+        psutil.Process(p.pid), *psutil.Process(p.pid).children(recursive=True)])
 
 
 def _server(state: dict, folder: Path, name: str, port: int, params: Path | None = None
@@ -425,6 +488,8 @@ def run(rows: int = 100) -> dict:
         for shape, n, rate in (("1_row", 1, RATE), (f"{rows}_rows", rows, RATE / 10)):
             chunks = [raw.iloc[i:i + n] for i in range(0, min(len(raw), 200 * n), n)]
             chunks = [c for c in chunks if len(c) == n][:200]
+            servers = {"project_online_store": ours, "project_features_in_request": ours,
+                       "mlflow_models_serve": peer}
             sides = {
                 "project_online_store": (ours_port, path, [_v2_body(c, declared)
                                                            for c in chunks], auth),
@@ -434,7 +499,7 @@ def run(rows: int = 100) -> dict:
                     features.loc[c["row_key"]], columns) for c in chunks], {})}
             out: dict = {}
             for side, (port, route, bodies, headers) in sides.items():
-                fixed = _fixed(port, route, bodies, headers, rate)
+                fixed = _fixed(port, route, bodies, headers, rate, servers[side])
                 url = f"http://127.0.0.1:{port}{route}"
                 top = _wrk(url, bodies, {**headers, "Content-Type": "application/json"}, 8,
                            folder)
@@ -442,7 +507,9 @@ def run(rows: int = 100) -> dict:
                     **top, "rows_per_s": round(top["requests_per_s"] * n)}}
             out["floor_json_loads_sess_run"] = _floor(
                 onnx, sides["project_features_in_request"][2], described["numeric"],
-                described["categorical"])
+                described["categorical"], 2 / rate)
+            out["data_plane_in_process_features_in_request"] = _data_plane(
+                sides["project_features_in_request"][2], 2 / rate)
             peer_rps = out["mlflow_models_serve"]["max_throughput"]["requests_per_s"]
             for side in ("project_online_store", "project_features_in_request"):
                 out[f"{side}_throughput_over_peer"] = round(
