@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 TRAINING_SET, PREDICTIONS = "training_set", "predictions"  # suite names of the derived outputs
 EVENT_TIME = "event_time"  # pipelines.data.events: the event's own timestamp in model rows
+VALIDATION_LOCK_S = 3600.0  # longest wait for another run's validation of the same batch
 
 
 def _uris(settings: Settings, name: str, partition: str) -> dict[str, str]:
@@ -56,7 +57,8 @@ def _validate_landed(cfg: Config, settings: Settings, table: str,
     partition = locations.partition(iv)
     uris = _uris(settings, table, partition)
     when = iv.key if iv else "the snapshot"
-    with named_lock(settings, f"validate:{uris['report_uri']}"):
+    # the wait is one validation of this batch (the largest file allowed may take minutes)
+    with named_lock(settings, f"validate:{uris['report_uri']}", timeout=VALIDATION_LOCK_S):
         if not storage.exists(uri):
             report = uris["report_uri"]
             last = f" (its last report: {report})" if storage.exists(report) else ""
