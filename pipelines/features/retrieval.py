@@ -24,6 +24,7 @@ from pipelines.features import request
 from pipelines.features.store import service_schema
 
 if TYPE_CHECKING:
+    import duckdb
     import pyarrow as pa
     from feast import FeatureStore
 
@@ -82,6 +83,19 @@ def _fast_features(store: "FeatureStore", service_name: str, entity_df: pd.DataF
     return pit.retrieve(entity_df, specs, PREDICTION_TIME, cutoff=cutoff).to_pandas()
 
 
+def _distinct(con: "duckdb.DuckDBPyConnection", column: "pa.ChunkedArray") -> int:
+    """How many distinct values `column` holds, null counted as one value (as pyarrow's
+    `count_distinct(mode="all")`, which took 3x as long for a million row keys: one thread)."""
+    import pyarrow as pa
+
+    con.register("__distinct", pa.table({"v": column}))
+    try:
+        return con.execute("SELECT count(DISTINCT v) + least(count(*) - count(v), 1) "
+                           "FROM __distinct").fetchall()[0][0]
+    finally:
+        con.unregister("__distinct")
+
+
 def historical_features_table(store: "FeatureStore", service_name: str, rows: "pa.Table",
                               join_keys: list[str], *, engine: str | None = None,
                               cutoff: bool | None = None,
@@ -96,8 +110,8 @@ def historical_features_table(store: "FeatureStore", service_name: str, rows: "p
     anyway) it is `historical_features` on `rows.to_pandas()`, converted to Arrow.
     """
     import pyarrow as pa
-    import pyarrow.compute as pc
 
+    from pipelines.core import duck
     from pipelines.features import pit
 
     if engine is None or cutoff is None:
@@ -115,11 +129,12 @@ def historical_features_table(store: "FeatureStore", service_name: str, rows: "p
     at = rows[PREDICTION_TIME].type
     if not (pa.types.is_timestamp(at) and at.tz is not None):
         raise ValueError(f"{PREDICTION_TIME} must be timezone-aware (UTC); got naive timestamps")
-    if pc.count_distinct(rows[ROW_KEY], mode="all").as_py() != rows.num_rows:
+    con = duck.connect()
+    if _distinct(con, rows[ROW_KEY]) != rows.num_rows:
         raise ValueError(f"duplicate {ROW_KEY} values in the entity rows")
     entity = rows.select([ROW_KEY, PREDICTION_TIME, *join_keys])
     feats = pit.retrieve_table(entity, pit.service_views(store, service_name), PREDICTION_TIME,
-                               cutoff=cutoff)
+                               cutoff=cutoff, con=con)
     spec = request_time or {}
     _no_clash(rows.column_names + feats.column_names, spec)
     out = rows

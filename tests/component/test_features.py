@@ -546,6 +546,21 @@ def test_arrow_retrieval_equals_the_pandas_retrieval(sensors, engine):
                                   engine=engine, cutoff=True)
 
 
+@pytest.mark.parametrize("keys", [["a", "b", "c"], ["a", "b", "a"], [None, "a", "b"],
+                                  [None, None, "b"], [None], [], ["a", None, "a", None]])
+def test_row_keys_are_counted_as_pyarrow_counts_them(keys):
+    """The entity rows' duplicate check (DuckDB) counts distinct row keys as
+    `pyarrow.compute.count_distinct(mode="all")` does: a null is one value."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from pipelines.core import duck
+    from pipelines.features.retrieval import _distinct
+
+    column = pa.chunked_array([pa.array(keys, pa.string())])
+    assert _distinct(duck.connect(), column) == pc.count_distinct(column, mode="all").as_py()
+
+
 def test_arrow_retrieval_check_judges_dtypes_as_the_pandas_check():
     """`check_retrieval_table` accepts and refuses exactly what `check_retrieval` does on the
     frame `to_pandas()` gives (an Int64 feature with nulls arrives as float, and so on)."""
