@@ -317,3 +317,22 @@ def test_derived_suites_drafted_from_the_configuration_match_the_reviewed_flight
             assert ("expect_column_values_to_be_in_set", "is_late") in kinds
         else:
             assert ("expect_column_values_to_be_between", "probability") in kinds
+
+
+@pytest.mark.parametrize("column", [
+    pd.Series(["UA", None, "N14228", np.nan], dtype=object),
+    pd.Series([1545, 714, 1141]),
+    pd.Series([1.0, np.nan, 3.5]),
+    pd.Series([True, False]),
+    pd.Series(["a", None], dtype="string"),
+    pd.Series(["a", "b", "a"], dtype="category"),
+    pd.Series([1, None], dtype="Int64"),
+    pd.Series([], dtype=object),
+    pd.Series(["x"], dtype=object, index=[7], name="origin"),
+], ids=["text", "int", "float", "bool", "string", "category", "Int64", "empty", "named"])
+def test_join_keys_as_text_are_what_astype_string_makes(column):
+    """The entity rows' join keys as text (`events.as_text`, the online path's shortcut) equal
+    `astype("string")`: values, missing values, dtype, index and name."""
+    from pipelines.data.events import as_text
+
+    pd.testing.assert_series_equal(as_text(column), column.astype("string"))
