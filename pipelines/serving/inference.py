@@ -110,8 +110,8 @@ def prepare(cfg: Config, store: FeatureStore, views: list[ViewSpec], served: Ser
             raw: dict[str, pd.Series]) -> tuple[ModelInputs, dict[str, int]]:
     """The model inputs of a request's rows (`raw_columns`), in request order, and the rows
     without an online value per view (`views`: `pit.service_views` of the version's feature
-    service). Raises
-    RequestError (400: a bad value, naming the column; 422: rows the policies reject)."""
+    service). Raises RequestError (400: a bad value, naming the column; 422: rows the
+    policies reject)."""
     from pipelines.features.serving import serving_columns
     from pipelines.scoring.inputs import prepare_inputs
 
