@@ -256,8 +256,7 @@ class DataPlane:
         if inference.same_inputs(self.cfg, job.primary, job.shadow):  # e.g. a retraining
             return job.shadow.predict(job.inputs, self.cfg.scoring.batch_rows)
         views = self.views(inference.service_name(self.cfg, job.shadow))
-        inputs, _ = inference.prepare(self.cfg, self.store, views, job.shadow,
-                                      inference.raw_columns(job.columns))
+        inputs, _ = inference.prepare(self.cfg, self.store, views, job.shadow, job.columns)
         return job.shadow.predict(inputs, self.cfg.scoring.batch_rows)
 
     def infer(self, served: ServedModel, routed: bool, body: bytes, header_length: str | None,
@@ -335,8 +334,7 @@ class DataPlane:
         views = self.views(inference.service_name(cfg, served))
         columns = requests[0].columns if len(requests) == 1 else {
             c: np.concatenate([r.columns[c] for r in requests]) for c in requests[0].columns}
-        inputs, unknown = inference.prepare(cfg, store, views, served,
-                                            inference.raw_columns(columns))
+        inputs, unknown = inference.prepare(cfg, store, views, served, columns)
         for view, n in unknown.items():
             metrics.UNKNOWN.labels(self.name, view, cfg.serving.unknown_entities).inc(n)
         predicted = time.perf_counter()

@@ -56,15 +56,17 @@ def declared_inputs(cfg: Config) -> dict[str, str]:
     return {**{c: "BYTES" for c in text}, **{c: "FP64" for c in numeric}}
 
 
-def raw_columns(columns: dict[str, np.ndarray]) -> dict[str, pd.Series]:
-    """Decoded request columns as the raw event columns `entity_columns` reads (None / NaN
-    missing), one Series each on one index: no frame (for a request of a row or a few, a
-    frame and a Series taken out of it per column cost twice as much as the Series alone)."""
+def raw_columns(cfg: Config, columns: Mapping[str, np.ndarray]) -> dict[str, pd.Series]:
+    """The raw event columns `entity_columns` reads (`request_columns`) of decoded request
+    columns (None / NaN missing), one Series each on one index: no frame (for a request of a
+    row or a few, a frame and a Series taken out of it per column cost twice as much as the
+    Series alone), and none for the columns it does not read (e.g. supplied features)."""
     n = len(next(iter(columns.values()))) if columns else 0
     index = pd.RangeIndex(n)
-    return {name: pd.Series(values if values.dtype == object else
+    wanted = [c for cols in request_columns(cfg) for c in cols if c in columns]
+    return {name: pd.Series(values if (values := columns[name]).dtype == object else
                             values.astype(np.float64, copy=False), index=index, name=name,
-                            copy=False) for name, values in columns.items()}
+                            copy=False) for name in wanted}
 
 
 def supplied_columns(views: list[ViewSpec]) -> list[str]:
@@ -107,22 +109,22 @@ def _reject_unknown(rows: Mapping[str, pd.Series],
 
 
 def prepare(cfg: Config, store: FeatureStore, views: list[ViewSpec], served: ServedModel,
-            raw: dict[str, pd.Series]) -> tuple[ModelInputs, dict[str, int]]:
-    """The model inputs of a request's rows (`raw_columns`), in request order, and the rows
+            columns: Mapping[str, np.ndarray]) -> tuple[ModelInputs, dict[str, int]]:
+    """The model inputs of a request's rows (its decoded columns), in request order, and the rows
     without an online value per view (`views`: `pit.service_views` of the version's feature
     service). Raises RequestError (400: a bad value, naming the column; 422: rows the
     policies reject)."""
     from pipelines.features.serving import serving_columns
     from pipelines.scoring.inputs import prepare_inputs
 
-    n = len(next(iter(raw.values()))) if raw else 0
+    n = len(next(iter(columns.values()))) if columns else 0
     try:
-        rows = entity_columns(cfg, raw)
+        rows = entity_columns(cfg, raw_columns(cfg, columns))
     except ValueError as exc:  # e.g. a timestamp without an offset, named by its column
         raise RequestError(str(exc)) from None
     keys = list(cfg.features.join_keys)
-    columns = {c: [None if pd.isna(v) else v for v in rows[c]] for c in keys}
-    entities = [dict(zip(columns, values)) for values in zip(*columns.values())]
+    key_values = {c: [None if pd.isna(v) else v for v in rows[c]] for c in keys}
+    entities = [dict(zip(key_values, values)) for values in zip(*key_values.values())]
     # the request-time features' inputs as the entity rows hold them (timestamps as UTC
     # timestamps: request.compute reads them as it reads ISO text)
     wanted = request_inputs(served.request_spec)
@@ -131,8 +133,8 @@ def prepare(cfg: Config, store: FeatureStore, views: list[ViewSpec], served: Ser
     try:
         features = serving_columns(store, service_name(cfg, served), served.request_spec,
                                     entities, list(rows[PREDICTION_TIME]), views,
-                                    {c: raw[c].to_numpy() for c in supplied_columns(views)
-                                     if c in raw}, request_rows)
+                                    {c: columns[c] for c in supplied_columns(views)
+                                     if c in columns}, request_rows)
     except ValueError as exc:  # a request-time feature refusing a value (on_missing: error)
         raise RequestError(str(exc)) from None
     unknown = unknown_rows(views, features)

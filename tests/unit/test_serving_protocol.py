@@ -217,7 +217,7 @@ def test_a_request_becomes_the_rows_batch_scoring_makes_of_the_same_events():
     with fs.open(path, "rb") as fh:
         raw = pd.read_csv(fh, compression="zip", nrows=400).sample(frac=1, random_state=0)
     batch = prepare_events(cfg, raw).drop(columns=["label_available_at", "is_late"])
-    request = raw_columns({**{c: np.array([None if pd.isna(v) else str(v) for v in raw[c]],
+    request = raw_columns(cfg, {**{c: np.array([None if pd.isna(v) else str(v) for v in raw[c]],
                                           dtype=object) for c in text},
                            **{c: raw[c].to_numpy(dtype=np.float64) for c in numeric}})
     online = pd.DataFrame(entity_columns(cfg, request))  # the server's path
