@@ -55,32 +55,38 @@ def schema(spec: Spec) -> dict[str, tuple[str, str, object]]:
             columns(spec).items()}
 
 
-def _timestamps(values: pd.Series, what: str) -> pd.Series:
-    """Timezone-aware datetimes, or text / datetime objects with an offset, as UTC; naive
-    values are refused (never read as UTC)."""
+def _timestamps(values: pd.Series, what: str, tz: str) -> pd.arrays.DatetimeArray:
+    """Timezone-aware datetimes, or text / datetime objects with an offset, as instants in
+    zone `tz` (the array: its fields without a Series per step, and for a request's few
+    rows a tenth of the `.dt` accessor's cost); naive values are refused (never read as
+    UTC)."""
     from pipelines.core.dates import parse_utc
 
     if isinstance(values.dtype, pd.DatetimeTZDtype):
-        return values.dt.tz_convert("UTC")
-    if values.isna().all():
-        return pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns, UTC]")
-    return parse_utc(values, what)
+        stamps = values.array
+    elif values.isna().all():
+        stamps = pd.array([pd.NaT] * len(values), dtype="datetime64[ns, UTC]")
+    else:
+        stamps = parse_utc(values, what).array
+    return stamps.tz_convert(tz)
 
 
 def _calendar(name: str, feat: CalendarFeature, frame: pd.DataFrame
               ) -> dict[str, pd.Series | np.ndarray]:
     what = f"features.request_time.{name}"
-    local = _timestamps(frame[feat.input], f"{what}: {feat.input}").dt.tz_convert(feat.timezone)
+    column = frame[feat.input]
+    local = _timestamps(column, f"{what}: {feat.input}", feat.timezone)
     missing = local.isna()
     complete = not missing.any()  # whole numbers: nothing to null, fill or refuse
     out = {}
     for fld in feat.fields:  # the array's fields: numpy, without a Series per step
-        field = getattr(local.array, fld)
+        field = getattr(local, fld)
         if complete:
             out[fld] = np.asarray(field, dtype=np.int64)
             continue
-        values = pd.Series(np.asarray(field, dtype=np.float64), index=local.index)  # NaT: NaN
-        out[fld] = apply_missing(values, missing, "int64", feat.on_missing, feat.fill_value,
+        values = pd.Series(np.asarray(field, dtype=np.float64), index=column.index)  # NaT: NaN
+        out[fld] = apply_missing(values, pd.Series(missing, index=column.index), "int64",
+                                 feat.on_missing, feat.fill_value,
                                  f"{what}.{fld} ({feat.input} in {feat.timezone})")
     return out
 

@@ -700,6 +700,34 @@ def test_calendar_hours_follow_daylight_saving_time(zone):
         assert {c: got[c].tolist() for c in want} == want
 
 
+@pytest.mark.parametrize("on_missing", ["propagate", "fill", "error"])
+def test_calendar_fields_of_missing_times_follow_on_missing(on_missing):
+    """A missing request time (null text, NaT) is a missing field under `propagate`, the fill
+    value under `fill`, an error naming feature, field and row under `error`; whatever zone the
+    times were given in, the fields are the calendar zone's."""
+    from pipelines.features import request
+
+    cal = {**CALENDAR, "timezone": "America/Chicago", "on_missing": on_missing,
+           **({"fill_value": -1} if on_missing == "fill" else {})}
+    spec = _spec(cal=cal)
+    given = [pd.Series(["2013-06-01T10:00:00Z", None, "2013-06-02T23:30:00-05:00"]),
+             pd.Series(pd.to_datetime(["2013-06-01T10:00:00Z", None, "2013-06-03T04:30:00Z"],
+                                      utc=True).tz_convert("Asia/Tokyo"))]
+    for times in given:
+        frame = pd.DataFrame({PREDICTION_TIME: times})
+        if on_missing == "error":
+            with pytest.raises(ValueError, match=r"features\.request_time\.cal\.hour "
+                                                 r"\(event_timestamp in America/Chicago\): 1 "
+                                                 r"rows .* e\.g\. rows \[1\]"):
+                request.compute(spec, frame)
+            continue
+        got = request.compute(spec, frame)
+        gap = None if on_missing == "propagate" else -1
+        assert [None if pd.isna(v) else v for v in got["cal__hour"]] == [5, gap, 23]
+        assert [None if pd.isna(v) else v for v in got["cal__weekday"]] == [5, gap, 6]
+        assert got["cal__hour"].dtype == ("float64" if gap is None else "int64")
+
+
 @pytest.mark.parametrize("value", ["2024-03-10 01:30:00", pd.Timestamp("2024-03-10 01:30")])
 def test_naive_request_times_are_refused_not_read_as_utc(value):
     from pipelines.features import request

@@ -331,8 +331,8 @@ def test_derived_suites_drafted_from_the_configuration_match_the_reviewed_flight
     pd.Series(["x"], dtype=object, index=[7], name="origin"),
 ], ids=["text", "int", "float", "bool", "string", "category", "Int64", "empty", "named"])
 def test_join_keys_as_text_are_what_astype_string_makes(column):
-    """The entity rows' join keys as text (`events.as_text`, the online path's shortcut) equal
-    `astype("string")`: values, missing values, dtype, index and name."""
-    from pipelines.data.events import as_text
+    """Text columns (`expressions.as_text`: the entity rows' join keys, a derived string
+    column) equal `astype("string")`: values, missing values, dtype, index and name."""
+    from pipelines.core.expressions import as_text
 
     pd.testing.assert_series_equal(as_text(column), column.astype("string"))
