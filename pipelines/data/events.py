@@ -104,8 +104,10 @@ def _times_and_key(cfg: Config, df: Columns) -> dict[str, pd.Series]:
     row (the key's columns are raw event columns: `deduplicate` checks it)."""
     ev = cfg.dataset.events
     event_time = parse_utc(df[ev.timestamp], f"{ev.table}.{ev.timestamp}")
-    return {EVENT_TIME: event_time, PREDICTION_TIME: event_time - ev.prediction_lead,
-            ROW_KEY: row_keys(df, ev.key)}
+    # the arrays' difference: the Series' costs half as much again for a request's few rows
+    lead = pd.Series(event_time.array - ev.prediction_lead, index=event_time.index,
+                     name=event_time.name, copy=False)
+    return {EVENT_TIME: event_time, PREDICTION_TIME: lead, ROW_KEY: row_keys(df, ev.key)}
 
 
 def _model_rows(cfg: Config, raw: pd.DataFrame) -> pd.DataFrame:
