@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.core import locations, storage
-from pipelines.core.config import Config
+from pipelines.core.config import Config, read_yaml
 from pipelines.core.intervals import Interval
 from pipelines.core.settings import REPO_ROOT, Settings
 
@@ -55,16 +55,14 @@ def dvc_version(settings: Settings, root: Path = REPO_ROOT) -> str:
     """The DVC hash of the landing zone if `dvc.lock`'s ingest stage made the one read (its
     output is this landing folder and every parameter it recorded has the value the params file
     in use gives it), else "untracked"."""
-    import yaml
-
     lock = root / "dvc.lock"
     if not lock.exists() or not storage.is_local(settings.landing_uri):
         return UNTRACKED
-    stage = ((yaml.safe_load(lock.read_text()) or {}).get("stages") or {}).get("ingest") or {}
+    stage = ((read_yaml(lock.read_text()) or {}).get("stages") or {}).get("ingest") or {}
     landing = Path(storage.local_path(settings.landing_uri)).resolve()
     out = next((o for o in stage.get("outs", [])
                 if (root / o.get("path", "")).resolve() == landing), None)
-    params = yaml.safe_load(Path(settings.params_path).read_text()) or {}
+    params = read_yaml(Path(settings.params_path).read_text()) or {}
     recorded = {k: v for values in (stage.get("params") or {}).values() for k, v in values.items()}
     same = bool(recorded) and all(_dotted(params, k) == v for k, v in recorded.items())
     return str(out["md5"]) if out and out.get("md5") and same else UNTRACKED

@@ -47,6 +47,22 @@ def test_config_rejects_unknown_keys(tmp_path, cfg):
         load_config(p)
 
 
+def test_yaml_is_read_as_the_pure_python_loader_reads_it():
+    """libyaml's reading of params.yaml and dvc.lock equals PyYAML's own; a broken document's
+    error is the pure-Python loader's, which shows the line with a caret."""
+    import yaml
+
+    from pipelines.core.config import read_yaml
+
+    assert yaml.__with_libyaml__  # otherwise read_yaml is the pure-Python loader itself
+    root = Path(__file__).resolve().parents[2]
+    for name in ("params.yaml", "dvc.lock", "dvc.yaml"):
+        text = (root / name).read_text()
+        assert read_yaml(text) == yaml.safe_load(text), name
+    with pytest.raises(yaml.YAMLError, match=r"(?s)line 2, column 2:\n    b: 3\n     \^"):
+        read_yaml("a: [1, 2\nb: 3")
+
+
 def test_write_bytes_is_atomic_and_leaves_no_temp_files(tmp_path):
     uri = str(tmp_path / "a" / "b.json")
     storage.write_json(uri, {"x": 1})
