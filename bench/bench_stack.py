@@ -9,7 +9,10 @@ stages over a features file in the object store: plan -> one mapped score task p
 publish, the output partition written to S3. Features are pre-joined (as in
 bench_batch_scoring), so this measures how the scoring work spreads over workers, not Feast.
 Both runs happen in this run, one after the other, on the same file; wall time is from the
-trigger to the run's success, task span from the first task's start to the last one's end.
+trigger to the run's success, task span from the first task's start to the last one's end;
+per run also the median task run (start to end, as Airflow records it), the median wait from
+queued to started, and the median gap on a worker between one task's end and its next task's
+start (time a free slot runs nothing).
 """
 
 from __future__ import annotations
@@ -45,11 +48,31 @@ def _timed_run(client, dag_id: str, conf: dict) -> dict:
         raise RuntimeError(f"{dag_id} {run_id} ended {state}")
     tis = client.task_instances(dag_id, run_id)
     from datetime import datetime
+    from statistics import median
 
-    starts = [datetime.fromisoformat(t["start_date"]) for t in tis if t["start_date"]]
-    ends = [datetime.fromisoformat(t["end_date"]) for t in tis if t["end_date"]]
+    def at(t: dict, key: str) -> datetime | None:
+        return datetime.fromisoformat(t[key]) if t.get(key) else None
+
+    starts = [at(t, "start_date") for t in tis if t["start_date"]]
+    ends = [at(t, "end_date") for t in tis if t["end_date"]]
+    # where a task's time goes: its run (start to end, as Airflow records it), the wait from
+    # being queued to starting, and on each worker the gap between one task's end and the
+    # next one's start (the hand-over: the slot is free, no task runs)
+    waits = [(at(t, "start_date") - at(t, "queued_when")).total_seconds() for t in tis
+             if t.get("queued_when") and t["start_date"]]
+    gaps = []
+    for host in {t["hostname"] for t in tis}:
+        mine = sorted((at(t, "start_date"), at(t, "end_date")) for t in tis
+                      if t["hostname"] == host and t["start_date"] and t["end_date"])
+        gaps += [(b[0] - a[1]).total_seconds() for a, b in zip(mine, mine[1:])]
     return {"wall_s": round(wall, 1), "task_span_s": round((max(ends) - min(starts)).total_seconds(), 1),
-            "tasks": len(tis), "workers_used": sorted({t["hostname"] for t in tis})}
+            "tasks": len(tis), "workers_used": sorted({t["hostname"] for t in tis}),
+            "task_run_median_s": round(median(t["duration"] for t in tis if t.get("duration")), 3),
+            "queued_to_start_median_s": round(median(waits), 3) if waits else None,
+            "worker_gap_median_s": round(median(gaps), 3) if gaps else None,
+            "worker_gap_mean_s": round(sum(gaps) / len(gaps), 3) if gaps else None,
+            "worker_gaps_over_1_s": sum(g > 1 for g in gaps),
+            "worker_gap_largest_s": sorted(round(g, 1) for g in gaps)[-5:]}
 
 
 def run(rows: int = 4_000_000) -> dict:
