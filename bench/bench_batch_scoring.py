@@ -23,8 +23,9 @@ the features already in memory, in one call (the issue's baseline) and in calls 
 (`native_sklearn_in_chunks`: faster, the fairer comparison), (b) bare onnxruntime
 `session.run` on feeds already built, one thread (as the scorer), in one call and in calls
 of `scoring.batch_rows` rows (`bare_onnxruntime_in_batches`: faster, the fairer comparison).
-The project path runs in a fresh process per interval size, with the engines it runs on (pyarrow, onnxruntime, DuckDB) imported before the clock starts, as the
-baselines' are; its chunks run one after another (`_project_path(workers=2)` spreads them over
+The project path runs in a fresh process per interval size, with the engines it runs on
+(pyarrow, onnxruntime, DuckDB) imported before the clock starts, as the baselines' are; its
+chunks run one after another (`_project_path(workers=2)` spreads them over
 two processes, like two mapped tasks at once; not part of `run`: on a shared two-core machine
 it measures the neighbours); peak memory is that process's peak RSS (VmHWM), next to its RSS
 after imports. Wall-clock rows/s and CPU seconds are both reported: on a shared machine the CPU
