@@ -76,6 +76,7 @@ def _env(root: Path, port: int, nights: int) -> dict[str, str]:
         "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "30",
         "AIRFLOW__API__HOST": "127.0.0.1", "AIRFLOW__API__PORT": str(port),
         "AIRFLOW__API__WORKERS": "1",
+        "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1",  # the embedded default's (scripts/env.sh)
         # the embedded default's executor (scripts/env.sh): workers preload the libraries
         "AIRFLOW__CORE__EXECUTOR": "pipelines.core.executor.PreloadingLocalExecutor",
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",

@@ -137,6 +137,7 @@ def _env(root: Path, port: int) -> dict[str, str]:
         "AIRFLOW__API__WORKERS": "1", "AIRFLOW__CORE__PARALLELISM": "2",
         # the embedded default's executor (scripts/env.sh): workers preload the libraries
         "AIRFLOW__CORE__EXECUTOR": "pipelines.core.executor.PreloadingLocalExecutor",
+        "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1",
         "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
         "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
     })
