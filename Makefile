@@ -14,7 +14,7 @@ demo:
 # most integration tests wait on real servers, so two share 2 cores well. TEST_WORKERS=0: one.
 TEST_WORKERS ?= 2
 test: install
-	.venv/bin/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile
+	.venv/bin/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 test-fast: install  ## the unit tier: pure functions on in-memory data (well under a minute)
 	.venv/bin/python -m pytest -q -p no:cacheprovider tests/unit
