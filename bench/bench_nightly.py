@@ -46,6 +46,7 @@ from statistics import median
 from typing import Any
 
 from bench import nightly_floor
+from pipelines.core.embedded import embedded_env
 
 REPO = Path(__file__).resolve().parents[1]
 DAILY = ["feature_materialization", "batch_scoring", "drift_monitor"]
@@ -61,33 +62,25 @@ def _free_port() -> int:
 
 
 def _env(root: Path, port: int, nights: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("AIRFLOW__", "MLOPS_", "MLFLOW_", "FEAST_"))}
-    env.update({
-        "MLOPS_STATE_URI": str(root / "state"), "AIRFLOW_HOME": str(root / "airflow"),
-        "MLOPS_PARAMS": str(REPO / "params.yaml"),
-        "MLOPS_SENSOR_POKE_SECONDS": str(POKE_SECONDS),
-        "MLOPS_SCHEDULE_START": FIRST.isoformat(),
-        "MLOPS_SCHEDULE_END": (FIRST + timedelta(days=nights - 1)).isoformat(),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(root / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True", "AIRFLOW__CORE__PARALLELISM": "2",
-        "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "30",
-        "AIRFLOW__API__HOST": "127.0.0.1", "AIRFLOW__API__PORT": str(port),
-        "AIRFLOW__API__WORKERS": "1",
-        "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1",  # the embedded default's (scripts/env.sh)
-        # the embedded default's executor (scripts/env.sh): workers preload the libraries
-        "AIRFLOW__CORE__EXECUTOR": "pipelines.core.executor.PreloadingLocalExecutor",
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
-        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(_free_port()),
-        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(_free_port()),
-        "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
-        "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
-    })
+    """The embedded default's settings, read from scripts/env.sh (what `make demo` runs), on
+    the bench's state folder, ports, DAG folder, schedule and poke interval."""
+    base = {k: v for k, v in os.environ.items()
+            if not k.startswith(("AIRFLOW__", "MLOPS_", "MLFLOW_", "FEAST_"))}
     if "MLOPS_EXECUTOR_PRELOAD" in os.environ:  # e.g. "" to measure without the preload
-        env["MLOPS_EXECUTOR_PRELOAD"] = os.environ["MLOPS_EXECUTOR_PRELOAD"]
-    return env
+        base["MLOPS_EXECUTOR_PRELOAD"] = os.environ["MLOPS_EXECUTOR_PRELOAD"]
+    return embedded_env(
+        base,
+        before={"MLOPS_STATE_URI": str(root / "state"), "AIRFLOW_HOME": str(root / "airflow"),
+                "AIRFLOW__API__PORT": str(port)},
+        after={"MLOPS_PARAMS": str(REPO / "params.yaml"),
+               "MLOPS_SENSOR_POKE_SECONDS": str(POKE_SECONDS),
+               "MLOPS_SCHEDULE_START": FIRST.isoformat(),
+               "MLOPS_SCHEDULE_END": (FIRST + timedelta(days=nights - 1)).isoformat(),
+               "AIRFLOW__CORE__DAGS_FOLDER": str(root / "dags"),
+               "AIRFLOW__CORE__UNIT_TEST_MODE": "False", "AIRFLOW__API__WORKERS": "1",
+               "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(_free_port()),
+               "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(_free_port()),
+               "PATH": f"{BIN}:{os.environ.get('PATH', '')}"})
 
 
 def _run(env: dict[str, str], *cmd: str) -> None:

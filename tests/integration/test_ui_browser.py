@@ -33,6 +33,8 @@ from typing import Any
 
 import pytest
 
+from pipelines.core.embedded import embedded_env
+
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 # Where screenshots and logs go; scripts/screenshots.sh points it elsewhere.
@@ -123,25 +125,17 @@ def _free_port() -> int:
 
 
 def _env(root: Path, port: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("AIRFLOW__", "MLOPS_", "MLFLOW_"))}
-    env.update({
-        "MLOPS_STATE_URI": str(root), "AIRFLOW_HOME": str(root / "airflow"),
-        "MLOPS_PARAMS": str(root / "params.yaml"), "MLOPS_SENSOR_POKE_SECONDS": "5",
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
-        "AIRFLOW__API__HOST": "127.0.0.1", "AIRFLOW__API__PORT": str(port),
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
-        "AIRFLOW__API__WORKERS": "1", "AIRFLOW__CORE__PARALLELISM": "2",
-        # the embedded default's executor (scripts/env.sh): workers preload the libraries
-        "AIRFLOW__CORE__EXECUTOR": "pipelines.core.executor.PreloadingLocalExecutor",
-        "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1",
-        "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
-        "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
-    })
-    return env
+    """The embedded default's settings, read from scripts/env.sh (what `make demo` runs), on
+    this test's state folder and port; one API worker, this test's params and poke interval."""
+    base = {k: v for k, v in os.environ.items()
+            if not k.startswith(("AIRFLOW__", "MLOPS_", "MLFLOW_"))}
+    return embedded_env(
+        base,
+        before={"MLOPS_STATE_URI": str(root), "AIRFLOW_HOME": str(root / "airflow"),
+                "AIRFLOW__API__PORT": str(port)},
+        after={"MLOPS_PARAMS": str(root / "params.yaml"), "MLOPS_SENSOR_POKE_SECONDS": "5",
+               "AIRFLOW__CORE__UNIT_TEST_MODE": "False", "AIRFLOW__API__WORKERS": "1",
+               "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"})
 
 
 def _stop(pid: int | None) -> None:

@@ -83,3 +83,25 @@ def test_the_demo_says_which_night_and_dag_it_is_on():
                     "batch_scoring 1/7, drift_monitor 1/7; running: feature_materialization "
                     "2013-06-03, batch_scoring 2013-06-02, training asset_triggered; "
                     "drift-triggered retrainings: 1")
+
+
+def test_python_callers_get_the_embedded_settings_from_env_sh(tmp_path):
+    """The browser test and `bench nightly` start Airflow with what `make demo` sources."""
+    from pipelines.core.embedded import embedded_env
+
+    base = {k: v for k, v in _env(tmp_path).items() if k != "MLOPS_STATE_URI"}
+    env = embedded_env(base, before={"MLOPS_STATE_URI": str(tmp_path / "s"),
+                                     "AIRFLOW__API__PORT": "18123"},
+                       after={"AIRFLOW__CORE__DAGS_FOLDER": str(tmp_path / "dags")})
+    shell = _bash("env -0", {**base, "MLOPS_STATE_URI": str(tmp_path / "s"),
+                             "AIRFLOW__API__PORT": "18123"})
+    sourced = dict(i.split("=", 1) for i in shell.split("\0") if "=" in i)
+    for key in ("AIRFLOW__CORE__EXECUTOR", "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL",
+                "AIRFLOW__CORE__PARALLELISM", "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION",
+                "MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "OMP_NUM_THREADS", "AIRFLOW__API__HOST"):
+        assert env[key] == sourced[key], key
+    assert env["AIRFLOW_HOME"] == str(tmp_path / "s" / "airflow")  # derived from `before`
+    assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://127.0.0.1:18123/execution/"
+    assert env["AIRFLOW__CORE__DAGS_FOLDER"] == str(tmp_path / "dags")  # `after` wins
+    assert sourced["AIRFLOW__CORE__DAGS_FOLDER"] == str(REPO / "dags")
+    assert "SHLVL" not in env or env["SHLVL"] == base.get("SHLVL")
