@@ -76,15 +76,22 @@ def model_card(role: str, m: dict[str, Any] | None, champion: dict[str, Any] | N
     title = ROLE_TITLES.get(role, role)
     if m is None:
         return f'<div class="card" data-role="{_e(role)}"><h3>{title}</h3><p class="muted">none</p></div>'
+    # deltas only from the version's gate, both models on the same rows: each version's own
+    # metrics are on its own evaluation window (another window after a retraining)
+    h2h, vs = m.get("head_to_head"), None
+    if champion and str(champion["version"]) != str(m["version"]):
+        vs = str(champion["version"])
+    same = bool(vs and h2h and h2h["champion_version"] == vs)
     rows = []
     for key, label in METRIC_NAMES.items():
         value = m["metrics"].get(key)
         delta = ""
-        if champion and champion is not m and key in champion["metrics"] and value is not None:
-            d = value - champion["metrics"][key]
+        if same and _finite(h2h["metrics"].get(key)) and _finite(h2h["champion_metrics"].get(key)):
+            d = h2h["metrics"][key] - h2h["champion_metrics"][key]
             better = d < 0 if key in LOWER_IS_BETTER else d > 0
             tone = "info" if abs(d) < 5e-5 else "pass" if better else "fail"
-            delta = f' <span class="{tone} badge" title="vs champion">{d:+.4f}</span>'
+            delta = (f' <span class="{tone} badge" title="vs champion v{_e(vs)} on the same rows '
+                     f'(this version\'s evaluation set, as its gate measured)">{d:+.4f}</span>')
         rows.append(f"<tr><th>{label}</th><td>{_num(value)}{delta}</td></tr>")
     tags, params = m["tags"], m["params"]
     facts = [("training window", tags.get("training_window")), ("trigger", tags.get("trigger")),
@@ -102,7 +109,23 @@ def model_card(role: str, m: dict[str, Any] | None, champion: dict[str, Any] | N
                         else "no model card"])
     return (f'<div class="card" data-role="{_e(role)}" data-version="{_e(m["version"])}">'
             f'<h3>{title} · v{_e(m["version"])}</h3><p>{_verdict(tags.get("gate_verdict"))}</p>'
-            f'<table>{"".join(rows)}</table><p>{links}</p></div>')
+            f'<table>{"".join(rows)}</table>{_compared(vs, same)}<p>{links}</p></div>')
+
+
+def _compared(vs: str | None, same: bool) -> str:
+    """Under a non-champion's metrics: what its deltas compare, or why it has none."""
+    if vs is None:
+        return ""
+    if same:
+        return (f'<p class="muted compared">Deltas: against champion v{_e(vs)} on the same rows '
+                f"(this version's evaluation set, from its gate report).</p>")
+    return (f'<p class="muted compared">Not compared with champion v{_e(vs)} on the same rows: '
+            f"the numbers above are on this version's own evaluation window; only a gate "
+            f"comparison on the same rows says which model is better.</p>")
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and value == value and abs(value) != float("inf")
 
 
 def _by(event: dict[str, Any]) -> str:

@@ -38,7 +38,10 @@ def _gate_report(settings, version: str, passed: bool, champion: str | None) -> 
     uri = storage.join(settings.reports_uri, "gates", f"{NAME}-v{version}.json")
     report = {"passed": passed, "failed": [] if passed else ["beats_champion:roc_auc"],
               "checks": [], "metrics": {"roc_auc": METRICS[version]}, "version": version,
-              "comparison": {"ci_low": 0.01, "ci_high": 0.03} if champion else None,
+              # the champion on the same rows: 0.05 better than this version (whatever the
+              # two versions' own run metrics say)
+              "comparison": {"ci_low": 0.01, "ci_high": 0.03, "champion_metrics": {
+                  "roc_auc": METRICS[version] + 0.05, "brier": None}} if champion else None,
               "champion_version": champion, "has_champion": champion is not None}
     storage.write_json(uri, report)
     storage.write_bytes(uri[:-5] + ".md", f"# Gate report for version {version}\n".encode())
@@ -736,6 +739,34 @@ def test_model_page_renders_everything_and_escapes(state):
     assert f'href="/mlops/files/reports/gates/{NAME}-v2.md"' in html
     assert html.count("<svg") == 3 and "manifest and registry agree" in html
     assert 'data-step="ONNX sha256"' in html
+
+
+def test_metric_deltas_come_from_the_gates_comparison_on_the_same_rows(state):
+    """Each version's run metrics are on its own evaluation window: the challenger's deltas are
+    its gate's head-to-head numbers against the champion it faced, and a version never
+    compared with the current champion on the same rows shows no delta, and says so."""
+    settings, _ = state
+    models = data.models(settings, NAME)
+    assert models["challenger"]["head_to_head"] == {
+        "champion_version": "2", "metrics": {"roc_auc": 0.69},
+        "champion_metrics": {"roc_auc": pytest.approx(0.74), "brier": None}}
+    assert models["previous_champion"]["head_to_head"] is None  # the first model faced none
+    html = page.model_page(model=NAME, models=models, history=[],
+                           trend=trends.trend(trends.source_for(settings), 10), partitions=[],
+                           lineage=None, selected=None, days=10,
+                           href=lambda uri: files.href(settings, uri))
+    boxes = html[html.index('data-role="champion"'):]
+    champion = boxes[:boxes.index('data-role="challenger"')]
+    challenger = boxes[boxes.index('data-role="challenger"'):boxes.index('data-role="previous_')]
+    previous = boxes[boxes.index('data-role="previous_'):]
+    previous = previous[:previous.index("</div>")]
+    # the gate's -0.05 on the same rows, not the runs' 0.69 - 0.72 on different ones
+    assert 'title="vs champion v2 on the same rows' in challenger and ">-0.0500<" in challenger
+    assert "-0.0300" not in challenger and challenger.count('title="vs champion') == 1  # no Brier
+    assert "Deltas: against champion v2 on the same rows" in challenger
+    assert 'title="vs champion' not in champion and "compared" not in champion
+    assert 'title="vs champion' not in previous and "+0.0" not in previous and "-0.0" not in previous
+    assert "Not compared with champion v2 on the same rows" in previous
 
 
 def test_model_page_shows_both_cards_side_by_side_and_a_missing_one_as_an_error(state):

@@ -483,6 +483,11 @@ def test_model_page_in_the_airflow_ui(airflow_ui, driver):
     challenger = driver.find_element(By.CSS_SELECTOR, "[data-role=challenger]")
     assert champion.get_attribute("data-version") == "2" and "ROC AUC" in champion.text
     assert challenger.get_attribute("data-version") == "3"
+    # v3's deltas are its gate's, against v2 on v3's evaluation rows; v1 was never gated
+    # against v2 (their own metrics are on different windows): no delta, said so
+    assert "Deltas: against champion v2 on the same rows" in challenger.text
+    previous = driver.find_element(By.CSS_SELECTOR, "[data-role=previous_champion]")
+    assert "Not compared with champion v2 on the same rows" in previous.text
     actions = [e.get_attribute("data-action") for e in driver.find_elements(By.CSS_SELECTOR, "tr.event")]
     assert actions == ["approval_rejected", "awaiting_approval", "register", "promote",
                        "awaiting_approval", "register", "promote", "register"], actions
