@@ -16,9 +16,11 @@ join's row order (the comparison sorts them by row key); the project returns ent
 and checks it, one output row per entity row. Feast's own `get_historical_features` (DuckDB
 offline store) runs on `feast_rows` entity rows against the same 5,000,000 feature rows.
 
-Each side runs alone in a fresh child process; its seconds cover reading the entity rows to
-a pandas frame with the features (module imports excluded, the FeatureStore included), and its
-peak memory is the child's `ru_maxrss` (imports included). Every side's rows are compared with
+Each side runs alone in a fresh child process, `ROUNDS` times, the sides interleaved (each
+round starts with another side); its seconds are the median of its runs (every run is printed)
+and cover reading the entity rows to a pandas frame with the features (module imports
+excluded, the FeatureStore included); its peak memory is the largest of its children's
+`ru_maxrss` (imports included). Every side's rows are compared with
 the project's, value for value (same row count, same row keys, NaN equal to NaN), before the
 times are reported. DuckDB and polars use every core; pandas one.
 """
@@ -31,8 +33,12 @@ import tempfile
 import time
 from datetime import timedelta
 from pathlib import Path
+from statistics import median
 
 FEATURES = 10
+# every side runs ROUNDS times, each time alone in a fresh process, the sides interleaved;
+# `seconds` is each side's median (one run of one side moved by up to 40% here)
+ROUNDS = 3
 BASELINES = ("duckdb_asof", "pandas_asof", "polars_asof")
 # the project's two entry points: `historical_features` (pandas in and out: training's) and
 # `historical_features_table` (Arrow in and out: batch scoring's), its result then to pandas
@@ -193,7 +199,14 @@ def run(rows: int = 1_000_000, feast_rows: int | None = None) -> dict:
         _generate(tmp, rows)
         _repo(tmp)
         setup_s = time.perf_counter() - t
-        sides = {name: _run_side(name, tmp, rows) for name in (*PROJECT, *BASELINES)}
+        names = (*PROJECT, *BASELINES)
+        runs: dict[str, list[dict]] = {name: [] for name in names}
+        for r in range(ROUNDS):  # each round in another order: no side always runs first
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                runs[name].append(_run_side(name, tmp, rows))
+        sides = {name: {"seconds": median(x["seconds"] for x in got),
+                        "peak_mb": max(x["peak_mb"] for x in got), "rows": got[-1]["rows"]}
+                 for name, got in runs.items()}
         feast = _run_side("feast", tmp, feast_rows)
         checks = {name: _compare(tmp, name, rows) for name in (*PROJECT[1:], *BASELINES)}
         feast_check = _compare(tmp, "feast", feast_rows)
@@ -207,6 +220,8 @@ def run(rows: int = 1_000_000, feast_rows: int | None = None) -> dict:
         "rows_lost": rows - sides["project"]["rows"],
         "rows_with_features": checks["duckdb_asof"]["rows_with_features"],
         "seconds": seconds,
+        "rounds": ROUNDS,
+        "seconds_every_round": {name: [x["seconds"] for x in got] for name, got in runs.items()},
         "peak_mb": {name: side["peak_mb"] for name, side in sides.items()},
         "ratio_project_over": {name: round(seconds["project"] / seconds[name], 2)
                                for name in BASELINES},
