@@ -30,6 +30,13 @@ def export(pipeline: Any, numeric: list[str], categorical: list[str]) -> bytes:
     # the trees' node covers and the input of each encoded column, for TreeSHAP at scoring
     # (inside the file, so its sha256 covers them)
     tree_shap.record(onx, pipeline, numeric, categorical)
+    # skl2onnx lists the opset imports in the iteration order of a set of domain names, which
+    # follows the process's string-hash seed: the same model got one of two sha256s at random
+    from onnx import helper
+
+    opsets = sorted((o.domain, o.version) for o in onx.opset_import)
+    del onx.opset_import[:]
+    onx.opset_import.extend(helper.make_opsetid(d, v) for d, v in opsets)
     return onx.SerializeToString()
 
 

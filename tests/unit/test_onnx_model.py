@@ -90,3 +90,34 @@ def test_other_classifiers_are_exported_unchanged():
 
     pipe, _ = _fitted(RandomForestClassifier(n_estimators=5, random_state=0), "int")
     assert export(pipe, NUMERIC, CATEGORICAL) == _classifier_export(pipe)
+
+
+EXPORT_SHA = """
+import hashlib, sys
+sys.path.insert(0, sys.argv[1])
+from sklearn.ensemble import GradientBoostingClassifier
+from tests.unit.test_onnx_model import NUMERIC, CATEGORICAL, _fitted
+from pipelines.model.onnx_model import export
+pipe, _ = _fitted(GradientBoostingClassifier(n_estimators=5, random_state=0), "int")
+print(hashlib.sha256(export(pipe, NUMERIC, CATEGORICAL)).hexdigest())
+"""
+
+
+def test_the_same_model_exports_to_the_same_bytes_in_any_process():
+    """The sha256 names the model (registry tag, lineage, scoring's check): it must not depend
+    on the process's string-hash seed (skl2onnx's opset imports come from a set; seeds 1 and 3
+    gave two orders, two sha256s, before the export sorted them)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = str(Path(__file__).resolve().parents[2])
+    shas = set()
+    for seed in ("1", "3"):
+        out = subprocess.run([sys.executable, "-c", EXPORT_SHA, repo], capture_output=True,
+                             text=True, timeout=120, cwd=repo,
+                             env={**os.environ, "PYTHONHASHSEED": seed})
+        assert out.returncode == 0, out.stderr[-2000:]
+        shas.add(out.stdout.strip())
+    assert len(shas) == 1, shas
