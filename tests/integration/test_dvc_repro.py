@@ -3,7 +3,7 @@
 Runs the real `dvc.yaml` (ingest -> train) in a throw-away copy of the repository with small
 params, then follows the registered version's tags to the data version, feature service and
 commit, and re-runs the train stage with `dvc repro -f -s train`: same training data hash,
-same metrics.
+same metrics, the same ONNX bytes.
 """
 
 from __future__ import annotations
@@ -75,6 +75,9 @@ def test_dvc_repro_reproduces_the_registered_model(tmp_path):
     assert second == first
     for name in ("roc_auc", "pr_auc", "brier", "calibration_error"):
         assert run_metrics[name] == pytest.approx(first[name], abs=1e-12)
+    # ... and the model, byte for byte (the re-run is another process, another hash seed)
+    again = client.get_model_version(raw["registry"]["model_name"], "2")
+    assert again.tags["onnx_sha256"] == version.tags["onnx_sha256"]
 
     # The data version also round-trips through the object-store remote (`s3` in .dvc/config)
     # on a real S3 server: push, drop the local cache, pull it back, in sync.
