@@ -106,6 +106,13 @@ def drive(start: date, end: date, timeout: float, initial_training: bool) -> Non
         if runs("training")[0]["state"] != "success":
             raise RuntimeError("the initial training run failed: see the Airflow UI (make up)")
         print(f"demo: initial model trained ({time.monotonic() - t0:.0f}s)", flush=True)
+        # The same data again: a challenger that cannot beat the champion (the same model) is
+        # registered and gated like any other, and the gates keep it out. It runs beside the
+        # first nights (training runs one at a time, so before any drift-triggered one).
+        print("demo: triggering a training on the same window again (the gates must reject it)",
+              flush=True)
+        airflow("dags", "trigger", "training", "--conf",
+                json.dumps({"reason": "the same window again"}))
     print(f"demo: unpausing the daily DAGs for the nights {start}..{end}", flush=True)
     set_paused(DAILY, False)
     nights = (end - start).days + 1
@@ -153,6 +160,7 @@ def _history_line(e: dict[str, Any]) -> str:
 
 def summary(start: date, end: date) -> dict[str, Any]:
     from pipelines.core.orchestration import stage
+    from pipelines.model.promotion import REJECTED
     from pipelines.model.registry import by_alias, client, history
     from pipelines.scoring.io import read_manifest
 
@@ -162,12 +170,16 @@ def summary(start: date, end: date) -> dict[str, Any]:
     manifests = [m for d in range((end - start).days + 1)
                  if (m := read_manifest(s, start + timedelta(days=d)))]
     retrains = [r for r in runs("training") if "asset" in r["run_type"].lower()]
+    events = history(s)
     return {
         "runs": {d: dict(Counter(r["state"] for r in runs(d))) for d in ["training", *DAILY]},
         "drift_triggered_retrainings": len(retrains),
+        "rejected_by_the_gates": [f"v{e['to_version']} ({e.get('reason')}): "
+                                  f"{', '.join(e.get('failed_gates') or [])}"
+                                  for e in events if e["action"] == REJECTED],
         "champion": {"model": cfg.registry.model_name,
                      "version": champion.version if champion else None},
-        "promotion_history": [_history_line(e) for e in history(s)],
+        "promotion_history": [_history_line(e) for e in events],
         "predictions": {"partitions": len(manifests),
                         "rows": sum(m["output_rows"] for m in manifests),
                         "by_model_version": dict(Counter(m["model_version"] for m in manifests))},

@@ -25,6 +25,7 @@ from pipelines.model import registry
 
 PROMOTE, FORCED, AWAIT, REJECT = "promote", "forced", "await_approval", "reject"
 APPROVE_OPTION, REJECT_OPTION = "Approve", "Reject"  # the options a person chooses between
+REJECTED = "rejected"  # the history action of a version the gates kept out
 
 
 def _write_card(cfg: Config, settings: Settings, version: str) -> str:
@@ -48,7 +49,7 @@ def record_decision(settings: Settings, name: str, report: GateVerdict | dict[st
     if decision in (PROMOTE, FORCED):
         return None
     event: HistoryEvent = {
-        "action": "rejected" if decision == REJECT else "awaiting_approval", "model": name,
+        "action": REJECTED if decision == REJECT else "awaiting_approval", "model": name,
         "to_version": report["version"], "from_version": report.get("champion_version"),
         "actor": actor, "user": user, "reason": registry.check_reason(reason),
         "failed_gates": report.get("failed", []), "gate_report": report.get("report_uri")}
