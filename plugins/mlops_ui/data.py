@@ -55,14 +55,13 @@ def gate_report_uri(settings: Settings, name: str, version: str) -> str | None:
     return uri if storage.exists(uri) else None
 
 
-def head_to_head(report_uri: str | None) -> dict[str, Any] | None:
+def head_to_head(report: dict[str, Any] | None) -> dict[str, Any] | None:
     """What a version's gate measured against the champion it faced, both models on the same
     rows (the version's evaluation set): the champion's version and both models' headline
     metrics. None when the gate had no champion to compare with (or there is no report).
 
     Each version's own run metrics are on its own evaluation window: two versions trained on
     different windows cannot be compared by them, only by this."""
-    report = storage.read_json_if_exists(report_uri) if report_uri else None
     comparison = (report or {}).get("comparison") or {}
     champion = comparison.get("champion_metrics")
     if not champion or not report.get("champion_version"):
@@ -116,7 +115,9 @@ def describe_version(c: MlflowClient, settings: Settings, name: str, version: st
     run = c.get_run(mv.run_id) if mv.run_id else None
     metrics = dict(run.data.metrics) if run else {}
     params = dict(run.data.params) if run else {}
-    report = gate_report_uri(settings, name, str(mv.version))
+    # the gate report read once: whether it exists, and what it compared
+    report_uri = locations.gate_report(settings, name, str(mv.version))
+    report = storage.read_json_if_exists(report_uri)
     return {
         "role": role, "model": name, "version": str(mv.version), "run_id": mv.run_id,
         "aliases": sorted(getattr(mv, "aliases", []) or []),
@@ -126,7 +127,7 @@ def describe_version(c: MlflowClient, settings: Settings, name: str, version: st
         "params": {k: params[k] for k in ("estimator", "train_rows", "eval_rows", "window_start",
                                           "window_end") if k in params},
         "tags": {k: tags[k] for k in LINEAGE_TAGS if k in tags},
-        "gate_report_uri": report,
+        "gate_report_uri": report_uri if report is not None else None,
         "head_to_head": head_to_head(report),
         "card_uri": card_uri(settings, name, str(mv.version)),
     }

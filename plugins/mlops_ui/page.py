@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from html import escape
 from typing import Any
@@ -125,7 +126,7 @@ def _compared(vs: str | None, same: bool) -> str:
 
 
 def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and value == value and abs(value) != float("inf")
+    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def _by(event: dict[str, Any]) -> str:
