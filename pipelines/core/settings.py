@@ -43,6 +43,8 @@ The online model server (`python -m pipelines.serving`, `make serve`):
     MLOPS_EXECUTOR_PRELOAD=<PRELOAD>         modules an Airflow worker imports before its first task
                                              (LocalExecutor: pipelines.core.executor; Celery:
                                              pipelines.core.celery_config; "" = none)
+    MLOPS_VALIDATION_WORKERS=2               processes that validate a training window's batches
+                                             never validated before (1: this process only)
 """
 
 from __future__ import annotations
@@ -102,6 +104,7 @@ class Settings:
     serving_log_flush_seconds: float = 5.0  # MLOPS_SERVING_LOG_FLUSH_SECONDS
     serving_metrics_dir: str = ""  # PROMETHEUS_MULTIPROC_DIR ('': <state>/serving/metrics)
     executor_preload: tuple[str, ...] = ()  # MLOPS_EXECUTOR_PRELOAD (pipelines.core.executor)
+    validation_workers: int = 2  # MLOPS_VALIDATION_WORKERS (pipelines.data.checks.validate_days)
 
     def mlflow_env(self) -> dict[str, str]:
         """The MLflow client settings every process of the project runs with."""
@@ -248,4 +251,5 @@ def get_settings() -> Settings:
         serving_metrics_dir=_env("PROMETHEUS_MULTIPROC_DIR", ""),
         executor_preload=tuple(m.strip() for m in os.environ.get(
             "MLOPS_EXECUTOR_PRELOAD", PRELOAD).split(",") if m.strip()),
+        validation_workers=_bounded_int_env("MLOPS_VALIDATION_WORKERS", 2, 1, 64),
     )

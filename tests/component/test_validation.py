@@ -630,6 +630,46 @@ def test_a_windows_failed_intervals_are_all_named_after_every_batch_is_validated
     assert all(r["cached"] for r in again)  # same bytes, passing reports: not validated again
 
 
+def test_a_window_validated_with_a_helper_process_gives_the_same_outcome(
+        lake: Lake, caplog, capfd) -> None:
+    """`validate_days` with a helper process (a window never validated: the helper takes days
+    from the front, this process from the back): a bad day on each side is quarantined and
+    named in the one error, every good day's report is written, and the helper's log lines
+    reach this process's stderr (an Airflow task's log) marked with its pid."""
+    from datetime import date, timedelta
+
+    from pipelines.core.config import load_config
+    from pipelines.data.checks import validate_days
+
+    cfg = load_config(REPO_ROOT / "params.yaml")
+    days = [(date(2013, 1, 1) + timedelta(days=i)).isoformat() for i in range(8)]
+    bad = {days[0], days[6]}  # the helper's first day and one this process takes
+    df = pd.read_csv(DATA / "flights.csv.zip", nrows=9000)
+    for day in days:
+        rows = _day_slice(df, day, 100)
+        lake.write(day, _set("dep_delay", [3], "late")(rows) if day in bad else _csv(rows))
+    window = [(cfg.grain.interval(date.fromisoformat(d)), ["flights"]) for d in days]
+    assert lake.settings.validation_workers == 2  # the default: one helper
+
+    with caplog.at_level(logging.INFO, logger="pipelines.data.checks"), \
+            pytest.raises(DataValidationError) as info:
+        validate_days(cfg, lake.settings, window, helpers_from=1)
+    assert str(info.value).startswith(
+        f"2 of 8 intervals failed validation ({days[0]}, {days[6]})")
+    for day in days:
+        report = storage.read_json(
+            locations.validation_report(lake.settings, "flights", f"date={day}"))
+        assert report["success"] == (day not in bad)
+        assert lake.batch(day).exists() == (day not in bad)
+    (split,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("validated")]
+    here, helper = map(int, re.match(r"validated 8 days: (\d+) in this process, (\d+) in 1 helper",
+                                     split).groups())
+    assert here >= 2 and helper >= 1 and here + helper == 8, split
+    helper_lines = re.findall(r"\[validation helper \d+\] pipelines\.data\.validation: (\S+) ",
+                              capfd.readouterr().err)
+    assert set(helper_lines) == {str(lake.batch(d)) for d in days[:helper]}  # from the front
+
+
 def _validate_day_in_child(settings: Settings, day: str, out) -> None:
     """A forked child's `validate_day` of the flights batch: its result or its error."""
     from datetime import date
