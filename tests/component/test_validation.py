@@ -630,30 +630,38 @@ def test_a_windows_failed_intervals_are_all_named_after_every_batch_is_validated
     assert all(r["cached"] for r in again)  # same bytes, passing reports: not validated again
 
 
-def test_a_window_validated_with_a_helper_process_gives_the_same_outcome(
-        lake: Lake, caplog, capfd) -> None:
-    """`validate_days` with a helper process (a window never validated: the helper takes days
-    from the front, this process from the back): a bad day on each side is quarantined and
-    named in the one error, every good day's report is written, and the helper's log lines
-    reach this process's stderr (an Airflow task's log) marked with its pid."""
+WINDOW_DAYS = 8
+
+
+def _window_with_two_bad_days(lake: Lake) -> tuple[list, list[str], set[str]]:
+    """Eight landed flights days, the first and the seventh bad (a text cell in dep_delay):
+    (the window for `validate_days`, the days, the bad ones)."""
     from datetime import date, timedelta
 
     from pipelines.core.config import load_config
-    from pipelines.data.checks import validate_days
 
     cfg = load_config(REPO_ROOT / "params.yaml")
-    days = [(date(2013, 1, 1) + timedelta(days=i)).isoformat() for i in range(8)]
-    bad = {days[0], days[6]}  # the helper's first day and one this process takes
+    days = [(date(2013, 1, 1) + timedelta(days=i)).isoformat() for i in range(WINDOW_DAYS)]
+    bad = {days[0], days[6]}  # a helper's first day and one this process takes
     df = pd.read_csv(DATA / "flights.csv.zip", nrows=9000)
     for day in days:
         rows = _day_slice(df, day, 100)
         lake.write(day, _set("dep_delay", [3], "late")(rows) if day in bad else _csv(rows))
-    window = [(cfg.grain.interval(date.fromisoformat(d)), ["flights"]) for d in days]
-    assert lake.settings.validation_workers == 2  # the default: one helper
+    return [(cfg.grain.interval(date.fromisoformat(d)), ["flights"]) for d in days], days, bad
 
+
+def _validate_window_with_a_helper(lake: Lake, caplog) -> tuple[list[str], int, int]:
+    """`validate_days` of `_window_with_two_bad_days` with a helper; checks the one error, the
+    reports and quarantines; returns (the days, validated here, validated by the helper)."""
+    from pipelines.core.config import load_config
+    from pipelines.data.checks import validate_days
+
+    window, days, bad = _window_with_two_bad_days(lake)
+    assert lake.settings.validation_workers == 2  # the default: one helper
     with caplog.at_level(logging.INFO, logger="pipelines.data.checks"), \
             pytest.raises(DataValidationError) as info:
-        validate_days(cfg, lake.settings, window, helpers_from=1)
+        validate_days(load_config(REPO_ROOT / "params.yaml"), lake.settings, window,
+                      helpers_from=1)
     assert str(info.value).startswith(
         f"2 of 8 intervals failed validation ({days[0]}, {days[6]})")
     for day in days:
@@ -664,10 +672,65 @@ def test_a_window_validated_with_a_helper_process_gives_the_same_outcome(
     (split,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("validated")]
     here, helper = map(int, re.match(r"validated 8 days: (\d+) in this process, (\d+) in 1 helper",
                                      split).groups())
-    assert here >= 2 and helper >= 1 and here + helper == 8, split
+    assert here + helper == WINDOW_DAYS, split
+    return days, here, helper
+
+
+def test_a_window_validated_with_a_helper_process_gives_the_same_outcome(
+        lake: Lake, caplog, capfd, monkeypatch, tmp_path: Path) -> None:
+    """`validate_days` with a helper process (a window never validated: the helper takes days
+    from the front, this process from the back): a bad day on each side is quarantined and
+    named in the one error, every good day's report is written, and the helper's log lines
+    reach this process's stderr (an Airflow task's log) marked with its pid. The process's
+    main script cannot run again in a helper (an Airflow task's `airflow` script fails there),
+    and does not need to."""
+    import sys
+    import types
+
+    script = tmp_path / "main_script.py"
+    script.write_text("raise RuntimeError('the main script ran again in a helper')\n")
+    main = types.ModuleType("__main__")
+    main.__file__ = str(script)
+    monkeypatch.setitem(sys.modules, "__main__", main)
+
+    days, here, helper = _validate_window_with_a_helper(lake, caplog)
+    assert here >= 2 and helper >= 1
     helper_lines = re.findall(r"\[validation helper \d+\] pipelines\.data\.validation: (\S+) ",
                               capfd.readouterr().err)
     assert set(helper_lines) == {str(lake.batch(d)) for d in days[:helper]}  # from the front
+
+
+def test_a_killed_validation_helper_leaves_its_days_to_the_task(lake: Lake, caplog) -> None:
+    """The helper process killed (SIGKILL, as the OOM killer would) as soon as it starts: the
+    task validates every day itself, with the same outcome, and says what happened."""
+    import signal
+    import threading
+
+    import psutil
+
+    stop, killed = threading.Event(), []
+
+    def kill_helpers() -> None:
+        while not stop.is_set() and not killed:
+            for child in psutil.Process().children():
+                try:
+                    if "spawn_main" in " ".join(child.cmdline()):  # not the resource tracker
+                        child.send_signal(signal.SIGKILL)
+                        killed.append(child.pid)
+                except psutil.NoSuchProcess:
+                    pass
+            stop.wait(0.01)
+
+    killer = threading.Thread(target=kill_helpers, daemon=True)
+    killer.start()
+    try:
+        _, here, helper = _validate_window_with_a_helper(lake, caplog)
+    finally:
+        stop.set()
+        killer.join()
+    assert killed and (here, helper) == (WINDOW_DAYS, 0)
+    assert any("a validation helper stopped" in r.getMessage() and "terminated abruptly"
+               in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
 
 
 def _validate_day_in_child(settings: Settings, day: str, out) -> None:
