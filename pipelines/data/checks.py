@@ -16,6 +16,7 @@ and `_validation.md` beside it; quarantining the same batch again adds a folder,
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import multiprocessing.context
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -174,8 +175,8 @@ def _outcomes_with_helpers(cfg: Config, settings: Settings,
     from the front of the window by a thread of this process, which itself takes days from
     the back, so the work splits by speed, whatever a helper's start-up costs. Each batch is
     still validated under its own lock, and the outcomes come back in the window's order. A
-    helper's log lines go to this process's stderr (the task log), marked with its pid. If a
-    helper dies, the days it had not done are validated here.
+    helper's log lines are logged by this process (in a task's log at their own level, not
+    as stderr), marked with its pid. If a helper dies, the days it left are validated here.
     """
     import threading
     from concurrent.futures import ProcessPoolExecutor
@@ -211,22 +212,28 @@ def _outcomes_with_helpers(cfg: Config, settings: Settings,
             errors.append(exc)
             stop()
 
-    with ProcessPoolExecutor(max_workers=helpers, mp_context=_HelperContext(),
-                             initializer=_helper_logging) as pool:
-        feeders = [threading.Thread(target=feed, args=(pool,), name=f"validation-helper-{n}",
-                                    daemon=True) for n in range(helpers)]
-        for feeder in feeders:
-            feeder.start()
-        here = 0
-        try:
-            while (i := claim(front=False)) is not None:
-                outcomes[i], here = _day_outcome(cfg, settings, *days[i]), here + 1
-        except BaseException:
-            stop()
-            raise
-        finally:
+    records = _HelperContext().Queue()  # the helpers' log records, logged here
+    relay = logging.handlers.QueueListener(records, _Relay())
+    relay.start()
+    try:
+        with ProcessPoolExecutor(max_workers=helpers, mp_context=_HelperContext(),
+                                 initializer=_helper_logging, initargs=(records,)) as pool:
+            feeders = [threading.Thread(target=feed, args=(pool,), daemon=True,
+                                        name=f"validation-helper-{n}") for n in range(helpers)]
             for feeder in feeders:
-                feeder.join()
+                feeder.start()
+            here = 0
+            try:
+                while (i := claim(front=False)) is not None:
+                    outcomes[i], here = _day_outcome(cfg, settings, *days[i]), here + 1
+            except BaseException:
+                stop()
+                raise
+            finally:
+                for feeder in feeders:
+                    feeder.join()
+    finally:
+        relay.stop()  # after the helpers have exited: every record they put is logged
     if errors:
         raise errors[0]
     for i in left:
@@ -264,12 +271,21 @@ def _main_module_hidden() -> Iterator[None]:
         sys.modules["__main__"] = main
 
 
-def _helper_logging() -> None:
-    import sys
+def _helper_logging(records: Any) -> None:
+    """A helper's logging: the project's lines (INFO and up) and others' warnings, put on the
+    queue its parent logs from (`_Relay`), marked with the helper's pid."""
+    handler = logging.handlers.QueueHandler(records)
+    handler.setFormatter(logging.Formatter("[validation helper %(process)d] %(message)s"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
+    logging.getLogger("pipelines").setLevel(logging.INFO)
 
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format=(
-        "%(asctime)s %(levelname)s [validation helper %(process)d] %(name)s: %(message)s"))
-    logging.getLogger("pipelines").setLevel(logging.INFO)  # the project's lines, not GX's
+
+class _Relay(logging.Handler):
+    """A helper's log record, handed to this process's logger of the same name: it reaches
+    the same handlers as this process's own lines (an Airflow task's log, as its level)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        logging.getLogger(record.name).handle(record)
 
 
 def validate_snapshots(cfg: Config, settings: Settings) -> list[dict[str, Any]]:
