@@ -37,8 +37,9 @@ TRAINING_SET, PREDICTIONS = "training_set", "predictions"  # suite names of the 
 EVENT_TIME = "event_time"  # pipelines.data.events: the event's own timestamp in model rows
 VALIDATION_LOCK_S = 3600.0  # longest wait for another run's validation of the same batch
 # A window with this many batches never validated gets helper processes (`validate_days`): at
-# about 0.65 s a batch here, 24 are 15 s of work against a helper's ~4 s of start-up.
-HELPERS_FROM_BATCHES = 24
+# about 0.6 s a batch here, 48 are 30 s of work on one process. Below it the saving is ~10 s
+# at most, which a busy 2-core host loses to the helper's start-up (~4 s of imports).
+HELPERS_FROM_BATCHES = 48
 
 
 def _uris(settings: Settings, name: str, partition: str) -> dict[str, str]:
@@ -123,7 +124,8 @@ def validate_days(cfg: Config, settings: Settings, days: list[tuple[Interval, li
     from pipelines.data.validation import DataValidationError
 
     helpers = settings.validation_workers - 1
-    if helpers > 0 and len(days) > 1 and _unreported(settings, days) >= helpers_from:
+    if helpers > 0 and len(days) > 1 and _unreported(settings, days) >= helpers_from \
+            and _may_start_helpers():
         outcomes = _outcomes_with_helpers(cfg, settings, days, helpers)
     else:
         outcomes = [_day_outcome(cfg, settings, iv, tables) for iv, tables in days]
@@ -155,6 +157,16 @@ def _day_outcome(cfg: Config, settings: Settings, iv: Interval, tables: list[str
         return [], str(exc)
 
 
+def _may_start_helpers() -> bool:
+    """Whether this process may start processes: not a daemonic one (a Celery prefork
+    worker's task runs in one; there the workers are the parallelism)."""
+    if multiprocessing.current_process().daemon:
+        log.info("validating in this process only: it is a daemonic worker process, which "
+                 "may not start helpers")
+        return False
+    return True
+
+
 def _unreported(settings: Settings, days: list[tuple[Interval, list[str]]]) -> int:
     """How many of the days' batches have no validation report (one listing per table)."""
     tables = {t for _, ts in days for t in ts}
@@ -173,7 +185,7 @@ def _outcomes_with_helpers(cfg: Config, settings: Settings,
     in one process and 42 s in two. The helpers are fresh interpreters (spawn: nothing forked
     from a task process with threads, sockets and GX state). Each is fed one day at a time
     from the front of the window by a thread of this process, which itself takes days from
-    the back, so the work splits by speed, whatever a helper's start-up costs. Each batch is
+    the back, so each does as many as it can, whatever a helper's start-up costs. Each batch is
     still validated under its own lock, and the outcomes come back in the window's order. A
     helper's log lines are logged by this process (in a task's log at their own level, not
     as stderr), marked with its pid. If a helper dies, the days it left are validated here.

@@ -734,6 +734,38 @@ def test_a_killed_validation_helper_leaves_its_days_to_the_task(lake: Lake, capl
                in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
 
 
+def _validate_window_in_child(settings: Settings, window: list, out) -> None:
+    """A daemonic child's `validate_days` of the window, asked to use a helper: its error or
+    the unexpected one."""
+    from pipelines.core.config import load_config
+    from pipelines.data.checks import validate_days
+
+    try:
+        validate_days(load_config(REPO_ROOT / "params.yaml"), settings, window, helpers_from=1)
+        out.put("passed")
+    except DataValidationError as exc:
+        out.put(str(exc).splitlines()[0])
+    except BaseException as exc:  # noqa: BLE001 (what the test must not see, as text)
+        out.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_a_daemonic_worker_validates_a_window_itself(lake: Lake) -> None:
+    """In a daemonic process (a Celery prefork worker runs tasks in one), which may not start
+    children, a window is validated in the process itself, with the same outcome."""
+    import multiprocessing
+
+    window, days, _ = _window_with_two_bad_days(lake)
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    child = ctx.Process(target=_validate_window_in_child, args=(lake.settings, window, out),
+                        daemon=True)
+    child.start()
+    outcome = out.get(timeout=120)
+    child.join(timeout=30)
+    assert outcome == f"2 of 8 intervals failed validation ({days[0]}, {days[6]}):"
+    assert child.exitcode == 0
+
+
 def _validate_day_in_child(settings: Settings, day: str, out) -> None:
     """A forked child's `validate_day` of the flights batch: its result or its error."""
     from datetime import date
