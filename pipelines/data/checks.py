@@ -18,8 +18,6 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import multiprocessing.context
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -168,12 +166,13 @@ def _may_start_helpers() -> bool:
 
 
 def _unreported(settings: Settings, days: list[tuple[Interval, list[str]]]) -> int:
-    """How many of the days' batches have no validation report (one listing per table)."""
-    tables = {t for _, ts in days for t in ts}
-    reported = {t: set(storage.listdir(storage.join(settings.reports_uri, "validation", t)))
-                for t in tables}
-    return sum(f"{locations.partition(iv)}.json" not in reported[t]
-               for iv, ts in days for t in ts)
+    """How many of the days' batches have no validation report (one listing per folder)."""
+    reports = [locations.validation_report(settings, t, locations.partition(iv))
+               for iv, ts in days for t in ts]
+    listed = {folder: set(storage.listdir(folder))
+              for folder in {r.rsplit("/", 1)[0] for r in reports}}
+    return sum(name not in listed[folder]
+               for folder, name in (r.rsplit("/", 1) for r in reports))
 
 
 def _outcomes_with_helpers(cfg: Config, settings: Settings,
@@ -224,11 +223,12 @@ def _outcomes_with_helpers(cfg: Config, settings: Settings,
             errors.append(exc)
             stop()
 
-    records = _HelperContext().Queue()  # the helpers' log records, logged here
+    context = _HelperContext()
+    records = context.Queue()  # the helpers' log records, logged here
     relay = logging.handlers.QueueListener(records, _Relay())
     relay.start()
     try:
-        with ProcessPoolExecutor(max_workers=helpers, mp_context=_HelperContext(),
+        with ProcessPoolExecutor(max_workers=helpers, mp_context=context,
                                  initializer=_helper_logging, initargs=(records,)) as pool:
             feeders = [threading.Thread(target=feed, args=(pool,), daemon=True,
                                         name=f"validation-helper-{n}") for n in range(helpers)]
@@ -257,8 +257,15 @@ def _outcomes_with_helpers(cfg: Config, settings: Settings,
 
 class _HelperProcess(multiprocessing.context.SpawnProcess):
     def start(self) -> None:
-        with _main_module_hidden():
+        """Started with a bare `__main__` (only `multiprocessing` reads it meanwhile)."""
+        import sys
+        import types
+
+        main, sys.modules["__main__"] = sys.modules["__main__"], types.ModuleType("__main__")
+        try:
             super().start()
+        finally:
+            sys.modules["__main__"] = main
 
 
 class _HelperContext(multiprocessing.context.SpawnContext):
@@ -267,20 +274,6 @@ class _HelperContext(multiprocessing.context.SpawnContext):
     script, which fails there (the task process's masked database URL). The helpers need
     nothing from it: what they run is importable from `pipelines`."""
     Process = _HelperProcess
-
-
-@contextmanager
-def _main_module_hidden() -> Iterator[None]:
-    """A bare `__main__` while a process starts (only `multiprocessing` reads it then)."""
-    import sys
-    import types
-
-    main = sys.modules["__main__"]
-    sys.modules["__main__"] = types.ModuleType("__main__")
-    try:
-        yield
-    finally:
-        sys.modules["__main__"] = main
 
 
 def _helper_logging(records: Any) -> None:
