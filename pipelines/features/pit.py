@@ -20,7 +20,8 @@ arbitrarily; exact duplicates are harmless, differing values are ambiguous in bo
 Naive (time-zone-less) timestamps are rejected, never read as UTC.
 
 How: one ASOF JOIN per view ordered by the struct (event ts, created ts), so ties resolve as in
-Feast, and the TTL applied to the row found. With the cutoff, late rows get a second ASOF on
+Feast (by the event ts alone where every row it joins was created at its event time: then
+the two orders agree), and the TTL applied to the row found. With the cutoff, late rows get a second ASOF on
 their created time over a running maximum, and the later of the two candidates wins. Output
 columns keep DuckDB -> Arrow -> pandas types, as Feast's do (an Int64 feature with nulls is
 float64).
@@ -114,8 +115,9 @@ def _read(con: "duckdb.DuckDBPyConnection", spec: ViewSpec) -> str:
     return f"SELECT {', '.join(cols)} FROM read_parquet('{path}') WHERE {not_null}"
 
 
-def _profile(con: "duckdb.DuckDBPyConnection", spec: ViewSpec, source: str) -> int:
-    """Reject naive or null timestamps; return the number of late rows (created > event)."""
+def _profile(con: "duckdb.DuckDBPyConnection", spec: ViewSpec, source: str) -> tuple[int, int]:
+    """Reject naive or null timestamps; return the numbers of late rows (created > event) and
+    of early ones (created < event)."""
     import duckdb
 
     try:
@@ -127,22 +129,22 @@ def _profile(con: "duckdb.DuckDBPyConnection", spec: ViewSpec, source: str) -> i
                                     or types[column].startswith("TIMESTAMPTZ")):
             raise ValueError(f"{spec.name}: {label} in {spec.path} is {types[column]}, a naive "
                              "timestamp; write timezone-aware UTC timestamps")
-    counts = f"count(*) FILTER ({CR} IS NULL), count(*) FILTER ({CR} > {TS})" if CR in types \
-        else "0, 0"
-    [(nulls_ts, nulls_cr, late)] = _all(
+    counts = (f"count(*) FILTER ({CR} IS NULL), count(*) FILTER ({CR} > {TS}), "
+              f"count(*) FILTER ({CR} < {TS})") if CR in types else "0, 0, 0"
+    [(nulls_ts, nulls_cr, late, early)] = _all(
         con, f"SELECT count(*) FILTER ({TS} IS NULL), {counts} FROM ({source})")
     if nulls_ts or nulls_cr:
         raise ValueError(f"{spec.name}: {nulls_ts} null {spec.timestamp_field} and {nulls_cr} null "
                          f"{spec.created_timestamp_column} values in {spec.path}")
-    return int(late)
+    return int(late), int(early)
 
 
 def _view_sql(con: "duckdb.DuckDBPyConnection", spec: ViewSpec, i: int, cutoff: bool
               ) -> tuple[list[str], str, list[str]]:
     """(CTEs, ASOF join clauses onto the entity rows `e`, output columns) of view `i`."""
     source = _read(con, spec)
-    late = _profile(con, spec, source)  # checks the timestamps whatever the cutoff
-    late = late if cutoff else 0
+    all_late, early = _profile(con, spec, source)  # checks the timestamps whatever the cutoff
+    late = all_late if cutoff else 0
     key_list = ", ".join(_q(k) for k, _ in spec.join_keys)
     key_sel = f"{key_list}, " if key_list else ""
 
@@ -150,15 +152,30 @@ def _view_sql(con: "duckdb.DuckDBPyConnection", spec: ViewSpec, i: int, cutoff: 
         return "".join(f"e.{_q(ek)} = {alias}.{_q(k)} AND " for k, ek in spec.join_keys)
 
     has_cr = spec.created_timestamp_column is not None
+    # The ASOF orders a key's rows by (event, created). Where every row it joins was created at
+    # its event time (no created column; or none created earlier, and none later or those
+    # joined apart below, with the cutoff), rows equal in event time are equal in created time
+    # too, a tie either way, and the event time alone orders them: a struct comparison costs
+    # about a tenth of the join.
+    by_event = not has_cr or (early == 0 and (late > 0 or all_late == 0))
     order = f"{{'t': {TS}, 'c': {CR}}}" if has_cr else f"{{'t': {TS}}}"
-    probe = f"{{'t': e.{AT}, 'c': 'infinity'::TIMESTAMPTZ}}" if has_cr else f"{{'t': e.{AT}}}"
-    values = "{" + ", ".join(f"{_q(f)}: {_q(f)}" for f in spec.features) + "}"
     on_time = f" WHERE {CR} <= {TS}" if late else ""
     cast = ", ".join(f"{c}::TIMESTAMPTZ AS {c}" for c in (TS, CR) if c != CR or has_cr)
-    ctes = [f"s{i} AS (SELECT * REPLACE ({cast}) FROM ({source}))",
-            f"v{i} AS (SELECT {key_sel}{order} AS __o, {values} AS __v FROM s{i}{on_time})"]
-    joins = f"ASOF LEFT JOIN v{i} ON {on(f'v{i}')}{probe} >= v{i}.__o"
-    pick_o, pick_v = f"v{i}.__o", f"v{i}.__v"
+    feature_cols = ", ".join(_q(f) for f in spec.features)
+    ctes = [f"s{i} AS (SELECT * REPLACE ({cast}) FROM ({source}))"]
+    if late:  # the pick below compares structs of (event, created) and of the values
+        values = "{" + ", ".join(f"{_q(f)}: {_q(f)}" for f in spec.features) + "}"
+        ctes.append(f"v{i} AS (SELECT {key_sel}{TS}, {order} AS __o, {values} AS __v FROM s{i}"
+                    f"{on_time})")
+    elif by_event:
+        ctes.append(f"v{i} AS (SELECT {key_sel}{TS}, {feature_cols} FROM s{i})")
+    else:
+        ctes.append(f"v{i} AS (SELECT {key_sel}{TS}, {order} AS __o, {feature_cols} FROM s{i})")
+    probe = f"{{'t': e.{AT}, 'c': 'infinity'::TIMESTAMPTZ}}" if has_cr else f"{{'t': e.{AT}}}"
+    asof = f"e.{AT} >= v{i}.{TS}" if by_event else f"{probe} >= v{i}.__o"
+    joins = f"ASOF LEFT JOIN v{i} ON {on(f'v{i}')}{asof}"
+    pick_t = f"v{i}.{TS}"
+    pick = {f: f"v{i}.{_q(f)}" for f in spec.features}
     if late:  # late rows count from their created time: a running maximum over it
         part = f"PARTITION BY {key_list} " if key_list else ""
         ctes.append(f"l{i} AS (SELECT {key_sel}{CR} AS __vis, max({{'o': {order}, 'v': {values}}}) "
@@ -166,14 +183,16 @@ def _view_sql(con: "duckdb.DuckDBPyConnection", spec: ViewSpec, i: int, cutoff: 
                     f" AS __b FROM s{i} WHERE {CR} > {TS})")
         joins += f" ASOF LEFT JOIN l{i} ON {on(f'l{i}')}e.{AT} >= l{i}.__vis"
         late_wins = f"(l{i}.__b.o IS NOT NULL AND (v{i}.__o IS NULL OR l{i}.__b.o > v{i}.__o))"
-        pick_o = f"(CASE WHEN {late_wins} THEN l{i}.__b.o ELSE v{i}.__o END)"
-        pick_v = f"(CASE WHEN {late_wins} THEN l{i}.__b.v ELSE v{i}.__v END)"
-    fresh = "true"
+        pick_t = f"(CASE WHEN {late_wins} THEN l{i}.__b.o.t ELSE v{i}.{TS} END)"
+        pick = {f: f"(CASE WHEN {late_wins} THEN l{i}.__b.v ELSE v{i}.__v END).{_q(f)}"
+                for f in spec.features}
     if spec.ttl:
         us = int(spec.ttl / timedelta(microseconds=1))
-        fresh = f"{pick_o}.t >= e.{AT} - to_microseconds({us})"
-    cols = [f"CASE WHEN {fresh} THEN {pick_v}.{_q(f)} END AS {_q(f'{spec.name}__{f}')}"
-            for f in spec.features]
+        fresh = f"{pick_t} >= e.{AT} - to_microseconds({us})"
+        cols = [f"CASE WHEN {fresh} THEN {pick[f]} END AS {_q(f'{spec.name}__{f}')}"
+                for f in spec.features]
+    else:
+        cols = [f"{pick[f]} AS {_q(f'{spec.name}__{f}')}" for f in spec.features]
     return ctes, joins, cols
 
 
