@@ -12,9 +12,11 @@ demo:
 
 # The suite on 2 processes, one test file per process at a time (module fixtures stay whole):
 # most integration tests wait on real servers, so two share 2 cores well. TEST_WORKERS=0: one.
+# Files are handed out in collection order, longest first (tests/conftest.py: LONGEST_FIRST);
+# without --no-loadscope-reorder pytest-xdist re-sorts them by their number of tests.
 TEST_WORKERS ?= 2
 test: install
-	.venv/bin/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile --durations=15
+	.venv/bin/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15
 
 test-fast: install  ## the unit tier: pure functions on in-memory data (well under a minute)
 	.venv/bin/python -m pytest -q -p no:cacheprovider tests/unit
