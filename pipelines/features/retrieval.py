@@ -63,7 +63,10 @@ def historical_features(store: "FeatureStore", service_name: str, rows: pd.DataF
         raise ValueError(f"unknown retrieval engine {engine!r} (duckdb | feast)")
     spec = request_time or {}
     _no_clash(list(rows.columns) + list(feats.columns), spec)
-    out = pd.concat([rows, feats, request.compute(spec, rows)] if spec else [rows, feats], axis=1)
+    # no copy: `rows` (reset_index's deep copy) and the features are this call's own frames
+    # (copying them took 0.2 s of 2.8 for a million rows with 10 features)
+    out = pd.concat([rows, feats, request.compute(spec, rows)] if spec else [rows, feats],
+                    axis=1, copy=False)
     check_retrieval(out, rows, {**service_schema(store, service_name), **request.schema(spec)})
     return out
 
