@@ -22,10 +22,11 @@ and cover reading the entity rows to a pandas frame with the features (module im
 excluded, the FeatureStore included); its peak memory is the largest of its children's
 `ru_maxrss` (imports included). Every side's rows are compared with
 the project's, value for value (same row count, same row keys, NaN equal to NaN), before the
-times are reported. DuckDB and polars use every core; pandas one. DuckDB's, polars' and the
-Arrow entry's results become pandas frames the same way (`_pandas`: Arrow, then pyarrow's
-conversion without interning strings, the fastest of those tried for every side); until
-2026-12-07 21:50 DuckDB's used its `.df()` and the others `to_pandas()` with its defaults.
+times are reported. DuckDB and polars use every core; pandas one. Every pandas frame, read or
+returned, is made the same way (`_pandas`: Arrow, then pyarrow's conversion without interning
+strings, the fastest of those tried for every side); until 2026-12-07 21:50 DuckDB's result
+used its `.df()` and the others `to_pandas()` with its defaults, and until 22:45 the pandas
+sides read their Parquet with `pd.read_parquet` (which interns).
 """
 
 from __future__ import annotations
@@ -121,11 +122,11 @@ def _side(name: str, tmp: str, limit: int, out: mp.Queue) -> None:
 
     import duckdb
     import pandas as pd
+    import pyarrow.parquet as pq
 
     if name == "polars_asof":
         import polars as pl
     if name in ("project", "project_arrow", "feast"):
-        import pyarrow.parquet as pq
         from feast import FeatureStore
 
         from pipelines.features.retrieval import (
@@ -144,8 +145,9 @@ def _side(name: str, tmp: str, limit: int, out: mp.Queue) -> None:
                                     AND e.event_timestamp >= f.event_timestamp""").to_arrow_table())
     elif name == "pandas_asof":
         feat_cols = ["entity_id", "event_timestamp", *(f"f{i}" for i in range(FEATURES))]
-        ent = pd.read_parquet(f"{tmp}/entities.parquet").sort_values("event_timestamp", kind="stable")
-        feat = pd.read_parquet(f"{tmp}/features.parquet", columns=feat_cols).sort_values(
+        ent = _pandas(pq.read_table(f"{tmp}/entities.parquet")).sort_values("event_timestamp",
+                                                                            kind="stable")
+        feat = _pandas(pq.read_table(f"{tmp}/features.parquet", columns=feat_cols)).sort_values(
             "event_timestamp", kind="stable")
         df = pd.merge_asof(ent, feat, on="event_timestamp", by="entity_id",
                            direction="backward", allow_exact_matches=True)
@@ -162,7 +164,7 @@ def _side(name: str, tmp: str, limit: int, out: mp.Queue) -> None:
         df = _pandas(historical_features_table(store, "bench_service", table, ["entity_id"],
                                                engine="duckdb", cutoff=True))
     else:
-        rows = pd.read_parquet(f"{tmp}/entities.parquet").head(limit)
+        rows = _pandas(pq.read_table(f"{tmp}/entities.parquet")).head(limit)
         store = FeatureStore(repo_path=tmp)
         if name == "project":
             df = historical_features(store, "bench_service", rows, ["entity_id"],
