@@ -139,7 +139,8 @@ def _side(name: str, tmp: str, limit: int, out: mp.Queue) -> None:
     if name == "duckdb_asof":
         feats = ", ".join(f"f.f{i}" for i in range(FEATURES))
         duckdb.execute("SET enable_progress_bar = false").fetchall()
-        df = _pandas(duckdb.sql(f"""SELECT e.*, {feats} FROM read_parquet('{tmp}/entities.parquet') e
+        df = _pandas(duckdb.sql(f"""SELECT e.*, {feats}
+                                    FROM read_parquet('{tmp}/entities.parquet') e
                                     ASOF LEFT JOIN read_parquet('{tmp}/features.parquet') f
                                     ON e.entity_id = f.entity_id
                                     AND e.event_timestamp >= f.event_timestamp""").to_arrow_table())

@@ -61,7 +61,8 @@ def _mlflow_tracking_uri_does_not_leak():
 # The longest files first. `make test` hands whole files to its workers (`--dist loadfile`) in
 # collection order (`--no-loadscope-reorder`: by default pytest-xdist sorts them by their number
 # of tests, which put the lifecycle and DVC files among the last), and a file that starts last
-# is waited for alone: longest first keeps the workers busy to the end. Seconds of one file alone, CI run of 2026-12-06 (2 workers, 2 cores).
+# is waited for alone: longest first keeps the workers busy to the end. Seconds of one file
+# alone, CI run of 2026-12-06 (2 workers, 2 cores).
 LONGEST_FIRST = (
     "tests/integration/test_stack.py",  # 504 s
     "tests/integration/test_ui_browser.py",  # 421 s

@@ -20,11 +20,11 @@ arbitrarily; exact duplicates are harmless, differing values are ambiguous in bo
 Naive (time-zone-less) timestamps are rejected, never read as UTC.
 
 How: one ASOF JOIN per view ordered by the struct (event ts, created ts), so ties resolve as in
-Feast (by the event ts alone where every row it joins was created at its event time: then
-the two orders agree), and the TTL applied to the row found. With the cutoff, late rows get a second ASOF on
-their created time over a running maximum, and the later of the two candidates wins. Output
-columns keep DuckDB -> Arrow -> pandas types, as Feast's do (an Int64 feature with nulls is
-float64).
+Feast (by the event ts alone where every row it joins was created at its event time: then the
+two orders agree), and the TTL applied to the row found. With the cutoff, late rows get a second
+ASOF on their created time over a running maximum, and the later of the two candidates wins.
+Output columns keep DuckDB -> Arrow -> pandas types, as Feast's do (an Int64 feature with nulls
+is float64).
 """
 
 from __future__ import annotations

@@ -64,7 +64,7 @@ def historical_features(store: "FeatureStore", service_name: str, rows: pd.DataF
     spec = request_time or {}
     _no_clash(list(rows.columns) + list(feats.columns), spec)
     # no copy: `rows` (reset_index's deep copy) and the features are this call's own frames
-    # (copying them took 0.2 s of 2.8 for a million rows with 10 features)
+    # (copying a million rows with 10 features took 0.13 s in a fresh process: new memory)
     out = pd.concat([rows, feats, request.compute(spec, rows)] if spec else [rows, feats],
                     axis=1, copy=False)
     check_retrieval(out, rows, {**service_schema(store, service_name), **request.schema(spec)})
