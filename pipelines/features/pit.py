@@ -161,16 +161,13 @@ def _view_sql(con: "duckdb.DuckDBPyConnection", spec: ViewSpec, i: int, cutoff: 
     order = f"{{'t': {TS}, 'c': {CR}}}" if has_cr else f"{{'t': {TS}}}"
     on_time = f" WHERE {CR} <= {TS}" if late else ""
     cast = ", ".join(f"{c}::TIMESTAMPTZ AS {c}" for c in (TS, CR) if c != CR or has_cr)
-    feature_cols = ", ".join(_q(f) for f in spec.features)
-    ctes = [f"s{i} AS (SELECT * REPLACE ({cast}) FROM ({source}))"]
-    if late:  # the pick below compares structs of (event, created) and of the values
-        values = "{" + ", ".join(f"{_q(f)}: {_q(f)}" for f in spec.features) + "}"
-        ctes.append(f"v{i} AS (SELECT {key_sel}{TS}, {order} AS __o, {values} AS __v FROM s{i}"
-                    f"{on_time})")
-    elif by_event:
-        ctes.append(f"v{i} AS (SELECT {key_sel}{TS}, {feature_cols} FROM s{i})")
-    else:
-        ctes.append(f"v{i} AS (SELECT {key_sel}{TS}, {order} AS __o, {feature_cols} FROM s{i})")
+    values = "{" + ", ".join(f"{_q(f)}: {_q(f)}" for f in spec.features) + "}"
+    # the ASOF's order where it is not the event time, and the pick below (late rows) compares
+    # the (event, created) structs and takes the values as one struct
+    carried = [f"{order} AS __o"] if late or not by_event else []
+    carried.append(f"{values} AS __v" if late else ", ".join(_q(f) for f in spec.features))
+    ctes = [f"s{i} AS (SELECT * REPLACE ({cast}) FROM ({source}))",
+            f"v{i} AS (SELECT {key_sel}{TS}, {', '.join(carried)} FROM s{i}{on_time})"]
     probe = f"{{'t': e.{AT}, 'c': 'infinity'::TIMESTAMPTZ}}" if has_cr else f"{{'t': e.{AT}}}"
     asof = f"e.{AT} >= v{i}.{TS}" if by_event else f"{probe} >= v{i}.__o"
     joins = f"ASOF LEFT JOIN v{i} ON {on(f'v{i}')}{asof}"
