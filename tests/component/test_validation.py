@@ -871,3 +871,58 @@ def test_a_gx_run_gives_the_records_and_data_docs_of_a_checkpoint(tmp_path: Path
                         for p in (tmp_path / name / side).rglob("*") if p.is_file())
                  for side in ("ours", "checkpoint")]
         assert files[0] == files[1] and any(f.startswith("validations/") for f in files[0])
+
+
+def _lookups(expectation) -> dict:
+    """Every kwargs lookup GX makes of an expectation while validating it."""
+    keys = [*expectation.domain_keys, *expectation.success_keys, *expectation.runtime_keys]
+    return {"domain": expectation._get_domain_kwargs(),
+            "success": expectation._get_success_kwargs(),
+            "runtime": expectation._get_runtime_kwargs(),
+            "runtime_given": expectation._get_runtime_kwargs({"result_format": "COMPLETE"}),
+            "one": {k: expectation._get_success_kwarg(k, default="(default)")
+                    for k in [*keys, "not_a_kwarg"]}}
+
+
+def test_gx_kwargs_lookups_equal_gx_own_for_every_expectation_of_the_suites(
+        tmp_path: Path, flights) -> None:
+    """`gx_kwargs` (the configuration built once per lookup) gives what GX's own methods give,
+    for every expectation of every suite here and the timestamp checks, and the same records
+    for a batch a check fails; and it is applied (a GX upgrade fails here until it is read)."""
+    import great_expectations as gx
+    from great_expectations.expectations.expectation import Expectation
+
+    from pipelines.data import gx_kwargs, rules, timestamps
+
+    assert gx_kwargs.apply(), (f"great_expectations {gx.__version__} is not in "
+                               f"gx_kwargs.VERIFIED {gx_kwargs.VERIFIED}: read its Expectation "
+                               f"methods {list(gx_kwargs.REPLACEMENTS)} against the module's")
+    originals = gx_kwargs.originals()
+    assert all(Expectation.__dict__[n] is f for n, f in gx_kwargs.REPLACEMENTS.items())
+
+    def with_gx_own(fn):
+        for name, method in originals.items():
+            setattr(Expectation, name, method)
+        try:
+            return fn()
+        finally:
+            gx_kwargs.apply()
+
+    suites = [json.loads(p.read_text()) for p in sorted((REPO_ROOT / "expectations").glob("*.json"))]
+    suites.append({"name": "timestamps", "expectations": timestamps.timestamp_checks(
+        ["time_hour"], "time_hour", "2013-01-01T00:00:00+00:00", "2013-01-02T00:00:00+00:00")})
+    compared = set()
+    for suite in suites:
+        for exp in rules._gx_suite(suite).expectations:
+            assert _lookups(exp) == with_gx_own(lambda e=exp: _lookups(e)), exp
+            compared.add(type(exp).__name__)
+    assert len(compared) >= 10, compared  # the suites use many expectation types
+
+    bad = flights[DAY].copy()
+    bad["dep_delay"] = bad["dep_delay"].astype(object)
+    bad.loc[3, "dep_delay"] = "late"
+    bad.loc[5, "origin"] = None
+    suite = json.loads((REPO_ROOT / "expectations" / "flights.json").read_text())
+    ours, _ = rules.run_gx(bad, suite)
+    theirs, _ = with_gx_own(lambda: rules.run_gx(bad, suite))
+    assert ours == theirs and sum(not r["success"] for r in ours) >= 2
