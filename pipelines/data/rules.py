@@ -83,7 +83,7 @@ def run_gx(df: pd.DataFrame, suite: dict, docs_uri: str | None = None, asset: st
 
     from pipelines.data import data_docs, gx_kwargs
 
-    gx_kwargs.apply()  # a sixth of a batch's validation time: see the module
+    gx_kwargs.apply()  # about a fifth of a batch's validation time: see the module
     gx_suite = _gx_suite(suite)
     with tempfile.TemporaryDirectory(prefix="gx-data-docs-") as site:
         context = data_docs.context(site if docs_uri else None)
