@@ -26,21 +26,18 @@ log = logging.getLogger("great_expectations.expectations.expectation")  # as GX 
 VERIFIED = ("1.24.1",)  # great_expectations/expectations/expectation.py read at this version
 
 
-def _domain_kwargs(self: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-    return {key: kwargs.get(key, self._get_default_value(key)) for key in self.domain_keys}
+def _lookup(self: Any, kwargs: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """`keys` from the configuration's kwargs, else the field's default."""
+    return {key: kwargs.get(key, self._get_default_value(key)) for key in keys}
 
 
 def _get_domain_kwargs(self: Any) -> dict[str, Any]:
-    return _domain_kwargs(self, self.configuration.kwargs)
+    return _lookup(self, self.configuration.kwargs, self.domain_keys)
 
 
 def _get_success_kwargs(self: Any) -> dict[str, Any]:
     kwargs = self.configuration.kwargs
-    domain_kwargs = _domain_kwargs(self, kwargs)
-    success_kwargs = {key: kwargs.get(key, self._get_default_value(key))
-                      for key in self.success_keys}
-    success_kwargs.update(domain_kwargs)
-    return success_kwargs
+    return {**_lookup(self, kwargs, self.success_keys), **_lookup(self, kwargs, self.domain_keys)}
 
 
 def _success_kwarg(self: Any, kwargs: dict[str, Any], key: str, default: Any = None) -> Any:
